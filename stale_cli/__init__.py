@@ -1,0 +1,3 @@
+"""stale: zero-shot temporal action detection with STALE (Nag et al., ECCV 2022)."""
+
+__version__ = "0.1.0"

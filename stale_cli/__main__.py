@@ -1,0 +1,3 @@
+from stale_cli.cli import main
+
+main()

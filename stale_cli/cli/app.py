@@ -1,0 +1,123 @@
+"""The Typer application and what every command shares: error handling, logging, common options.
+
+Only the ``stale_cli.cli`` package knows about Typer. Commands parse their options, call the library and print;
+a :class:`~stale_cli.errors.StaleError` becomes one ``error:`` line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from stale_cli import __version__
+from stale_cli.errors import StaleError
+
+app = typer.Typer(
+    name="stale",
+    help="Zero-shot temporal action detection (STALE, ECCV 2022): when does each named action happen in a video?",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Results go to stdout, logs and progress to stderr, so `stale ... > out.json` stays clean.
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+CLIP_WEIGHTS_ENV = "STALE_CLIP_WEIGHTS"
+
+ClipModelOption = typer.Option(
+    "ViT-B-16", "--clip-model", help="open_clip architecture of the frame/text encoder."
+)
+ClipWeightsOption = typer.Option(
+    "openai",
+    "--clip-weights",
+    envvar=CLIP_WEIGHTS_ENV,
+    help="open_clip pretrained tag (default: OpenAI's weights, downloaded once and cached) or a path to a "
+    f"local weights file. Also read from ${CLIP_WEIGHTS_ENV}.",
+)
+DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda (auto: cuda when available).")
+ProgressOption = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
+
+
+def error(message: str) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+
+
+def warning(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a StaleError (or Ctrl-C) into one line on stderr and a non-zero exit."""
+    try:
+        yield
+    except StaleError as e:
+        error(str(e))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        error("interrupted; finished outputs are kept, rerun the same command to resume")
+        raise typer.Exit(130) from None
+
+
+def resolve_device(name: str):
+    """``auto | cpu | cuda[:N]`` -> torch.device, chosen once here and passed down."""
+    import torch
+
+    from stale_cli.errors import InputError
+
+    name = name.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        return torch.device(name)
+    raise InputError(f"--device must be auto, cpu or cuda, not {name!r}")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    root = logging.getLogger("stale_cli")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"stale {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Zero-shot temporal action detection: segments in seconds, with labels and scores."""
+    _setup_logging(verbose, quiet)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - outside a command
+        error("interrupted")
+        sys.exit(130)

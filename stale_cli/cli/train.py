@@ -1,0 +1,1 @@
+"""(command module: written by its owner)"""

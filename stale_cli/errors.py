@@ -1,0 +1,30 @@
+"""The project's error types.
+
+The library raises a subclass of :class:`StaleError` for anything a user can fix (a missing file, a corrupt
+video, an unknown split, a checkpoint of another format). The text says what was expected and what to do;
+the CLI prints it as one ``error:`` line and exits non-zero. Internal invariants use ``assert``.
+"""
+
+
+class StaleError(Exception):
+    """Base class of every user-facing error."""
+
+
+class InputError(StaleError):
+    """A path, option or list given by the user is unusable."""
+
+
+class DecodeError(InputError):
+    """A video file cannot be opened or yields no frames."""
+
+
+class WeightsError(StaleError):
+    """CLIP weights cannot be found or loaded."""
+
+
+class DataError(StaleError):
+    """Annotations, feature files or class lists are malformed or do not fit together."""
+
+
+class CheckpointError(StaleError):
+    """A checkpoint is missing, of another format or version, or does not fit the features."""
