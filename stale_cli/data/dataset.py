@@ -1,0 +1,149 @@
+"""Annotated videos + their feature files -> a torch Dataset of labelled windows.
+
+Features are those written by ``stale extract-features`` (``<video_id>.npy`` + ``.json`` sidecar, DESIGN.md §3),
+found anywhere below the features directory. Annotated videos without a feature file are counted and skipped
+(:class:`VideoSet` reports how many); none at all, or no training window left, is a DataError. Features are kept
+in memory as float16 (as on disk) and each window is cut when it is read.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from stale_cli.data.annotations import VideoAnnotation
+from stale_cli.data.windows import DataConfig, Window, assign_labels, plan_windows, window_features
+from stale_cli.errors import DataError, InputError
+from stale_cli.fileio import read_features
+
+log = logging.getLogger(__name__)
+
+
+def index_features(features_dir: str | Path) -> dict[str, Path]:
+    """``video_id -> <video_id>.npy`` for every feature file below ``features_dir`` (searched recursively)."""
+    features_dir = Path(features_dir)
+    if not features_dir.is_dir():
+        raise InputError(f"{features_dir}: features directory not found")
+    index: dict[str, Path] = {}
+    for p in sorted(features_dir.rglob("*.npy")):
+        if p.stem in index:
+            raise DataError(f"two feature files for video {p.stem!r}: {index[p.stem]} and {p}; keep one")
+        index[p.stem] = p
+    return index
+
+
+@dataclass
+class VideoSet:
+    """The annotated videos that have features: features (float16), sidecar meta and annotation per video."""
+
+    videos: list[VideoAnnotation]
+    features: dict[str, np.ndarray]  # video_id -> (T_total, D) float16
+    meta: dict[str, dict]  # video_id -> sidecar
+    missing: list[str] = field(default_factory=list)  # annotated video ids without a feature file
+
+    @property
+    def feature_dim(self) -> int:
+        return next(iter(self.features.values())).shape[1]
+
+    def feature_fps(self) -> float:
+        return float(next(iter(self.meta.values()))["fps"])
+
+    def clip_models(self) -> set[str]:
+        return {str(m.get("clip_model")) for m in self.meta.values() if m.get("clip_model")}
+
+    def subset(self, ids: list[str]) -> "VideoSet":
+        keep = set(ids)
+        return VideoSet(
+            [v for v in self.videos if v.video_id in keep],
+            {k: f for k, f in self.features.items() if k in keep},
+            {k: m for k, m in self.meta.items() if k in keep},
+        )
+
+
+def load_video_set(features_dir: str | Path, videos: list[VideoAnnotation]) -> VideoSet:
+    """Load the features of ``videos``; skip (and count) those without a feature file.
+
+    A corrupt feature file -> DataError naming it. Videos whose features disagree in width or rate -> DataError.
+    """
+    index = index_features(features_dir)
+    found = [v for v in videos if v.video_id in index]
+    missing = [v.video_id for v in videos if v.video_id not in index]
+    if not found:
+        raise DataError(
+            f"none of the {len(videos)} annotated videos has a feature file in {features_dir} "
+            f"(expected e.g. {videos[0].video_id + '.npy' if videos else '<video_id>.npy'}); "
+            "run `stale extract-features` on the videos first"
+        )
+    if missing:
+        log.warning("%d of %d annotated videos have no features in %s; training on the other %d",
+                    len(missing), len(videos), features_dir, len(found))
+    features, meta = {}, {}
+    for v in found:
+        feats, m = read_features(index[v.video_id])  # corrupt file -> DataError naming it
+        features[v.video_id], meta[v.video_id] = feats.astype(np.float16), m
+    dims = {f.shape[1] for f in features.values()}
+    if len(dims) > 1:
+        raise DataError(f"feature files in {features_dir} have different widths {sorted(dims)}; use one extractor")
+    rates = {round(float(m["fps"]), 6) for m in meta.values()}
+    if len(rates) > 1:
+        raise DataError(f"feature files in {features_dir} have different fps {sorted(rates)}; extract at one rate")
+    return VideoSet(found, features, meta, missing)
+
+
+def video_instances(video: VideoAnnotation, class_names: list[str]) -> list[tuple[float, float, int]]:
+    """Instances of the training vocabulary as ``(start_s, end_s, class_index)``; other classes are dropped."""
+    index = {c: i for i, c in enumerate(class_names)}
+    return [(i.start, i.end, index[i.label]) for i in video.instances if i.label in index]
+
+
+class WindowDataset(Dataset):
+    """Labelled windows of a :class:`VideoSet`; items are dicts of tensors (see :func:`collate_windows`).
+
+    ``training=True`` drops, in window mode, all but ``cfg.empty_window_keep`` of the windows without any
+    foreground snippet (chosen with ``seed``); ``training=False`` keeps every window (validation, detection).
+    """
+
+    def __init__(self, vs: VideoSet, class_names: list[str], cfg: DataConfig, training: bool = True, seed: int = 0):
+        self.vs, self.cfg, self.num_classes = vs, cfg, len(class_names)
+        rng = np.random.default_rng(seed)
+        self.items: list[tuple[str, Window, list[tuple[float, float, int]]]] = []
+        dropped = 0
+        for v in vs.videos:
+            inst = video_instances(v, class_names)
+            for w in plan_windows(vs.features[v.video_id].shape[0], vs.meta[v.video_id], cfg):
+                if training and cfg.mode == "window" and not self._has_foreground(w, inst):
+                    if rng.random() >= cfg.empty_window_keep:
+                        dropped += 1
+                        continue
+                self.items.append((v.video_id, w, inst))
+        if training and dropped:
+            log.info("kept %d windows, dropped %d windows without any action", len(self.items), dropped)
+
+    def _has_foreground(self, w: Window, inst) -> bool:
+        return bool((assign_labels(w.timeline, w.valid_len, inst, self.num_classes)["labels"] < self.num_classes).any())
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        vid, w, inst = self.items[i]
+        x = window_features(self.vs.features[vid], self.vs.meta[vid], w, self.cfg)  # (T, D)
+        t = assign_labels(w.timeline, w.valid_len, inst, self.num_classes)
+        return {
+            "features": torch.from_numpy(x),
+            "valid": torch.from_numpy(t["valid"]),
+            "labels": torch.from_numpy(t["labels"]),
+            "masks": torch.from_numpy(t["masks"]),
+            "fg": torch.from_numpy(t["fg"]),
+            "index": torch.tensor(i),
+        }
+
+
+def collate_windows(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack items: features (B,T,D), valid (B,T) bool, labels (B,T) long, masks (B,T,T), fg (B,T), index (B,)."""
+    return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}

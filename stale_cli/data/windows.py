@@ -1,0 +1,161 @@
+"""Cutting a video's feature sequence into model inputs of T snippets, and labelling them (paper §3.3, §4).
+
+Two temporal modes (:class:`DataConfig`):
+
+- ``"window"``: sliding windows of T feature rows with overlap; a snippet is one feature row (``1 / fps`` s).
+  Used for THUMOS14 (T=256) and for users' long videos. The last window is shifted back to end at the last row,
+  a video shorter than T gives one zero-padded window with ``valid_len < T``.
+- ``"resize"``: the whole video linearly interpolated to T snippets of ``duration / T`` seconds each
+  (ActivityNet, T=100); no padding.
+
+Each window carries its :class:`~stale_cli.timeline.Timeline`, the only way between its snippet indices and
+seconds. Used by training and by detection alike, so both see the same snippets.
+
+Label assignment (§3.3, DESIGN.md §4): a snippet whose *centre* lies in ``[start, end)`` of an instance takes that
+instance's class and, as its column of the ``(T, T)`` mask target, that instance's binary mask (all snippets of
+the window whose centre lies in the instance). An instance shorter than a snippet, containing no centre, gets the
+one snippet holding its midpoint. Where instances overlap, the *shorter* one wins the shared snippets (otherwise
+a short action inside a long one would vanish); each instance's own mask still spans its full extent. Snippets
+of no instance, and instances whose class is not in the training vocabulary, are background (label K).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stale_cli.errors import DataError, InputError
+from stale_cli.timeline import Timeline
+
+MODES = ("window", "resize")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    mode: str = "window"  # "window" (sliding windows) | "resize" (whole video interpolated to T)
+    num_snippets: int = 256  # T (paper §4: 256 THUMOS14, 100 ActivityNet); must equal ModelConfig.num_snippets
+    overlap: float = 0.5  # window mode: fraction of T shared by consecutive windows (stride = T * (1 - overlap))
+    # Window mode, training only: share of windows holding no foreground that are kept. Long THUMOS14 videos are
+    # mostly background; windows with actions already hold plenty of background snippets, so most of the empty
+    # windows are dropped (chosen once per run from the seed) to keep epochs short and classes balanced.
+    empty_window_keep: float = 0.1
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise InputError(f"data mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.num_snippets < 2:
+            raise InputError(f"num_snippets must be at least 2, got {self.num_snippets}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise InputError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 <= self.empty_window_keep <= 1.0:
+            raise InputError(f"empty_window_keep must be in [0, 1], got {self.empty_window_keep}")
+
+    @property
+    def stride(self) -> int:
+        return max(1, round(self.num_snippets * (1.0 - self.overlap)))
+
+
+PRESETS = {
+    "thumos14": DataConfig(mode="window", num_snippets=256, overlap=0.5),
+    "activitynet": DataConfig(mode="resize", num_snippets=100, overlap=0.0),
+}
+
+
+def preset(name: str) -> DataConfig:
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass(frozen=True)
+class Window:
+    start_row: int  # window mode: first feature row of the window; resize mode: 0
+    valid_len: int  # snippets [0, valid_len) are real, the rest padding
+    timeline: Timeline  # the window's T snippets (padding included) in seconds
+
+
+def feature_timeline(meta: dict, num_rows: int) -> Timeline:
+    """Timeline of a feature file's rows: row k starts at ``timestamps[0] + k / fps`` (DESIGN.md §3)."""
+    try:
+        fps = float(meta["fps"])
+        stamps = meta.get("timestamps") or [0.0]
+        origin = float(stamps[0])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"feature sidecar has a bad 'fps' or 'timestamps' ({e})") from None
+    if not fps > 0:
+        raise DataError(f"feature sidecar has a bad fps {fps}")
+    return Timeline(origin=origin, step=1.0 / fps, num=num_rows)
+
+
+def video_duration(meta: dict, num_rows: int) -> float:
+    """The video's duration in seconds: the sidecar's, else the end of its last feature row."""
+    duration = meta.get("duration")
+    if duration is not None and float(duration) > 0:
+        return float(duration)
+    return feature_timeline(meta, num_rows).end
+
+
+def plan_windows(num_rows: int, meta: dict, cfg: DataConfig) -> list[Window]:
+    """The windows covering a video of ``num_rows`` feature rows, in time order."""
+    T = cfg.num_snippets
+    src = feature_timeline(meta, num_rows)
+    if cfg.mode == "resize":
+        return [Window(0, T, Timeline(origin=0.0, step=video_duration(meta, num_rows) / T, num=T))]
+    starts = list(range(0, max(num_rows - T, 0) + 1, cfg.stride))
+    if starts[-1] + T < num_rows:
+        starts.append(num_rows - T)  # the last window ends at the last row
+    return [
+        Window(w, min(T, num_rows - w), Timeline(origin=float(src.to_seconds(w)), step=src.step, num=T))
+        for w in starts
+    ]
+
+
+def window_features(features: np.ndarray, meta: dict, window: Window, cfg: DataConfig) -> np.ndarray:
+    """The (T, D) float32 input of one window: rows zero-padded (window mode) or interpolated (resize mode)."""
+    N, D = features.shape
+    T = cfg.num_snippets
+    if cfg.mode == "resize":
+        src = feature_timeline(meta, N)
+        # Continuous source row at each target snippet centre; row k is centred at index k + 0.5.
+        pos = np.clip(src.to_index(window.timeline.centres()) - 0.5, 0.0, N - 1)  # (T,)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, N - 1)
+        w = (pos - lo)[:, None].astype(np.float32)  # (T, 1)
+        return features[lo].astype(np.float32) * (1 - w) + features[hi].astype(np.float32) * w  # (T, D)
+    out = np.zeros((T, D), dtype=np.float32)
+    out[: window.valid_len] = features[window.start_row : window.start_row + window.valid_len]
+    return out
+
+
+def cut_windows(features: np.ndarray, meta: dict, cfg: DataConfig) -> list[tuple[Window, np.ndarray]]:
+    """Every window of a (T_total, D) feature array with its (T, D) input; for detection."""
+    return [(w, window_features(features, meta, w, cfg)) for w in plan_windows(features.shape[0], meta, cfg)]
+
+
+def assign_labels(
+    timeline: Timeline, valid_len: int, instances: list[tuple[float, float, int]], num_classes: int
+) -> dict[str, np.ndarray]:
+    """Targets of one window from instances ``(start_s, end_s, class_index)`` (classes 0..K-1 only).
+
+    Returns numpy arrays: ``labels`` (T,) int64 in [0, K], K = background; ``masks`` (T, T) float32 whose column t
+    is the instance mask of snippet t (zeros for background snippets); ``fg`` (T,) float32; ``valid`` (T,) bool.
+    """
+    T, K = timeline.num, num_classes
+    centres = timeline.centres()  # (T,) seconds
+    valid = np.arange(T) < valid_len  # (T,)
+    labels = np.full(T, K, dtype=np.int64)
+    masks = np.zeros((T, T), dtype=np.float32)
+    # Longest first, so a shorter overlapping instance overwrites the snippets it shares (the shorter wins).
+    for start, end, cls in sorted(instances, key=lambda x: x[1] - x[0], reverse=True):
+        assert 0 <= cls < K, f"class index {cls} outside the vocabulary of {K}"
+        inside = (centres >= start) & (centres < end) & valid  # (T,)
+        if not inside.any():
+            mid = int(np.floor(timeline.to_index(0.5 * (start + end))))
+            if not 0 <= mid < valid_len:
+                continue
+            inside[mid] = True
+        labels[inside] = cls
+        masks[:, inside] = inside[:, None]  # column t = this instance's mask
+    fg = (labels != K).astype(np.float32)
+    return {"labels": labels, "masks": masks, "fg": fg, "valid": valid}
