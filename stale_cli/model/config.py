@@ -34,6 +34,9 @@ class ModelConfig:
     # Eq. (8): mask localizer, three 1-D dynamic convolution layers.
     dynconv_kernels: int = 4  # kernels mixed by attention (Chen et al. 2020)
     dynconv_kernel_size: int = 3
+    # Softmax temperature of the kernel attention. Chen et al. anneal it from 30 to 1 early in training; we keep
+    # one constant value (1: plain softmax), which their ablation shows also trains.
+    dynconv_temperature: float = 1.0
     # Eq. (12): inter-branch consistency.
     theta_c: float = 0.5  # threshold on class probabilities (P_bin)
     theta_m: float = 0.5  # threshold on mask probabilities (M_bin)

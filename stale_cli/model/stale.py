@@ -1,0 +1,267 @@
+"""STALE (Nag et al., ECCV 2022, §3.2): zero-shot temporal action detection with vision-language prompting.
+
+Glossary of letters used in shapes:
+    B  batch (windows)                      T   snippets in a window (<= cfg.num_snippets)
+    D  input feature width                  C   joint channels (cfg.embed_dim = CLIP's embed dim)
+    C' CLIP text width                      K   classes; K+1 rows/columns = classes + background (last)
+    Q  mask queries (cfg.num_queries)       N   learnable context tokens (cfg.context_tokens)
+    Tm cfg.num_snippets, the mask localizer's fixed output length
+
+Data flow of ``STALE.forward`` (paper Fig. 2):
+    features (B,T,D) --TemporalEncoder, Eq. (1)--> F_vis (B,T,C)
+    F_vis --RepresentationMasking, Eqs. (3)-(4)--> L_hat (B,T), foreground selection (B,T) bool
+    text (K+1,C), F_vis^fg --CrossModalAdaptation, Eqs. (5)-(6)--> F_lan_hat (B,K+1,C)
+    F_lan_hat, F_vis --VisionLanguageClassifier, Eq. (7)--> logits (B,T,K+1)
+    F_vis --MaskLocalizer, Eq. (8)--> masks (B,T,T), masks[b,i,t] = fg prob. of snippet i in snippet t's mask
+    F_vis --ConsistencyProjections (1-D convs of Eq. 12)--> E_p, E_m (B,T,C), used only by the loss
+Text features come from ``STALE.encode_classes`` (Eq. 2, see text_encoder.py), computed once per class list.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from stale_cli.errors import InputError
+from stale_cli.model.config import ModelConfig
+from stale_cli.model.dynamic_conv import DynamicConv1d
+from stale_cli.model.text_encoder import PromptedTextEncoder
+
+log = logging.getLogger(__name__)
+
+
+def key_padding_mask(keep: torch.Tensor) -> torch.Tensor:
+    """``keep`` (B, S) True = attend -> PyTorch's key_padding_mask (True = ignore).
+
+    A row with no key to attend to would make softmax return NaN; such rows attend to every key instead, and
+    every caller discards or zeroes what they produce.
+    """
+    ignore = ~keep  # (B, S)
+    return ignore & keep.any(dim=1, keepdim=True)  # (B, S)
+
+
+class TemporalEncoder(nn.Module):
+    """Eq. (1): F_vis = T(E). Input projection D -> C (when D != C), transformer encoder, no positional encoding."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        C = cfg.embed_dim
+        self.input_proj = nn.Linear(cfg.feature_dim, C) if cfg.feature_dim != C else nn.Identity()
+        layer = nn.TransformerEncoderLayer(C, cfg.num_heads, cfg.ffn_dim, cfg.dropout, batch_first=True)
+        # nested tensors would drop padded rows on some code paths only; keep one code path for every input
+        self.encoder = nn.TransformerEncoder(layer, cfg.encoder_layers, enable_nested_tensor=False)
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        B, T, D = features.shape
+        x = self.input_proj(features)  # (B, T, C)
+        x = self.encoder(x, src_key_padding_mask=key_padding_mask(valid))  # (B, T, C)
+        return x * valid[..., None].to(x.dtype)  # padded snippets set to zero for the convolutions downstream
+
+
+class RepresentationMasking(nn.Module):
+    """Eqs. (3)-(4): class-agnostic foreground mask L_hat from Q learnable mask queries."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        C, Q = cfg.embed_dim, cfg.num_queries
+        self.queries = nn.Embedding(Q, C)  # the N_z mask queries
+        layer = nn.TransformerDecoderLayer(C, cfg.num_heads, cfg.ffn_dim, cfg.dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, cfg.decoder_layers)
+        # masking projection latent -> B_q: a 3-layer MLP, as in the mask-transformer the paper follows [8]
+        self.mask_proj = nn.Sequential(nn.Linear(C, C), nn.ReLU(inplace=True), nn.Linear(C, C),
+                                       nn.ReLU(inplace=True), nn.Linear(C, C))
+        self.merge = nn.Linear(Q, 1)  # Eq. (4): W_q in R^{1 x Q} and its bias b_q, shared by all locations
+
+    def forward(self, f_vis: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        B, T, C = f_vis.shape
+        queries = self.queries.weight.expand(B, -1, -1)  # (B, Q, C)
+        latent = self.decoder(queries, f_vis, memory_key_padding_mask=key_padding_mask(valid))  # (B, Q, C)
+        b_q = self.mask_proj(latent)  # B_q: (B, Q, C)
+        query_logits = b_q @ f_vis.transpose(1, 2)  # (B, Q, T)
+        l_q = torch.sigmoid(query_logits)  # Eq. (3): L_q = sigma(B_q F_vis^T), (B, Q, T)
+        fg_logits = self.merge(l_q.transpose(1, 2)).squeeze(-1)  # Eq. (4) before sigma: (B, T)
+        return {"query_masks": l_q, "fg_logits": fg_logits, "fg": torch.sigmoid(fg_logits)}
+
+
+class CrossModalAdaptation(nn.Module):
+    """Eqs. (5)-(6): text rows attend to the foreground snippets of their video; residual scaled by alpha.
+
+    One transformer decoder layer [41] (post-norm): self-attention among the K+1 text rows, co-attention with
+    the text as queries and F_vis^fg as keys/values, FFN. Background snippets are excluded by the key padding
+    mask. A video with no foreground snippet leaves its text unchanged (E_c = 0) rather than attending to nothing.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        C = cfg.embed_dim
+        self.self_attn = nn.MultiheadAttention(C, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+        self.co_attn = nn.MultiheadAttention(C, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(C, cfg.ffn_dim), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.ffn_dim, C))
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(C), nn.LayerNorm(C), nn.LayerNorm(C)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.alpha = nn.Parameter(torch.full((C,), cfg.alpha_init))  # Eq. (6): alpha in R^C
+
+    def forward(self, text: torch.Tensor, f_vis: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+        """text (K+1, C), f_vis (B, T, C), foreground (B, T) bool -> F_lan_hat (B, K+1, C)."""
+        B, T, C = f_vis.shape
+        f_lan = text.to(f_vis.dtype).expand(B, -1, -1)  # batched per video: (B, K+1, C)
+        x = self.norm1(f_lan + self.dropout(self.self_attn(f_lan, f_lan, f_lan, need_weights=False)[0]))
+        co = self.co_attn(x, f_vis, f_vis, key_padding_mask=key_padding_mask(foreground),
+                          need_weights=False)[0]  # (B, K+1, C)
+        x = self.norm2(x + self.dropout(co))
+        e_c = self.norm3(x + self.dropout(self.ffn(x)))  # Eq. (5): E_c_hat, (B, K+1, C)
+        has_fg = foreground.any(dim=1)[:, None, None].to(e_c.dtype)  # (B, 1, 1)
+        return f_lan + self.alpha * e_c * has_fg  # Eq. (6): (B, K+1, C)
+
+
+class VisionLanguageClassifier(nn.Module):
+    """Eq. (7): P = s * l2(F_lan_hat) l2(F_vis)^T with a learnable logit scale s initialised from CLIP's.
+
+    The classifier scores every snippet's F_vis. F_vis^fg in Eq. (7) is read as "the snippet features after
+    foreground selection has shaped the text (Eqs. 5-6)": zeroing background snippets instead would give them
+    an undefined cosine and no way to be classified as background, which Eq. (9) asks for at every snippet.
+    """
+
+    def __init__(self, init_logit_scale: float):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))  # log s, as CLIP stores it
+
+    def forward(self, f_lan_hat: torch.Tensor, f_vis: torch.Tensor) -> torch.Tensor:
+        """f_lan_hat (B, K+1, C), f_vis (B, T, C) -> logits (B, T, K+1), pre-softmax."""
+        B, T, C = f_vis.shape
+        scale = self.logit_scale.exp().clamp(max=100.0)  # CLIP's cap on the scale
+        v = F.normalize(f_vis, dim=-1)  # l2 along channels: (B, T, C)
+        t = F.normalize(f_lan_hat, dim=-1)  # (B, K+1, C)
+        return scale * v @ t.transpose(1, 2)  # (B, T, K+1)
+
+
+class MaskLocalizer(nn.Module):
+    """Eq. (8): M = sigmoid(H_m(F_vis)), H_m three 1-D dynamic convolutions C -> C -> C -> Tm.
+
+    Output channel i at position t is the logit that snippet i belongs to the instance of snippet t, so column t
+    of M is the mask predicted by snippet t. For a window shorter than Tm the channels past T are dropped.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        C, k, J, tau = cfg.embed_dim, cfg.dynconv_kernel_size, cfg.dynconv_kernels, cfg.dynconv_temperature
+        self.layers = nn.ModuleList([
+            DynamicConv1d(C, C, k, J, tau), DynamicConv1d(C, C, k, J, tau),
+            DynamicConv1d(C, cfg.num_snippets, k, J, tau)])
+
+    def forward(self, f_vis: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """f_vis (B, T, C), valid (B, T) -> mask logits (B, T, T) (index [b, i, t], column t = snippet t)."""
+        B, T, C = f_vis.shape
+        x = f_vis.transpose(1, 2)  # convolutions run channel-major: (B, C, T)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, valid)  # (B, C, T), last layer (B, Tm, T)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x[:, :T, :]  # (B, T, T): rows = snippet i, columns = predicting snippet t
+
+
+class ConsistencyProjections(nn.Module):
+    """The two 1-D conv layers of Eq. (12): E_p (classification branch) and E_m (mask branch) from F_vis."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        C, k = cfg.embed_dim, cfg.dynconv_kernel_size
+        self.clf = nn.Conv1d(C, C, k, padding=k // 2)
+        self.mask = nn.Conv1d(C, C, k, padding=k // 2)
+
+    def forward(self, f_vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, C = f_vis.shape
+        x = f_vis.transpose(1, 2)  # Conv1d is channel-major: (B, C, T); padded snippets are already zero
+        return self.clf(x).transpose(1, 2), self.mask(x).transpose(1, 2)  # E_p, E_m: (B, T, C) each
+
+
+class STALE(nn.Module):
+    """The STALE detection head with CLIP's prompted text encoder.
+
+    Build with ``STALE(cfg, clip_model)``; ``clip_model`` is an open_clip CLIP of architecture ``cfg.clip_model``
+    whose text tower is copied (its visual tower is not kept, so the state dict has no ``visual.*`` keys). To
+    rebuild from a checkpoint without CLIP weights: ``STALE(cfg, open_clip.create_model(cfg.clip_model,
+    pretrained=None))`` then ``load_state_dict``.
+    """
+
+    def __init__(self, cfg: ModelConfig, clip_model: nn.Module):
+        super().__init__()
+        clip_dim = _clip_embed_dim(clip_model)
+        if clip_dim != cfg.embed_dim:
+            raise InputError(
+                f"model embed_dim {cfg.embed_dim} does not match CLIP {cfg.clip_model!r}'s embedding width "
+                f"{clip_dim}; Eq. (7) compares the two, so set embed_dim={clip_dim}")
+        if cfg.embed_dim % cfg.num_heads:
+            raise InputError(f"embed_dim {cfg.embed_dim} is not divisible by num_heads {cfg.num_heads}")
+        self.cfg = cfg
+        self.text_encoder = PromptedTextEncoder(clip_model, cfg.clip_model, cfg.context_tokens,
+                                                cfg.context_init_std, cfg.freeze_text_encoder)
+        self.temporal_encoder = TemporalEncoder(cfg)
+        self.representation_masking = RepresentationMasking(cfg)
+        self.cross_modal = CrossModalAdaptation(cfg)
+        self.classifier = VisionLanguageClassifier(float(clip_model.logit_scale.detach().reshape(-1)[0]))
+        self.mask_localizer = MaskLocalizer(cfg)
+        self.consistency = ConsistencyProjections(cfg)
+
+    def encode_classes(self, class_names: list[str]) -> torch.Tensor:
+        """Eq. (2): text features (K+1, C) of the prompted class names; row K is the learned background.
+
+        Differentiable (call it inside the training step when the text encoder or prompt is trained). A name
+        too long for CLIP's context together with the N context tokens raises InputError naming it.
+        """
+        return self.text_encoder(class_names)
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the head on a batch of windows.
+
+        Args:
+            features: (B, T, D) snippet features, T <= cfg.num_snippets, D = cfg.feature_dim.
+            valid: (B, T) bool, True for a real snippet, False for padding.
+            text: (K+1, C) from ``encode_classes``.
+
+        Returns a dict (same keys in training and eval):
+            logits (B, T, K+1): Eq. (7), pre-softmax, logit scale included; last column = background.
+            masks (B, T, T) in [0, 1] and mask_logits: Eq. (8); masks[b, i, t] = fg probability of snippet i in
+                the mask predicted by snippet t.
+            fg (B, T) in [0, 1] and fg_logits: L_hat of Eq. (4); foreground (B, T) bool: L_hat > theta_bin, valid.
+            query_masks (B, Q, T): L_q of Eq. (3). text (B, K+1, C): F_lan_hat of Eq. (6).
+            clf_features, mask_features (B, T, C): E_p and E_m of Eq. (12).
+        """
+        B, T, D = features.shape
+        if D != self.cfg.feature_dim:
+            raise InputError(f"features are {D}-dimensional but the model expects {self.cfg.feature_dim}; "
+                             "use features from the same extractor as the checkpoint")
+        if T > self.cfg.num_snippets:
+            raise InputError(f"window of {T} snippets is longer than the model's {self.cfg.num_snippets}")
+        f_vis = self.temporal_encoder(features, valid)  # Eq. (1): (B, T, C)
+        masking = self.representation_masking(f_vis, valid)  # Eqs. (3)-(4)
+        foreground = (masking["fg"] > self.cfg.theta_bin) & valid  # L_hat_bin: (B, T), no gradient by design
+        f_lan_hat = self.cross_modal(text, f_vis, foreground)  # Eqs. (5)-(6): (B, K+1, C)
+        logits = self.classifier(f_lan_hat, f_vis)  # Eq. (7): (B, T, K+1)
+        mask_logits = self.mask_localizer(f_vis, valid)  # Eq. (8): (B, T, T)
+        e_p, e_m = self.consistency(f_vis)  # Eq. (12): (B, T, C) each
+        return {
+            "logits": logits,
+            "masks": torch.sigmoid(mask_logits),
+            "mask_logits": mask_logits,
+            "fg": masking["fg"],
+            "fg_logits": masking["fg_logits"],
+            "foreground": foreground,
+            "query_masks": masking["query_masks"],
+            "text": f_lan_hat,
+            "clf_features": e_p,
+            "mask_features": e_m,
+        }
+
+
+def _clip_embed_dim(clip_model: nn.Module) -> int:
+    proj = getattr(clip_model, "text_projection", None)
+    if isinstance(proj, nn.Linear):
+        return proj.out_features
+    if proj is not None:
+        return int(proj.shape[1])
+    return int(clip_model.token_embedding.weight.shape[1])  # no projection: the text width is the joint width
