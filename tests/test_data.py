@@ -1,0 +1,269 @@
+"""Annotations, zero-shot splits, windows, label assignment and the window dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stale_cli.data.annotations import load_annotations, parse_annotations
+from stale_cli.data.dataset import WindowDataset, collate_windows, load_video_set, video_instances
+from stale_cli.data.splits import class_key, list_splits, load_split, match_classes
+from stale_cli.data.windows import DataConfig, assign_labels, cut_windows, feature_timeline, plan_windows
+from stale_cli.errors import DataError, InputError
+from stale_cli.fileio import write_features
+from stale_cli.timeline import Timeline
+
+MINI = Path(__file__).parent / "fixtures" / "thumos14_mini.json"  # 5 THUMOS14 videos, copied from the real file
+
+
+def meta_for(num_rows: int, fps: float, origin: float = 0.0) -> dict:
+    return {
+        "fps": fps, "timestamps": [origin + k / fps for k in range(num_rows)], "duration": origin + num_rows / fps,
+        "source": "synthetic.mp4", "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": num_rows,
+    }
+
+
+# ---------------------------------------------------------------- annotations
+
+
+def test_thumos_fixture_loads_with_subsets_and_ambiguous_dropped():
+    ann = load_annotations(MINI)
+    assert len(ann.videos) == 5 and ann.subsets() == ["test", "val"]
+    assert len(ann.classes) == 20 and "Ambiguous" not in ann.classes
+    v = ann.videos["video_validation_0000160"]  # 7 annotations in the file, 3 of them Ambiguous
+    assert len(v.instances) == 4 and {i.label for i in v.instances} == {"CleanAndJerk"}
+    val = ann.select_subset("val")
+    assert sorted(val.videos) == ["video_validation_0000151", "video_validation_0000156", "video_validation_0000160"]
+    assert val.videos["video_validation_0000151"].instances[0].start == pytest.approx(10.2)
+    assert val.labels() == ["CleanAndJerk"]
+
+
+def test_numeric_strings_and_no_classes_list():
+    ann = parse_annotations({"database": {
+        "a": {"subset": "training", "duration": "12.5",
+              "annotations": [{"segment": ["1.5", "3"], "label": "Long jump"}, {"segment": [4, 5], "label": "BMX"}]},
+    }})
+    v = ann.videos["a"]
+    assert v.duration == 12.5 and (v.instances[0].start, v.instances[0].end) == (1.5, 3.0)
+    assert ann.classes == ("BMX", "Long jump")
+
+
+def test_unknown_subset_lists_the_subsets():
+    with pytest.raises(DataError, match=r"no videos in subset 'train'.*test, val"):
+        load_annotations(MINI, subset="train")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"videos": {}}', "no 'database'"),
+    ('{"database": {"a": {"annotations": [{"segment": [3, 1], "label": "X"}]}}}', "ends before it starts"),
+    ('{"database": {"a": {"annotations": [{"segment": ["x", 1], "label": "X"}]}}}', "must be a number"),
+    ('{"database": {"a": {"annotations": [{"segment": [1, 2]}]}}}', "expected"),
+    ('{"database": {"a": {"duration": -1, "annotations": []}}}', "duration must be positive"),
+    ('{"classes": ["A"], "database": {"a": {"annotations": [{"segment": [1, 2], "label": "B"}]}}}', "missing from"),
+])
+def test_malformed_annotations_are_one_line_data_errors(tmp_path, content, message):
+    path = tmp_path / "ann.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message) as e:
+        load_annotations(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_missing_annotation_file_is_input_error(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_annotations(tmp_path / "nope.json")
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_all_forty_splits_load_and_are_disjoint():
+    names = list_splits()
+    assert len(names) == 40 and "thumos14/75_25/3" in names and "activitynet13/50_50/9" in names
+    for name in names:
+        seen, unseen = load_split(name)
+        assert seen and unseen and not set(seen) & set(unseen)
+    seen, unseen = load_split("thumos14/75_25/0")
+    assert (len(seen), len(unseen)) == (15, 5) and "BaseballPitch" in unseen
+    seen, unseen = load_split("activitynet13/50_50/2")
+    assert (len(seen), len(unseen)) == (100, 100)
+
+
+def test_thumos_splits_match_the_real_annotation_labels():
+    ann = load_annotations(MINI)
+    for name in list_splits()[:20]:  # the thumos14 ones
+        seen, unseen = load_split(name)
+        assert sorted(match_classes(seen + unseen, ann.classes, name)) == sorted(ann.classes)
+
+
+@pytest.mark.parametrize("name", ["thumos14/75_25/10", "thumos/75_25/3", "thumos14/60_40/1", "thumos14", ""])
+def test_unknown_split_lists_the_valid_ones(name):
+    with pytest.raises(InputError, match=r"unknown split.*thumos14 or activitynet13.*75_25 or 50_50.*0-9"):
+        load_split(name)
+
+
+def test_class_names_match_across_spellings():
+    assert class_key("Baton twirling") == class_key("BatonTwirling") == class_key("baton-twirling")
+    assert class_key("Rock-paper-scissors") == class_key("Rock paper scissors")
+    assert class_key("CliffDiving") != class_key("Diving")
+    labels = ["Baton twirling", "Rock-paper-scissors", "BMX"]
+    assert match_classes(["BatonTwirling", "rock paper scissors", "bmx"], labels, "s") == labels
+
+
+def test_split_class_absent_from_annotations_is_named():
+    with pytest.raises(DataError, match=r"thumos14/75_25/0: class 'Billiards' not found in the annotations"):
+        match_classes(["Billiards", "CleanAndJerk"], ["CleanAndJerk", "HighJump"], "thumos14/75_25/0")
+
+
+# ---------------------------------------------------------------- windows
+
+
+def test_sliding_windows_cover_the_video_and_end_at_the_last_row():
+    cfg = DataConfig(mode="window", num_snippets=8, overlap=0.5)
+    ws = plan_windows(21, meta_for(21, 2.0), cfg)
+    assert [w.start_row for w in ws] == [0, 4, 8, 12, 13]
+    assert all(w.valid_len == 8 for w in ws)
+    short = plan_windows(5, meta_for(5, 2.0), cfg)
+    assert [(w.start_row, w.valid_len) for w in short] == [(0, 5)]
+
+
+def test_window_timeline_round_trip_with_feature_rows():
+    fps, origin = 4.0, 0.3
+    meta = meta_for(40, fps, origin)
+    feats = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    cfg = DataConfig(mode="window", num_snippets=16, overlap=0.25)
+    for w, x in cut_windows(feats, meta, cfg):
+        # Snippet i of the window is feature row start_row + i, starting at that row's timestamp.
+        rows = np.arange(w.valid_len)
+        np.testing.assert_allclose(w.timeline.to_seconds(rows), np.array(meta["timestamps"])[w.start_row + rows])
+        np.testing.assert_allclose(w.timeline.to_index(w.timeline.to_seconds(rows + 0.5)), rows + 0.5)
+        np.testing.assert_array_equal(x[: w.valid_len], feats[w.start_row : w.start_row + w.valid_len])
+        assert w.timeline.step == pytest.approx(1 / fps) and x.shape == (16, 3)
+
+
+def test_resize_mode_interpolates_the_whole_video():
+    # 10 rows at 2 fps = 5 s; resized to 4 snippets of 1.25 s, centres 0.625, 1.875, 3.125, 4.375 s.
+    # Row k is centred at k/2 + 0.25 s, so the snippet centres fall at rows 0.75, 3.25, 5.75, 8.25.
+    feats = np.arange(10, dtype=np.float32)[:, None] * np.array([[1.0, 10.0]], dtype=np.float32)
+    (w, x), = cut_windows(feats, meta_for(10, 2.0), DataConfig(mode="resize", num_snippets=4, overlap=0.0))
+    assert w.valid_len == 4 and w.timeline == Timeline(0.0, 1.25, 4)
+    np.testing.assert_allclose(x[:, 0], [0.75, 3.25, 5.75, 8.25], rtol=1e-6)
+    np.testing.assert_allclose(x[:, 1], [7.5, 32.5, 57.5, 82.5], rtol=1e-6)
+
+
+def test_bad_data_config_is_rejected():
+    with pytest.raises(InputError, match="mode"):
+        DataConfig(mode="crop")
+    with pytest.raises(InputError, match="overlap"):
+        DataConfig(overlap=1.0)
+
+
+# ---------------------------------------------------------------- label assignment
+
+
+def test_label_assignment_from_seconds_by_hand():
+    # A hand-made video: 2 snippets per second, window of 12 snippets starting at 1.0 s, 10 of them real.
+    # Snippet i covers [1 + i/2, 1.5 + i/2) s, centre 1.25 + i/2: 1.25 1.75 2.25 2.75 3.25 3.75 4.25 4.75 5.25 ...
+    tl = Timeline(origin=1.0, step=0.5, num=12)
+    instances = [
+        (1.6, 3.0, 0),  # centres 1.75 2.25 2.75 -> snippets 1-3, class 0
+        (3.9, 5.3, 1),  # centres 4.25 4.75 5.25 -> snippets 6-8, class 1
+        (4.5, 4.6, 0),  # inside the previous one, no centre inside: its midpoint 4.55 s is in snippet 7
+        (5.9, 9.0, 1),  # centres 6.25 ... -> snippets 10, 11: padding, never foreground
+        (0.0, 1.1, 0),  # before the first centre; midpoint 0.55 s lies before the window: dropped
+    ]
+    t = assign_labels(tl, valid_len=10, instances=instances, num_classes=2)
+    K = 2
+    np.testing.assert_array_equal(t["labels"], [K, 0, 0, 0, K, K, 1, 0, 1, K, K, K])
+    np.testing.assert_array_equal(t["fg"], [0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(t["valid"], [True] * 10 + [False] * 2)
+    m = t["masks"]
+    first = np.zeros(12)
+    first[1:4] = 1
+    long1 = np.zeros(12)
+    long1[6:9] = 1
+    short = np.zeros(12)
+    short[7] = 1
+    for col in (1, 2, 3):
+        np.testing.assert_array_equal(m[:, col], first)
+    for col in (6, 8):  # the long class-1 instance keeps its full extent as its mask
+        np.testing.assert_array_equal(m[:, col], long1)
+    np.testing.assert_array_equal(m[:, 7], short)  # the shorter overlapping instance wins snippet 7
+    for col in (0, 4, 5, 9, 10, 11):
+        assert m[:, col].sum() == 0
+
+
+def test_classes_outside_the_vocabulary_are_background(tmp_path):
+    ann = parse_annotations({"database": {"v": {"subset": "val", "duration": 10, "annotations": [
+        {"segment": [1, 3], "label": "HighJump"}, {"segment": [5, 8], "label": "PoleVault"}]}}})
+    inst = video_instances(ann.videos["v"], ["HighJump"])  # PoleVault is an unseen class
+    assert inst == [(1.0, 3.0, 0)]
+    t = assign_labels(Timeline(0.0, 1.0, 10), 10, inst, num_classes=1)
+    np.testing.assert_array_equal(t["labels"], [1, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def write_video(dirpath: Path, vid: str, rows: int, fps: float = 2.0, dim: int = 6, seed: int = 0) -> None:
+    feats = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    write_features(dirpath / f"{vid}.npy", feats, meta_for(rows, fps))
+
+
+def small_annotations():
+    db = {f"v{i}": {"subset": "val", "duration": 30, "annotations": [{"segment": [2 + i, 6 + i], "label": "A"}]}
+          for i in range(3)}
+    return parse_annotations({"database": db})
+
+
+def test_dataset_items_and_collate(tmp_path):
+    for i in range(3):
+        write_video(tmp_path / "sub", f"v{i}", rows=60, seed=i)  # found recursively
+    ann = small_annotations()
+    vs = load_video_set(tmp_path, list(ann.videos.values()))
+    assert vs.feature_dim == 6 and vs.feature_fps() == 2.0 and not vs.missing
+    cfg = DataConfig(mode="window", num_snippets=16, overlap=0.5, empty_window_keep=0.0)
+    ds = WindowDataset(vs, ["A"], cfg, training=True)
+    full = WindowDataset(vs, ["A"], cfg, training=False)
+    assert 0 < len(ds) < len(full)  # windows without an action were dropped for training only
+    batch = collate_windows([ds[i] for i in range(len(ds))])
+    B = len(ds)
+    assert batch["features"].shape == (B, 16, 6) and batch["masks"].shape == (B, 16, 16)
+    assert batch["labels"].dtype == torch.int64 and batch["valid"].dtype == torch.bool
+    assert (batch["fg"].sum(1) > 0).all()
+
+
+def test_videos_without_features_are_counted(tmp_path):
+    write_video(tmp_path, "v1", rows=20)
+    ann = small_annotations()
+    vs = load_video_set(tmp_path, list(ann.videos.values()))
+    assert [v.video_id for v in vs.videos] == ["v1"] and vs.missing == ["v0", "v2"]
+    with pytest.raises(DataError, match="none of the 3 annotated videos has a feature file"):
+        load_video_set(tmp_path, [ann.videos["v0"], ann.videos["v2"], ann.videos["v0"]])
+
+
+def test_corrupt_feature_file_is_named(tmp_path):
+    write_video(tmp_path, "v0", rows=20)
+    write_video(tmp_path, "v1", rows=20)
+    (tmp_path / "v1.npy").write_bytes(b"garbage, not an npy file")
+    ann = small_annotations()
+    with pytest.raises(DataError, match=r"v1\.npy: corrupt feature file"):
+        load_video_set(tmp_path, list(ann.videos.values()))
+
+
+def test_feature_width_must_agree(tmp_path):
+    write_video(tmp_path, "v0", rows=20, dim=6)
+    write_video(tmp_path, "v1", rows=20, dim=8)
+    with pytest.raises(DataError, match="different widths"):
+        load_video_set(tmp_path, list(small_annotations().videos.values()))
+
+
+def test_feature_timeline_uses_first_timestamp():
+    tl = feature_timeline(meta_for(10, 5.0, origin=0.1), 10)
+    assert tl == Timeline(0.1, 0.2, 10)
+    assert json.dumps(meta_for(1, 1.0))  # sidecar stays JSON-serialisable
