@@ -1,1 +1,74 @@
-"""(command module: written by its owner)"""
+"""``stale evaluate``: detection mAP of a prediction file, as the official ActivityNet evaluator computes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from stale_cli.cli.app import app, stdout, user_errors
+
+
+def results_table(result: dict, title: str) -> Table:
+    """mAP per tIoU and the average, then AP per class, in percent."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("class")
+    for t in result["tiou"]:
+        table.add_column(f"@{t:g}", justify="right")
+    table.add_column("avg", justify="right", style="bold")
+    for name, aps in result["per_class"].items():
+        table.add_row(name, *(f"{100 * a:.1f}" for a in aps), f"{100 * sum(aps) / len(aps):.1f}")
+    table.add_section()
+    table.add_row(
+        "[bold]mAP[/]", *(f"[bold]{100 * m:.1f}[/]" for m in result["mAP"]), f"{100 * result['average_mAP']:.1f}"
+    )
+    return table
+
+
+@app.command("evaluate")
+def evaluate_command(
+    predictions: Path = typer.Argument(
+        ..., help="Predictions: ActivityNet results JSON (as `stale detect` writes) or CSV video,label,start,end,score."
+    ),
+    annotations: Path = typer.Option(..., "--annotations", "-a", help="Ground truth, ActivityNet-format JSON."),
+    subset: Optional[str] = typer.Option(
+        None, "--subset", help="Subset of the annotations to evaluate on (default: 'test' if present, else 'validation')."
+    ),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="Evaluate only the unseen classes of this zero-shot split, e.g. thumos14/75_25/3."
+    ),
+    classes_file: Optional[Path] = typer.Option(
+        None, "--classes-file", help="Evaluate only the classes listed in this file (one per line)."
+    ),
+    tiou: Optional[str] = typer.Option(
+        None,
+        "--tiou",
+        help="tIoU thresholds, '0.3,0.5,0.7' or 'start:stop:step'. Default: THUMOS14 0.3..0.7 (test subset or a "
+        "thumos14 split), else ActivityNet 0.5:0.95:0.05.",
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the results as JSON here."),
+) -> None:
+    """Compute detection mAP per tIoU threshold, its average and the AP of each class.
+
+    Numbers are those of the official ActivityNet evaluator (eval_detection.py): predictions of videos without
+    ground truth count as false positives, classes without predictions as AP 0.
+    """
+    from stale_cli.errors import InputError
+    from stale_cli.evaluate import evaluate_files, parse_tious
+    from stale_cli.fileio import write_json_atomic
+    from stale_cli.vocab import read_classes_file
+
+    with user_errors():
+        if split is not None and classes_file is not None:
+            raise InputError("give either --split or --classes-file, not both")
+        classes = read_classes_file(classes_file) if classes_file is not None else None
+        tious = parse_tious(tiou) if tiou is not None else None
+        result = evaluate_files(predictions, annotations, subset, split, classes, tious)
+        what = f"split {split}, unseen classes" if split else ("listed classes" if classes else "all classes")
+        title = f"{predictions.name}: {result['subset']} subset, {what} ({len(result['per_class'])}), AP %"
+        stdout.print(results_table(result, title))
+        stdout.print(f"average mAP: {100 * result['average_mAP']:.2f}")
+        if output is not None:
+            write_json_atomic(output, result)
