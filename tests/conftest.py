@@ -55,3 +55,116 @@ def tiny_clip_weights(tiny_clip, tmp_path_factory):
     path = tmp_path_factory.mktemp("clip_weights") / "tiny_clip.pt"
     torch.save(tiny_clip.state_dict(), path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic videos (made with PyAV; no binary is committed). Each frame carries its own number in its top half
+# (left quarter: 16 * (i // 16) + 8 grey, right quarter: 16 * (i % 16) + 8 grey), so a test can read back which
+# frame a decoder delivered; the bottom half shows a moving square over a background whose colour changes at the
+# cut times ("scenes").
+
+VIDEO_W, VIDEO_H = 96, 64
+SCENE_COLOURS = [(200, 40, 40), (40, 160, 60), (50, 70, 200), (220, 200, 40)]
+
+
+def draw_frame(i: int, t: float, cuts=()):
+    import numpy as np
+
+    img = np.zeros((VIDEO_H, VIDEO_W, 3), np.uint8)
+    half_h, half_w = VIDEO_H // 2, VIDEO_W // 2
+    img[:half_h, :half_w] = 16 * ((i // 16) % 16) + 8
+    img[:half_h, half_w:] = 16 * (i % 16) + 8
+    scene = sum(1 for c in cuts if t >= c)
+    img[half_h:] = SCENE_COLOURS[scene % len(SCENE_COLOURS)]
+    x = int(4 * i) % (VIDEO_W - 12)
+    img[half_h + 8 : half_h + 20, x : x + 12] = 255
+    return img
+
+
+def read_frame_number(img) -> int:
+    """Inverse of draw_frame's code on a decoded (H, W, 3) uint8 frame of the original size."""
+    half_h, half_w = VIDEO_H // 2, VIDEO_W // 2
+    hi = float(img[half_h // 4 : 3 * half_h // 4, half_w // 4 : 3 * half_w // 4].mean())
+    lo = float(img[half_h // 4 : 3 * half_h // 4, half_w + half_w // 4 : half_w + 3 * half_w // 4].mean())
+    return int(round((hi - 8) / 16)) * 16 + int(round((lo - 8) / 16))
+
+
+def make_video(path, frame_times, time_base, rate=None, codec="mpeg4", cuts=()):
+    """Write a video whose frame i has presentation time frame_times[i] (seconds, exact multiples of time_base)."""
+    from fractions import Fraction
+
+    import av
+
+    time_base = Fraction(time_base)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate or Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = VIDEO_W, VIDEO_H, "yuv420p"
+        stream.time_base = time_base
+        stream.codec_context.time_base = time_base
+        if codec == "mpeg4":
+            stream.codec_context.qmax = 4  # flat grey codes must survive compression
+        elif codec == "libx264":
+            stream.options = {"crf": "10", "preset": "ultrafast"}
+        for i, t in enumerate(frame_times):
+            frame = av.VideoFrame.from_ndarray(draw_frame(i, t, cuts), format="rgb24")
+            frame.pts = int(round(Fraction(t) / time_base)) if not isinstance(t, Fraction) else int(t / time_base)
+            frame.time_base = time_base
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory):
+    """Paths of the synthetic videos plus the exact presentation times of their frames (seconds from frame 0)."""
+    from fractions import Fraction
+
+    d = tmp_path_factory.mktemp("videos")
+    ntsc = Fraction(1001, 30000)
+    vfr_times = [Fraction(0)]
+    for i in range(1, 40):  # 10 fps, then 25 fps, then 5 fps, in milliseconds
+        vfr_times.append(vfr_times[-1] + Fraction(100 if i < 10 else 40 if i < 30 else 200, 1000))
+    start = Fraction(3, 2)  # a stream that starts at 1.5 s
+    v = {
+        "cfr25": (make_video(d / "cfr25.mp4", [Fraction(i, 25) for i in range(100)], Fraction(1, 25),
+                             cuts=(1.0, 2.5)), [Fraction(i, 25) for i in range(100)], Fraction(4)),
+        "ntsc": (make_video(d / "ntsc.mp4", [i * ntsc for i in range(90)], ntsc, rate=Fraction(30000, 1001),
+                            codec="libx264"), [i * ntsc for i in range(90)], Fraction(3003, 1000)),
+        # the last frame's display duration is the muxer's choice: "duration" None = not known exactly
+        "vfr": (make_video(d / "vfr.mkv", vfr_times, Fraction(1, 1000), codec="libx264"), vfr_times, None),
+        "late": (make_video(d / "late.mkv", [start + Fraction(i, 25) for i in range(50)], Fraction(1, 1000)),
+                 [Fraction(i, 25) for i in range(50)], Fraction(2)),
+        "single": (make_video(d / "single.mp4", [Fraction(0)], Fraction(1, 25)), [Fraction(0)], Fraction(1, 25)),
+    }
+    return {
+        name: {"path": p, "times": [float(t) for t in ts], "duration": None if dur is None else float(dur)}
+        for name, (p, ts, dur) in v.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory, videos):
+    """Damaged and non-video files.
+
+    truncated.mkv: first half of a 10 s Matroska video (frames 0..~120 decodable); no_frames.mp4: first 40% of an
+    MP4 whose index (moov) is at the end, so nothing is decodable; garbage.mp4: random bytes; notes.txt: text.
+    """
+    from fractions import Fraction
+
+    d = tmp_path_factory.mktemp("bad")
+    whole = make_video(d / "whole.mkv", [Fraction(i, 25) for i in range(250)], Fraction(1, 1000))
+    data = whole.read_bytes()
+    (d / "truncated.mkv").write_bytes(data[: len(data) // 2])
+    whole.unlink()
+    data = videos["cfr25"]["path"].read_bytes()
+    (d / "no_frames.mp4").write_bytes(data[: int(len(data) * 0.4)])
+    (d / "garbage.mp4").write_bytes(bytes(range(256)) * 64)
+    (d / "notes.txt").write_text("not a video\n")
+    return {
+        "truncated": d / "truncated.mkv",
+        "no_frames": d / "no_frames.mp4",
+        "garbage": d / "garbage.mp4",
+        "text": d / "notes.txt",
+    }

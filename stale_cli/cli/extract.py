@@ -1,1 +1,106 @@
-"""(command module: written by its owner)"""
+"""``stale extract-features``: CLIP features of videos, one ``.npy`` + ``.json`` per video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from stale_cli.cli.app import (
+    ClipModelOption,
+    ClipWeightsOption,
+    DeviceOption,
+    ProgressOption,
+    app,
+    error,
+    resolve_device,
+    stderr,
+    user_errors,
+    warning,
+)
+from stale_cli.extract import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS
+
+
+@app.command("extract-features")
+def extract_features(
+    inputs: List[str] = typer.Argument(
+        ..., metavar="INPUT...", help="Video files, directories (searched recursively) and @list.txt files."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for <video>.npy + <video>.json."),
+    fps: float = typer.Option(
+        DEFAULT_FEATURE_FPS, "--fps", help="Frames per second to sample (by presentation time); one feature row each."
+    ),
+    clip_model: str = ClipModelOption,
+    clip_weights: str = ClipWeightsOption,
+    device: str = DeviceOption,
+    batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Frames per forward pass."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="I/N: do only shard I of N (0-based; deterministic, by file name). Under torchrun "
+        "the default is RANK/WORLD_SIZE.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos whose features already exist."),
+    progress: bool = ProgressOption,
+) -> None:
+    """Sample frames at --fps, encode them with CLIP's image encoder, write float16 (T, D) features per video.
+
+    A rerun skips videos whose files exist with the same settings; bad files are reported and skipped, and the
+    command exits with status 1 at the end if any failed.
+    """
+    with user_errors():
+        from stale_cli.clip_backbone import load_clip
+        from stale_cli.errors import InputError
+        from stale_cli.extract import check_writable, extract_many, video_ids
+        from stale_cli.inputs import collect_inputs, parse_shard, select_shard
+
+        if not fps > 0:
+            raise InputError(f"--fps must be positive, got {fps}")
+        if batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        shard_spec = parse_shard(shard)
+        paths, bad_inputs = _collect(inputs, collect_inputs)
+        ids = video_ids(paths)  # over the whole batch, so names do not depend on the shard
+        if shard_spec is not None:
+            index, count = shard_spec
+            keep = set(select_shard(paths, index, count))
+            ids = [v for p, v in zip(paths, ids) if p in keep]
+            paths = [p for p in paths if p in keep]
+            stderr.print(f"shard {index}/{count}: {len(paths)} video(s)", highlight=False)
+        check_writable(out)
+        clip = load_clip(clip_model, clip_weights, resolve_device(device))
+        summary = extract_many(
+            paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=progress, ids=ids,
+            on_warning=warning, on_error=error,
+        )
+        stderr.print(
+            f"done {summary.done}, skipped {summary.skipped} (already extracted), failed {len(summary.failed)}; "
+            f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s)",
+            highlight=False,
+        )
+        failed = bad_inputs + [str(path) for path, _ in summary.failed]
+        if failed:
+            error(f"{len(failed)} input(s) failed:")
+            for path in failed:
+                stderr.print(f"  {path}", highlight=False)
+            raise typer.Exit(1)
+
+
+def _collect(inputs, collect_inputs):
+    """collect_inputs item by item, so that one bad INPUT is reported and the others still run."""
+    from stale_cli.errors import InputError, StaleError
+
+    paths, seen, bad = [], set(), []
+    for item in inputs:
+        try:
+            found = collect_inputs([item])
+        except StaleError as e:
+            error(str(e))
+            bad.append(item)
+            continue
+        for p in found:
+            if p.resolve() not in seen:
+                seen.add(p.resolve())
+                paths.append(p)
+    if not paths:
+        raise InputError("no videos to extract" + (f" (unusable inputs: {', '.join(bad)})" if bad else ""))
+    return paths, bad

@@ -1,0 +1,123 @@
+"""Which files a command works on: paths, directories and @list files, and shards of them for job arrays."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from stale_cli.errors import InputError
+
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mkv .webm .avi .mov .mpg .mpeg .ts .mts .m2ts .wmv .flv .3gp .ogv .vob .mxf".split()
+)
+FEATURE_EXTENSIONS = frozenset({".npy"})
+_EXTENSIONS = {"video": VIDEO_EXTENSIONS, "features": FEATURE_EXTENSIONS}
+
+
+def _wanted(path: Path, kinds: Sequence[str]) -> bool:
+    return any(path.suffix.lower() in _EXTENSIONS[k] for k in kinds)
+
+
+def _read_list(list_file: Path) -> list[str]:
+    """Lines of an @list file: one path per line, blank lines and # comments skipped, relative to the file."""
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"@{list_file}: cannot read the list file ({getattr(e, 'strerror', None) or e})") from e
+    out = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line).expanduser()
+            out.append(str(p if p.is_absolute() else list_file.parent / p))
+    return out
+
+
+def collect_inputs(items: Iterable[str], kinds: Sequence[str] = ("video",)) -> list[Path]:
+    """Expand command-line inputs into a list of files, in the order given, without duplicates.
+
+    ``items``: file paths (taken as given, whatever their extension: the decoder decides), directories (searched
+    recursively for files with an extension of ``kinds``, sorted), and ``@list.txt`` (one path per line,
+    relative paths relative to the list file; may name directories and other lists).
+    Raises :class:`InputError` for a missing path, a directory with nothing of ``kinds`` in it, or no input.
+    """
+    unknown = [k for k in kinds if k not in _EXTENSIONS]
+    assert not unknown, unknown
+    found: list[Path] = []
+    seen: set = set()
+
+    def add(p: Path) -> None:
+        key = os.path.normcase(os.path.abspath(p))
+        if key not in seen:
+            seen.add(key)
+            found.append(p)
+
+    def visit(item: str, depth: int) -> None:
+        if item.startswith("@"):
+            if depth > 8:
+                raise InputError(f"{item}: @list files nested too deeply (a list that includes itself?)")
+            list_file = Path(item[1:]).expanduser()
+            if not list_file.is_file():
+                raise InputError(f"{item}: list file {list_file} does not exist")
+            for entry in _read_list(list_file):
+                visit(entry, depth + 1)
+            return
+        path = Path(item).expanduser()
+        if path.is_dir():
+            hits = sorted(
+                (p for p in path.rglob("*") if p.is_file() and _wanted(p, kinds) and not p.name.startswith(".")),
+                key=lambda p: p.as_posix(),
+            )
+            if not hits:
+                what = " or ".join(kinds)
+                exts = " ".join(sorted(set().union(*(_EXTENSIONS[k] for k in kinds))))
+                raise InputError(f"{path}: directory contains no {what} files (looked for {exts})")
+            for p in hits:
+                add(p)
+        elif path.is_file():
+            add(path)
+        else:
+            raise InputError(f"{path}: no such file or directory")
+
+    for item in items:
+        visit(str(item), 0)
+    if not found:
+        raise InputError("no inputs given")
+    return found
+
+
+def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """``"I/N"`` (0 <= I < N) -> (I, N). ``None`` or "" -> the torchrun rank's shard (RANK/WORLD_SIZE), else None."""
+    if text is None or not str(text).strip():
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is not None and world is not None and world.strip() not in ("", "1"):
+            try:
+                return parse_shard(f"{int(rank)}/{int(world)}")
+            except ValueError as e:
+                raise InputError(f"RANK={rank!r} / WORLD_SIZE={world!r} from the environment are not a shard") from e
+        return None
+    parts = str(text).strip().split("/")
+    try:
+        index, count = (int(p) for p in parts)
+    except ValueError:
+        raise InputError(f"--shard {text!r}: expected I/N with integers, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"--shard {text!r}: need N >= 1 and 0 <= I < N (shards are numbered from 0)")
+    return index, count
+
+
+def shard_of(path: Path, count: int) -> int:
+    """Shard of one input: a stable hash of its file name (not its directory, nor the order of the inputs).
+
+    The same file lands in the same shard on every machine and in every run, whatever else is in the batch.
+    """
+    return zlib.crc32(path.name.encode("utf-8")) % count
+
+
+def select_shard(paths: Sequence[Path], index: int, count: int) -> list[Path]:
+    """The inputs of shard ``index`` of ``count``: every input is in exactly one shard."""
+    if not 0 <= index < count:
+        raise InputError(f"shard {index}/{count} does not exist")
+    return [p for p in paths if shard_of(Path(p), count) == index]

@@ -1,0 +1,342 @@
+"""Video decoding: frames sampled at a fixed rate by presentation time, RGB, resized right after decoding.
+
+Sampling contract (DESIGN.md §2, seconds are the truth): with ``t0`` the presentation time of the stream's first
+frame, sample ``k`` is the frame *displayed* at ``t0 + k / fps``, i.e. the last frame whose presentation time is
+at or before that instant. A video is displayed from ``t0`` to ``end`` = last frame's time + its duration, and
+``duration = end - t0``; samples are taken for every ``k`` with ``k / fps < duration``. This is right for
+29.97 fps, variable frame rate and streams that do not start at 0, because only timestamps are used, never
+frame index / nominal rate. Sample times are reported relative to ``t0`` (so sample ``k`` is at ``k / fps``).
+
+A video shorter than one sampling interval (``duration <= 1 / fps``, e.g. a single frame) still gives one
+sample (its first frame, at 0 s) and a warning: one row of features is all it has.
+
+decord decodes first; PyAV takes over when decord is missing, cannot open the file, or fails part-way (then
+PyAV continues from the first sample decord did not deliver). A truncated or corrupt file yields what is
+decodable, with a warning; no decodable frame at all raises :class:`~stale_cli.errors.DecodeError`.
+
+Memory is bounded: :class:`FrameSampler` yields chunks of at most ``chunk_size`` sampled frames, already resized.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from stale_cli.errors import DecodeError
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-6  # seconds: timestamps closer than this count as equal (pts are exact rationals; k / fps is a float)
+DECODE_GROUP = 8  # full-resolution frames held at once before they are resized
+
+
+@dataclass
+class FrameChunk:
+    frames: torch.Tensor  # uint8 (n, H', W', 3) RGB, after `transform`
+    indices: np.ndarray  # int64 (n,): sample numbers k
+    frame_times: np.ndarray  # float64 (n,): time of the frame shown, seconds relative to the first frame
+
+
+@dataclass
+class VideoInfo:
+    """What is known about a decoded video once its sampler has been exhausted."""
+
+    decoder: str = ""  # "decord", "pyav" or "decord+pyav"
+    num_frames: int = 0  # frames decoded from the source
+    num_samples: int = 0
+    start_time: float = 0.0  # presentation time of the first frame in the file, seconds
+    duration: float = 0.0  # seconds from the first frame to the end of the last
+    native_fps: Optional[float] = None
+    warnings: list = field(default_factory=list)
+
+
+def _have_decord() -> bool:
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def num_samples(duration: float, fps: float) -> int:
+    """Number of samples k with k / fps < duration (at least 1 for a video with any frame)."""
+    return max(1, math.ceil(duration * fps - EPS * fps))
+
+
+def select_frames(frame_times: np.ndarray, end: float, fps: float) -> np.ndarray:
+    """Frame index displayed at each sample time. ``frame_times``: (F,) seconds from the first frame, sorted.
+
+    Returns int64 (T,) with T = num_samples(end, fps): entry k is the last frame with time <= k / fps.
+    """
+    targets = np.arange(num_samples(end, fps)) / fps  # (T,)
+    idx = np.searchsorted(frame_times, targets + EPS, side="right") - 1
+    return np.clip(idx, 0, len(frame_times) - 1).astype(np.int64)
+
+
+class _Selector:
+    """Streaming form of :func:`select_frames` for a decoder that delivers frames one at a time in order."""
+
+    def __init__(self, fps: float, skip: int = 0):
+        self.fps = fps
+        self.k = 0
+        self.skip = skip  # samples already delivered by another decoder
+        self.prev = None
+        self.prev_t = 0.0
+
+    def push(self, t: float, frame) -> list:
+        """Offer the frame shown from time ``t`` on; returns [(k, time, frame)] of samples now decided."""
+        out = []
+        while self.prev is not None and self.k / self.fps < t - EPS:
+            if self.k >= self.skip:
+                out.append((self.k, self.prev_t, self.prev))
+            self.k += 1
+        self.prev, self.prev_t = frame, t
+        return out
+
+    def finish(self, end: float) -> list:
+        out = []
+        while self.prev is not None and (self.k / self.fps < end - EPS or self.k == 0):
+            if self.k >= self.skip:
+                out.append((self.k, self.prev_t, self.prev))
+            self.k += 1
+        return out
+
+
+class FrameSampler:
+    """Iterate over a video's samples in chunks: ``for chunk in FrameSampler(path, fps=4.0, transform=f): ...``.
+
+    ``transform`` maps uint8 ``(n, H, W, 3)`` RGB frames to what the chunks hold (the CLIP resize); it is applied
+    right after decoding, at most ``DECODE_GROUP`` full-resolution frames at a time. ``info`` is complete once
+    the iteration ends. ``decoder``: "auto" (decord, PyAV on failure), "decord" or "pyav".
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float,
+        transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        chunk_size: int = 32,
+        decoder: str = "auto",
+        threads: int = 1,
+    ):
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.path = Path(path)
+        self.fps = float(fps)
+        self.transform = transform or (lambda x: x)
+        self.chunk_size = chunk_size
+        self.decoder = decoder
+        self.threads = threads
+        self.info = VideoInfo()
+
+    # -- chunking -------------------------------------------------------------------------------------------
+    def _chunks(self, samples: Iterator[tuple]) -> Iterator[FrameChunk]:
+        """(k, time, frame uint8 tensor (h, w, 3) after transform) -> FrameChunk of up to chunk_size."""
+        buf = []
+        for s in samples:
+            buf.append(s)
+            if len(buf) == self.chunk_size:
+                yield self._chunk(buf)
+                buf = []
+        if buf:
+            yield self._chunk(buf)
+
+    @staticmethod
+    def _chunk(buf: list) -> FrameChunk:
+        return FrameChunk(
+            frames=torch.stack([f for _, _, f in buf]),  # (n, H', W', 3)
+            indices=np.array([k for k, _, _ in buf], dtype=np.int64),
+            frame_times=np.array([t for _, t, _ in buf], dtype=np.float64),
+        )
+
+    def __iter__(self) -> Iterator[FrameChunk]:
+        if not self.path.is_file():
+            raise DecodeError(f"{self.path}: no such file")
+        delivered = 0
+        use_decord = self.decoder in ("auto", "decord") and _have_decord()
+        if self.decoder == "decord" and not use_decord:
+            raise DecodeError("decord is not installed; use decoder='pyav'")
+        if use_decord:
+            try:
+                for chunk in self._chunks(self._decord_samples()):
+                    delivered = int(chunk.indices[-1]) + 1
+                    yield chunk
+                self.info.decoder = "decord"
+            except _DecordFailed as e:
+                if self.decoder == "decord":
+                    raise DecodeError(f"{self.path}: decord cannot decode it ({e})") from e
+                log.debug("%s: decord failed (%s) after %d samples; continuing with PyAV", self.path, e, delivered)
+                self.info.decoder = "decord+pyav" if delivered else "pyav"
+                yield from self._chunks(self._pyav_samples(skip=delivered))
+        else:
+            self.info.decoder = "pyav"
+            yield from self._chunks(self._pyav_samples(skip=0))
+        start, declared = probe_header(self.path)
+        if self.info.decoder == "decord" and start is not None:
+            self.info.start_time = start  # decord's timestamps are relative to the stream start
+        decoded = self.info.start_time + self.info.duration
+        if declared is not None and decoded < declared - max(1.0, 0.02 * declared):
+            self._warn(
+                f"file looks truncated or damaged: decoded {decoded:.2f} s of the {declared:.2f} s its header "
+                "declares; features cover the decodable part only"
+            )
+        if self.info.duration <= 1.0 / self.fps + EPS:
+            self._warn(
+                f"video is {self.info.duration:.3f} s long, not longer than one sampling interval "
+                f"(1/{self.fps:g} s): it gives a single feature row"
+            )
+
+    def _warn(self, message: str) -> None:
+        self.info.warnings.append(message)
+
+    # -- decord ---------------------------------------------------------------------------------------------
+    def _decord_samples(self) -> Iterator[tuple]:
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)  # its ffmpeg's messages; failures are reported by us
+        try:
+            vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.threads)
+            n = len(vr)
+            if n == 0:
+                raise _DecordFailed("no frames")
+            ts = vr.get_frame_timestamp(np.arange(n))  # (F, 2) start/end seconds
+        except _DecordFailed:
+            raise
+        except Exception as e:  # decord raises its own DECORDError, RuntimeError or ValueError
+            raise _DecordFailed(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+        starts = ts[:, 0].astype(np.float64)
+        if not np.all(np.isfinite(starts)) or np.any(np.diff(starts) < -EPS):
+            raise _DecordFailed("unusable frame timestamps")
+        t0 = float(starts[0])
+        times = starts - t0  # (F,)
+        end = float(ts[-1, 1]) - t0
+        if not end > times[-1]:
+            rate = float(vr.get_avg_fps() or 0)
+            end = times[-1] + (1.0 / rate if rate > 0 else (times[-1] / max(n - 1, 1) or 1.0 / self.fps))
+        picks = select_frames(times, end, self.fps)  # (T,)
+        self.info.num_frames = n
+        self.info.start_time = t0
+        self.info.duration = end
+        self.info.native_fps = float(vr.get_avg_fps() or 0) or None
+        self.info.num_samples = len(picks)
+        # Decode distinct frames in small groups, resize each group at once, then repeat a frame where several
+        # samples fall on it (fps above the video's own rate).
+        distinct = np.unique(picks)
+        for g in range(0, len(distinct), DECODE_GROUP):
+            group = distinct[g : g + DECODE_GROUP]
+            try:
+                raw = vr.get_batch(group.tolist()).asnumpy()  # (g, H, W, 3) uint8 RGB
+            except Exception as e:
+                raise _DecordFailed(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+            small = self.transform(torch.from_numpy(raw))  # (g, H', W', 3)
+            del raw
+            lookup = {int(i): j for j, i in enumerate(group)}
+            lo = np.searchsorted(picks, group[0], side="left")
+            hi = np.searchsorted(picks, group[-1], side="right")
+            for k in range(lo, hi):
+                yield (k, float(times[picks[k]]), small[lookup[int(picks[k])]])
+
+    # -- PyAV -----------------------------------------------------------------------------------------------
+    def _pyav_samples(self, skip: int) -> Iterator[tuple]:
+        import av
+
+        try:
+            container = av.open(str(self.path))
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+            raise DecodeError(f"{self.path}: not a readable video ({getattr(e, 'strerror', None) or _first_line(e)})") from e
+        with container:
+            if not container.streams.video:
+                raise DecodeError(f"{self.path}: the file has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = self.threads
+            rate = float(stream.average_rate) if stream.average_rate else None
+            selector = _Selector(self.fps, skip=skip)
+            pending = []  # [(k, t, av.VideoFrame)] waiting to be converted and resized as a group
+            t0 = None
+            last_t, last_dur, count = 0.0, None, 0
+            converted = {}  # frame number -> resized tensor, so a frame picked by several samples is converted once
+
+            def flush():
+                todo = {n: fr for _, _, (n, fr) in pending if n not in converted}
+                keep = {n: converted[n] for _, _, (n, _) in pending if n in converted}
+                if todo:
+                    raw = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in todo.values()]))  # (g, H, W, 3)
+                    keep.update(zip(todo.keys(), self.transform(raw)))  # (g, H', W', 3)
+                converted.clear()
+                converted.update(keep)
+                out = [(k, t, converted[n]) for k, t, (n, _) in pending]
+                pending.clear()
+                return out
+
+            try:
+                for frame in container.decode(stream):
+                    if frame.pts is None and frame.time is None:
+                        t = last_t + (1.0 / rate if rate else 0.0)
+                    else:
+                        t = float(frame.time)
+                    if t0 is None:
+                        t0 = t
+                        self.info.start_time = t0
+                    t = t - t0
+                    if t < last_t:  # out-of-order timestamps in a broken file: keep display order
+                        t = last_t
+                    last_t = t
+                    last_dur = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else None
+                    for s in selector.push(t, (count, frame)):
+                        pending.append(s)
+                    count += 1
+                    if len(pending) >= DECODE_GROUP:
+                        yield from flush()
+            except (av.FFmpegError, OSError) as e:
+                self._warn(f"decoding stopped at {last_t:.2f} s ({_first_line(e)}); the rest of the file is unreadable")
+            if count == 0:
+                raise DecodeError(f"{self.path}: no decodable video frames")
+            step = last_dur or (1.0 / rate if rate else (last_t / (count - 1) if count > 1 else 1.0 / self.fps))
+            end = last_t + step
+            pending.extend(selector.finish(end))
+            yield from flush()
+            self.info.num_frames = count
+            self.info.duration = end
+            self.info.native_fps = rate
+            self.info.num_samples = selector.k
+
+
+def probe_header(path: str | os.PathLike) -> tuple:
+    """(start, end) of the video stream in seconds as the container header declares them (None where unknown).
+
+    Reads the header only. ffmpeg's container duration is counted from time 0 by some demuxers and from the
+    start time by others; the smaller reading is taken as the end, so a truncation check never cries wolf.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return None, None
+            stream = container.streams.video[0]
+            start = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
+            ends = []
+            if container.duration:
+                ends.append(container.duration / 1e6)  # AV_TIME_BASE units
+            if stream.duration and stream.time_base:
+                ends.append(float((stream.duration + (stream.start_time or 0)) * stream.time_base))
+            return start, (min(ends) if ends else None)
+    except (av.FFmpegError, OSError, UnicodeDecodeError):
+        return None, None
+
+
+class _DecordFailed(Exception):
+    """decord could not open or decode the file (internal: PyAV takes over)."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
