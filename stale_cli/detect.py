@@ -1,0 +1,395 @@
+"""Detection: inputs (videos or feature files) -> segments in seconds, with a label and a score.
+
+:class:`Detector` loads everything once for a whole batch (the STALE checkpoint or the CLIP text features of the
+training-free mode, and the CLIP image encoder only when some input is a video) and then detects one input at a
+time; :func:`detect_batch` runs it over a list of inputs, hands each finished video to a writer and collects
+per-input failures so a batch goes on past a bad file.
+
+Two modes:
+
+- ``stale``: a trained STALE checkpoint. Features are cut into windows with the checkpoint's own ``DataConfig``
+  (``data.windows``), the model gives per-snippet probabilities ``softmax(logits)``: (T, K+1) and masks (T, T)
+  per window, ``postprocess.segments_from_window`` turns each window into candidates in seconds, and
+  ``postprocess.finalize`` merges the windows of a video (Soft-NMS, top-k, clipped to the video).
+- ``clip``: the training-free mode of :mod:`stale_cli.clipmode`: probabilities on the whole video at once (one
+  background level per video), then the same ``segments_from_window`` (``masks=None``) on sliding windows of 256
+  snippets and the same ``finalize``.
+
+Feature rate: a checkpoint was trained on features at ``feature_fps``; features at another rate (a feature file
+extracted at another ``--fps``) are **resampled** to it by linear interpolation along time, with a log line,
+because its windows of T snippets and its mask localizer's kernels are in units of snippets: fed at another rate,
+the model would see actions stretched or squeezed. Videos are sampled at the checkpoint's rate directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from stale_cli.clipmode import MODE_NAME as CLIP_MODE
+from stale_cli.clipmode import ClipModeConfig, class_text_features, snippet_probabilities
+from stale_cli.data.windows import DataConfig
+from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
+from stale_cli.fileio import read_features, write_features
+from stale_cli.outputs import Segment, VideoDetections
+
+log = logging.getLogger(__name__)
+
+STALE_MODE = "stale"
+MODES = (STALE_MODE, CLIP_MODE)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+WINDOW_BATCH = 8  # STALE windows per forward pass
+DEFAULT_CLIP_MODEL = "ViT-B-16"
+# The training-free mode computes probabilities on the whole video, then takes candidates window by window so
+# that DetectConfig.max_candidates applies per stretch of video, not per video.
+CLIP_WINDOWS = DataConfig(mode="window", num_snippets=256, overlap=0.5)
+
+
+def default_weights_dir() -> Path:
+    """``weights/`` of the repository (beside the package), or ``$STALE_WEIGHTS_DIR``."""
+    env = os.environ.get("STALE_WEIGHTS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+
+
+def choose_mode(
+    mode: Optional[str], checkpoint: Optional[str | os.PathLike], weights_dir: Optional[Path] = None
+) -> tuple[str, Optional[Path]]:
+    """Which mode runs, and with which checkpoint.
+
+    ``--checkpoint`` wins; else the one checkpoint in ``weights/`` when there is exactly one; else the
+    training-free mode. ``--mode stale`` without any checkpoint, or ``--mode clip`` with ``--checkpoint``, is an
+    error; ``--mode clip`` ignores ``weights/``.
+    """
+    if mode is not None and mode not in MODES:
+        raise InputError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if checkpoint is not None:
+        if mode == CLIP_MODE:
+            raise InputError("--mode clip is the training-free mode; it takes no --checkpoint")
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint not found")
+        return STALE_MODE, path
+    if mode == CLIP_MODE:
+        return CLIP_MODE, None
+    weights_dir = weights_dir or default_weights_dir()
+    found = sorted(p for p in weights_dir.glob("*") if p.suffix in CHECKPOINT_SUFFIXES) if weights_dir.is_dir() else []
+    if len(found) == 1:
+        log.info("using the checkpoint in %s: %s", weights_dir, found[0].name)
+        return STALE_MODE, found[0]
+    if mode == STALE_MODE:
+        why = f"{len(found)} checkpoints in {weights_dir}" if found else f"no checkpoint in {weights_dir}"
+        raise CheckpointError(f"--mode stale needs a trained checkpoint ({why}); pass --checkpoint PATH")
+    if found:
+        log.warning("%d checkpoints in %s; pass --checkpoint to pick one. Using the training-free mode", len(found), weights_dir)
+    return CLIP_MODE, None
+
+
+def resample_features(features: np.ndarray, meta: dict, fps: float) -> tuple[np.ndarray, dict]:
+    """Linear interpolation of (N, D) features sampled at ``meta["fps"]`` to ``fps`` rows per second.
+
+    Row k of the result is the frame at ``t0 + k / fps``; the result covers the same span as the source.
+    """
+    src_fps = float(meta["fps"])
+    N, D = features.shape
+    t0 = float((meta.get("timestamps") or [0.0])[0])
+    M = max(1, int(round(N * fps / src_fps)))
+    pos = np.clip(np.arange(M) * (src_fps / fps), 0.0, N - 1)  # (M,) continuous source rows
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, N - 1)
+    w = (pos - lo)[:, None].astype(np.float32)  # (M, 1)
+    out = features[lo] * (1 - w) + features[hi] * w  # (M, D)
+    new_meta = dict(meta, fps=float(fps), timestamps=[t0 + k / fps for k in range(M)], resampled_from_fps=src_fps)
+    return out.astype(np.float32), new_meta
+
+
+def _same_clip(a: Optional[str], b: Optional[str]) -> bool:
+    """Model names equal up to open_clip's ``-quickgelu`` variant (same weights, same embedding)."""
+    if not a or not b:
+        return True
+    strip = lambda s: s.lower().removesuffix("-quickgelu")  # noqa: E731
+    return strip(a) == strip(b)
+
+
+@dataclass
+class DetectSettings:
+    """What a run of ``stale detect`` is asked for (besides its inputs)."""
+
+    classes: list[str]
+    mode: Optional[str] = None  # None: choose (see choose_mode)
+    checkpoint: Optional[Path] = None
+    clip_model: Optional[str] = None  # None: the checkpoint's, or ViT-B-16 in the training-free mode
+    clip_weights: Optional[str] = "openai"
+    fps: Optional[float] = None  # video sampling rate; None: the checkpoint's, or extract's default
+    min_score: Optional[float] = None
+    top_k: Optional[int] = None
+    batch_size: int = 64
+    cache_features: Optional[Path] = None
+    weights_dir: Optional[Path] = None
+    clip_cfg: ClipModeConfig = field(default_factory=ClipModeConfig)
+
+
+class Detector:
+    """Everything loaded once for a batch; :meth:`detect` handles one input path."""
+
+    def __init__(self, settings: DetectSettings, device="cpu", need_video: bool = False, clip=None):
+        """``clip``: an already loaded ClipBackbone (tests, benchmarks); else loaded here when needed."""
+        import torch
+
+        from stale_cli.postprocess import DetectConfig
+
+        self.settings = settings
+        self.device = torch.device(device)
+        self.classes = list(settings.classes)
+        self.mode, self.checkpoint = choose_mode(settings.mode, settings.checkpoint, settings.weights_dir)
+        self.model = None
+        self.info = None  # CheckpointInfo in STALE mode
+        self.data_cfg = CLIP_WINDOWS
+        self.detect_cfg = DetectConfig()
+        overrides = {}
+        if settings.min_score is not None:
+            overrides["min_score"] = float(settings.min_score)
+        if settings.top_k is not None:
+            overrides["top_k"] = int(settings.top_k)
+        if overrides:
+            import dataclasses
+
+            self.detect_cfg = dataclasses.replace(self.detect_cfg, **overrides)
+
+        if self.mode == STALE_MODE:
+            self._load_stale()
+            clip_model = self.info.clip_model
+            if settings.clip_model is not None and not _same_clip(clip_model, settings.clip_model):
+                raise CheckpointError(
+                    f"{self.checkpoint}: trained on {clip_model} features but --clip-model {settings.clip_model} "
+                    "was given; drop --clip-model or use a checkpoint of that model"
+                )
+            self.clip_model_name = clip_model
+            self.fps = self.info.feature_fps
+            if settings.fps is not None and not math.isclose(settings.fps, self.fps):
+                log.warning("--fps %.3g ignored: the checkpoint was trained at %.3g features per second", settings.fps, self.fps)
+        else:
+            self.clip_model_name = settings.clip_model or DEFAULT_CLIP_MODEL
+            self.fps = settings.fps
+        log.info(
+            "mode: %s (%s)",
+            self.mode,
+            f"STALE checkpoint {self.checkpoint}" if self.mode == STALE_MODE else "training-free CLIP similarity",
+        )
+
+        self.clip = clip
+        if self.clip is None and (need_video or self.mode == CLIP_MODE):
+            from stale_cli.clip_backbone import load_clip
+
+            self.clip = load_clip(self.clip_model_name, settings.clip_weights, device=self.device)
+        if self.mode == STALE_MODE:
+            with torch.inference_mode():
+                self.text = self.model.encode_classes(self.classes)  # (K+1, C)
+        else:
+            self.text = class_text_features(self.clip, self.classes, settings.clip_cfg)  # (K, C)
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    def _load_stale(self) -> None:
+        from stale_cli.checkpoint import load_checkpoint
+
+        self.model, self.info = load_checkpoint(self.checkpoint, self.device)
+        self.data_cfg = self.info.data_config
+        if not self.info.feature_fps > 0:
+            raise CheckpointError(f"{self.checkpoint}: checkpoint does not record its feature rate (feature_fps)")
+        log.info(
+            "checkpoint %s: %s features at %.3g fps, trained on %d classes, %d epochs",
+            self.checkpoint.name, self.info.clip_model, self.info.feature_fps, len(self.info.class_names), self.info.epoch,
+        )
+
+    def metadata(self) -> dict:
+        """Run metadata for output files."""
+        from stale_cli import __version__
+
+        return {
+            "mode": self.mode,
+            "mode_description": "trained STALE checkpoint" if self.mode == STALE_MODE
+            else "training-free CLIP snippet-text similarity (baseline)",
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "classes": self.classes,
+            "fps": self.fps,
+            "clip_model": self.clip_model_name,
+            "clip_weights": getattr(self.clip, "weights", None) or self.settings.clip_weights,
+            "stale_version": __version__,
+        }
+
+    # ---- one input -----------------------------------------------------------------------------------------
+    def load_input(
+        self, path: Path, video_id: str, progress: Optional[Callable[[int], None]] = None
+    ) -> tuple[np.ndarray, dict]:
+        """Features ``(N, D)`` float32 and their sidecar meta for a feature file or a video (extracted in memory)."""
+        if path.suffix.lower() == ".npy":
+            return read_features(path)
+        cache = self.settings.cache_features
+        if cache is not None:
+            cached = Path(cache) / f"{video_id}.npy"
+            if cached.is_file() and cached.with_suffix(".json").is_file():
+                feats, meta = read_features(cached)
+                if self._cache_fits(meta, path):
+                    log.info("%s: reusing cached features %s", path.name, cached)
+                    return feats, meta
+        if self.clip is None:
+            raise InputError(f"{path}: a video, but the CLIP image encoder was not loaded")
+        from stale_cli.extract import DEFAULT_FEATURE_FPS, extract_video
+
+        fps = self.fps or DEFAULT_FEATURE_FPS
+        feats, meta = extract_video(path, self.clip, fps=fps, batch_size=self.settings.batch_size, on_frames=progress)
+        if cache is not None:
+            write_features(Path(cache) / f"{video_id}.npy", feats, meta)
+        return np.asarray(feats, dtype=np.float32), meta
+
+    def _cache_fits(self, meta: dict, path: Path) -> bool:
+        fps = self.fps or meta.get("fps")
+        same = (
+            _same_clip(meta.get("clip_model"), self.clip_model_name)
+            and str(meta.get("clip_weights")) == str(getattr(self.clip, "weights", meta.get("clip_weights")))
+            and math.isclose(float(meta.get("fps", -1)), float(fps))
+            and Path(str(meta.get("source", ""))).resolve() == path.resolve()
+        )
+        if not same:
+            log.info("%s: cached features were made with other settings; extracting again", path.name)
+        return same
+
+    def detect(
+        self, path: Path, video_id: Optional[str] = None, progress: Optional[Callable[[int], None]] = None
+    ) -> VideoDetections:
+        """Segments of one input file (video or feature file); ``video_id`` defaults to the file stem."""
+        video_id = video_id or path.stem
+        feats, meta = self.load_input(path, video_id, progress)
+        return self.detect_features(feats, meta, video_id=video_id, source=str(path))
+
+    def detect_features(self, feats: np.ndarray, meta: dict, video_id: str, source: str) -> VideoDetections:
+        """Segments of one video from its features ``(N, D)`` and sidecar ``meta`` (at least ``fps``)."""
+        from stale_cli.data.windows import feature_timeline, video_duration
+
+        feats = np.asarray(feats, dtype=np.float32)
+        if self.mode == STALE_MODE:
+            if not _same_clip(meta.get("clip_model"), self.clip_model_name):
+                raise CheckpointError(
+                    f"{source}: features are from {meta.get('clip_model')} but the checkpoint was trained on "
+                    f"{self.clip_model_name} features"
+                )
+            if not math.isclose(float(meta["fps"]), self.fps, rel_tol=1e-3):
+                log.info("%s: features at %.3g fps resampled to the checkpoint's %.3g fps", video_id, float(meta["fps"]), self.fps)
+                feats, meta = resample_features(feats, meta, self.fps)
+        else:
+            if not _same_clip(meta.get("clip_model"), self.clip_model_name):
+                raise InputError(
+                    f"{source}: features are from {meta.get('clip_model')}; pass --clip-model {meta.get('clip_model')} "
+                    "so the class text is encoded by the same CLIP"
+                )
+        duration = video_duration(meta, feats.shape[0])
+        timeline = feature_timeline(meta, feats.shape[0])
+        if self.mode == STALE_MODE:
+            candidates, scores = self._stale_candidates(feats, meta)
+        else:
+            candidates, scores = self._clip_candidates(feats, meta, timeline)
+        from stale_cli.postprocess import finalize
+
+        found = finalize(candidates, duration, self.detect_cfg)
+        segments = [Segment(self.classes[k], float(s), float(e), float(sc)) for k, s, e, sc in found]
+        return VideoDetections(
+            video_id=video_id,
+            source=source,
+            duration=duration,
+            segments=segments,
+            times=timeline.centres(),
+            scores=scores,
+            extra={"mode": self.mode},
+        )
+
+    def _clip_candidates(self, feats: np.ndarray, meta: dict, timeline) -> tuple[list, np.ndarray]:
+        """Probabilities on the whole video (one background level per video), segments per window."""
+        from stale_cli.data.windows import plan_windows
+        from stale_cli.postprocess import segments_from_window
+
+        if feats.shape[1] != self.text.shape[1]:
+            raise InputError(
+                f"features are {feats.shape[1]}-wide but {self.clip_model_name} embeds in {self.text.shape[1]} "
+                "dimensions; the training-free mode needs CLIP features of the same --clip-model"
+            )
+        probs = snippet_probabilities(feats, self.text, 1.0 / timeline.step, self.settings.clip_cfg)  # (N, K+1)
+        # Windows only bound the number of candidates per stretch of video (DetectConfig.max_candidates).
+        candidates = [
+            segments_from_window(
+                probs[w.start_row : w.start_row + w.valid_len], None, w.timeline, w.valid_len, self.detect_cfg
+            )
+            for w in plan_windows(feats.shape[0], meta, self.data_cfg)
+        ]
+        return candidates, probs[:, :-1]
+
+    def _stale_candidates(self, feats: np.ndarray, meta: dict) -> tuple[list, np.ndarray]:
+        """Candidates of every window, and per-row class probabilities (T_total, K) averaged over windows."""
+        import torch
+
+        from stale_cli.data.windows import cut_windows, feature_timeline
+        from stale_cli.postprocess import segments_from_window
+
+        width = self.info.feature_dim
+        if feats.shape[1] != width:
+            raise CheckpointError(
+                f"features are {feats.shape[1]}-wide but the checkpoint {self.checkpoint.name} takes {width}-wide "
+                "features; extract them with the checkpoint's CLIP model"
+            )
+        N = feats.shape[0]
+        K = len(self.classes)
+        row_sum = np.zeros((N, K), np.float64)
+        row_cnt = np.zeros((N, 1), np.float64)
+        src = feature_timeline(meta, N)
+        windows = cut_windows(feats, meta, self.data_cfg)
+        candidates: list = []
+        for i in range(0, len(windows), WINDOW_BATCH):
+            chunk = windows[i : i + WINDOW_BATCH]
+            x = torch.from_numpy(np.stack([w for _, w in chunk])).to(self.device)  # (B, T, D)
+            T = x.shape[1]
+            valid = torch.stack([torch.arange(T) < win.valid_len for win, _ in chunk]).to(self.device)  # (B, T)
+            with torch.inference_mode():
+                out = self.model(x, valid, self.text)
+            probs = out["logits"].float().softmax(-1).cpu().numpy()  # (B, T, K+1)
+            masks = out["masks"].float().cpu().numpy()  # (B, T, T)
+            for b, (win, _) in enumerate(chunk):
+                candidates.extend(segments_from_window(probs[b], masks[b], win.timeline, win.valid_len, self.detect_cfg))
+                # Per-row curves for the plot: each window snippet's probability goes to the rows it covers.
+                rows = np.clip(np.floor(src.to_index(win.timeline.centres()[: win.valid_len])).astype(int), 0, N - 1)
+                np.add.at(row_sum, rows, probs[b, : win.valid_len, :K])
+                np.add.at(row_cnt, rows, 1.0)
+        scores = (row_sum / np.maximum(row_cnt, 1.0)).astype(np.float32)  # (N, K)
+        return candidates, scores
+
+
+@dataclass
+class Failure:
+    path: Path
+    message: str
+
+
+def detect_batch(
+    detector: Detector,
+    paths: list[Path],
+    on_result: Callable[[VideoDetections], None],
+    on_error: Callable[[Failure], None] = lambda f: None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> list[Failure]:
+    """Detect every input in turn; a StaleError on one input is recorded and the batch goes on."""
+    from stale_cli.extract import video_ids
+
+    failures = []
+    for path, video_id in zip(paths, video_ids(paths)):
+        try:
+            result = detector.detect(path, video_id, progress)
+            on_result(result)
+        except StaleError as e:
+            msg = str(e)
+            failure = Failure(path, msg if str(path) in msg or path.name in msg else f"{path}: {msg}")
+            failures.append(failure)
+            on_error(failure)
+    return failures

@@ -1,0 +1,262 @@
+"""Writing detections: ActivityNet results JSON, CSV, SRT, a rich table on stdout, and a score plot.
+
+Formats (DESIGN.md §3):
+
+- **JSON**: the ActivityNet results schema ``{"version", "results": {video_id: [{"label", "score",
+  "segment": [start_s, end_s]}]}, "external_data": {...}}``; ``external_data`` holds the run metadata
+  (mode, checkpoint, classes, fps, CLIP model and weights, stale version), so ``stale evaluate`` reads it as is.
+- **CSV**: header ``video,label,start,end,score``, one row per segment, seconds with millisecond precision.
+- **SRT**: one subtitle per segment, text ``label (score)``; overlapping subtitles are allowed by the format.
+  An SRT file holds one video.
+
+``--output`` is a file or a directory. A directory gets one file per input video, ``<video_id>.<ext>``; a file
+gets every video. Either way each file is rewritten atomically as each video finishes, so an interrupted batch
+keeps what it finished. With no ``--output`` every video's segments are printed as a table on stdout.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from stale_cli.errors import InputError
+from stale_cli.fileio import atomic_path, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("json", "csv", "srt")
+RESULTS_VERSION = "VERSION 1.3"  # the version string of ActivityNet results files
+
+
+@dataclass(frozen=True)
+class Segment:
+    label: str
+    start: float  # seconds
+    end: float  # seconds
+    score: float  # in [0, 1]
+
+
+@dataclass
+class VideoDetections:
+    """Everything detection knows about one input video.
+
+    ``times`` (T,) are the seconds at the centre of each snippet and ``scores`` (T, K) the per-snippet class
+    probabilities (background column dropped), both only used by the plot.
+    """
+
+    video_id: str
+    source: str
+    duration: float  # seconds
+    segments: list[Segment]
+    times: Optional[np.ndarray] = None  # (T,) seconds
+    scores: Optional[np.ndarray] = None  # (T, K)
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_format(output: Optional[str | os.PathLike], fmt: Optional[str]) -> str:
+    """``--format`` if given, else the extension of ``--output`` when it is one of ours, else json."""
+    if fmt is not None:
+        fmt = fmt.lower().lstrip(".")
+        if fmt not in FORMATS:
+            raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        return fmt
+    if output is not None:
+        ext = Path(output).suffix.lower().lstrip(".")
+        if ext in FORMATS:
+            return ext
+    return "json"
+
+
+def output_is_directory(output: str | os.PathLike) -> bool:
+    """An existing directory, a path ending in a separator, or a path without extension is a directory."""
+    text = str(output)
+    path = Path(output)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        return True
+    if path.exists():
+        return False
+    return path.suffix == ""
+
+
+def segment_dict(seg: Segment) -> dict:
+    return {"label": seg.label, "score": round(float(seg.score), 6), "segment": [round(seg.start, 3), round(seg.end, 3)]}
+
+
+def results_json(videos: list[VideoDetections], meta: dict) -> dict:
+    """The ActivityNet results object for ``videos``; ``meta`` goes into ``external_data``."""
+    return {
+        "version": RESULTS_VERSION,
+        "results": {v.video_id: [segment_dict(s) for s in v.segments] for v in videos},
+        "external_data": {"used": True, "details": "CLIP features (stale)", **meta},
+    }
+
+
+def results_csv(videos: list[VideoDetections]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["video", "label", "start", "end", "score"])
+    for v in videos:
+        for s in v.segments:
+            writer.writerow([v.video_id, s.label, f"{s.start:.3f}", f"{s.end:.3f}", f"{s.score:.6f}"])
+    return buf.getvalue()
+
+
+def srt_timestamp(seconds: float) -> str:
+    """Seconds -> ``HH:MM:SS,mmm`` (SRT)."""
+    ms = int(round(max(seconds, 0.0) * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+
+
+def results_srt(video: VideoDetections) -> str:
+    """One subtitle per segment, in order of start time, numbered from 1."""
+    blocks = []
+    for i, s in enumerate(sorted(video.segments, key=lambda s: (s.start, -s.score)), start=1):
+        blocks.append(f"{i}\n{srt_timestamp(s.start)} --> {srt_timestamp(s.end)}\n{s.label} ({s.score:.2f})\n")
+    return "\n".join(blocks)
+
+
+def render(videos: list[VideoDetections], fmt: str, meta: dict) -> str:
+    if fmt == "json":
+        return json.dumps(results_json(videos, meta), indent=2) + "\n"
+    if fmt == "csv":
+        return results_csv(videos)
+    assert fmt == "srt" and len(videos) <= 1, "an SRT file holds one video"
+    return results_srt(videos[0]) if videos else ""
+
+
+class ResultWriter:
+    """Writes each video's detections as soon as it finishes.
+
+    ``output=None`` prints a table per video on ``console``; a directory gets ``<video_id>.<fmt>`` per video;
+    a file is rewritten (atomically) with every video finished so far.
+    """
+
+    def __init__(self, output: Optional[str | os.PathLike], fmt: str, meta: dict, console=None, num_inputs: int = 1):
+        self.fmt = fmt
+        self.meta = meta
+        self.console = console
+        self.videos: list[VideoDetections] = []
+        self.written: list[Path] = []
+        self.directory: Optional[Path] = None
+        self.file: Optional[Path] = None
+        if output is not None:
+            if output_is_directory(output):
+                self.directory = Path(output)
+                try:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise InputError(f"--output {output}: cannot create directory ({e.strerror or e})") from e
+            else:
+                self.file = Path(output)
+                if fmt == "srt" and num_inputs > 1:
+                    raise InputError(
+                        "an SRT file holds one video's subtitles; give --output a directory for several videos"
+                    )
+                if self.file.parent and not self.file.parent.exists():
+                    raise InputError(f"--output {output}: directory {self.file.parent} does not exist")
+
+    def add(self, video: VideoDetections) -> None:
+        if any(v.video_id == video.video_id for v in self.videos):
+            raise InputError(
+                f"{video.source}: video id {video.video_id!r} was already used by another input; "
+                "rename one of them (outputs are keyed by file stem)"
+            )
+        self.videos.append(video)
+        if self.directory is not None:
+            path = self.directory / f"{video.video_id}.{self.fmt}"
+            self._write(path, [video])
+        elif self.file is not None:
+            self._write(self.file, self.videos)
+        elif self.console is not None:
+            print_table(video, self.console)
+
+    def _write(self, path: Path, videos: list[VideoDetections]) -> None:
+        write_text_atomic(path, render(videos, self.fmt, self.meta))
+        if path not in self.written:
+            self.written.append(path)
+        log.debug("wrote %s", path)
+
+
+def print_table(video: VideoDetections, console) -> None:
+    """A readable table of one video's segments, sorted by start time."""
+    from rich.table import Table
+
+    table = Table(title=f"{video.video_id}  ({video.duration:.1f} s, {len(video.segments)} segments)",
+                  title_justify="left")
+    table.add_column("start", justify="right")
+    table.add_column("end", justify="right")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    for s in sorted(video.segments, key=lambda s: (s.start, -s.score)):
+        table.add_row(_clock(s.start), _clock(s.end), s.label, f"{s.score:.3f}")
+    console.print(table)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(max(seconds, 0.0), 60.0)
+    h, m = divmod(int(m), 60)
+    return f"{h}:{m:02d}:{s:06.3f}" if h else f"{m:d}:{s:06.3f}"
+
+
+def require_matplotlib() -> None:
+    """Fail early, before any work, when ``--plot`` is asked for without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError("--plot needs matplotlib: pip install 'stale-cli[plot]' (or pip install matplotlib)") from None
+
+
+def plot_paths(plot: str | os.PathLike, video_ids: list[str]) -> dict[str, Path]:
+    """One video -> ``plot`` itself; several -> ``<stem>_<video_id><suffix>`` beside it."""
+    plot = Path(plot)
+    suffix = plot.suffix or ".png"
+    if len(video_ids) == 1:
+        return {video_ids[0]: plot if plot.suffix else plot.with_suffix(suffix)}
+    return {vid: plot.with_name(f"{plot.stem}_{vid}{suffix}") for vid in video_ids}
+
+
+def plot_detections(video: VideoDetections, classes: list[str], path: str | os.PathLike) -> None:
+    """Per-class score curves over time (top panel) and the detected segments as bars (bottom panel)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, (ax_s, ax_d) = plt.subplots(
+        2, 1, figsize=(12, 2.5 + 0.35 * len(classes)), sharex=True, gridspec_kw={"height_ratios": [3, 1 + 0.2 * len(classes)]}
+    )
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    if video.times is not None and video.scores is not None:
+        for k, name in enumerate(classes):
+            ax_s.plot(video.times, video.scores[:, k], color=colours(k % colours.N), lw=1.2, label=name)
+    ax_s.set_ylabel("class probability")
+    ax_s.set_ylim(0, 1.02)
+    ax_s.legend(loc="upper right", fontsize="small", ncol=min(len(classes), 4))
+    ax_s.set_title(f"{video.video_id}: {video.extra.get('mode', '')} detections")
+    row = {name: k for k, name in enumerate(classes)}
+    for s in video.segments:
+        k = row.get(s.label, 0)
+        ax_d.barh(k, s.end - s.start, left=s.start, height=0.8, color=colours(k % colours.N), alpha=0.3 + 0.7 * s.score)
+    ax_d.set_yticks(range(len(classes)), classes, fontsize="small")
+    ax_d.set_ylim(-0.6, len(classes) - 0.4)
+    ax_d.invert_yaxis()
+    ax_d.set_xlim(0, max(video.duration, 1e-3))
+    ax_d.set_xlabel("seconds")
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=100)
+    finally:
+        plt.close(fig)

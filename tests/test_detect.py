@@ -1,0 +1,133 @@
+"""Detection on synthetic features whose answer is known: the training-free mode and a tiny trained STALE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stale_cli.clipmode import ClipModeConfig, class_text_features, gaussian_smooth, snippet_probabilities
+from stale_cli.detect import CLIP_MODE, STALE_MODE, DetectSettings, Detector, choose_mode, resample_features
+from stale_cli.errors import CheckpointError, InputError
+
+CLASSES = ["high jump", "pole vault"]
+FPS = 2.0
+DURATION = 60.0
+TRUTH = {"high jump": (10.0, 20.0), "pole vault": (30.0, 35.0)}
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip_name, tiny_clip_weights):
+    from stale_cli.clip_backbone import load_clip
+
+    return load_clip(tiny_clip_name, str(tiny_clip_weights))
+
+
+def constructed_features(text: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Features shaped like real CLIP ones: a common scene direction ``u`` (orthogonal to every class text) in
+    every snippet, plus 0.4 x class k's ensembled text embedding inside its TRUTH seconds (cosine ~0.37 there,
+    ~0 elsewhere), plus per-snippet noise of cosine std ~0.015."""
+    rng = np.random.default_rng(seed)
+    N, C = int(DURATION * FPS), text.shape[1]
+    u = rng.normal(size=C)
+    q, _ = np.linalg.qr(text.T)  # (C, K) orthonormal basis of the text vectors
+    u -= q @ (q.T @ u)  # orthogonal to every class text
+    u /= np.linalg.norm(u)
+    feats = u + 0.015 * rng.normal(size=(N, C))  # (N, C)
+    for k, name in enumerate(CLASSES):
+        s, e = TRUTH[name]
+        feats[int(s * FPS) : int(e * FPS)] += 0.4 * text[k]
+    feats *= 7.0  # CLIP image embeddings are not unit length; the mode must not care
+    meta = {"fps": FPS, "timestamps": [k / FPS for k in range(N)], "duration": DURATION, "source": "synthetic",
+            "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": N}
+    return feats.astype(np.float32), meta
+
+
+def best_per_label(segments):
+    best = {}
+    for s in segments:
+        if s.label not in best or s.score > best[s.label].score:
+            best[s.label] = s
+    return best
+
+
+def test_clip_mode_finds_constructed_segments(clip, tmp_path, tiny_clip_name):
+    settings = DetectSettings(classes=CLASSES, mode=None, clip_model=tiny_clip_name, weights_dir=tmp_path)
+    det = Detector(settings, clip=clip)
+    assert det.mode == CLIP_MODE and det.metadata()["mode"] == "clip"
+    feats, meta = constructed_features(det.text)
+    video = det.detect_features(feats, meta, video_id="v", source="synthetic")
+    best = best_per_label(video.segments)
+    assert set(best) == set(CLASSES)
+    for name, (s, e) in TRUTH.items():
+        seg = best[name]
+        assert abs(seg.start - s) <= 0.5 and abs(seg.end - e) <= 0.5, (name, seg)
+        assert seg.score > 0.5
+    # Whatever else is reported scores far below the true segments.
+    others = [s for s in video.segments if s not in best.values()]
+    assert all(s.score < 0.6 * min(b.score for b in best.values()) for s in others)
+    assert video.scores.shape == (feats.shape[0], 2) and video.times.shape == (feats.shape[0],)
+    assert all(0.0 <= s.start < s.end <= DURATION for s in video.segments)
+
+
+def test_snippet_probabilities_background_and_shape(clip):
+    text = class_text_features(clip, CLASSES)
+    assert text.shape == (2, clip.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, rtol=1e-5)
+    feats, _ = constructed_features(text)
+    probs = snippet_probabilities(feats, text, FPS)
+    assert probs.shape == (feats.shape[0], 3)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert probs[int(15 * FPS), 0] > 0.9  # inside "high jump"
+    assert probs[int(32 * FPS), 1] > 0.9  # inside "pole vault"
+    outside = np.ones(len(probs), bool)
+    for s, e in TRUTH.values():
+        outside[int(s * FPS) : int(e * FPS)] = False
+    bg_mean = probs[outside].mean(0)  # nothing like either class: background dominates on average
+    assert bg_mean[2] > 0.5 and bg_mean[2] > 2 * bg_mean[:2].max()
+
+
+def test_gaussian_smooth_keeps_constants_and_spreads_impulses():
+    x = np.zeros((21, 2), np.float32)
+    x[10, 0] = 1.0
+    x[:, 1] = 3.0
+    y = gaussian_smooth(x, 2.0)
+    np.testing.assert_allclose(y[:, 1], 3.0, rtol=1e-6)
+    assert y[10, 0] < 1.0 and y[8, 0] > 0 and abs(y[:, 0].sum() - 1.0) < 1e-4
+    np.testing.assert_array_equal(gaussian_smooth(x[:1], 2.0), x[:1])  # one row: unchanged
+
+
+def test_clip_mode_rejects_other_width_and_long_names(clip, tiny_clip_name, tmp_path):
+    det = Detector(DetectSettings(classes=CLASSES, mode="clip", clip_model=tiny_clip_name), clip=clip)
+    feats = np.ones((10, 512), np.float32)
+    meta = {"fps": 1.0, "timestamps": list(range(10)), "duration": 10.0, "clip_model": tiny_clip_name}
+    with pytest.raises(InputError, match="512-wide"):
+        det.detect_features(feats, meta, "v", "v.npy")
+    with pytest.raises(InputError, match="too long"):
+        class_text_features(clip, ["jump " * 80])
+
+
+def test_choose_mode(tmp_path):
+    assert choose_mode(None, None, tmp_path) == (CLIP_MODE, None)
+    with pytest.raises(CheckpointError, match="--mode stale needs"):
+        choose_mode("stale", None, tmp_path)
+    (tmp_path / "a.pt").write_bytes(b"x")
+    assert choose_mode(None, None, tmp_path) == (STALE_MODE, tmp_path / "a.pt")
+    assert choose_mode("clip", None, tmp_path) == (CLIP_MODE, None)  # forced: weights/ ignored
+    (tmp_path / "b.pt").write_bytes(b"x")
+    assert choose_mode(None, None, tmp_path) == (CLIP_MODE, None)  # two: ambiguous, training-free
+    with pytest.raises(InputError, match="takes no --checkpoint"):
+        choose_mode("clip", tmp_path / "a.pt", tmp_path)
+    with pytest.raises(CheckpointError, match="not found"):
+        choose_mode(None, tmp_path / "missing.pt", tmp_path)
+
+
+def test_resample_features_linear():
+    feats = np.arange(8, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # row k = k
+    meta = {"fps": 4.0, "timestamps": [1.0 + k / 4 for k in range(8)], "duration": 3.0}
+    out, m = resample_features(feats, meta, 2.0)
+    assert out.shape == (4, 3) and m["fps"] == 2.0
+    np.testing.assert_allclose(out[:, 0], [0, 2, 4, 6])
+    np.testing.assert_allclose(m["timestamps"], [1.0, 1.5, 2.0, 2.5])
+    up, _ = resample_features(feats, meta, 8.0)
+    assert up.shape == (16, 3)
+    np.testing.assert_allclose(up[:3, 0], [0, 0.5, 1.0])
