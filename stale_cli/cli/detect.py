@@ -1,1 +1,142 @@
-"""(command module: written by its owner)"""
+"""``stale detect``: when does each named action happen? Segments in seconds, with a label and a score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from stale_cli.cli.app import (
+    ClipWeightsOption,
+    DeviceOption,
+    ProgressOption,
+    app,
+    error,
+    resolve_device,
+    stderr,
+    stdout,
+    user_errors,
+)
+
+
+@app.command("detect")
+def detect(
+    inputs: List[str] = typer.Argument(
+        ..., metavar="INPUT...",
+        help="Video files, feature files (.npy with their .json sidecar), directories (searched recursively) and "
+        "@list.txt files.",
+    ),
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help='Action names, comma-separated: "high jump,pole vault".'),
+    classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="Action names, one per line (# comments)."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="A trained STALE checkpoint (stale train). Default: the one checkpoint in weights/, "
+        "else the training-free mode.",
+    ),
+    mode: Optional[str] = typer.Option(
+        None, "--mode", help="stale | clip: force the trained model or the training-free CLIP similarity baseline."
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="A file (all videos) or a directory (one <video_id>.<ext> per video). "
+        "Default: a table per video on stdout.",
+    ),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", "-f", help="json | csv | srt. Default: from the --output extension, else json."
+    ),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Draw per-class scores over time and the segments to this PNG (one per video: "
+        "<stem>_<video_id>.png when several). Needs matplotlib (pip install 'stale-cli[plot]').",
+    ),
+    cache_features: Optional[Path] = typer.Option(
+        None, "--cache-features", help="Keep the features of videos in this directory and reuse them on a rerun."
+    ),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop segments scoring below this (0-1)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep at most this many segments per video."),
+    fps: Optional[float] = typer.Option(
+        None, "--fps", help="Frames per second sampled from videos. Default: the checkpoint's rate, else 4."
+    ),
+    clip_model: Optional[str] = typer.Option(
+        None, "--clip-model", help="open_clip architecture. Default: the checkpoint's, else ViT-B-16."
+    ),
+    clip_weights: str = ClipWeightsOption,
+    device: str = DeviceOption,
+    batch_size: int = typer.Option(32, "--batch-size", help="Video frames per CLIP forward pass."),
+    progress: bool = ProgressOption,
+) -> None:
+    """Detect the named actions in each input and write or print the segments (seconds, label, score).
+
+    Bad inputs are reported and skipped; the command exits with status 1 at the end if any failed, keeping the
+    outputs of the others.
+    """
+    with user_errors():
+        from stale_cli.detect import DetectSettings, Detector, detect_batch
+        from stale_cli.errors import InputError
+        from stale_cli.inputs import collect_inputs
+        from stale_cli.outputs import ResultWriter, plot_detections, plot_paths, require_matplotlib, resolve_format
+        from stale_cli.vocab import parse_classes, read_classes_file
+
+        if (classes is None) == (classes_file is None):
+            raise InputError("give the action names with exactly one of --classes \"a,b\" or --classes-file FILE")
+        names = parse_classes(classes) if classes is not None else read_classes_file(classes_file)
+        if fps is not None and not fps > 0:
+            raise InputError(f"--fps must be positive, got {fps}")
+        if batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        if top_k is not None and top_k < 1:
+            raise InputError(f"--top-k must be at least 1, got {top_k}")
+        if min_score is not None and not 0.0 <= min_score <= 1.0:
+            raise InputError(f"--min-score must be in [0, 1], got {min_score}")
+        if plot is not None:
+            require_matplotlib()
+        out_format = resolve_format(output, fmt)
+
+        from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
+
+        paths, bad_inputs = _collect(inputs, lambda items: collect_inputs(items, kinds=("video", "features")))
+        need_video = any(p.suffix.lower() != ".npy" for p in paths)
+        settings = DetectSettings(
+            classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
+            fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
+        )
+        detector = Detector(settings, device=resolve_device(device), need_video=need_video)
+        writer = ResultWriter(output, out_format, detector.metadata(), console=stdout, num_inputs=len(paths))
+        from stale_cli.extract import video_ids
+
+        plots = plot_paths(plot, video_ids(paths)) if plot is not None else {}
+
+        def on_result(video) -> None:
+            writer.add(video)
+            if plot is not None:
+                plot_detections(video, names, plots[video.video_id])
+            if bar is not None:
+                bar.update(1)
+
+        def on_error(failure) -> None:
+            error(failure.message)
+            if bar is not None:
+                bar.update(1)
+
+        bar = None
+        if progress and len(paths) > 1:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(paths), unit="video", file=stderr.file, dynamic_ncols=True, leave=False)
+        try:
+            failures = detect_batch(detector, paths, on_result, on_error)
+        finally:
+            if bar is not None:
+                bar.close()
+        for path in writer.written:
+            stderr.print(f"wrote {path}", highlight=False)
+        done = len(paths) - len(failures)
+        stderr.print(
+            f"{detector.mode} mode: {done} video(s) done, {len(failures) + len(bad_inputs)} failed",
+            highlight=False,
+        )
+        failed = bad_inputs + [str(f.path) for f in failures]
+        if failed:
+            error(f"{len(failed)} input(s) failed:")
+            for path in failed:
+                stderr.print(f"  {path}", highlight=False)
+            raise typer.Exit(1)
+
