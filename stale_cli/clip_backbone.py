@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -179,7 +180,7 @@ def load_clip(
                 )
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained, device=device, cache_dir=cache_dir)
-    except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
         if pretrained is None:
             raise
         raise WeightsError(

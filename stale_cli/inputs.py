@@ -30,8 +30,9 @@ def _read_list(list_file: Path) -> list[str]:
     for line in lines:
         line = line.strip()
         if line and not line.startswith("#"):
-            p = Path(line).expanduser()
-            out.append(str(p if p.is_absolute() else list_file.parent / p))
+            at = "@" if line.startswith("@") else ""
+            p = Path(line[len(at):]).expanduser()
+            out.append(at + str(p if p.is_absolute() else list_file.parent / p))
     return out
 
 

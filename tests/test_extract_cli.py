@@ -1,0 +1,96 @@
+"""`stale extract-features` end to end with Typer's CliRunner and the tiny CLIP."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stale_cli.cli import app
+
+
+@pytest.fixture
+def run(tiny_clip_name, tiny_clip_weights):
+    def invoke(*args):
+        argv = ["extract-features", *map(str, args), "--clip-model", tiny_clip_name,
+                "--clip-weights", str(tiny_clip_weights), "--no-progress"]
+        result = CliRunner().invoke(app, argv)
+        assert "Traceback" not in result.output
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return invoke
+
+
+def lines(result, prefix):
+    return [l for l in result.output.splitlines() if l.startswith(prefix)]
+
+
+def test_end_to_end_with_bad_inputs_and_resume(run, videos, bad_files, tmp_path):
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{videos['ntsc']['path']}\n{bad_files['no_frames']}\n")
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.mp4"
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    r = run(videos["cfr25"]["path"], f"@{listed}", missing, empty, bad_files["text"], bad_files["truncated"],
+            videos["single"]["path"], "--out", out, "--fps", "4", "--batch-size", "3")
+    assert r.exit_code == 1
+    errors = lines(r, "error:")
+    for bad in (missing, empty, bad_files["no_frames"], bad_files["text"]):
+        assert sum(str(bad) in e for e in errors) == 1, (bad, r.output)
+    warnings = lines(r, "warning:")
+    assert any("truncated.mkv" in w for w in warnings) and any("single.mp4" in w for w in warnings)
+    assert "done 4, skipped 0" in r.output and "failed 2" in r.output and "frames/s" in r.output
+    assert "4 input(s) failed" in r.output  # the two unusable INPUTs and the two undecodable files, listed
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}.{e}" for s in ("cfr25", "ntsc", "truncated", "single") for e in ("npy", "json"))
+    feats = np.load(out / "ntsc.npy")
+    meta = json.loads((out / "ntsc.json").read_text())
+    assert feats.dtype == np.float16 and feats.shape == (13, 32) and meta["num_rows"] == 13
+    for key in ("fps", "timestamps", "duration", "source", "clip_model", "clip_weights", "num_frames"):
+        assert key in meta
+
+    r = run(videos["cfr25"]["path"], f"@{listed}", "--out", out)  # resume
+    assert r.exit_code == 1 and "done 0, skipped 2" in r.output  # no_frames.mp4 still fails
+    r = run(videos["cfr25"]["path"], "--out", out, "--overwrite")
+    assert r.exit_code == 0 and "done 1, skipped 0" in r.output
+
+
+def test_shards_split_the_work(run, videos, tmp_path):
+    out = tmp_path / "out"
+    names = set()
+    for i in range(3):
+        r = run(videos["cfr25"]["path"].parent, "--out", out, "--shard", f"{i}/3", "--fps", "1")
+        assert r.exit_code == 0, r.output
+        names |= {p.stem for p in out.glob("*.npy")}
+    assert names == {"cfr25", "ntsc", "vfr", "late", "single"}
+    r = run(videos["cfr25"]["path"].parent, "--out", out, "--fps", "1")
+    assert r.exit_code == 0 and "done 0, skipped 5" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shard", "3/3"], "--shard '3/3'"),
+    (["--shard", "x"], "--shard 'x'"),
+    (["--fps", "0"], "--fps must be positive"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+])
+def test_invalid_options(run, videos, tmp_path, args, message):
+    r = run(videos["cfr25"]["path"], "--out", tmp_path / "out", *args)
+    assert r.exit_code == 1 and len(lines(r, "error:")) == 1 and message in lines(r, "error:")[0]
+
+
+def test_unwritable_out(run, videos, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    r = run(videos["cfr25"]["path"], "--out", blocker / "feats")
+    assert r.exit_code == 1 and len(lines(r, "error:")) == 1
+    assert "cannot write there" in r.output and str(blocker) in r.output
+
+
+def test_nothing_to_do(run, tmp_path):
+    r = run(tmp_path / "missing.mp4", "--out", tmp_path / "out")
+    assert r.exit_code == 1 and "no videos to extract" in r.output

@@ -1,0 +1,75 @@
+"""Inputs: files, recursive directories, @lists; shards partition the inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stale_cli.errors import InputError
+from stale_cli.inputs import collect_inputs, parse_shard, select_shard
+
+
+def touch(p: Path) -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"")
+    return p
+
+
+def test_collect_files_dirs_and_lists(tmp_path):
+    a = touch(tmp_path / "d" / "a.mp4")
+    b = touch(tmp_path / "d" / "sub" / "b.MKV")
+    touch(tmp_path / "d" / "notes.txt")
+    touch(tmp_path / "d" / ".hidden.mp4")
+    c = touch(tmp_path / "c.avi")
+    odd = touch(tmp_path / "odd.bin")  # named explicitly: taken whatever its extension
+    lst = tmp_path / "lists" / "list.txt"
+    lst.parent.mkdir()
+    lst.write_text(f"# my videos\n\n../c.avi\n{a}\n")
+    got = collect_inputs([str(tmp_path / "d"), f"@{lst}", str(odd)])
+    assert got == [a, b, tmp_path / "lists" / ".." / "c.avi", odd]  # a listed twice, kept once
+    feats = touch(tmp_path / "f" / "x.npy")
+    assert collect_inputs([str(tmp_path / "f")], kinds=("features",)) == [feats]
+
+
+def test_collect_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file or directory"):
+        collect_inputs([str(tmp_path / "missing.mp4")])
+    (tmp_path / "empty").mkdir()
+    touch(tmp_path / "empty" / "readme.txt")
+    with pytest.raises(InputError, match="contains no video files"):
+        collect_inputs([str(tmp_path / "empty")])
+    with pytest.raises(InputError, match="list file"):
+        collect_inputs([f"@{tmp_path / 'nolist.txt'}"])
+    loop = tmp_path / "loop.txt"
+    loop.write_text(f"@{loop}\n")
+    with pytest.raises(InputError, match="nested too deeply"):
+        collect_inputs([f"@{loop}"])
+
+
+def test_parse_shard(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert parse_shard("2/5") == (2, 5)
+    assert parse_shard(" 0/1 ") == (0, 1)
+    assert parse_shard(None) is None
+    for bad in ("5/5", "-1/3", "1/0", "a/b", "3", "1/2/3"):
+        with pytest.raises(InputError, match="--shard"):
+            parse_shard(bad)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert parse_shard(None) == (3, 4)  # torchrun
+    assert parse_shard("1/2") == (1, 2)  # an explicit --shard wins
+
+
+def test_shards_partition_the_inputs():
+    paths = [Path(f"/data/v{i:04d}.mp4") for i in range(500)]
+    for n in (1, 3, 8):
+        shards = [select_shard(paths, i, n) for i in range(n)]
+        flat = [p for s in shards for p in s]
+        assert sorted(flat) == sorted(paths)  # every input in exactly one shard
+        assert len(flat) == len(set(flat))
+        assert min(len(s) for s in shards) > 0.6 * len(paths) / n  # roughly balanced
+        # deterministic and independent of input order and of the other inputs
+        assert select_shard(list(reversed(paths)), 1 % n, n) == list(reversed(shards[1 % n]))
+        assert select_shard(paths[:10], 0, n) == [p for p in shards[0] if p in paths[:10]]

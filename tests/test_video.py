@@ -1,0 +1,135 @@
+"""Frame sampling by presentation time, both decoders, on synthetic videos whose frames carry their number."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_frame_number
+from stale_cli.errors import DecodeError
+from stale_cli.video import FrameSampler, _Selector, num_samples, select_frames
+
+DECODERS = ["decord", "pyav"]
+
+
+def expected_frames(times, end, fps):
+    """Brute force: sample k shows the last frame whose time <= k / fps, for every k / fps < end."""
+    T = max(1, int(np.ceil(end * fps - 1e-9)))
+    return [max(i for i, t in enumerate(times) if t <= k / fps + 1e-9) for k in range(T)]
+
+
+def decode(path, fps, decoder, **kw):
+    sampler = FrameSampler(path, fps, decoder=decoder, **kw)
+    chunks = list(sampler)
+    frames = [f.numpy() for c in chunks for f in c.frames]
+    indices = np.concatenate([c.indices for c in chunks]) if chunks else np.zeros(0)
+    return sampler.info, frames, indices, chunks
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("name", ["cfr25", "ntsc", "vfr", "late"])
+@pytest.mark.parametrize("fps", [4.0, 30.0, 2.5])
+def test_samples_are_the_frames_shown_at_k_over_fps(videos, name, fps, decoder):
+    v = videos[name]
+    info, frames, indices, _ = decode(v["path"], fps, decoder)
+    assert info.decoder == decoder
+    assert info.num_frames == len(v["times"])
+    if v["duration"] is not None:
+        assert info.duration == pytest.approx(v["duration"], abs=1e-6)
+    else:  # the last frame's display duration is the muxer's: it ends after the last frame starts
+        assert v["times"][-1] < info.duration <= v["times"][-1] + 0.2 + 1e-6
+    want = expected_frames(v["times"], info.duration, fps)
+    got = [read_frame_number(f) for f in frames]
+    assert got == want
+    np.testing.assert_array_equal(indices, np.arange(len(want)))
+    assert info.num_samples == len(want) == num_samples(info.duration, fps)
+    assert not info.warnings
+
+
+def test_ntsc_timestamps_against_known_values(videos):
+    # 29.97 fps: frame n is shown from n * 1001 / 30000 s; at 4 fps sample k (t = k/4) shows floor(k/4 * 29.97...).
+    info, frames, _, chunks = decode(videos["ntsc"]["path"], 4.0, "pyav")
+    got = [read_frame_number(f) for f in frames]
+    assert got == [int(np.floor(k / 4 * 30000 / 1001 + 1e-9)) for k in range(13)]  # 3.003 s: k = 0..12
+    assert got[:5] == [0, 7, 14, 22, 29]  # not 0, 7.5, 15, 22.5, 30 as a nominal 30 fps would have it
+    frame_times = np.concatenate([c.frame_times for c in chunks])
+    np.testing.assert_allclose(frame_times, np.array(got) * 1001 / 30000, atol=1e-6)
+
+
+def test_stream_not_starting_at_zero(videos):
+    for decoder in DECODERS:
+        info, frames, _, chunks = decode(videos["late"]["path"], 4.0, decoder)
+        assert info.start_time == pytest.approx(1.5, abs=1e-3)
+        assert [read_frame_number(f) for f in frames][:3] == [0, 6, 12]
+        assert np.concatenate([c.frame_times for c in chunks])[0] == 0.0
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_single_frame_video_gives_one_sample_and_a_warning(videos, decoder):
+    info, frames, _, _ = decode(videos["single"]["path"], 4.0, decoder)
+    assert len(frames) == 1 and read_frame_number(frames[0]) == 0
+    assert info.duration == pytest.approx(0.04)
+    assert any("sampling interval" in w for w in info.warnings)
+
+
+@pytest.mark.parametrize("decoder", ["auto", "pyav"])
+def test_truncated_file_decodes_what_it_can_and_warns(bad_files, decoder):
+    info, frames, _, _ = decode(bad_files["truncated"], 4.0, decoder)
+    assert 0 < len(frames) < 40  # the whole file would give 10 s x 4 fps
+    got = [read_frame_number(f) for f in frames]
+    assert got == [int(k * 25 / 4) for k in range(len(got))]
+    assert any("truncated" in w for w in info.warnings)
+
+
+@pytest.mark.parametrize("name", ["no_frames", "garbage", "text"])
+def test_undecodable_files_raise_decode_error_naming_the_file(bad_files, name):
+    with pytest.raises(DecodeError, match=str(bad_files[name].name)):
+        decode(bad_files[name], 4.0, "auto")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DecodeError, match="no such file"):
+        decode(tmp_path / "nope.mp4", 4.0, "auto")
+
+
+def test_transform_and_chunks_bound_memory(videos):
+    # resize to 16x16 right after decoding; chunks hold at most chunk_size frames
+    shrink = lambda x: x[:, ::4, ::6].contiguous()  # (n, 64, 96, 3) -> (n, 16, 16, 3)
+    _, _, indices, chunks = decode(videos["cfr25"]["path"], 25.0, "auto", transform=shrink, chunk_size=7)
+    assert all(c.frames.shape[1:] == (16, 16, 3) and c.frames.dtype == torch.uint8 for c in chunks)
+    assert [len(c.indices) for c in chunks] == [7] * 14 + [2]
+    np.testing.assert_array_equal(indices, np.arange(100))
+
+
+def test_decord_failure_part_way_hands_over_to_pyav(videos, monkeypatch):
+    """If decord dies after some samples, PyAV continues from the first sample it did not deliver."""
+    real = FrameSampler._decord_samples
+
+    def failing(self):
+        for n, item in enumerate(real(self)):
+            if n == 5:
+                from stale_cli.video import _DecordFailed
+
+                raise _DecordFailed("simulated")
+            yield item
+
+    monkeypatch.setattr(FrameSampler, "_decord_samples", failing)
+    info, frames, indices, _ = decode(videos["cfr25"]["path"], 4.0, "auto", chunk_size=3)
+    assert info.decoder == "decord+pyav"
+    np.testing.assert_array_equal(indices, np.arange(16))
+    assert [read_frame_number(f) for f in frames] == [int(k * 25 / 4) for k in range(16)]
+
+
+def test_streaming_selector_matches_select_frames():
+    rng = np.random.default_rng(1)
+    times = np.concatenate([[0.0], np.cumsum(rng.uniform(0.01, 0.5, size=60))])
+    end = times[-1] + 0.1
+    for fps in (0.7, 4.0, 30.0):
+        sel = _Selector(fps)
+        out = []
+        for i, t in enumerate(times):
+            out += sel.push(float(t), i)
+        out += sel.finish(end)
+        assert [f for _, _, f in out] == select_frames(times, end, fps).tolist()
+        assert [k for k, _, _ in out] == list(range(num_samples(end, fps)))
