@@ -181,3 +181,16 @@ def test_rebuilt_without_clip_weights_from_state_dict(cfg, tiny_clip, tiny_clip_
         b = rebuilt(feats, valid, rebuilt.encode_classes(CLASSES))
     torch.testing.assert_close(a["logits"], b["logits"])
     torch.testing.assert_close(a["masks"], b["masks"])
+
+
+def test_mixed_precision_forward_and_loss_are_finite(cfg, tiny_clip):
+    # Training runs under autocast on CUDA; CPU autocast (bfloat16) exercises the same dtype paths here.
+    model = _build(replace(cfg, theta_bin=0.0), tiny_clip)
+    valid = torch.ones(2, 16, dtype=torch.bool)
+    valid[1, 9:] = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 16, 32), valid, model.encode_classes(CLASSES))
+        terms = STALELoss(cfg, LossConfig())(out, _targets(2, 16, 3, valid))
+    terms["total"].backward()
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
+    assert torch.isfinite(model.text_encoder.context.grad).all()

@@ -99,9 +99,15 @@ class PromptedTextEncoder(nn.Module):
         x = self.token_embedding(tokens)  # (K, L - I, C')
         x = torch.cat([x[:, :1], inserted.to(dtype), x[:, 1:]], dim=1)  # (K, L, C')
         x = x + self.positional_embedding.to(dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask)  # batch-first in open_clip 3.x: (K, L, C')
-        x = self.ln_final(x)
         eot = tokens.argmax(dim=-1) + I  # EOT has the largest id; it moved right by the inserted tokens
+        attn_mask = self.attn_mask
+        if attn_mask is not None:
+            # Causal attention: the EOT output never sees the padding after it, so cropping the sequence to the
+            # last EOT gives the same result with a fraction of the work (prompts are ~20 of 77 tokens).
+            S = int(eot.max()) + 1
+            x, attn_mask = x[:, :S], attn_mask[:S, :S]  # (K, S, C')
+        x = self.transformer(x, attn_mask=attn_mask)  # batch-first in open_clip 3.x: (K, S, C')
+        x = self.ln_final(x)
         x = x[torch.arange(K, device=device), eot]  # (K, C')
         if isinstance(self.text_projection, nn.Linear):
             x = self.text_projection(x)  # (K, C)
