@@ -1,0 +1,147 @@
+"""Self-describing checkpoints (DESIGN.md §3).
+
+A checkpoint is a plain dict saved with ``torch.save`` that loads with ``torch.load(weights_only=True)``:
+format name and version, the model/loss/data configs as plain dicts, the training class names, the feature rate
+and width, the CLIP model name (and which CLIP weights initialised the text tower), the state dict, and for
+``--resume`` the epoch, optimizer state and training history. ``stale detect --checkpoint x.pt`` needs nothing
+else: :func:`load_checkpoint` rebuilds the model from an architecture-only open_clip model (no CLIP weights are
+downloaded; the text tower's weights are in the state dict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stale_cli.data.windows import DataConfig
+from stale_cli.errors import CheckpointError, StaleError
+from stale_cli.fileio import atomic_path
+from stale_cli.model.config import LossConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "stale-checkpoint"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    model_config: ModelConfig
+    loss_config: LossConfig
+    data_config: DataConfig
+    class_names: tuple[str, ...]  # training vocabulary, in the model's class order
+    feature_fps: float  # rate the training features were sampled at (snippets per second in window mode)
+    feature_dim: int  # D of the training features
+    clip_model: str  # open_clip architecture of the text tower (and of the features, when they are CLIP's)
+    clip_weights: str  # what initialised the text tower before training ("openai", a path, or "random")
+    epoch: int  # epochs completed
+    extra: dict = field(default_factory=dict)  # optimizer state, history, training options: for --resume
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig,
+    data_cfg: DataConfig,
+    class_names: list[str],
+    feature_fps: float,
+    clip_model: str,
+    clip_weights: str = "random",
+    epoch: int = 0,
+    **extra: Any,
+) -> None:
+    """Write a checkpoint atomically. ``extra`` (optimizer state, history, ...) must hold only plain types/tensors."""
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": dataclasses.asdict(model_cfg),
+        "loss_config": dataclasses.asdict(loss_cfg),
+        "data_config": dataclasses.asdict(data_cfg),
+        "class_names": list(class_names),
+        "feature_fps": float(feature_fps),
+        "feature_dim": int(model_cfg.feature_dim),
+        "clip_model": str(clip_model),
+        "clip_weights": str(clip_weights),
+        "epoch": int(epoch),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def _config(cls, d, name: str, path: Path):
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: checkpoint has no {name}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise CheckpointError(f"{path}: {name} has fields {unknown} this version of stale does not know; upgrade stale")
+    try:
+        return cls(**d)
+    except (TypeError, StaleError) as e:
+        raise CheckpointError(f"{path}: bad {name} ({e})") from None
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
+    """Load and validate a checkpoint file on the CPU: (raw dict incl. state_dict, info)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types (pickle, zip, runtime) for a file that is not a checkpoint
+        raise CheckpointError(f"{path}: not a stale checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a stale checkpoint (written by `stale train`)")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {ckpt.get('version')!r}, this stale reads version {VERSION}"
+        )
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: checkpoint has no state dict")
+    info = CheckpointInfo(
+        model_config=_config(ModelConfig, ckpt.get("model_config"), "model config", path),
+        loss_config=_config(LossConfig, ckpt.get("loss_config"), "loss config", path),
+        data_config=_config(DataConfig, ckpt.get("data_config"), "data config", path),
+        class_names=tuple(ckpt.get("class_names") or ()),
+        feature_fps=float(ckpt.get("feature_fps", 0.0)),
+        feature_dim=int(ckpt.get("feature_dim", 0)),
+        clip_model=str(ckpt.get("clip_model", "")),
+        clip_weights=str(ckpt.get("clip_weights", "")),
+        epoch=int(ckpt.get("epoch", 0)),
+        extra=dict(ckpt.get("extra") or {}),
+    )
+    if not info.class_names:
+        raise CheckpointError(f"{path}: checkpoint has no class names")
+    return ckpt, info
+
+
+def build_model(model_cfg: ModelConfig) -> torch.nn.Module:
+    """A STALE model with an architecture-only CLIP text tower (random weights; nothing is downloaded)."""
+    import open_clip
+
+    from stale_cli.model.stale import STALE
+
+    try:
+        clip = open_clip.create_model(model_cfg.clip_model, pretrained=None)
+    except RuntimeError as e:
+        raise CheckpointError(f"unknown open_clip model {model_cfg.clip_model!r} in the checkpoint ({e})") from None
+    return STALE(model_cfg, clip)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, CheckpointInfo]:
+    """Rebuild the trained model (eval mode, on ``device``) and its description from a checkpoint."""
+    ckpt, info = read_checkpoint(path)
+    model = build_model(info.model_config)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({str(e)[:300]})") from None
+    return model.to(device).eval(), info

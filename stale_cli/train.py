@@ -1,0 +1,336 @@
+"""Training STALE on feature files + ActivityNet-format annotations (paper §3.3 "Learning objective", §4).
+
+One library function, :func:`train`, used by ``stale train`` and by the zero-shot protocol. Per step the class
+names go through the prompted text encoder (Eq. 2) and the windows through the head; the loss is Eqs. (9)-(12).
+Adam, paper learning rates per preset, gradient clipping, AMP on CUDA. After every epoch the model is scored on
+held-out videos of the *training* subset, counting only the *training* classes (never the unseen test classes):
+the score is mAP@0.5 of the model's own detections (``stale_cli.postprocess`` + ``stale_cli.evaluate``), ties
+broken by the lower validation loss; the best epoch is written to ``out`` and every epoch to ``<out>.last.pt``
+(with optimizer state, for ``resume``). With no held-out video the last epoch is the best.
+
+Multi-GPU: run the same command under ``torchrun --nproc-per-node N``; the process group is set up from the
+environment (NCCL on CUDA, gloo on CPU), each rank reads its share of windows, rank 0 writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from stale_cli.checkpoint import build_model, read_checkpoint, save_checkpoint
+from stale_cli.data.annotations import Annotations
+from stale_cli.data.dataset import VideoSet, WindowDataset, collate_windows, load_video_set
+from stale_cli.data.windows import DataConfig
+from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
+from stale_cli.evaluate import evaluate_detection
+from stale_cli.model.config import LossConfig, ModelConfig
+from stale_cli.model.losses import STALELoss
+from stale_cli.postprocess import DetectConfig, finalize, segments_from_window
+
+log = logging.getLogger(__name__)
+
+LOSS_TERMS = ("cls", "mask", "comp", "const")
+
+
+class TrainingError(StaleError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15  # paper §4
+    lr: float = 1e-5  # paper §4: 1e-5 THUMOS14, 1e-4 ActivityNet (see TRAIN_PRESETS)
+    batch_size: int = 16  # windows per step (per process under torchrun); the paper does not say
+    weight_decay: float = 0.0  # the paper uses plain Adam
+    grad_clip: float = 1.0  # max global gradient norm
+    seed: int = 0
+    val_fraction: float = 0.1  # share of the training subset's videos held out to pick the best epoch
+    amp: bool = True  # mixed precision, CUDA only
+    num_workers: int = 0  # DataLoader workers (windows are cut from features held in memory)
+
+
+TRAIN_PRESETS = {"thumos14": TrainConfig(lr=1e-5), "activitynet": TrainConfig(lr=1e-4)}
+
+
+@dataclass
+class TrainResult:
+    best_path: Path
+    last_path: Path
+    best_epoch: int
+    score_name: str  # "mAP@0.5" (held-out videos, training classes) or "last epoch"
+    history: list[dict] = field(default_factory=list)  # per epoch: train terms, val_loss, val_map50
+    train_videos: int = 0
+    val_videos: int = 0
+    missing_videos: int = 0  # annotated videos without features
+
+
+def last_path_for(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.last{out.suffix or '.pt'}")
+
+
+def split_videos(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic (by seed) split of video ids into (train, held-out); at least one of each when possible."""
+    ids = sorted(ids)
+    n_val = min(len(ids) - 1, max(1, round(fraction * len(ids)))) if fraction > 0 and len(ids) > 1 else 0
+    order = np.random.default_rng(seed).permutation(len(ids))
+    held = {ids[i] for i in order[:n_val]}
+    return [i for i in ids if i not in held], [i for i in ids if i in held]
+
+
+class _TrainStep(torch.nn.Module):
+    """Text encoding + head in one forward, so DDP sees every trained parameter used inside ``forward``."""
+
+    def __init__(self, model: torch.nn.Module, class_names: list[str]):
+        super().__init__()
+        self.model, self.class_names = model, list(class_names)
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        text = self.model.encode_classes(self.class_names)  # Eq. (2): (K+1, C)
+        return self.model(features, valid, text)
+
+
+def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, this process's device, whether we started the process group) from torchrun's env."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, started
+
+
+def _check_features(vs: VideoSet, clip_name: str, embed_dim: int, features_dir) -> None:
+    clips = vs.clip_models()
+    if vs.feature_dim == embed_dim and clips and clip_name not in clips:
+        raise DataError(
+            f"features in {features_dir} come from CLIP {', '.join(sorted(clips))} but the text encoder is "
+            f"{clip_name!r}; pass --clip-model {sorted(clips)[0]} (text and features must come from the same CLIP)"
+        )
+
+
+def _targets(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: batch[k].to(device, non_blocking=True) for k in ("labels", "masks", "fg", "valid")}
+
+
+@torch.no_grad()
+def validate(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device, batch_size: int) -> dict:
+    """Validation loss and mAP@0.5 (training classes only) of the model's own detections on ``vs``."""
+    model.eval()
+    ds = WindowDataset(vs, class_names, data_cfg, training=False)
+    text = model.encode_classes(class_names)  # (K+1, C)
+    segments: dict[str, list] = {v.video_id: [] for v in vs.videos}
+    total, n = 0.0, 0
+    for batch in DataLoader(ds, batch_size=batch_size, collate_fn=collate_windows):
+        x, valid = batch["features"].to(device), batch["valid"].to(device)
+        out = model(x, valid, text)
+        total += float(criterion(out, _targets(batch, device))["total"]) * len(x)
+        n += len(x)
+        probs = out["logits"].float().softmax(-1).cpu().numpy()  # (B, T, K+1)
+        masks = out["masks"].float().cpu().numpy()  # (B, T, T)
+        for b, i in enumerate(batch["index"].tolist()):
+            vid, w, _ = ds.items[i]
+            segments[vid].append(segments_from_window(probs[b], masks[b], w.timeline, w.valid_len, DetectConfig()))
+    keep = set(class_names)
+    gt = {v.video_id: [(i.label, i.start, i.end) for i in v.instances if i.label in keep] for v in vs.videos}
+    result = {"val_loss": total / max(n, 1), "val_map50": None}
+    present = sorted({lab for inst in gt.values() for lab, _, _ in inst})
+    if present:
+        preds = {}
+        for v in vs.videos:
+            dets = finalize(segments[v.video_id], v.duration, DetectConfig())
+            preds[v.video_id] = [(class_names[k], s, e, c) for k, s, e, c in dets]
+        result["val_map50"] = float(evaluate_detection(gt, preds, [0.5], present)["mAP"][0])
+    model.train()
+    return result
+
+
+def _better(a: dict, b: dict | None) -> bool:
+    """Is epoch record ``a`` better than ``b``: higher mAP@0.5, then lower validation loss."""
+    if b is None:
+        return True
+    return ((a["val_map50"] or 0.0), -a["val_loss"]) > ((b["val_map50"] or 0.0), -b["val_loss"])
+
+
+def train(
+    features_dir: str | Path,
+    annotations: Annotations,
+    class_names: list[str],
+    out: str | Path,
+    clip_model: torch.nn.Module | None,
+    clip_name: str,
+    clip_weights: str = "random",
+    model_cfg: ModelConfig = ModelConfig(),
+    loss_cfg: LossConfig = LossConfig(),
+    data_cfg: DataConfig = DataConfig(),
+    train_cfg: TrainConfig = TrainConfig(),
+    device: torch.device | str = "cpu",
+    resume: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on the videos of ``annotations`` (already restricted to the training subset) that have features.
+
+    ``class_names``: the training vocabulary spelled as in the annotations (instances of other classes are
+    background). ``clip_model``: an open_clip CLIP of architecture ``clip_name`` whose text tower initialises the
+    text encoder (``clip_weights`` says which weights it holds, for the checkpoint); ignored with ``resume``, which
+    takes model, configs and classes from that checkpoint and continues after its last epoch up to
+    ``train_cfg.epochs``. Writes the best epoch to ``out`` and the last to ``<out>.last.pt``.
+    """
+    out, device = Path(out), torch.device(device)
+    rank, world, device, started = _distributed(device)
+    try:
+        return _train(features_dir, annotations, list(class_names), out, clip_model, clip_name, clip_weights,
+                      model_cfg, loss_cfg, data_cfg, train_cfg, device, resume, progress, rank, world)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _train(features_dir, annotations, class_names, out, clip_model, clip_name, clip_weights, model_cfg, loss_cfg,
+           data_cfg, train_cfg, device, resume, progress, rank, world) -> TrainResult:
+    torch.manual_seed(train_cfg.seed)
+    if not class_names:
+        raise InputError("no training classes given")
+    vs = load_video_set(features_dir, list(annotations.videos.values()))
+    ckpt, start_epoch, history = None, 0, []
+    if resume is not None:
+        ckpt, info = read_checkpoint(resume)
+        if info.feature_dim != vs.feature_dim:
+            raise CheckpointError(
+                f"{resume}: checkpoint was trained on {info.feature_dim}-dimensional features but those in "
+                f"{features_dir} are {vs.feature_dim}-dimensional; resume with the same features")
+        if abs(info.feature_fps - vs.feature_fps()) > 1e-6:
+            raise CheckpointError(f"{resume}: checkpoint features are at {info.feature_fps} fps, "
+                                  f"those in {features_dir} at {vs.feature_fps()} fps")
+        if list(info.class_names) != class_names:
+            raise CheckpointError(f"{resume}: checkpoint was trained on other classes; resume with the same split")
+        model_cfg, loss_cfg, data_cfg = info.model_config, info.loss_config, info.data_config
+        clip_name, clip_weights = info.clip_model, info.clip_weights
+        start_epoch, history = info.epoch, list(info.extra.get("history", []))
+    else:
+        import open_clip
+
+        embed = int(open_clip.get_model_config(clip_name)["embed_dim"])
+        model_cfg = replace(model_cfg, feature_dim=vs.feature_dim, embed_dim=embed,
+                            num_snippets=data_cfg.num_snippets, clip_model=clip_name)
+    _check_features(vs, clip_name, model_cfg.embed_dim, features_dir)
+
+    train_ids, val_ids = split_videos([v.video_id for v in vs.videos], train_cfg.val_fraction, train_cfg.seed)
+    train_set, val_set = vs.subset(train_ids), vs.subset(val_ids)
+    ds = WindowDataset(train_set, class_names, data_cfg, training=True, seed=train_cfg.seed)
+    if len(ds) == 0:
+        raise DataError(
+            f"no training windows: none of the {len(train_ids)} training videos has an instance of the "
+            f"{len(class_names)} training classes; check --subset and the class list")
+    if rank == 0:
+        log.info("training on %d videos (%d windows), %d held out for validation, %d classes",
+                 len(train_ids), len(ds), len(val_ids), len(class_names))
+
+    if resume is not None:
+        model = build_model(model_cfg)
+        model.load_state_dict(ckpt["state_dict"])
+    else:
+        if clip_model is None:
+            raise InputError("a CLIP model is needed to start training (or resume from a checkpoint)")
+        from stale_cli.model.stale import STALE
+
+        model = STALE(model_cfg, clip_model)
+    model = model.to(device).train()
+    criterion = STALELoss(model_cfg, loss_cfg)
+    step_module = _TrainStep(model, class_names)
+    if world > 1:
+        step_module = torch.nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    if ckpt is not None and ckpt.get("extra", {}).get("optimizer"):
+        optimizer.load_state_dict(ckpt["extra"]["optimizer"])
+        for g in optimizer.param_groups:
+            g["lr"] = train_cfg.lr
+    use_amp = train_cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=train_cfg.seed)
+    loader = DataLoader(ds, batch_size=train_cfg.batch_size, sampler=sampler, collate_fn=collate_windows,
+                        num_workers=train_cfg.num_workers, pin_memory=device.type == "cuda")
+
+    last_path = last_path_for(out)
+    describe = dict(model_cfg=model_cfg, loss_cfg=loss_cfg, data_cfg=data_cfg, class_names=class_names,
+                    feature_fps=vs.feature_fps(), clip_model=clip_name, clip_weights=clip_weights)
+    best = max(history, key=lambda h: ((h["val_map50"] or 0.0), -h["val_loss"])) if val_ids and history else None
+    for epoch in range(start_epoch, train_cfg.epochs):
+        sampler.set_epoch(epoch)
+        sums = {k: 0.0 for k in (*LOSS_TERMS, "total")}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", unit="batch", file=sys.stderr,
+                   disable=not progress or rank != 0, dynamic_ncols=True, leave=True)
+        t0 = time.perf_counter()
+        for step, batch in enumerate(bar):
+            x, valid = batch["features"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                outputs = step_module(x, valid)
+                losses = criterion(outputs, _targets(batch, device))
+            finite = torch.isfinite(losses["total"].detach()).float()
+            if world > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item() < 1:
+                kept = (f"the last good checkpoint is {last_path} (epoch {epoch})"
+                        if epoch > start_epoch or last_path.exists() else "no checkpoint was written")
+                terms = ", ".join(f"{k}={float(losses[k]):.4g}" for k in LOSS_TERMS)
+                raise TrainingError(f"loss became NaN/inf at epoch {epoch + 1} step {step + 1} ({terms}); stopped, "
+                                    f"{kept}; try a lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            for k in sums:
+                sums[k] += float(losses[k].detach())
+            bar.set_postfix({k: f"{sums[k] / (step + 1):.3f}" for k in sums}, refresh=False)
+        record = {"epoch": epoch + 1, **{k: v / max(len(loader), 1) for k, v in sums.items()},
+                  "seconds": time.perf_counter() - t0, "val_loss": None, "val_map50": None}
+        if val_ids:
+            record.update(validate(model, class_names, val_set, data_cfg, criterion, device, train_cfg.batch_size))
+        history.append(record)
+        is_best = not val_ids or _better(record, best)
+        if is_best:
+            best = record
+        if rank == 0:
+            _log_epoch(record, train_cfg.epochs, is_best and bool(val_ids))
+            save_checkpoint(last_path, model, epoch=epoch + 1, optimizer=optimizer.state_dict(),
+                            history=history, train_config=_plain(train_cfg), **describe)
+            if is_best:
+                save_checkpoint(out, model, epoch=epoch + 1, history=history, train_config=_plain(train_cfg),
+                                **describe)
+    if world > 1:
+        dist.barrier()
+    return TrainResult(
+        best_path=out, last_path=last_path, best_epoch=(best or {}).get("epoch", start_epoch),
+        score_name="mAP@0.5" if val_ids else "last epoch", history=history, train_videos=len(train_ids),
+        val_videos=len(val_ids), missing_videos=len(vs.missing))
+
+
+def _plain(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+
+
+def _log_epoch(r: dict, epochs: int, best: bool) -> None:
+    terms = " ".join(f"{k} {r[k]:.3f}" for k in LOSS_TERMS)
+    msg = f"epoch {r['epoch']}/{epochs}: loss {r['total']:.3f} ({terms})"
+    if r["val_loss"] is not None:
+        m = "n/a" if r["val_map50"] is None else f"{100 * r['val_map50']:.1f}%"
+        msg += f"; held-out loss {r['val_loss']:.3f}, mAP@0.5 {m}" + (" (best so far)" if best else "")
+    log.info(msg)
