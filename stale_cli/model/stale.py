@@ -19,8 +19,6 @@ Text features come from ``STALE.encode_classes`` (Eq. 2, see text_encoder.py), c
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,8 +27,6 @@ from stale_cli.errors import InputError
 from stale_cli.model.config import ModelConfig
 from stale_cli.model.dynamic_conv import DynamicConv1d
 from stale_cli.model.text_encoder import PromptedTextEncoder
-
-log = logging.getLogger(__name__)
 
 
 def key_padding_mask(keep: torch.Tensor) -> torch.Tensor:
@@ -190,7 +186,9 @@ class STALE(nn.Module):
 
     def __init__(self, cfg: ModelConfig, clip_model: nn.Module):
         super().__init__()
-        clip_dim = _clip_embed_dim(clip_model)
+        self.text_encoder = PromptedTextEncoder(clip_model, cfg.clip_model, cfg.context_tokens,
+                                                cfg.context_init_std, cfg.freeze_text_encoder)
+        clip_dim = self.text_encoder.embed_dim
         if clip_dim != cfg.embed_dim:
             raise InputError(
                 f"model embed_dim {cfg.embed_dim} does not match CLIP {cfg.clip_model!r}'s embedding width "
@@ -198,8 +196,6 @@ class STALE(nn.Module):
         if cfg.embed_dim % cfg.num_heads:
             raise InputError(f"embed_dim {cfg.embed_dim} is not divisible by num_heads {cfg.num_heads}")
         self.cfg = cfg
-        self.text_encoder = PromptedTextEncoder(clip_model, cfg.clip_model, cfg.context_tokens,
-                                                cfg.context_init_std, cfg.freeze_text_encoder)
         self.temporal_encoder = TemporalEncoder(cfg)
         self.representation_masking = RepresentationMasking(cfg)
         self.cross_modal = CrossModalAdaptation(cfg)
@@ -261,11 +257,3 @@ class STALE(nn.Module):
             "mask_features": e_m,
         }
 
-
-def _clip_embed_dim(clip_model: nn.Module) -> int:
-    proj = getattr(clip_model, "text_projection", None)
-    if isinstance(proj, nn.Linear):
-        return proj.out_features
-    if proj is not None:
-        return int(proj.shape[1])
-    return int(clip_model.token_embedding.weight.shape[1])  # no projection: the text width is the joint width

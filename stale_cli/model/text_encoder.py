@@ -21,15 +21,11 @@ shifted by the inserted tokens), then ``ln_final`` and ``text_projection`` map C
 from __future__ import annotations
 
 import copy
-import logging
-
 import torch
 import torch.nn as nn
 
 from stale_cli.errors import InputError
 from stale_cli.vocab import class_to_text
-
-log = logging.getLogger(__name__)
 
 _TOKENIZE_LENGTH = 1024  # tokenise without truncation so that over-long names can be reported, not cut
 
@@ -76,8 +72,13 @@ class PromptedTextEncoder(nn.Module):
         self._tokenizer = open_clip.get_tokenizer(clip_model_name)
 
     @property
-    def num_context(self) -> int:
-        return self.context.shape[0]
+    def embed_dim(self) -> int:
+        """C, the width of the encoded rows (after text_projection)."""
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection.out_features
+        if self.text_projection is not None:
+            return int(self.text_projection.shape[1])
+        return int(self.token_embedding.weight.shape[1])  # no projection: the text width is the joint width
 
     def _tokenize(self, texts: list[str], names: list[str], extra: int) -> torch.Tensor:
         """Token ids (len(texts), L); ``extra`` = tokens inserted after SOT. Too long -> InputError naming it."""
