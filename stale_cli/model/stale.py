@@ -256,4 +256,3 @@ class STALE(nn.Module):
             "clf_features": e_p,
             "mask_features": e_m,
         }
-
