@@ -1,0 +1,145 @@
+"""A tiny STALE model trained (with stale_cli.train) on synthetic features finds its training segments through the
+detection library and through ``stale detect --checkpoint``; checkpoints that do not fit are refused clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from stale_cli.detect import STALE_MODE, DetectSettings, Detector
+from stale_cli.errors import CheckpointError
+from stale_cli.fileio import write_features
+
+CLASSES = ["high jump", "pole vault"]
+FPS = 2.0
+N_ROWS = 48  # 24 s per video
+# Each video: (class, start_s, end_s) instances; the rest is background.
+VIDEOS = {
+    "v0": [("high jump", 3.0, 9.0), ("pole vault", 14.0, 19.0)],
+    "v1": [("pole vault", 2.0, 8.0), ("high jump", 15.0, 21.0)],
+    "v2": [("high jump", 8.0, 15.0)],
+    "v3": [("pole vault", 10.0, 16.0)],
+}
+
+
+def synthetic_features(instances, rng, protos) -> np.ndarray:
+    feats = protos[-1] + 0.1 * rng.normal(size=(N_ROWS, protos.shape[1]))  # background prototype + noise
+    for name, s, e in instances:
+        feats[int(s * FPS) : int(e * FPS)] = protos[CLASSES.index(name)] + 0.1 * rng.normal(
+            size=(int(e * FPS) - int(s * FPS), protos.shape[1]))
+    return feats.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_clip, tiny_clip_name):
+    """(features dir, checkpoint path) of a tiny STALE trained to overfit VIDEOS."""
+    from dataclasses import replace
+
+    from stale_cli.data.annotations import parse_annotations
+    from stale_cli.data.windows import DataConfig
+    from stale_cli.model.config import ModelConfig
+    from stale_cli.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("stale_trained")
+    rng = np.random.default_rng(0)
+    D = 32
+    protos = rng.normal(size=(3, D))  # high jump, pole vault, background
+    database = {}
+    for vid, inst in VIDEOS.items():
+        meta = {"fps": FPS, "timestamps": [k / FPS for k in range(N_ROWS)], "duration": N_ROWS / FPS,
+                "source": f"{vid}.mp4", "clip_model": tiny_clip_name, "clip_weights": "random", "num_frames": N_ROWS}
+        write_features(root / "feats" / f"{vid}.npy", synthetic_features(inst, rng, protos), meta)
+        database[vid] = {"subset": "train", "duration": N_ROWS / FPS,
+                         "annotations": [{"label": n, "segment": [s, e]} for n, s, e in inst]}
+    ann = parse_annotations({"database": database})
+    cfg = ModelConfig(encoder_layers=1, num_heads=2, ffn_dim=64, context_tokens=4, num_queries=4, decoder_layers=1)
+    out = root / "tiny.pt"
+    train(root / "feats", ann, CLASSES, out, tiny_clip, tiny_clip_name, model_cfg=cfg,
+          data_cfg=DataConfig(mode="window", num_snippets=48, overlap=0.0, empty_window_keep=1.0),
+          train_cfg=replace(TrainConfig(), epochs=40, lr=3e-3, batch_size=4, val_fraction=0.0), progress=False)
+    return root, out
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory, tiny_clip, tiny_clip_name):
+    """A checkpoint of an untrained tiny STALE (32-wide stale-tiny features at 2 fps): for the misfit checks."""
+    from stale_cli.checkpoint import save_checkpoint
+    from stale_cli.data.windows import DataConfig
+    from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.stale import STALE
+
+    cfg = ModelConfig(feature_dim=32, embed_dim=32, num_snippets=32, clip_model=tiny_clip_name, encoder_layers=1,
+                      num_heads=2, ffn_dim=64, context_tokens=4, num_queries=4, decoder_layers=1)
+    path = tmp_path_factory.mktemp("stale_untrained") / "untrained.pt"
+    save_checkpoint(path, STALE(cfg, tiny_clip), cfg, LossConfig(), DataConfig(num_snippets=32), CLASSES, FPS,
+                    tiny_clip_name)
+    return path
+
+
+# Training even the tiny model takes minutes on a shared 2-core CPU, too long for the default suite.
+slow = pytest.mark.skipif(not os.environ.get("STALE_SLOW_TESTS"), reason="set STALE_SLOW_TESTS=1 (trains a model)")
+
+
+def tiou(a, b):
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    return inter / (max(a[1], b[1]) - min(a[0], b[0]))
+
+
+@slow
+def test_tiny_stale_recovers_training_segments(trained):
+    from stale_cli.fileio import read_features
+
+    root, ckpt = trained
+    det = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt))
+    assert det.mode == STALE_MODE and det.metadata()["checkpoint"] == str(ckpt)
+    hits = total = 0
+    for vid, inst in VIDEOS.items():
+        feats, meta = read_features(root / "feats" / f"{vid}.npy")
+        video = det.detect_features(feats, meta, vid, vid)
+        assert video.segments and all(0 <= s.start < s.end <= N_ROWS / FPS for s in video.segments)
+        for name, s, e in inst:
+            total += 1
+            top = [seg for seg in sorted(video.segments, key=lambda x: -x.score) if seg.label == name][:3]
+            hits += any(tiou((seg.start, seg.end), (s, e)) >= 0.5 for seg in top)
+    assert hits >= total - 1, f"{hits}/{total} training instances recovered"
+
+
+@slow
+def test_resampled_features_still_detect(trained):
+    """Features at twice the checkpoint's rate are resampled to it (and give the same kind of answer)."""
+    from stale_cli.detect import resample_features
+    from stale_cli.fileio import read_features
+
+    root, ckpt = trained
+    det = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt))
+    feats, meta = read_features(root / "feats" / "v2.npy")
+    fast, fast_meta = resample_features(feats, meta, 2 * FPS)
+    fast_meta["duration"] = meta["duration"]
+    video = det.detect_features(fast, fast_meta, "v2", "v2")
+    best = max((s for s in video.segments if s.label == "high jump"), key=lambda s: s.score)
+    assert tiou((best.start, best.end), (8.0, 15.0)) >= 0.5
+
+
+def test_checkpoint_misfits_are_refused(untrained, tmp_path):
+    import torch
+
+    ckpt = untrained
+    det = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt))
+    meta = {"fps": FPS, "timestamps": [0.0], "duration": 10.0, "clip_model": "stale-tiny"}
+    with pytest.raises(CheckpointError, match="64-wide.*32-wide"):
+        det.detect_features(np.zeros((20, 64), np.float32), meta, "w", "w.npy")
+    with pytest.raises(CheckpointError, match="ViT-B-16"):
+        det.detect_features(np.zeros((20, 32), np.float32), dict(meta, clip_model="ViT-B-16"), "w", "w.npy")
+    raw = torch.load(ckpt, weights_only=True)
+    raw["version"] = 999
+    torch.save(raw, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version"):
+        Detector(DetectSettings(classes=CLASSES, checkpoint=tmp_path / "future.pt"))
+    (tmp_path / "junk.pt").write_text(json.dumps({"not": "a checkpoint"}))
+    with pytest.raises(CheckpointError, match="not a stale checkpoint"):
+        Detector(DetectSettings(classes=CLASSES, checkpoint=tmp_path / "junk.pt"))
+    with pytest.raises(CheckpointError, match="--clip-model"):
+        Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt, clip_model="ViT-B-32"))
