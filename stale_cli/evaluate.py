@@ -20,7 +20,9 @@ is an independent implementation that reproduces its numbers, including its corn
 * The evaluated classes are the labels of the ground truth subset (``Ambiguous`` is not a class and is dropped, as
   in the THUMOS14 evaluation), optionally restricted to a list (a zero-shot split's unseen classes).
 * A prediction label that the ground truth subset does not know is an error: the official code fails on it with a
-  ``KeyError``; we raise :class:`~stale_cli.errors.DataError` naming the labels. One extension: a label that
+  ``KeyError``; we raise :class:`~stale_cli.errors.DataError` naming the labels. When the evaluated classes are
+  given explicitly (a split, a class list), predictions outside them -- unknown labels included -- are ignored
+  with a warning, since they cannot change the AP of an evaluated class. One extension: a label that
   differs from a ground-truth class only in spelling (``high jump`` / ``HighJump``, see
   :func:`stale_cli.data.splits.class_key`) counts as that class, where the official code would fail. Predictions of known classes that
   are outside the evaluated list are ignored (AP is computed per class).
@@ -147,7 +149,8 @@ def evaluate_detection(
 
     ``gt``: video id -> [(label, start_s, end_s)] of the evaluated subset (``Ambiguous`` instances are dropped
     here); ``preds``: video id -> [(label, start_s, end_s, score)], in file order. ``classes``: evaluate only these
-    (default: every label of ``gt``); each must have ground truth. Returns ``{"tiou", "mAP", "average_mAP",
+    (default: every label of ``gt``, and a predicted label outside them is a DataError); each must have ground
+    truth, predictions of other labels are ignored. Returns ``{"tiou", "mAP", "average_mAP",
     "per_class": {class: [AP per tIoU]}}``, fractions in [0, 1].
     """
     tious = [float(t) for t in tious]
@@ -171,8 +174,10 @@ def evaluate_detection(
     for lab in {lab for insts in preds.values() for lab, *_ in insts}:
         spelling[lab] = lab if lab in gt_by_class else by_key.get(class_key(lab))
     unknown = sorted(lab for lab, to in spelling.items() if to is None)
-    if unknown:
-        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+    shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+    if unknown and classes is not None:
+        log.warning("ignoring predictions of %d label(s) outside the ground truth: %s", len(unknown), shown)
+    elif unknown:
         raise DataError(
             f"{len(unknown)} predicted label(s) not among the ground-truth classes of this subset: {shown}; "
             "labels must name annotated classes (the official ActivityNet evaluator rejects such files too)"

@@ -92,6 +92,9 @@ def test_labels_unknown_to_the_ground_truth_are_an_error():
     gt = {"v1": [("HighJump", 0, 10)]}
     with pytest.raises(DataError, match="'Skateboarding'"):
         evaluate_detection(gt, {"v1": [("Skateboarding", 0, 10, 0.9)]}, [0.5])
+    # With the evaluated classes given, other labels cannot change their AP: ignored.
+    r = evaluate_detection(gt, {"v1": [("Skateboarding", 0, 10, 0.9), ("HighJump", 0, 10, 0.5)]}, [0.5], ["HighJump"])
+    assert r["per_class"]["HighJump"] == [1.0]
     # A different spelling of a known class is that class.
     r = evaluate_detection(gt, {"v1": [("high jump", 0, 10, 0.9)]}, [0.5])
     assert r["per_class"]["HighJump"] == [1.0]

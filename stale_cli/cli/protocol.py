@@ -1,1 +1,117 @@
-"""(command module: written by its owner)"""
+"""``stale zero-shot``: the paper's zero-shot protocol (train per split, detect, evaluate, Table 1 row)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from stale_cli.cli.app import (
+    ClipModelOption,
+    ClipWeightsOption,
+    DeviceOption,
+    ProgressOption,
+    app,
+    resolve_device,
+    stderr,
+    stdout,
+    user_errors,
+)
+
+
+def summary_table(summary: dict) -> Table:
+    setting = summary["setting"].replace("_", "/")
+    table = Table(
+        title=f"{summary['dataset']} {setting}: unseen classes, {summary['test_subset']} subset, mAP % (mean ± std)",
+        title_justify="left",
+    )
+    table.add_column("method", no_wrap=True)
+    table.add_column("splits", justify="right")
+    for t in summary["tiou"]:
+        table.add_column(f"@{t:g}", justify="right")
+    table.add_column("avg", justify="right", style="bold")
+    for row in summary["rows"].values():
+        table.add_row(
+            row["name"],
+            str(len(row["splits"])),
+            *(f"{100 * m:.1f}±{100 * s:.1f}" for m, s in zip(row["mAP_mean"], row["mAP_std"])),
+            f"{100 * row['average_mAP_mean']:.1f}±{100 * row['average_mAP_std']:.1f}",
+        )
+    paper = summary["paper"]
+    table.add_row(
+        "[dim]STALE, paper Table 1[/]",
+        "[dim]10[/]",
+        *("[dim]–[/]" if v is None else f"[dim]{v:.1f}[/]" for v in paper["mAP"]),
+        f"[dim]{paper['average_mAP']:.1f}[/]",
+    )
+    return table
+
+
+@app.command("zero-shot")
+def zero_shot_command(
+    dataset: str = typer.Option(..., "--dataset", help="thumos14 | activitynet13"),
+    setting: str = typer.Option("75_25", "--setting", help="75_25 | 50_50 (seen % _ unseen % of the classes)."),
+    features: Path = typer.Option(..., "--features", help="Feature files of the dataset (from `stale extract-features`)."),
+    annotations: Path = typer.Option(..., "--annotations", "-a", help="The dataset's ActivityNet-format annotations."),
+    work_dir: Path = typer.Option(
+        ..., "--work-dir", help="Checkpoints, predictions and results per split; rerun to resume."
+    ),
+    splits: str = typer.Option("0-9", "--splits", help="Which of the 10 standard splits, e.g. 0-9, 0,3 or 0-2."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also run the training-free CLIP mode."),
+    train_stale: bool = typer.Option(True, "--train/--no-train", help="Train and evaluate STALE (--no-train: baseline only)."),
+    train_subset: Optional[str] = typer.Option(None, "--train-subset", help="Default: val (THUMOS14), training (ActivityNet)."),
+    test_subset: Optional[str] = typer.Option(None, "--test-subset", help="Default: test (THUMOS14), validation (ActivityNet)."),
+    tiou: Optional[str] = typer.Option(None, "--tiou", help="tIoU thresholds (default: the dataset's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs per split (paper: 15)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (paper: 1e-5 THUMOS14, 1e-4 ActivityNet)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per training step."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (same for every split)."),
+    num_snippets: Optional[int] = typer.Option(
+        None, "--num-snippets", help="T, snippets per window (default: the dataset preset's, 256 / 100)."
+    ),
+    freeze_text_encoder: bool = typer.Option(False, "--freeze-text-encoder", help="Keep CLIP's text encoder fixed."),
+    clip_model: str = ClipModelOption,
+    clip_weights: str = ClipWeightsOption,
+    device: str = DeviceOption,
+    progress: bool = ProgressOption,
+) -> None:
+    """Reproduce (or beat) the paper's zero-shot Table 1 row: for each split train on the seen classes, detect
+    the unseen classes on the test subset, evaluate; print mean ± std over the splits, with the training-free
+    baseline. Writes results.json and results.md into the work dir."""
+    from dataclasses import replace
+
+    with user_errors():
+        from stale_cli.clip_backbone import load_clip
+        from stale_cli.data.windows import preset as data_preset
+        from stale_cli.evaluate import parse_tious
+        from stale_cli.model.config import ModelConfig
+        from stale_cli.protocol import DATASETS, ProtocolConfig, parse_splits, run_protocol
+        from stale_cli.train import TRAIN_PRESETS
+
+        cfg = ProtocolConfig(
+            dataset=dataset,
+            setting=setting,
+            splits=parse_splits(splits),
+            train_subset=train_subset,
+            test_subset=test_subset,
+            tious=tuple(parse_tious(tiou)) if tiou else None,
+            baseline=baseline,
+            train=train_stale,
+        )
+        preset = DATASETS[dataset].preset
+        data_cfg = data_preset(preset)
+        if num_snippets is not None:
+            data_cfg = replace(data_cfg, num_snippets=num_snippets)
+        overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed).items() if v is not None}
+        train_cfg = replace(TRAIN_PRESETS[preset], **overrides)
+        model_cfg = replace(ModelConfig(), freeze_text_encoder=freeze_text_encoder)
+        dev = resolve_device(device)
+        clip = load_clip(clip_model, clip_weights, device=dev)
+        summary = run_protocol(
+            cfg, features, annotations, work_dir, clip, model_cfg=model_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
+            device=dev, progress=progress, report=lambda line: stderr.print(line, highlight=False),
+        )
+        stdout.print(summary_table(summary))
+        stdout.print(f"written: {work_dir / 'results.json'}, {work_dir / 'results.md'}")

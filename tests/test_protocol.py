@@ -1,0 +1,163 @@
+"""The zero-shot protocol end to end on tiny synthetic THUMOS14-like features with the tiny CLIP (2 splits, 1 epoch).
+
+Each synthetic action is the tiny CLIP's own prompt-ensembled text feature of its class (plus noise) over its
+snippets, and noise elsewhere, so the training-free baseline must find the unseen classes, and the trained model
+runs through detection and evaluation on the same data.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stale_cli.cli import app
+from stale_cli.data.splits import load_split
+from stale_cli.errors import InputError
+from stale_cli.fileio import write_features
+from stale_cli.protocol import ProtocolConfig, markdown, parse_splits, summarise
+
+ROWS = 48  # feature rows (seconds at 1 fps) per synthetic video
+
+
+def _classes():
+    seen, unseen = load_split("thumos14/75_25/0")
+    return sorted(seen + unseen)  # all 20 THUMOS14 classes
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_clip_name, tiny_clip_weights, tmp_path_factory):
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.clipmode import class_text_features
+
+    root = tmp_path_factory.mktemp("zs")
+    clip = load_clip(tiny_clip_name, str(tiny_clip_weights))
+    classes = _classes()
+    text = class_text_features(clip, classes)  # (20, 32), unit rows
+    rng = np.random.default_rng(0)
+    db = {}
+    feats_dir = root / "features"
+
+    def video(vid, subset, instances):
+        x = rng.normal(0.0, 0.3, size=(ROWS, text.shape[1])) / np.sqrt(text.shape[1])
+        for c, s, e in instances:
+            x[s:e] = text[c] + rng.normal(0.0, 0.02, size=(e - s, text.shape[1]))
+        meta = {"fps": 1.0, "timestamps": [float(i) for i in range(ROWS)], "duration": float(ROWS),
+                "source": f"{vid}.mp4", "clip_model": clip.name, "clip_weights": str(clip.weights), "num_frames": ROWS}
+        write_features(feats_dir / f"{vid}.npy", x.astype(np.float32), meta)
+        db[vid] = {"subset": subset, "duration": float(ROWS),
+                   "annotations": [{"segment": [float(s), float(e)], "label": classes[c]} for c, s, e in instances]}
+
+    for i in range(20):  # test: one video per class, two instances
+        video(f"video_test_{i:03d}", "test", [(i, 6, 14), (i, 30, 38)])
+    for i in range(10):  # training subset: two classes per video
+        video(f"video_validation_{i:03d}", "val", [(2 * i, 4, 12), (2 * i + 1, 26, 36)])
+    db["video_test_nofeatures"] = {"subset": "test", "duration": 30.0,
+                                   "annotations": [{"segment": [1, 5], "label": classes[0]}]}
+    ann = root / "annotations.json"
+    ann.write_text(json.dumps({"database": db}))
+    return feats_dir, ann, tiny_clip_name, tiny_clip_weights
+
+
+def _run(dataset, work, *extra):
+    feats, ann, clip_name, clip_weights = dataset
+    args = ["zero-shot", "--dataset", "thumos14", "--setting", "75_25", "--features", str(feats),
+            "--annotations", str(ann), "--work-dir", str(work), "--splits", "0-1", "--epochs", "1",
+            "--batch-size", "8", "--num-snippets", "16", "--clip-model", clip_name, "--clip-weights",
+            str(clip_weights), "--device", "cpu", "--no-progress", *extra]
+    return CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+
+
+TINY_MODEL = dict(encoder_layers=1, num_heads=2, ffn_dim=64, context_tokens=4, num_queries=4, decoder_layers=1)
+
+
+def _run_library(dataset, work, lr=1e-3):
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.data.windows import DataConfig
+    from stale_cli.model.config import ModelConfig
+    from stale_cli.protocol import run_protocol
+    from stale_cli.train import TrainConfig
+
+    feats, ann, clip_name, clip_weights = dataset
+    return run_protocol(
+        ProtocolConfig("thumos14", "75_25", splits=(0, 1)), feats, ann, work, load_clip(clip_name, str(clip_weights)),
+        model_cfg=ModelConfig(**TINY_MODEL), data_cfg=DataConfig(num_snippets=16, overlap=0.5),
+        train_cfg=TrainConfig(epochs=1, lr=lr, batch_size=16), device="cpu", progress=False,
+    )
+
+
+def test_zero_shot_protocol_end_to_end_and_resume(dataset, tmp_path):
+    work = tmp_path / "work"
+    summary = _run_library(dataset, work)
+    assert summary == json.loads((work / "results.json").read_text())
+    assert set(summary["rows"]) == {"clip", "stale"}
+    assert summary["tiou"] == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert summary["test_videos"] == 21 and summary["test_videos_with_features"] == 20
+    for row in summary["rows"].values():
+        assert row["splits"] == [0, 1]
+        assert all(0.0 <= m <= 1.0 for m in row["mAP_mean"]) and row["average_mAP_std"] >= 0.0
+    # The baseline finds the constructed unseen actions (the one video without features is a miss).
+    assert summary["rows"]["clip"]["average_mAP_mean"] > 0.3
+    for k in (0, 1):
+        ev = json.loads((work / f"split_{k}" / "stale_eval.json").read_text())
+        assert sorted(ev["per_class"]) == sorted(load_split(f"thumos14/75_25/{k}")[1])
+        preds = json.loads((work / f"split_{k}" / "stale_predictions.json").read_text())
+        assert {s["label"] for v in preds["results"].values() for s in v} <= set(ev["per_class"])
+        assert preds["external_data"]["mode"] == "stale"
+        assert (work / f"split_{k}" / "model.pt").is_file() and (work / f"split_{k}" / "train.json").is_file()
+    md = (work / "results.md").read_text()
+    assert "| STALE | 2 |" in md and "training-free CLIP (baseline)" in md and "paper Table 1" in md
+
+    # Rerun: everything is done, nothing is trained or detected again, same numbers.
+    (work / "results.json").unlink()
+    mtimes = {p: p.stat().st_mtime_ns for p in work.glob("split_*/*")}
+    assert _run_library(dataset, work)["rows"] == summary["rows"]
+    assert {p: p.stat().st_mtime_ns for p in work.glob("split_*/*")} == mtimes
+    # A split whose evaluation is missing is redone from its checkpoint (no retraining).
+    (work / "split_1" / "stale_eval.json").unlink()
+    again = _run_library(dataset, work)
+    assert again["rows"]["stale"]["per_split"] == summary["rows"]["stale"]["per_split"]
+    assert (work / "split_1" / "model.pt").stat().st_mtime_ns == mtimes[work / "split_1" / "model.pt"]
+
+    # Other settings in the same work dir are refused.
+    with pytest.raises(InputError, match="other settings"):
+        _run_library(dataset, work, lr=0.5)
+
+
+def test_cli_zero_shot_baseline_only(dataset, tmp_path):
+    work = tmp_path / "work"
+    res = _run(dataset, work, "--no-train")
+    assert res.exit_code == 0, res.output
+    assert "training-free CLIP" in res.output and "±" in res.output and "paper Table 1" in res.output
+    summary = json.loads((work / "results.json").read_text())
+    assert set(summary["rows"]) == {"clip"} and not (work / "split_0" / "model.pt").exists()
+    res = _run(dataset, work, "--no-train")
+    assert res.exit_code == 0 and "already evaluated" in res.output
+
+
+def test_zero_shot_bad_inputs(dataset, tmp_path):
+    res = _run(dataset, tmp_path / "w", "--splits", "3-12")
+    assert res.exit_code == 1 and "split numbers must be in 0-9" in res.output
+    feats, ann, clip_name, clip_weights = dataset
+    res = CliRunner().invoke(app, ["zero-shot", "--dataset", "ucf101", "--features", str(feats), "--annotations",
+                                   str(ann), "--work-dir", str(tmp_path / "w"), "--clip-model", clip_name,
+                                   "--clip-weights", str(clip_weights)])
+    assert res.exit_code == 1 and "--dataset must be one of" in res.output
+
+
+def test_parse_splits_and_summary():
+    assert parse_splits("0-2,7") == (0, 1, 2, 7)
+    assert parse_splits("3") == (3,)
+    with pytest.raises(InputError):
+        parse_splits("a-b")
+    cfg = ProtocolConfig("activitynet13", "50_50", splits=(0, 1))
+    tious = [0.5, 0.75, 0.95]
+    done = {0: {"mAP": [0.4, 0.2, 0.0], "average_mAP": 0.2}, 1: {"mAP": [0.2, 0.2, 0.1], "average_mAP": 0.1}}
+    s = summarise(cfg, tious, {"stale": done}, 10, 12)
+    row = s["rows"]["stale"]
+    np.testing.assert_allclose(row["mAP_mean"], [0.3, 0.2, 0.05])
+    np.testing.assert_allclose(row["mAP_std"], [0.1, 0.0, 0.05])  # population std over splits
+    assert row["average_mAP_mean"] == pytest.approx(0.15) and row["average_mAP_std"] == pytest.approx(0.05)
+    assert s["paper"]["mAP"] == [32.1, 20.7, 5.9] and s["paper"]["average_mAP"] == 20.5
+    md = markdown(s)
+    assert "| STALE | 2 | 30.0 ± 10.0 | 20.0 ± 0.0 | 5.0 ± 5.0 | 15.0 ± 5.0 |" in md
