@@ -174,8 +174,11 @@ class Detector:
             if settings.fps is not None and not math.isclose(settings.fps, self.fps):
                 log.warning("--fps %.3g ignored: the checkpoint was trained at %.3g features per second", settings.fps, self.fps)
         else:
+            from stale_cli.extract import DEFAULT_FEATURE_FPS
+
             self.clip_model_name = settings.clip_model or DEFAULT_CLIP_MODEL
-            self.fps = settings.fps
+            # Rate videos are sampled at; feature files keep their own rate in this mode.
+            self.fps = settings.fps or (DEFAULT_FEATURE_FPS if need_video else None)
         log.info(
             "mode: %s (%s)",
             self.mode,
