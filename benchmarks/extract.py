@@ -1,0 +1,185 @@
+"""Benchmark of `stale extract-features`: throughput vs the bare model, decoders, peak memory vs video length.
+
+    python benchmarks/extract.py                 # everything, results in bench_out/extract/results.json
+
+Input: OpenCV's sample video vtest.avi (768x576, 10 fps, 79.5 s, MS-MPEG4), fetched from Debian's opencv-doc
+package with `apt-get download` + `dpkg -x` (no other network use). Longer inputs are vtest.avi looped by
+copying its packets (no re-encoding), so they are real video too. CLIP is ViT-B-16 with random weights (the
+weights do not change the cost). All figures of one run are measured side by side, so they share the machine's
+load at the time; the CPU is shared, numbers are noisy, compare ratios.
+
+1. bare model: frames/s of ``clip.encode_images`` on the pre-decoded, preprocessed float tensors of the same
+   frames, same batch size; end to end: frames/s of ``extract_many`` (decode thread + encode + write); the two
+   are interleaved (bare, e2e, bare, e2e) and summed, so drifting load hits both alike.
+2. decode only: decord and PyAV sampling at the same fps with the CLIP resize, and all source frames per second.
+3. peak RSS: ``extract_many`` on a 1-minute and a 30-minute input, each in its own subprocess (ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fetch_vtest(cache: Path) -> Path:
+    """vtest.avi from Debian's opencv-doc package (downloaded once into `cache`)."""
+    found = list(cache.rglob("vtest.avi"))
+    if found:
+        return found[0]
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", "opencv-doc"], cwd=cache, check=True, capture_output=True)
+    deb = next(cache.glob("opencv-doc_*.deb"))
+    subprocess.run(["dpkg", "-x", str(deb), str(cache / "pkg")], check=True)
+    deb.unlink()
+    found = list(cache.rglob("vtest.avi"))
+    if not found:
+        sys.exit("opencv-doc has no vtest.avi")
+    keep = cache / "vtest.avi"
+    shutil.copy(found[0], keep)
+    shutil.rmtree(cache / "pkg")
+    return keep
+
+
+def loop_video(src: Path, dst: Path, seconds: float) -> Path:
+    """Copy src's video packets, looping with shifted timestamps, until `seconds` of video are written."""
+    import av
+
+    if dst.exists():
+        return dst
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        s_in = inp.streams.video[0]
+        s_out = out.add_stream_from_template(s_in)
+        tb = s_in.time_base
+        packets = [p for p in inp.demux(s_in) if p.size and p.pts is not None]
+        span = packets[-1].pts + (packets[-1].duration or packets[1].pts - packets[0].pts) - packets[0].pts
+        orig = [(p.pts, p.dts) for p in packets]
+        offset = 0
+        while True:
+            for p, (pts0, dts0) in zip(packets, orig):
+                if float((pts0 + offset) * tb) >= seconds:
+                    return dst
+                p.pts, p.dts = pts0 + offset, (dts0 + offset if dts0 is not None else None)
+                p.time_base = tb
+                p.stream = s_out
+                out.mux(p)
+            offset += span
+
+
+def rss_child(video: str, fps: float, batch_size: int) -> None:
+    """Subprocess body: extract one video with ViT-B-16 (random), print peak RSS and what was done as JSON."""
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.extract import extract_many
+
+    clip = load_clip("ViT-B-16", None)
+    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        s = extract_many([Path(video)], d, clip, fps=fps, batch_size=batch_size, progress=False)
+        dt = time.perf_counter() - t
+        meta = json.loads((Path(d) / (Path(video).stem + ".json")).read_text())
+    print(json.dumps({
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_model_load_mb": after_load / 1024,
+        "rows": s.frames, "source_frames": meta["num_frames"], "duration_s": meta["duration"], "seconds": dt,
+    }))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench_out" / "extract")
+    ap.add_argument("--seconds", type=float, default=20.0, help="length of vtest.avi used for throughput")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rss-fps", type=float, default=1 / 30, help="sampling rate of the memory runs (see below)")
+    ap.add_argument("--rss-batch-size", type=int, default=2)
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--rss-child", nargs=3, metavar=("VIDEO", "FPS", "BATCH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        return rss_child(args.rss_child[0], float(args.rss_child[1]), int(args.rss_child[2]))
+
+    import torch
+
+    from stale_cli import __version__
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.extract import DEFAULT_FEATURE_FPS, extract_many
+    from stale_cli.video import FrameSampler
+
+    t_start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    vtest = fetch_vtest(args.out / "cache")
+    clip_in = loop_video(vtest, args.out / f"vtest_{args.seconds:g}s.avi", args.seconds)
+    fps, bs = DEFAULT_FEATURE_FPS, args.batch_size
+    device = torch.device(args.device)
+    res = {"stale_version": __version__, "fps": fps, "batch_size": bs, "device": str(device),
+           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "input": str(clip_in)}
+    if device.type == "cuda":
+        res["gpu"] = torch.cuda.get_device_name(device)
+
+    # 2. decode only (first: it also warms the file cache)
+    clip = load_clip("ViT-B-16", None, device)
+    for dec in ("decord", "pyav"):
+        t = time.perf_counter()
+        sampler = FrameSampler(vtest, fps, transform=clip.resize_frames, chunk_size=bs, decoder=dec)
+        n = sum(len(c.indices) for c in sampler)
+        dt = time.perf_counter() - t
+        res[f"decode_{dec}"] = {"samples": n, "source_frames": sampler.info.num_frames, "seconds": dt,
+                                "samples_per_s": n / dt, "source_frames_per_s": sampler.info.num_frames / dt}
+        print(f"decode {dec}: {n / dt:.1f} samples/s, {sampler.info.num_frames / dt:.1f} source frames/s", flush=True)
+
+    # 1. bare model vs end to end, interleaved
+    frames = torch.cat([c.frames for c in FrameSampler(clip_in, fps, transform=clip.resize_frames)])
+    pre = clip.preprocess(frames)  # (N, 3, 224, 224) float
+    n = pre.shape[0]
+    clip.encode_images(pre[:bs], batch_size=bs)  # warm-up
+    bare_t, e2e_t = [], []
+    for rep in range(2):
+        t = time.perf_counter()
+        clip.encode_images(pre, batch_size=bs)
+        bare_t.append(time.perf_counter() - t)
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            s = extract_many([clip_in], d, clip, fps=fps, batch_size=bs, progress=False)
+            e2e_t.append(time.perf_counter() - t)
+            assert s.done == 1 and s.frames == n
+        print(f"rep {rep}: bare {n / bare_t[-1]:.2f} frames/s, end to end {n / e2e_t[-1]:.2f} frames/s", flush=True)
+    res["frames"] = n
+    res["bare_model_fps"] = n * len(bare_t) / sum(bare_t)
+    res["end_to_end_fps"] = n * len(e2e_t) / sum(e2e_t)
+    res["ratio"] = res["end_to_end_fps"] / res["bare_model_fps"]
+    res["bare_seconds"], res["e2e_seconds"] = bare_t, e2e_t
+    print(f"bare {res['bare_model_fps']:.2f} frames/s, end to end {res['end_to_end_fps']:.2f} frames/s, "
+          f"ratio {res['ratio']:.3f}", flush=True)
+    del pre, frames
+
+    # 3. peak RSS, 1 min vs 30 min, each in a fresh process. The whole file is read (decord seeks between samples);
+    # the sampling rate is lowered only so ViT-B-16 on a small CPU finishes in minutes.
+    if not args.skip_rss:
+        for minutes in (1, 30):
+            video = loop_video(vtest, args.out / f"vtest_{minutes}min.avi", 60.0 * minutes)
+            out = subprocess.run(
+                [sys.executable, __file__, "--rss-child", str(video), str(args.rss_fps), str(args.rss_batch_size)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            res[f"rss_{minutes}min"] = json.loads(out.strip().splitlines()[-1])
+            print(f"{minutes} min: {res[f'rss_{minutes}min']}", flush=True)
+        res["rss_ratio_30_vs_1"] = res["rss_30min"]["peak_rss_mb"] / res["rss_1min"]["peak_rss_mb"]
+        res["rss_fps"], res["rss_batch_size"] = args.rss_fps, args.rss_batch_size
+        print(f"peak RSS 30 min / 1 min: {res['rss_ratio_30_vs_1']:.3f}")
+    res["total_seconds"] = time.perf_counter() - t_start
+    (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
