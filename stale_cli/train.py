@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from stale_cli.checkpoint import build_model, read_checkpoint, save_checkpoint
 from stale_cli.data.annotations import Annotations
-from stale_cli.data.dataset import VideoSet, WindowDataset, collate_windows, load_video_set
+from stale_cli.data.dataset import VideoSet, WindowDataset, collate_windows, load_video_set, video_instances
 from stale_cli.data.windows import DataConfig
 from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
 from stale_cli.evaluate import evaluate_detection
@@ -72,6 +72,7 @@ class TrainResult:
     train_videos: int = 0
     val_videos: int = 0
     missing_videos: int = 0  # annotated videos without features
+    model: torch.nn.Module | None = None  # the model after the last epoch (unwrapped, on its training device)
 
 
 def last_path_for(out: Path) -> Path:
@@ -127,8 +128,10 @@ def _targets(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def validate(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device, batch_size: int) -> dict:
-    """Validation loss and mAP@0.5 (training classes only) of the model's own detections on ``vs``."""
+def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device,
+            batch_size: int) -> tuple[dict[str, list[tuple[str, float, float, float]]], float]:
+    """The model's own detections on ``vs``: (video id -> [(label, start_s, end_s, score)], mean window loss)."""
+    was_training = model.training
     model.eval()
     ds = WindowDataset(vs, class_names, data_cfg, training=False)
     text = model.encode_classes(class_names)  # (K+1, C)
@@ -144,18 +147,22 @@ def validate(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, 
         for b, i in enumerate(batch["index"].tolist()):
             vid, w, _ = ds.items[i]
             segments[vid].append(segments_from_window(probs[b], masks[b], w.timeline, w.valid_len, DetectConfig()))
+    preds = {}
+    for v in vs.videos:
+        dets = finalize(segments[v.video_id], v.duration, DetectConfig())
+        preds[v.video_id] = [(class_names[k], s, e, c) for k, s, e, c in dets]
+    model.train(was_training)
+    return preds, total / max(n, 1)
+
+
+def validate(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device, batch_size: int) -> dict:
+    """Loss and mAP@0.5 of the model's own detections on ``vs``, counting the training classes only."""
+    preds, loss = predict(model, class_names, vs, data_cfg, criterion, device, batch_size)
     keep = set(class_names)
     gt = {v.video_id: [(i.label, i.start, i.end) for i in v.instances if i.label in keep] for v in vs.videos}
-    result = {"val_loss": total / max(n, 1), "val_map50": None}
     present = sorted({lab for inst in gt.values() for lab, _, _ in inst})
-    if present:
-        preds = {}
-        for v in vs.videos:
-            dets = finalize(segments[v.video_id], v.duration, DetectConfig())
-            preds[v.video_id] = [(class_names[k], s, e, c) for k, s, e, c in dets]
-        result["val_map50"] = float(evaluate_detection(gt, preds, [0.5], present)["mAP"][0])
-    model.train()
-    return result
+    mAP = float(evaluate_detection(gt, preds, [0.5], present)["mAP"][0]) if present else None
+    return {"val_loss": loss, "val_map50": mAP}
 
 
 def _better(a: dict, b: dict | None) -> bool:
@@ -230,11 +237,11 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
 
     train_ids, val_ids = split_videos([v.video_id for v in vs.videos], train_cfg.val_fraction, train_cfg.seed)
     train_set, val_set = vs.subset(train_ids), vs.subset(val_ids)
-    ds = WindowDataset(train_set, class_names, data_cfg, training=True, seed=train_cfg.seed)
-    if len(ds) == 0:
+    if not any(video_instances(v, class_names) for v in train_set.videos):
         raise DataError(
-            f"no training windows: none of the {len(train_ids)} training videos has an instance of the "
+            f"empty training set: none of the {len(train_ids)} training videos has an instance of the "
             f"{len(class_names)} training classes; check --subset and the class list")
+    ds = WindowDataset(train_set, class_names, data_cfg, training=True, seed=train_cfg.seed)
     if rank == 0:
         log.info("training on %d videos (%d windows), %d held out for validation, %d classes",
                  len(train_ids), len(ds), len(val_ids), len(class_names))
@@ -286,9 +293,11 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
             if world > 1:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if finite.item() < 1:
-                kept = (f"the last good checkpoint is {last_path} (epoch {epoch})"
-                        if epoch > start_epoch or last_path.exists() else "no checkpoint was written")
-                terms = ", ".join(f"{k}={float(losses[k]):.4g}" for k in LOSS_TERMS)
+                if epoch > start_epoch:
+                    kept = f"the last good checkpoint is {last_path} (epoch {epoch})"
+                else:
+                    kept = f"{last_path} is left as it was" if last_path.exists() else "no checkpoint was written"
+                terms = ", ".join(f"{k}={float(losses[k].detach()):.4g}" for k in LOSS_TERMS)
                 raise TrainingError(f"loss became NaN/inf at epoch {epoch + 1} step {step + 1} ({terms}); stopped, "
                                     f"{kept}; try a lower --lr")
             optimizer.zero_grad(set_to_none=True)
@@ -320,7 +329,7 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
     return TrainResult(
         best_path=out, last_path=last_path, best_epoch=(best or {}).get("epoch", start_epoch),
         score_name="mAP@0.5" if val_ids else "last epoch", history=history, train_videos=len(train_ids),
-        val_videos=len(val_ids), missing_videos=len(vs.missing))
+        val_videos=len(val_ids), missing_videos=len(vs.missing), model=model)
 
 
 def _plain(cfg) -> dict:
@@ -334,3 +343,32 @@ def _log_epoch(r: dict, epochs: int, best: bool) -> None:
         m = "n/a" if r["val_map50"] is None else f"{100 * r['val_map50']:.1f}%"
         msg += f"; held-out loss {r['val_loss']:.3f}, mAP@0.5 {m}" + (" (best so far)" if best else "")
     log.info(msg)
+
+
+def default_training_subset(annotations: Annotations) -> str | None:
+    """THUMOS14 trains on ``val``, ActivityNet on ``training``; a file with one subset trains on all of it."""
+    subsets = annotations.subsets()
+    for name in ("training", "train"):
+        if name in subsets:
+            return name
+    if "val" in subsets and "test" in subsets:
+        return "val"
+    if len(subsets) <= 1:
+        return None
+    raise InputError(f"{annotations.source}: choose the training subset with --subset ({', '.join(subsets)})")
+
+
+def select_classes(annotations: Annotations, split: str | None = None, names: list[str] | None = None) -> list[str]:
+    """The training vocabulary, spelled as in the annotations: a split's seen classes, a given list, or all."""
+    from stale_cli.data.splits import load_split, match_classes
+
+    if split is not None and names is not None:
+        raise InputError("give either --split or --classes-file, not both")
+    if split is not None:
+        seen, _ = load_split(split)
+        return match_classes(seen, annotations.classes, f"split {split}")
+    if names is not None:
+        return match_classes(names, annotations.classes, "class list")
+    if not annotations.classes:
+        raise DataError(f"{annotations.source}: no classes (no annotated instances)")
+    return list(annotations.classes)

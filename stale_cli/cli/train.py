@@ -1,1 +1,98 @@
-"""(command module: written by its owner)"""
+"""``stale train``: train STALE on feature files and ActivityNet-format annotations."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stale_cli.cli.app import (
+    ClipModelOption,
+    ClipWeightsOption,
+    DeviceOption,
+    ProgressOption,
+    app,
+    resolve_device,
+    stdout,
+    user_errors,
+)
+
+
+@app.command("train")
+def train_command(
+    features: Path = typer.Option(..., "--features", help="Directory of <video_id>.npy + .json from extract-features."),
+    annotations: Path = typer.Option(..., "--annotations", help="ActivityNet-format annotation JSON."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint of the best epoch (the last goes to <out>.last.pt)."),
+    split: Optional[str] = typer.Option(
+        None, "--split", help="Zero-shot split, e.g. thumos14/75_25/3: train on its seen classes only."),
+    classes_file: Optional[Path] = typer.Option(
+        None, "--classes-file", help="Train on these classes (one per line). Default: every annotated class."),
+    subset: Optional[str] = typer.Option(
+        None, "--subset", help="Annotation subset to train on (default: 'training' if present, THUMOS14: 'val')."),
+    preset: str = typer.Option("thumos14", "--preset", help="thumos14 (windows of 256, lr 1e-5) | activitynet "
+                               "(whole video resized to 100, lr 1e-4)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 15)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per step (default 16)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
+    val_fraction: Optional[float] = typer.Option(
+        None, "--val-fraction", help="Share of training videos held out to pick the best epoch (default 0.1)."),
+    freeze_text_encoder: bool = typer.Option(
+        False, "--freeze-text-encoder", help="Keep CLIP's text encoder fixed (prompt context still learns)."),
+    clip_model: str = ClipModelOption,
+    clip_weights: str = ClipWeightsOption,
+    device: str = DeviceOption,
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue from this checkpoint (usually <out>.last.pt) up to --epochs."),
+    progress: bool = ProgressOption,
+) -> None:
+    """Train the STALE head (and CLIP's prompted text encoder) on features of annotated videos.
+
+    Under `torchrun --nproc-per-node N stale train ...` it trains on N GPUs (or N CPU processes).
+    """
+    with user_errors():
+        from stale_cli.data.annotations import load_annotations
+        from stale_cli.data.windows import preset as data_preset
+        from stale_cli.errors import InputError
+        from stale_cli.model.config import ModelConfig
+        from stale_cli.train import TRAIN_PRESETS, default_training_subset, select_classes, train
+        from stale_cli.vocab import read_classes_file
+
+        data_cfg = data_preset(preset)
+        overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                                           val_fraction=val_fraction).items() if v is not None}
+        if epochs is not None and epochs < 1 or batch_size is not None and batch_size < 1:
+            raise InputError("--epochs and --batch-size must be at least 1")
+        if lr is not None and not lr > 0:
+            raise InputError(f"--lr must be positive, got {lr}")
+        if val_fraction is not None and not 0 <= val_fraction < 1:
+            raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        train_cfg = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
+        ann = load_annotations(annotations)
+        names = read_classes_file(classes_file) if classes_file is not None else None
+        class_names = select_classes(ann, split, names)
+        ann = ann.select_subset(subset if subset is not None else default_training_subset(ann))
+        dev = resolve_device(device)
+        clip, recorded = None, "random"
+        if resume is None:
+            from stale_cli.clip_backbone import load_clip
+
+            backbone = load_clip(clip_model, clip_weights, "cpu")
+            clip, recorded = backbone.model, backbone.weights
+        result = train(
+            features, ann, class_names, out, clip, clip_model, recorded,
+            model_cfg=ModelConfig(freeze_text_encoder=freeze_text_encoder), data_cfg=data_cfg, train_cfg=train_cfg,
+            device=dev, resume=resume, progress=progress,
+        )
+        if result.missing_videos:
+            stdout.print(f"{result.missing_videos} annotated video(s) had no features and were skipped",
+                         highlight=False)
+        best = next((h for h in result.history if h["epoch"] == result.best_epoch), None)
+        score = ""
+        if best is not None and best.get("val_map50") is not None:
+            score = f", held-out mAP@0.5 {100 * best['val_map50']:.1f}% on {result.val_videos} video(s)"
+        stdout.print(f"best epoch {result.best_epoch} ({result.score_name}{score}) -> {result.best_path}",
+                     highlight=False)
+        stdout.print(f"last epoch -> {result.last_path}", highlight=False)

@@ -1,0 +1,270 @@
+"""Training: a tiny model overfits synthetic features, the CLI end to end and its bad inputs, 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from stale_cli.checkpoint import load_checkpoint, read_checkpoint
+from stale_cli.data.annotations import parse_annotations
+from stale_cli.data.dataset import load_video_set
+from stale_cli.data.windows import DataConfig
+from stale_cli.model.config import ModelConfig
+from stale_cli.model.losses import STALELoss
+from stale_cli.train import TrainConfig, predict, split_videos, train, validate
+
+THUMOS_CLASSES = json.loads((Path(__file__).parent / "fixtures" / "thumos14_mini.json").read_text())["classes"]
+FPS, ROWS = 2.0, 40  # 20-second synthetic videos, one feature row per half second
+# Instances (start_s, end_s, label); HighJump and Diving are seen classes of thumos14/75_25/0, PoleVault unseen.
+VIDEOS = {
+    "v0": [(3, 8, "HighJump"), (12, 15, "Diving")],
+    "v1": [(2, 6, "Diving"), (10, 16, "HighJump")],
+    "v2": [(5, 9, "HighJump"), (13, 17, "PoleVault")],
+    "v3": [(1, 4, "Diving"), (9, 13, "Diving")],
+}
+TINY = dict(encoder_layers=1, num_heads=2, ffn_dim=64, decoder_layers=1, num_queries=4, context_tokens=4,
+            dropout=0.0, consistency_topk=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """2 shared cores: more threads only contend (10x slower steps measured); restore afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_dataset(root: Path, clip_name: str, dim: int = 32, videos=VIDEOS, seed: int = 0) -> tuple[Path, Path]:
+    """Features where each class (and background) has its own prototype vector plus noise; annotations beside."""
+    rng = np.random.default_rng(seed)
+    labels = sorted({lab for inst in videos.values() for _, _, lab in inst})
+    protos = {lab: rng.standard_normal(dim) * 2 for lab in ["background", *labels]}
+    stamps = np.arange(ROWS) / FPS
+    db = {}
+    for vid, inst in videos.items():
+        feats = np.tile(protos["background"], (ROWS, 1))
+        for s, e, lab in inst:
+            feats[(stamps + 0.5 / FPS >= s) & (stamps + 0.5 / FPS < e)] = protos[lab]
+        feats += 0.3 * rng.standard_normal(feats.shape)
+        from stale_cli.fileio import write_features
+
+        write_features(root / "feats" / f"{vid}.npy", feats, {
+            "fps": FPS, "timestamps": stamps.tolist(), "duration": ROWS / FPS, "source": f"{vid}.mp4",
+            "clip_model": clip_name, "clip_weights": "random", "num_frames": ROWS})
+        db[vid] = {"subset": "val", "duration": ROWS / FPS,
+                   "annotations": [{"segment": [s, e], "label": lab} for s, e, lab in inst]}
+    db["t0"] = {"subset": "test", "duration": 20.0, "annotations": [{"segment": [1, 2], "label": "PoleVault"}]}
+    ann = root / "ann.json"
+    ann.write_text(json.dumps({"classes": THUMOS_CLASSES, "database": db}))
+    return root / "feats", ann
+
+
+def test_split_videos_is_deterministic_and_disjoint():
+    ids = [f"v{i}" for i in range(20)]
+    tr, va = split_videos(ids, 0.1, seed=3)
+    assert (len(tr), len(va)) == (18, 2) and not set(tr) & set(va)
+    assert split_videos(list(reversed(ids)), 0.1, seed=3) == (tr, va)
+    assert split_videos(["a"], 0.5, 0) == (["a"], [])
+
+
+def test_tiny_model_overfits_and_detects_its_training_segments(tmp_path, tiny_clip, tiny_clip_name):
+    feats, ann_path = make_dataset(tmp_path, tiny_clip_name)
+    ann = parse_annotations(json.loads(ann_path.read_text())).select_subset("val")
+    classes = ["HighJump", "Diving"]  # PoleVault is not in the vocabulary: background
+    data_cfg = DataConfig(num_snippets=ROWS, overlap=0.5)  # one window per video
+    result = train(feats, ann, classes, tmp_path / "m.pt", tiny_clip, tiny_clip_name, model_cfg=ModelConfig(**TINY),
+                   data_cfg=data_cfg, train_cfg=TrainConfig(epochs=30, lr=3e-3, batch_size=1, val_fraction=0.0),
+                   progress=False)
+    first, last = result.history[0]["total"], result.history[-1]["total"]
+    assert last < 0.3 * first, (first, last)
+    assert result.best_epoch == 30 and result.score_name == "last epoch"
+    model, info = load_checkpoint(result.best_path)
+    vs = load_video_set(feats, list(ann.videos.values()))
+    criterion = STALELoss(info.model_config, info.loss_config)
+    preds, _ = predict(model, classes, vs, info.data_config, criterion, "cpu", 8)
+    # Every training segment of a training class is found among the video's 10 best detections (tIoU >= 0.5).
+    for vid, instances in VIDEOS.items():
+        top = preds[vid][:10]
+        for s, e, lab in instances:
+            if lab in classes:
+                ious = [segment_tiou(s, e, ps, pe) for pl, ps, pe, _ in top if pl == lab]
+                assert max(ious, default=0) >= 0.5, (vid, (s, e, lab), top)
+        assert all(pl in classes for pl, *_ in preds[vid])
+    assert validate(model, classes, vs, info.data_config, criterion, "cpu", 8)["val_map50"] >= 0.5
+
+
+def segment_tiou(s1: float, e1: float, s2: float, e2: float) -> float:
+    inter = max(0.0, min(e1, e2) - max(s1, s2))
+    return inter / (max(e1, e2) - min(s1, s2))
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def run_cli(*args: str):
+    from stale_cli.cli import app
+
+    return CliRunner().invoke(app, ["train", *map(str, args)])
+
+
+def cli_args(tmp_path, feats, ann, clip_name, clip_weights, *extra):
+    return ["--features", feats, "--annotations", ann, "--out", tmp_path / "w" / "m.pt", "--clip-model", clip_name,
+            "--clip-weights", clip_weights, "--device", "cpu", "--epochs", "2", "--batch-size", "4", "--no-progress",
+            *extra]
+
+
+def assert_one_line_error(result, pattern: str):
+    import re
+
+    assert result.exit_code == 1, result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]) and "Traceback" not in result.output
+    err = errors[0]
+    assert re.search(pattern, err.replace("\n", " ")), err
+
+
+def test_cli_trains_on_a_split_writes_checkpoints_and_resumes(tmp_path, tiny_clip_name, tiny_clip_weights):
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--split", "thumos14/75_25/0",
+                          "--val-fraction", "0.25"))
+    assert r.exit_code == 0, r.output
+    assert "best epoch" in r.stdout and "held-out mAP@0.5" in r.stdout
+    ckpt, info = read_checkpoint(tmp_path / "w" / "m.pt")
+    assert len(info.class_names) == 15 and "PoleVault" not in info.class_names and "HighJump" in info.class_names
+    assert info.feature_fps == FPS and info.feature_dim == 32 and info.clip_model == tiny_clip_name
+    assert info.clip_weights.endswith("tiny_clip.pt") and info.data_config.num_snippets == 256
+    last = tmp_path / "w" / "m.last.pt"
+    _, last_info = read_checkpoint(last)
+    assert last_info.epoch == 2 and "optimizer" in last_info.extra
+    r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--split", "thumos14/75_25/0",
+                          "--val-fraction", "0.25", "--resume", last, "--epochs", "3"))  # the later --epochs wins
+    assert r.exit_code == 0, r.output
+    _, resumed = read_checkpoint(last)
+    assert resumed.epoch == 3 and [h["epoch"] for h in resumed.extra["history"]] == [1, 2, 3]
+
+
+def test_cli_reports_videos_without_features_and_goes_on(tmp_path, tiny_clip_name, tiny_clip_weights):
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    (feats / "v3.npy").unlink()
+    r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--epochs", "1"))
+    assert r.exit_code == 0, r.output
+    assert "1 annotated video(s) had no features" in r.stdout
+
+
+def test_cli_bad_inputs_are_one_line_errors(tmp_path, tiny_clip_name, tiny_clip_weights):
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    args = lambda *extra, f=feats, a=ann: cli_args(tmp_path, f, a, tiny_clip_name, tiny_clip_weights, *extra)  # noqa: E731
+
+    assert_one_line_error(run_cli(*args("--split", "thumos14/90_10/0")), r"unknown split .*thumos14 or activitynet13")
+
+    # A split class absent from the annotations: a file without the THUMOS14 class list.
+    bare = tmp_path / "bare.json"
+    db = json.loads(ann.read_text())["database"]
+    bare.write_text(json.dumps({"database": db}))
+    assert_one_line_error(run_cli(*args("--split", "thumos14/75_25/0", a=bare)),
+                          r"split thumos14/75_25/0: classes .*'BasketballDunk'.* not found in the annotations")
+
+    # Empty training set: classes with no instance in the training videos.
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Billiards\nGolfSwing\n")
+    assert_one_line_error(run_cli(*args("--classes-file", classes)), r"empty training set: none of the 3 training videos")
+
+    # No feature file for any annotated video.
+    empty = tmp_path / "nofeats"
+    empty.mkdir()
+    assert_one_line_error(run_cli(*args(f=empty)), r"none of the 4 annotated videos has a feature file")
+
+    # A corrupt feature file is named.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for p in feats.iterdir():
+        (broken / p.name).write_bytes(p.read_bytes())
+    (broken / "v2.npy").write_bytes(b"\x93NUMPY garbage")
+    assert_one_line_error(run_cli(*args(f=broken)), r"v2\.npy: corrupt feature file")
+
+
+def test_cli_resume_with_other_feature_width_is_refused(tmp_path, tiny_clip_name, tiny_clip_weights):
+    feats, ann = make_dataset(tmp_path / "a", tiny_clip_name, dim=32)
+    r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--epochs", "1"))
+    assert r.exit_code == 0, r.output
+    wide, _ = make_dataset(tmp_path / "b", tiny_clip_name, dim=48)
+    r = run_cli(*cli_args(tmp_path, wide, ann, tiny_clip_name, tiny_clip_weights, "--resume",
+                          tmp_path / "w" / "m.last.pt"))
+    assert_one_line_error(r, r"trained on 32-dimensional features but those in .* are 48-dimensional")
+
+
+def test_features_of_another_clip_are_refused(tmp_path, tiny_clip, tiny_clip_name):
+    feats, ann_path = make_dataset(tmp_path, "ViT-B-32")  # same width as the text tower, other CLIP
+    ann = parse_annotations(json.loads(ann_path.read_text())).select_subset("val")
+    from stale_cli.errors import DataError
+
+    with pytest.raises(DataError, match=r"come from CLIP ViT-B-32 but the text encoder is 'stale-tiny'"):
+        train(feats, ann, ["HighJump"], tmp_path / "m.pt", tiny_clip, tiny_clip_name, model_cfg=ModelConfig(**TINY),
+              data_cfg=DataConfig(num_snippets=32), train_cfg=TrainConfig(epochs=1), progress=False)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, tiny_clip, tiny_clip_name):
+    from stale_cli.model.config import LossConfig
+    from stale_cli.train import TrainingError
+
+    feats, ann_path = make_dataset(tmp_path, tiny_clip_name)
+    ann = parse_annotations(json.loads(ann_path.read_text())).select_subset("val")
+    common = dict(model_cfg=ModelConfig(**TINY), data_cfg=DataConfig(num_snippets=32), progress=False)
+    nan_loss = LossConfig(weight_mask=float("nan"))  # a loss that is NaN from the first step
+    with pytest.raises(TrainingError, match=r"loss became NaN/inf at epoch 1 step 1 .*no checkpoint was written"):
+        train(feats, ann, ["HighJump", "Diving"], tmp_path / "m.pt", tiny_clip, tiny_clip_name, loss_cfg=nan_loss,
+              train_cfg=TrainConfig(epochs=1, val_fraction=0.0), **common)
+    assert not (tmp_path / "m.pt").exists()
+    good = train(feats, ann, ["HighJump", "Diving"], tmp_path / "m.pt", tiny_clip, tiny_clip_name,
+                 train_cfg=TrainConfig(epochs=1, val_fraction=0.0), **common)
+    before = good.last_path.read_bytes()
+    with pytest.raises(TrainingError, match=r"m\.last\.pt is left as it was"):
+        train(feats, ann, ["HighJump", "Diving"], tmp_path / "m.pt", tiny_clip, tiny_clip_name, loss_cfg=nan_loss,
+              train_cfg=TrainConfig(epochs=1, val_fraction=0.0), **common)
+    assert good.last_path.read_bytes() == before and read_checkpoint(good.best_path)[1].epoch == 1
+
+
+# ---------------------------------------------------------------- DDP
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, clip_weights: str) -> None:
+    import open_clip
+
+    from conftest import TINY_CLIP_NAME, _register_tiny_clip
+
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    _register_tiny_clip(Path(root))
+    clip = open_clip.create_model(TINY_CLIP_NAME, pretrained=None)
+    clip.load_state_dict(torch.load(clip_weights, weights_only=True))
+    ann = parse_annotations(json.loads((Path(root) / "ann.json").read_text())).select_subset("val")
+    result = train(Path(root) / "feats", ann, ["HighJump", "Diving"], Path(root) / "ddp.pt", clip, TINY_CLIP_NAME,
+                   model_cfg=ModelConfig(**TINY), data_cfg=DataConfig(num_snippets=16, overlap=0.5),
+                   train_cfg=TrainConfig(epochs=2, lr=1e-3, batch_size=2, val_fraction=0.25), progress=False)
+    # Each rank saw other windows; equal weights afterwards mean DDP averaged the gradients.
+    total = sum(float(p.detach().double().sum()) for p in result.model.parameters())
+    (Path(root) / f"rank{rank}.json").write_text(json.dumps({"sum": total, "epochs": len(result.history)}))
+
+
+def test_two_process_ddp_with_gloo(tmp_path, tiny_clip_name, tiny_clip_weights):
+    import torch.multiprocessing as mp
+
+    make_dataset(tmp_path, tiny_clip_name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), str(tiny_clip_weights)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["epochs"] == r1["epochs"] == 2
+    assert r0["sum"] == pytest.approx(r1["sum"], rel=1e-6)
+    _, info = read_checkpoint(tmp_path / "ddp.pt")
+    assert info.epoch >= 1 and info.class_names == ("HighJump", "Diving")
