@@ -14,6 +14,7 @@ environment (NCCL on CUDA, gloo on CPU), each rank reads its share of windows, r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -165,11 +166,40 @@ def validate(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, 
     return {"val_loss": loss, "val_map50": mAP}
 
 
-def _better(a: dict, b: dict | None) -> bool:
-    """Is epoch record ``a`` better than ``b``: higher mAP@0.5, then lower validation loss."""
-    if b is None:
-        return True
-    return ((a["val_map50"] or 0.0), -a["val_loss"]) > ((b["val_map50"] or 0.0), -b["val_loss"])
+def _score(record: dict) -> tuple[float, float]:
+    """Order of epochs: higher held-out mAP@0.5, then lower held-out loss."""
+    return (record["val_map50"] or 0.0, -record["val_loss"])
+
+
+class _NonFinite(Exception):
+    def __init__(self, step: int, terms: str):
+        super().__init__(terms)
+        self.step, self.terms = step, terms
+
+
+def _run_epoch(batches, step_module, criterion, optimizer, scaler, params, grad_clip: float, device,
+               amp_dtype, world: int) -> dict[str, float]:
+    """One pass over ``batches`` (a tqdm bar); returns the sum of each loss term. NaN/inf loss -> _NonFinite."""
+    sums = {k: 0.0 for k in (*LOSS_TERMS, "total")}
+    for step, batch in enumerate(batches):
+        x, valid = batch["features"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            losses = criterion(step_module(x, valid), _targets(batch, device))
+        finite = torch.isfinite(losses["total"].detach()).float()
+        if world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together
+        if finite.item() < 1:
+            raise _NonFinite(step + 1, ", ".join(f"{k}={float(losses[k].detach()):.4g}" for k in LOSS_TERMS))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["total"]).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        for k in sums:
+            sums[k] += float(losses[k].detach())
+        batches.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
+    return sums
 
 
 def train(
@@ -267,9 +297,10 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         optimizer.load_state_dict(ckpt["extra"]["optimizer"])
         for g in optimizer.param_groups:
             g["lr"] = train_cfg.lr
-    use_amp = train_cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = None  # mixed precision on CUDA only: bfloat16 where supported, else float16 with a grad scaler
+    if train_cfg.amp and device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=train_cfg.seed)
     loader = DataLoader(ds, batch_size=train_cfg.batch_size, sampler=sampler, collate_fn=collate_windows,
                         num_workers=train_cfg.num_workers, pin_memory=device.type == "cuda")
@@ -277,63 +308,43 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
     last_path = last_path_for(out)
     describe = dict(model_cfg=model_cfg, loss_cfg=loss_cfg, data_cfg=data_cfg, class_names=class_names,
                     feature_fps=vs.feature_fps(), clip_model=clip_name, clip_weights=clip_weights)
-    best = max(history, key=lambda h: ((h["val_map50"] or 0.0), -h["val_loss"])) if val_ids and history else None
+    best = max(history, key=_score) if val_ids and history else None
     for epoch in range(start_epoch, train_cfg.epochs):
         sampler.set_epoch(epoch)
-        sums = {k: 0.0 for k in (*LOSS_TERMS, "total")}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", unit="batch", file=sys.stderr,
                    disable=not progress or rank != 0, dynamic_ncols=True, leave=True)
         t0 = time.perf_counter()
-        for step, batch in enumerate(bar):
-            x, valid = batch["features"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                outputs = step_module(x, valid)
-                losses = criterion(outputs, _targets(batch, device))
-            finite = torch.isfinite(losses["total"].detach()).float()
-            if world > 1:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() < 1:
-                if epoch > start_epoch:
-                    kept = f"the last good checkpoint is {last_path} (epoch {epoch})"
-                else:
-                    kept = f"{last_path} is left as it was" if last_path.exists() else "no checkpoint was written"
-                terms = ", ".join(f"{k}={float(losses[k].detach()):.4g}" for k in LOSS_TERMS)
-                raise TrainingError(f"loss became NaN/inf at epoch {epoch + 1} step {step + 1} ({terms}); stopped, "
-                                    f"{kept}; try a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            for k in sums:
-                sums[k] += float(losses[k].detach())
-            bar.set_postfix({k: f"{sums[k] / (step + 1):.3f}" for k in sums}, refresh=False)
+        try:
+            sums = _run_epoch(bar, step_module, criterion, optimizer, scaler, params, train_cfg.grad_clip, device,
+                              amp_dtype, world)
+        except _NonFinite as e:
+            if epoch > start_epoch:
+                kept = f"the last good checkpoint is {last_path} (epoch {epoch})"
+            else:
+                kept = f"{last_path} is left as it was" if last_path.exists() else "no checkpoint was written"
+            raise TrainingError(f"loss became NaN/inf at epoch {epoch + 1} step {e.step} ({e.terms}); stopped, "
+                                f"{kept}; try a lower --lr") from None
         record = {"epoch": epoch + 1, **{k: v / max(len(loader), 1) for k, v in sums.items()},
                   "seconds": time.perf_counter() - t0, "val_loss": None, "val_map50": None}
         if val_ids:
             record.update(validate(model, class_names, val_set, data_cfg, criterion, device, train_cfg.batch_size))
         history.append(record)
-        is_best = not val_ids or _better(record, best)
+        is_best = not val_ids or best is None or _score(record) > _score(best)
         if is_best:
             best = record
         if rank == 0:
             _log_epoch(record, train_cfg.epochs, is_best and bool(val_ids))
             save_checkpoint(last_path, model, epoch=epoch + 1, optimizer=optimizer.state_dict(),
-                            history=history, train_config=_plain(train_cfg), **describe)
+                            history=history, train_config=dataclasses.asdict(train_cfg), **describe)
             if is_best:
-                save_checkpoint(out, model, epoch=epoch + 1, history=history, train_config=_plain(train_cfg),
-                                **describe)
+                save_checkpoint(out, model, epoch=epoch + 1, history=history,
+                                train_config=dataclasses.asdict(train_cfg), **describe)
     if world > 1:
         dist.barrier()
     return TrainResult(
         best_path=out, last_path=last_path, best_epoch=(best or {}).get("epoch", start_epoch),
         score_name="mAP@0.5" if val_ids else "last epoch", history=history, train_videos=len(train_ids),
         val_videos=len(val_ids), missing_videos=len(vs.missing), model=model)
-
-
-def _plain(cfg) -> dict:
-    return {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
 
 
 def _log_epoch(r: dict, epochs: int, best: bool) -> None:
