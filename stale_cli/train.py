@@ -241,10 +241,12 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
     torch.manual_seed(train_cfg.seed)
     if not class_names:
         raise InputError("no training classes given")
-    vs = load_video_set(features_dir, list(annotations.videos.values()))
     ckpt, start_epoch, history = None, 0, []
     if resume is not None:
         ckpt, info = read_checkpoint(resume)
+        data_cfg = info.data_config
+    vs = load_video_set(features_dir, list(annotations.videos.values()), data_cfg)
+    if resume is not None:
         if info.feature_dim != vs.feature_dim:
             raise CheckpointError(
                 f"{resume}: checkpoint was trained on {info.feature_dim}-dimensional features but those in "

@@ -267,3 +267,19 @@ def test_feature_timeline_uses_first_timestamp():
     tl = feature_timeline(meta_for(10, 5.0, origin=0.1), 10)
     assert tl == Timeline(0.1, 0.2, 10)
     assert json.dumps(meta_for(1, 1.0))  # sidecar stays JSON-serialisable
+
+
+def test_resize_mode_keeps_only_the_resized_input_and_the_same_items(tmp_path):
+    for i in range(3):
+        write_video(tmp_path, f"v{i}", rows=53 + 10 * i, fps=3.0, seed=i)
+    videos = list(small_annotations().videos.values())
+    cfg = DataConfig(mode="resize", num_snippets=16, overlap=0.0)
+    full = WindowDataset(load_video_set(tmp_path, videos), ["A"], cfg, training=True)
+    compact_set = load_video_set(tmp_path, videos, cfg)
+    compact = WindowDataset(compact_set, ["A"], cfg, training=True)
+    assert all(f.shape == (16, 6) for f in compact_set.features.values()) and compact_set.feature_fps() == 3.0
+    assert len(full) == len(compact) == 3
+    for a, b in zip(full, compact):
+        assert a["labels"].tolist() == b["labels"].tolist() and torch.equal(a["masks"], b["masks"])
+        torch.testing.assert_close(a["features"], b["features"], atol=2e-3, rtol=2e-3)  # float16 storage
+        assert a["fg"].sum() > 0

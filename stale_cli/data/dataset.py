@@ -51,7 +51,9 @@ class VideoSet:
         return next(iter(self.features.values())).shape[1]
 
     def feature_fps(self) -> float:
-        return float(next(iter(self.meta.values()))["fps"])
+        """The rate the features were extracted at (before any resize to T)."""
+        m = next(iter(self.meta.values()))
+        return float(m.get("extracted_fps", m["fps"]))
 
     def clip_models(self) -> set[str]:
         return {str(m.get("clip_model")) for m in self.meta.values() if m.get("clip_model")}
@@ -65,10 +67,24 @@ class VideoSet:
         )
 
 
-def load_video_set(features_dir: str | Path, videos: list[VideoAnnotation]) -> VideoSet:
+def _resized(feats: np.ndarray, meta: dict, cfg: DataConfig) -> tuple[np.ndarray, dict]:
+    """Resize mode keeps only each video's (T, D) input, with a sidecar that makes it its own identity resize.
+
+    Its T rows are the snippets of ``duration / T`` s from 0, so cutting it again with ``cfg`` gives the same
+    window; ActivityNet's 10k videos then take T rows each in memory instead of all their frames.
+    """
+    (w,) = plan_windows(feats.shape[0], meta, cfg)
+    x = window_features(feats, meta, w, cfg)  # (T, D)
+    step = w.timeline.step
+    return x, dict(meta, fps=1.0 / step, timestamps=[0.0], duration=step * cfg.num_snippets,
+                   extracted_fps=float(meta["fps"]))
+
+
+def load_video_set(features_dir: str | Path, videos: list[VideoAnnotation], cfg: DataConfig | None = None) -> VideoSet:
     """Load the features of ``videos``; skip (and count) those without a feature file.
 
-    A corrupt feature file -> DataError naming it. Videos whose features disagree in width or rate -> DataError.
+    With a resize-mode ``cfg`` only each video's resized input is kept (see :func:`_resized`). A corrupt feature
+    file -> DataError naming it. Videos whose features disagree in width or rate -> DataError.
     """
     index = index_features(features_dir)
     found = [v for v in videos if v.video_id in index]
@@ -85,11 +101,13 @@ def load_video_set(features_dir: str | Path, videos: list[VideoAnnotation]) -> V
     features, meta = {}, {}
     for v in found:
         feats, m = read_features(index[v.video_id])  # corrupt file -> DataError naming it
+        if cfg is not None and cfg.mode == "resize":
+            feats, m = _resized(feats, m, cfg)
         features[v.video_id], meta[v.video_id] = feats.astype(np.float16), m
     dims = {f.shape[1] for f in features.values()}
     if len(dims) > 1:
         raise DataError(f"feature files in {features_dir} have different widths {sorted(dims)}; use one extractor")
-    rates = {round(float(m["fps"]), 6) for m in meta.values()}
+    rates = {round(float(m.get("extracted_fps", m["fps"])), 6) for m in meta.values()}
     if len(rates) > 1:
         raise DataError(f"feature files in {features_dir} have different fps {sorted(rates)}; extract at one rate")
     return VideoSet(found, features, meta, missing)
