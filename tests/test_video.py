@@ -115,7 +115,7 @@ def test_decord_failure_part_way_hands_over_to_pyav(videos, monkeypatch):
             yield item
 
     monkeypatch.setattr(FrameSampler, "_decord_samples", failing)
-    info, frames, indices, _ = decode(videos["cfr25"]["path"], 4.0, "auto", chunk_size=3)
+    info, frames, indices, _ = decode(videos["cfr25"]["path"], 4.0, "decord", chunk_size=3)
     assert info.decoder == "decord+pyav"
     np.testing.assert_array_equal(indices, np.arange(16))
     assert [read_frame_number(f) for f in frames] == [int(k * 25 / 4) for k in range(16)]
@@ -133,3 +133,17 @@ def test_streaming_selector_matches_select_frames():
         out += sel.finish(end)
         assert [f for _, _, f in out] == select_frames(times, end, fps).tolist()
         assert [k for k, _, _ in out] == list(range(num_samples(end, fps)))
+
+
+def test_auto_uses_pyav_and_decord_for_files_pyav_cannot_read(videos, monkeypatch):
+    info, _, _, _ = decode(videos["cfr25"]["path"], 4.0, "auto")
+    assert info.decoder == "pyav"
+
+    def unreadable(self, skip):
+        raise DecodeError(f"{self.path}: not a readable video (simulated)")
+        yield
+
+    monkeypatch.setattr(FrameSampler, "_pyav_samples", unreadable)
+    info, frames, _, _ = decode(videos["cfr25"]["path"], 4.0, "auto")
+    assert info.decoder == "decord"
+    assert [read_frame_number(f) for f in frames] == [int(k * 25 / 4) for k in range(16)]
