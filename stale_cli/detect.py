@@ -52,9 +52,13 @@ CLIP_WINDOWS = DataConfig(mode="window", num_snippets=256, overlap=0.5)
 
 
 def default_weights_dir() -> Path:
-    """``weights/`` of the repository (beside the package), or ``$STALE_WEIGHTS_DIR``."""
+    """``$STALE_WEIGHTS_DIR``, else ``./weights`` when it exists, else ``weights/`` of the repository checkout
+    beside the package (an editable install); a plain ``pip install .`` has only the first two."""
     env = os.environ.get("STALE_WEIGHTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+    if env:
+        return Path(env)
+    here = Path.cwd() / "weights"
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "weights"
 
 
 def choose_mode(

@@ -94,3 +94,17 @@ def test_unwritable_out(run, videos, tmp_path):
 def test_nothing_to_do(run, tmp_path):
     r = run(tmp_path / "missing.mp4", "--out", tmp_path / "out")
     assert r.exit_code == 1 and "no videos to extract" in r.output
+
+
+def test_decoder_choice(run, videos, tmp_path):
+    r = run(videos["cfr25"]["path"], "--out", tmp_path / "bad", "--decoder", "ffmpeg")
+    assert r.exit_code == 1 and len(lines(r, "error:")) == 1 and "--decoder must be" in r.output
+    rows = {}
+    for name in ("decord", "pyav"):
+        r = run(videos["cfr25"]["path"], "--out", tmp_path / name, "--decoder", name, "--fps", "4")
+        assert r.exit_code == 0, r.output
+        stem = videos["cfr25"]["path"].stem
+        meta = json.loads((tmp_path / name / f"{stem}.json").read_text())
+        assert meta["decoder"] == name
+        rows[name] = meta["timestamps"]
+    assert rows["decord"] == rows["pyav"]  # both decoders sample the same presentation times

@@ -33,15 +33,6 @@ TINY = dict(encoder_layers=1, num_heads=2, ffn_dim=64, decoder_layers=1, num_que
             dropout=0.0, consistency_topk=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: more threads only contend (10x slower steps measured); restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_dataset(root: Path, clip_name: str, dim: int = 32, videos=VIDEOS, seed: int = 0) -> tuple[Path, Path]:
     """Features where each class (and background) has its own prototype vector plus noise; annotations beside."""
     rng = np.random.default_rng(seed)

@@ -92,7 +92,8 @@ def detect(
 
         from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
 
-        paths, bad_inputs = _collect(inputs, lambda items: collect_inputs(items, kinds=("video", "features")))
+        paths, bad_inputs = _collect(inputs, lambda items: collect_inputs(items, kinds=("video", "features")),
+                                     nothing="no videos or feature files to detect in")
         need_video = any(p.suffix.lower() != ".npy" for p in paths)
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,

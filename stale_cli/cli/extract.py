@@ -40,6 +40,10 @@ def extract_features(
         "the default is RANK/WORLD_SIZE.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos whose features already exist."),
+    decoder: str = typer.Option(
+        "auto", "--decoder", help="auto (PyAV, decord for files PyAV cannot read) | pyav | decord (PyAV takes over "
+        "where decord fails part-way).",
+    ),
     progress: bool = ProgressOption,
 ) -> None:
     """Sample frames at --fps, encode them with CLIP's image encoder, write float16 (T, D) features per video.
@@ -57,6 +61,8 @@ def extract_features(
             raise InputError(f"--fps must be positive, got {fps}")
         if batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        if decoder not in ("auto", "pyav", "decord"):
+            raise InputError(f"--decoder must be auto, pyav or decord, not {decoder!r}")
         shard_spec = parse_shard(shard)
         paths, bad_inputs = _collect(inputs, collect_inputs)
         ids = video_ids(paths)  # over the whole batch, so names do not depend on the shard
@@ -70,7 +76,7 @@ def extract_features(
         clip = load_clip(clip_model, clip_weights, resolve_device(device))
         summary = extract_many(
             paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=progress, ids=ids,
-            on_warning=warning, on_error=error,
+            decoder=decoder, on_warning=warning, on_error=error,
         )
         stderr.print(
             f"done {summary.done}, skipped {summary.skipped} (already extracted), failed {len(summary.failed)}; "
@@ -85,7 +91,7 @@ def extract_features(
             raise typer.Exit(1)
 
 
-def _collect(inputs, collect_inputs):
+def _collect(inputs, collect_inputs, nothing: str = "no videos to extract"):
     """collect_inputs item by item, so that one bad INPUT is reported and the others still run."""
     from stale_cli.errors import InputError, StaleError
 
@@ -102,5 +108,5 @@ def _collect(inputs, collect_inputs):
                 seen.add(p.resolve())
                 paths.append(p)
     if not paths:
-        raise InputError("no videos to extract" + (f" (unusable inputs: {', '.join(bad)})" if bad else ""))
+        raise InputError(nothing + (f" (unusable inputs: {', '.join(bad)})" if bad else ""))
     return paths, bad
