@@ -364,7 +364,7 @@ class Detector:
             probs = out["logits"].float().softmax(-1).cpu().numpy()  # (B, T, K+1)
             masks = out["masks"].float().cpu().numpy()  # (B, T, T)
             for b, (win, _) in enumerate(chunk):
-                candidates.extend(segments_from_window(probs[b], masks[b], win.timeline, win.valid_len, self.detect_cfg))
+                candidates.append(segments_from_window(probs[b], masks[b], win.timeline, win.valid_len, self.detect_cfg))
                 # Per-row curves for the plot: each window snippet's probability goes to the rows it covers.
                 rows = np.clip(np.floor(src.to_index(win.timeline.centres()[: win.valid_len])).astype(int), 0, N - 1)
                 np.add.at(row_sum, rows, probs[b, : win.valid_len, :K])

@@ -72,10 +72,6 @@ class Segments:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def __iter__(self):
-        """One-row :class:`Segments`, one per segment (so ``list.extend(segments)`` also feeds :func:`finalize`)."""
-        return (self.take(slice(i, i + 1)) for i in range(len(self)))
-
     def take(self, idx) -> "Segments":
         return Segments(self.labels[idx], self.starts[idx], self.ends[idx], self.scores[idx])
 
