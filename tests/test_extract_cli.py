@@ -94,6 +94,7 @@ def test_unwritable_out(run, videos, tmp_path):
 def test_nothing_to_do(run, tmp_path):
     r = run(tmp_path / "missing.mp4", "--out", tmp_path / "out")
     assert r.exit_code == 1 and "no videos to extract" in r.output
+    assert len(lines(r, "error:")) == 1 and "missing.mp4" in lines(r, "error:")[0]
 
 
 def test_decoder_choice(run, videos, tmp_path):

@@ -92,21 +92,26 @@ def extract_features(
 
 
 def _collect(inputs, collect_inputs, nothing: str = "no videos to extract"):
-    """collect_inputs item by item, so that one bad INPUT is reported and the others still run."""
+    """collect_inputs item by item, so that one bad INPUT is reported and the others still run.
+
+    When no input is usable the command stops with one error line that names them all.
+    """
     from stale_cli.errors import InputError, StaleError
 
-    paths, seen, bad = [], set(), []
+    paths, seen, bad, reasons = [], set(), [], []
     for item in inputs:
         try:
             found = collect_inputs([item])
         except StaleError as e:
-            error(str(e))
             bad.append(item)
+            reasons.append(str(e))
             continue
         for p in found:
             if p.resolve() not in seen:
                 seen.add(p.resolve())
                 paths.append(p)
     if not paths:
-        raise InputError(nothing + (f" (unusable inputs: {', '.join(bad)})" if bad else ""))
+        raise InputError(nothing + (f": {'; '.join(reasons)}" if reasons else ""))
+    for reason in reasons:
+        error(reason)
     return paths, bad
