@@ -163,8 +163,10 @@ class ResultWriter:
                     raise InputError(
                         "an SRT file holds one video's subtitles; give --output a directory for several videos"
                     )
-                if self.file.parent and not self.file.parent.exists():
-                    raise InputError(f"--output {output}: directory {self.file.parent} does not exist")
+                try:  # a missing parent is created, as for a directory output (shell loops write out/<name>.json)
+                    self.file.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise InputError(f"--output {output}: cannot create {self.file.parent} ({e.strerror or e})") from e
 
     def add(self, video: VideoDetections) -> None:
         if any(v.video_id == video.video_id for v in self.videos):
