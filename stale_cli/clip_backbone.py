@@ -21,11 +21,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from stale_cli import CLIP_WEIGHTS_ENV
 from stale_cli.errors import WeightsError
 
 log = logging.getLogger(__name__)
-
-CLIP_WEIGHTS_ENV = "STALE_CLIP_WEIGHTS"
 
 
 def resize_and_crop(frames: torch.Tensor, size: int, resize_mode: str = "shortest") -> torch.Tensor:

@@ -34,7 +34,7 @@ import numpy as np
 
 from stale_cli.clipmode import MODE_NAME as CLIP_MODE
 from stale_cli.clipmode import ClipModeConfig, class_text_features, snippet_probabilities
-from stale_cli.data.windows import DataConfig
+from stale_cli.data.windows import DataConfig, interpolate_rows
 from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
 from stale_cli.fileio import read_features, write_features
 from stale_cli.outputs import Segment, VideoDetections
@@ -100,16 +100,12 @@ def resample_features(features: np.ndarray, meta: dict, fps: float) -> tuple[np.
     Row k of the result is the frame at ``t0 + k / fps``; the result covers the same span as the source.
     """
     src_fps = float(meta["fps"])
-    N, D = features.shape
+    N = features.shape[0]
     t0 = float((meta.get("timestamps") or [0.0])[0])
     M = max(1, int(round(N * fps / src_fps)))
-    pos = np.clip(np.arange(M) * (src_fps / fps), 0.0, N - 1)  # (M,) continuous source rows
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, N - 1)
-    w = (pos - lo)[:, None].astype(np.float32)  # (M, 1)
-    out = features[lo] * (1 - w) + features[hi] * w  # (M, D)
+    out = interpolate_rows(features, np.arange(M) * (src_fps / fps))  # (M, D): source row at each new row's time
     new_meta = dict(meta, fps=float(fps), timestamps=[t0 + k / fps for k in range(M)], resampled_from_fps=src_fps)
-    return out.astype(np.float32), new_meta
+    return out, new_meta
 
 
 def _same_clip(a: Optional[str], b: Optional[str]) -> bool:

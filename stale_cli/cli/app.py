@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from stale_cli import __version__
+from stale_cli import CLIP_WEIGHTS_ENV, __version__
 from stale_cli.errors import StaleError
 
 app = typer.Typer(
@@ -31,8 +31,6 @@ app = typer.Typer(
 # Results go to stdout, logs and progress to stderr, so `stale ... > out.json` stays clean.
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
-
-CLIP_WEIGHTS_ENV = "STALE_CLIP_WEIGHTS"
 
 ClipModelOption = typer.Option(
     "ViT-B-16", "--clip-model", help="open_clip architecture of the frame/text encoder."

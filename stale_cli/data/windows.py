@@ -111,6 +111,19 @@ def plan_windows(num_rows: int, meta: dict, cfg: DataConfig) -> list[Window]:
     ]
 
 
+def interpolate_rows(features: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Rows of ``features`` (N, D) linearly interpolated at continuous row positions ``pos`` (M,) -> (M, D) float32.
+
+    Positions outside [0, N - 1] take the first or last row.
+    """
+    N = features.shape[0]
+    pos = np.clip(np.asarray(pos, dtype=np.float64), 0.0, N - 1)  # (M,)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, N - 1)
+    w = (pos - lo)[:, None].astype(np.float32)  # (M, 1)
+    return features[lo].astype(np.float32) * (1 - w) + features[hi].astype(np.float32) * w  # (M, D)
+
+
 def window_features(features: np.ndarray, meta: dict, window: Window, cfg: DataConfig) -> np.ndarray:
     """The (T, D) float32 input of one window: rows zero-padded (window mode) or interpolated (resize mode)."""
     N, D = features.shape
@@ -118,11 +131,7 @@ def window_features(features: np.ndarray, meta: dict, window: Window, cfg: DataC
     if cfg.mode == "resize":
         src = feature_timeline(meta, N)
         # Continuous source row at each target snippet centre; row k is centred at index k + 0.5.
-        pos = np.clip(src.to_index(window.timeline.centres()) - 0.5, 0.0, N - 1)  # (T,)
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.minimum(lo + 1, N - 1)
-        w = (pos - lo)[:, None].astype(np.float32)  # (T, 1)
-        return features[lo].astype(np.float32) * (1 - w) + features[hi].astype(np.float32) * w  # (T, D)
+        return interpolate_rows(features, src.to_index(window.timeline.centres()) - 0.5)  # (T, D)
     out = np.zeros((T, D), dtype=np.float32)
     out[: window.valid_len] = features[window.start_row : window.start_row + window.valid_len]
     return out
