@@ -47,6 +47,11 @@ def detect(
         None, "--plot", help="Draw per-class scores over time and the segments to this PNG (one per video: "
         "<stem>_<video_id>.png when several). Needs matplotlib (pip install 'stale-cli[plot]').",
     ),
+    html: Optional[Path] = typer.Option(
+        None, "--html", help="Write an HTML report to see the detections: the video with a clickable timeline "
+        "and a segment table. A file (one page for all inputs) or a directory (<video_id>.html per input); the "
+        "page plays the video from its path relative to the report.",
+    ),
     cache_features: Optional[Path] = typer.Option(
         None, "--cache-features", help="Keep the features of videos in this directory and reuse them on a rerun."
     ),
@@ -101,12 +106,19 @@ def detect(
         )
         detector = Detector(settings, device=resolve_device(device), need_video=need_video)
         writer = ResultWriter(output, out_format, detector.metadata(), console=stdout, num_inputs=len(paths))
+        report = None
+        if html is not None:
+            from stale_cli.report import ReportWriter
+
+            report = ReportWriter(html, detector.metadata())
         from stale_cli.extract import video_ids
 
         plots = plot_paths(plot, video_ids(paths)) if plot is not None else {}
 
         def on_result(video) -> None:
             writer.add(video)
+            if report is not None:
+                report.add(video)
             if plot is not None:
                 plot_detections(video, names, plots[video.video_id])
             if bar is not None:
@@ -127,7 +139,7 @@ def detect(
         finally:
             if bar is not None:
                 bar.close()
-        for path in writer.written:
+        for path in writer.written + (report.written if report is not None else []):
             stderr.print(f"wrote {path}", highlight=False)
         done = len(paths) - len(failures)
         stderr.print(

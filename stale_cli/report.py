@@ -1,0 +1,239 @@
+"""The HTML report of ``stale detect --html``: the video, its detections on a clickable timeline, and a table.
+
+One self-contained page (no network: the CSS and JavaScript of ``report_assets/`` are inlined) per report file.
+``--html report.html`` puts every input of the batch on one page; ``--html DIR/`` writes ``DIR/<video_id>.html``
+per input. Like the other outputs, a report file is rewritten atomically as each video finishes, so an interrupted
+batch keeps a report of what it finished.
+
+Per video the page has a ``<video>`` player whose ``src`` is the video's path *relative to the report* (the video is
+not embedded: move them together), one lane per class with the class's probability curve over time behind its
+segments (bars shaded by score), a playhead that follows the video, a segment table (sortable, virtualised) and a
+score slider. Feature-file inputs get the timeline and table without a player.
+
+Data goes to the page as JSON in ``<script type="application/json">`` elements, with ``<``, ``>`` and ``&``
+written as ``\\u003c``-style escapes so no string (a class named ``</script>``) can end the element; everything the
+page shows from it is set with ``textContent``, and the server-side HTML is escaped with :func:`html.escape`. Score
+curves travel as one byte per snippet and class (probability x 255, base64): 2 hours at 4 fps and 20 classes is
+about 770 kB.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+from urllib.parse import quote
+
+import numpy as np
+
+from stale_cli.detect import CLIP_MODE, STALE_MODE
+from stale_cli.errors import InputError
+from stale_cli.fileio import write_text_atomic
+from stale_cli.outputs import VideoDetections, output_is_directory
+
+log = logging.getLogger(__name__)
+
+FEATURE_SUFFIXES = (".npy",)  # inputs that are feature files: no video to play
+CURVE_LEVELS = 255  # a probability is sent as round(p * 255), one byte
+MODE_TITLES = {
+    STALE_MODE: f"trained STALE checkpoint (--mode {STALE_MODE})",
+    CLIP_MODE: f"training-free: CLIP snippet-text similarity (--mode {CLIP_MODE})",
+}
+
+
+def _asset(name: str) -> str:
+    return (resources.files("stale_cli") / "report_assets" / name).read_text(encoding="utf-8")
+
+
+def script_json(obj) -> str:
+    """JSON that is safe inside ``<script type="application/json">``: no ``<``, ``>`` or ``&`` survive as such,
+    so neither ``</script>`` nor ``<!--`` in a string can end or change the element."""
+    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def relative_src(source: str | os.PathLike, report_dir: str | os.PathLike) -> str:
+    """URL of ``source`` relative to the directory of the report (each path part percent-encoded).
+
+    Where no relative path exists (another drive on Windows) it is an absolute ``file://`` URL.
+    """
+    target = Path(source).resolve()
+    try:
+        rel = os.path.relpath(target, Path(report_dir).resolve())
+    except ValueError:
+        return target.as_uri()
+    return "/".join(quote(part) for part in Path(rel).parts)
+
+
+def curve_payload(times: Optional[np.ndarray], scores: Optional[np.ndarray], num_classes: int) -> Optional[dict]:
+    """Per-class score curves for the page: ``{"t0", "step"}`` (uniform rows) or ``{"times"}`` (seconds), and
+    ``"values"``: per class, base64 of one byte per row (probability x 255)."""
+    if times is None or scores is None or len(times) == 0:
+        return None
+    times = np.asarray(times, np.float64)  # (T,) seconds
+    scores = np.asarray(scores, np.float64)  # (T, K)
+    assert scores.shape == (times.shape[0], num_classes), (scores.shape, times.shape, num_classes)
+    levels = np.clip(np.rint(scores * CURVE_LEVELS), 0, CURVE_LEVELS).astype(np.uint8)  # (T, K)
+    out: dict = {"values": [base64.b64encode(levels[:, k].tobytes()).decode("ascii") for k in range(num_classes)]}
+    steps = np.diff(times)
+    if len(times) >= 2 and steps[0] > 0 and np.allclose(steps, steps[0], rtol=0, atol=1e-4):
+        out.update(t0=round(float(times[0]), 6), step=float(steps[0]))
+    else:
+        out.update(times=[round(float(t), 4) for t in times])
+    return out
+
+
+def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) -> dict:
+    """What the page's script needs about one video (segments as ``[class index, start, end, score]``)."""
+    index = {name: k for k, name in enumerate(classes)}
+    has_player = Path(video.source).suffix.lower() not in FEATURE_SUFFIXES
+    return {
+        "id": video.video_id,
+        "source": video.source,
+        "src": relative_src(video.source, report_dir) if has_player else None,
+        "duration": round(float(video.duration), 4),
+        "segments": [
+            [index[s.label], round(float(s.start), 3), round(float(s.end), 3), round(float(s.score), 4)]
+            for s in video.segments
+        ],
+        "curves": curve_payload(video.times, video.scores, len(classes)),
+    }
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(max(seconds, 0.0))), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def video_section(video: VideoDetections, classes: list[str], report_dir: Path, index: int) -> str:
+    """The ``<section>`` of one video: static structure (escaped) plus its data for the script."""
+    e = html.escape
+    data = video_payload(video, classes, report_dir)
+    n = len(video.segments)
+    if data["src"] is not None:
+        player = (
+            f'<video class="player" controls preload="metadata" src="{e(data["src"])}"></video>'
+            '<p class="player-error" hidden></p>'
+        )
+    else:
+        player = (
+            '<div class="no-player"><p>Feature-file input: there is no video to play.</p>'
+            "<p>Clicking a segment or the timeline moves the cursor.</p></div>"
+        )
+    lanes = "".join(
+        f'<div class="lane" data-class="{k}" title="{e(name)}"><span class="swatch"></span>'
+        f'<span class="lane-name">{e(name)}</span></div>'
+        for k, name in enumerate(classes)
+    )
+    return f"""<section class="video" id="video-{index}" data-video-id="{e(video.video_id)}">
+<h2>{e(video.video_id)}</h2>
+<p class="facts"><span class="source" title="{e(video.source)}">{e(video.source)}</span> · {_clock(video.duration)}
+ ({video.duration:.1f} s) · {n} segment{'' if n == 1 else 's'}</p>
+<div class="top"><div class="media">{player}</div>
+<div class="table" role="table" aria-label="segments of {e(video.video_id)}">
+<div class="thead" role="row"><button role="columnheader" data-key="label">label</button><button role="columnheader" data-key="start">start</button><button role="columnheader" data-key="end">end</button><button role="columnheader" data-key="score">score</button></div>
+<div class="rows" tabindex="0"><div class="spacer"></div></div><p class="empty" hidden>No segment at or above the score threshold.</p></div></div>
+<div class="controls"><label>min score <input class="min-score" type="range" min="0" max="1" step="0.01" value="0">
+<output class="min-score-value">0.00</output></label><span class="shown"></span><span class="gap"></span>
+<span class="clock"></span><button class="zoom-out" title="zoom out">−</button><button class="zoom-in" title="zoom in">+</button>
+<button class="zoom-fit" title="whole video">fit</button></div>
+<div class="timeline"><div class="lane-labels"><div class="axis-gap"></div>{lanes}</div>
+<div class="plot"><canvas class="axis"></canvas><canvas class="lanes"></canvas><div class="playhead"></div>
+<div class="tip" hidden></div></div></div>
+<p class="hint">Click a segment (bar or row) to play it; click the timeline to seek. Ctrl + wheel zooms,
+ shift + wheel or drag pans.</p>
+<script type="application/json" class="video-data">{script_json(data)}</script>
+</section>"""
+
+
+def header(meta: dict, generated: datetime) -> str:
+    """The run's metadata: mode, checkpoint, classes, fps, CLIP model and weights, version, date."""
+    e = html.escape
+    classes = [str(c) for c in meta.get("classes", [])]
+    mode = MODE_TITLES.get(meta.get("mode"), meta.get("mode_description") or meta.get("mode") or "?")
+    fps = meta.get("fps")
+    rows = [
+        ("mode", mode),
+        ("checkpoint", meta.get("checkpoint") or "none"),
+        ("classes", f"{len(classes)}: " + ", ".join(classes)),
+        ("fps", f"{fps:g} features per second" if isinstance(fps, (int, float)) else "the feature files' own"),
+        ("CLIP model", f"{meta.get('clip_model', '?')} (weights: {meta.get('clip_weights', '?')})"),
+        ("version", f"stale {meta.get('stale_version', '?')}"),
+        ("date", generated.strftime("%Y-%m-%d %H:%M:%S %Z").strip()),
+    ]
+    cells = "".join(f'<dt>{e(k)}</dt><dd data-key="{e(k)}">{e(str(v))}</dd>' for k, v in rows)
+    return f'<header><h1>stale detections</h1><dl class="meta">{cells}</dl></header>'
+
+
+def render_page(sections: list[str], ids: list[str], meta: dict, classes: list[str], generated: datetime) -> str:
+    """The whole document around already rendered video sections."""
+    e = html.escape
+    title = ids[0] if len(ids) == 1 else f"{len(ids)} videos"
+    nav = ""
+    if len(ids) > 1:
+        links = "".join(f'<li><a href="#video-{i}">{e(v)}</a></li>' for i, v in enumerate(ids))
+        nav = f'<nav><ol>{links}</ol></nav>'
+    page = {"classes": classes}
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="stale {e(str(meta.get('stale_version', '')))}">
+<title>stale detections: {e(title)}</title>
+<style>{_asset('report.css')}</style></head>
+<body>{header(meta, generated)}{nav}<main>{''.join(sections)}</main>
+<script type="application/json" id="page-data">{script_json(page)}</script>
+<script>{_asset('report.js')}</script>
+</body></html>
+"""
+
+
+class ReportWriter:
+    """Writes the HTML report as each video finishes.
+
+    ``target`` is a file (one page with every video, rewritten atomically after each) or a directory (an existing
+    one, a path ending in a separator, or one without extension: ``<video_id>.html`` per video).
+    """
+
+    def __init__(self, target: str | os.PathLike, meta: dict, generated: Optional[datetime] = None):
+        self.meta = meta
+        self.classes = [str(c) for c in meta.get("classes", [])]
+        self.generated = generated or datetime.now(timezone.utc)
+        self.written: list[Path] = []
+        self._sections: list[str] = []
+        self._ids: list[str] = []
+        self.directory: Optional[Path] = Path(target) if output_is_directory(target) else None
+        self.file: Optional[Path] = None if self.directory is not None else Path(target)
+        where = self.directory if self.directory is not None else self.file.parent
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"--html {target}: cannot create {where} ({e.strerror or e})") from e
+
+    def add(self, video: VideoDetections) -> Path:
+        """Add one video's detections and (re)write the report that shows it; returns that report's path."""
+        for s in video.segments:  # a label outside the run's classes still gets a lane
+            if s.label not in self.classes:
+                self.classes.append(s.label)
+        if self.directory is not None:
+            path = self.directory / f"{video.video_id}.html"
+            section = video_section(video, self.classes, path.parent, 0)
+            self._write(path, [section], [video.video_id])
+        else:
+            path = self.file
+            self._sections.append(video_section(video, self.classes, path.parent, len(self._sections)))
+            self._ids.append(video.video_id)
+            self._write(path, self._sections, self._ids)
+        return path
+
+    def _write(self, path: Path, sections: list[str], ids: list[str]) -> None:
+        meta = dict(self.meta, classes=self.classes)
+        write_text_atomic(path, render_page(sections, ids, meta, self.classes, self.generated))
+        if path not in self.written:
+            self.written.append(path)
+        log.debug("wrote %s", path)
