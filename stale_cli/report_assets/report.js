@@ -5,9 +5,9 @@
   const ROW_H = 28;  // px, table row (matches .row in the CSS)
   const PAGE = JSON.parse(document.getElementById("page-data").textContent);
 
-  function colour(k, alpha, lightness) {
+  function colour(k, alpha) {
     const hue = (k * 137.508 + 210) % 360;  // golden-angle hues: neighbouring classes differ
-    return "hsla(" + hue.toFixed(1) + ",62%," + (lightness || 46) + "%," + alpha.toFixed(3) + ")";
+    return "hsla(" + hue.toFixed(1) + ",62%,46%," + alpha.toFixed(3) + ")";
   }
 
   function clock(t, digits) {
@@ -24,6 +24,47 @@
     return out;
   }
 
+  function hslRgb(k) {  // colour(k) as [r, g, b] 0-255
+    const h = ((k * 137.508 + 210) % 360) / 360, sat = 0.62, l = 0.46;
+    const q = l + sat - l * sat, p = 2 * l - q;
+    const f = (t) => {
+      t = (t + 1) % 1;
+      const x = t < 1 / 6 ? p + (q - p) * 6 * t : t < 1 / 2 ? q : t < 2 / 3 ? p + (q - p) * (2 / 3 - t) * 6 : p;
+      return Math.round(x * 255);
+    };
+    return [f(h + 1 / 3), f(h), f(h - 1 / 3)];
+  }
+
+  const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+  function rgba(r, g, b) {  // an opaque pixel as ImageData's Uint32 view holds it
+    return LITTLE_ENDIAN ? ((255 << 24) | (b << 16) | (g << 8) | r) >>> 0 : ((r << 24) | (g << 16) | (b << 8) | 255) >>> 0;
+  }
+
+  // Curves at halving resolutions (level L: the max of 2^L rows), so a redraw reads about one row per pixel
+  // column whatever the zoom: 2 hours at 4 fps cost what 5 minutes do.
+  function pyramid(times, values) {
+    const levels = [{ t: times, v: values }];
+    while (levels[levels.length - 1].t.length > 256) {
+      const prev = levels[levels.length - 1], n = Math.ceil(prev.t.length / 2), last = prev.t.length - 1;
+      const t = new Float64Array(n);
+      for (let i = 0; i < n; i++) t[i] = (prev.t[2 * i] + prev.t[Math.min(2 * i + 1, last)]) / 2;
+      const v = prev.v.map((src) => {
+        const out = new Uint8Array(n);
+        for (let i = 0; i < n; i++) out[i] = Math.max(src[2 * i], src[Math.min(2 * i + 1, last)]);
+        return out;
+      });
+      levels.push({ t, v });
+    }
+    return levels;
+  }
+
+  function lowerBound(t, x) {
+    let lo = 0, hi = t.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (t[mid] < x) lo = mid + 1; else hi = mid; }
+    return lo;
+  }
+
+  const SHADES = 10;  // bars are drawn in this many score shades, one path per (shade, class)
   const TICKS = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
 
   class VideoReport {
@@ -40,14 +81,12 @@
       d.segments.forEach((g, i) => { this.k[i] = g[0]; this.s[i] = g[1]; this.e[i] = g[2]; this.score[i] = g[3]; });
       this.byClass = Array.from({ length: this.K }, () => []);
       for (let i = 0; i < n; i++) this.byClass[this.k[i]].push(i);
-      // Bars are drawn lowest score first so the best of overlapping segments is on top.
-      this.drawOrder = Int32Array.from({ length: n }, (_, i) => i).sort((a, b) => this.score[a] - this.score[b]);
       this.curves = null;
       if (d.curves) {
         const c = d.curves;
-        this.curves = c.values.map(bytes);
-        const T = this.curves.length ? this.curves[0].length : 0;
-        this.times = c.times ? Float64Array.from(c.times) : Float64Array.from({ length: T }, (_, i) => c.t0 + i * c.step);
+        const values = c.values.map(bytes), T = values.length ? values[0].length : 0;
+        const times = c.times ? Float64Array.from(c.times) : Float64Array.from({ length: T }, (_, i) => c.t0 + i * c.step);
+        this.curves = pyramid(times, values);
       }
       this.minScore = 0; this.view = [0, this.duration]; this.time = 0; this.selected = -1;
       this.sortKey = "start"; this.sortDir = 1;
@@ -95,32 +134,32 @@
         if (cv.width !== w || cv.height !== hh) { cv.width = w; cv.height = hh; }
       }
       const ctx = this.canvas.getContext("2d");
+      // Lanes and curves are one pixel layer, kept while the view and size stay (the slider and selection
+      // redraw only the bars); the bars go over it.
+      const key = [this.view[0], this.view[1], this.canvas.width, this.canvas.height, laneH].join();
+      if (!this.layer || this.layerKey !== key) { this.layer = this.curveLayer(ctx, dpr, laneH); this.layerKey = key; }
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.putImageData(this.layer, 0, 0);
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-      ctx.clearRect(0, 0, W, H);
-      const lines = [];  // each class's curve: its area behind the bars, its line over them
-      for (let k = 0; k < this.K; k++) {
-        if (k % 2) { ctx.fillStyle = "#f8f9fb"; ctx.fillRect(0, k * laneH, W, laneH); }
-        if (this.curves && this.curves[k]) lines.push([k, this.drawCurve(ctx, k, laneH, W)]);
-      }
       // Bars take the middle of the lane so the curve shows above and below them; an outline separates overlaps.
-      const [a, b] = this.view, sx = W / (b - a), pad = Math.round(laneH * 0.28);
-      ctx.lineWidth = 1;
-      for (let j = 0; j < this.n; j++) {
-        const i = this.drawOrder[j];
+      // One path per (score shade, class), shades drawn lowest first: the best of overlapping bars is on top.
+      const [a, b] = this.view, sx = W / (b - a), pad = Math.round(laneH * 0.28), h = laneH - 2 * pad;
+      const fills = new Map(), edges = new Map();
+      for (let i = 0; i < this.n; i++) {
         if (this.score[i] < this.minScore || this.e[i] < a || this.s[i] > b) continue;
-        const x0 = (this.s[i] - a) * sx, x1 = Math.max((this.e[i] - a) * sx, x0 + 2), y = this.k[i] * laneH + pad;
-        ctx.fillStyle = colour(this.k[i], 0.15 + 0.85 * this.score[i]);
-        ctx.fillRect(x0, y, x1 - x0, laneH - 2 * pad);
-        if (x1 - x0 > 4) {
-          ctx.strokeStyle = colour(this.k[i], 0.9);
-          ctx.strokeRect(Math.round(x0) + 0.5, y + 0.5, Math.max(Math.round(x1 - x0) - 1, 1), laneH - 2 * pad - 1);
-        }
+        // Whole device pixels: axis-aligned rectangles then fill without anti-aliasing, the fast path.
+        const x0 = Math.round((this.s[i] - a) * sx * dpr) / dpr, y = this.k[i] * laneH + pad;
+        const x1 = Math.max(Math.round((this.e[i] - a) * sx * dpr) / dpr, x0 + 2);
+        const key = Math.min(Math.floor(this.score[i] * SHADES), SHADES - 1) * this.K + this.k[i];
+        if (!fills.has(key)) { fills.set(key, new Path2D()); edges.set(key, new Path2D()); }
+        fills.get(key).rect(x0, y, x1 - x0, h);
+        if (x1 - x0 > 4) edges.get(key).rect(x0 + 0.5, y + 0.5, x1 - x0 - 1, h - 1);
       }
-      ctx.lineWidth = 1.25;
-      for (const [k, line] of lines) {
-        if (!line) continue;
-        ctx.strokeStyle = colour(k, 0.8, 28);
-        ctx.stroke(line);
+      ctx.lineWidth = 1;
+      for (const key of [...fills.keys()].sort((p, q) => p - q)) {
+        const k = key % this.K, shade = (Math.floor(key / this.K) + 0.5) / SHADES;
+        ctx.fillStyle = colour(k, 0.15 + 0.85 * shade); ctx.fill(fills.get(key));
+        ctx.strokeStyle = colour(k, 0.9); ctx.stroke(edges.get(key));
       }
       if (this.selected >= 0 && this.score[this.selected] >= this.minScore) {
         const i = this.selected, x0 = (this.s[i] - a) * sx, x1 = Math.max((this.e[i] - a) * sx, x0 + 2);
@@ -130,35 +169,49 @@
       this.drawAxis(dpr, W);
     }
 
-    // The class's probability as an area filling its lane (drawn now) and a line (returned, drawn over the
-    // bars); at most one point per pixel column, the column's max, so 2 hours cost what a minute does.
-    drawCurve(ctx, k, laneH, W) {
-      const v = this.curves[k], t = this.times, T = v.length;
-      if (!T) return null;
-      const [a, b] = this.view, sx = W / (b - a), base = (k + 1) * laneH - 1, amp = (laneH - 3) / 255;
-      let lo = 0, hi = T - 1;
-      while (lo < hi) { const mid = (lo + hi) >> 1; if (t[mid] < a) lo = mid + 1; else hi = mid; }
-      const first = Math.max(lo - 1, 0);
-      const line = new Path2D();
-      let col = null, colX = 0, best = 0, started = false, lastX = 0, firstX = 0;
-      const emit = (x, y) => {
-        if (!started) { line.moveTo(x, y); firstX = x; started = true; } else line.lineTo(x, y);
-        lastX = x;
-      };
-      for (let i = first; i < T; i++) {
-        const x = (t[i] - a) * sx, c = Math.floor(x);
-        if (c !== col) {
-          if (col !== null) emit(colX, base - best * amp);
-          col = c; colX = x; best = v[i];
-        } else if (v[i] > best) best = v[i];
-        if (t[i] > b) break;
+    // Lane stripes and each class's probability curve (an area and its top edge), written pixel by pixel at
+    // device resolution: one value per pixel column (the max of the rows in it, read from the pyramid level with
+    // about one row per column; interpolated between rows when zoomed in further). Canvas paths of thousands of
+    // anti-aliased vertices cost 25 ms a frame to rasterise on a 2-hour video; this costs about a millisecond.
+    curveLayer(ctx, dpr, laneH) {
+      const Wd = this.canvas.width, Hd = this.canvas.height, img = ctx.createImageData(Wd, Hd);
+      const px = new Uint32Array(img.data.buffer), white = rgba(255, 255, 255), stripe = rgba(248, 249, 251);
+      const laneD = laneH * dpr;
+      for (let y = 0; y < Hd; y++) px.fill(Math.floor(y / laneD) % 2 ? stripe : white, y * Wd, (y + 1) * Wd);
+      if (!this.curves) return img;
+      const [a, b] = this.view, dt = (b - a) / Wd;
+      const level = this.curves[Math.min(Math.floor(Math.log2(Math.max(
+        (lowerBound(this.curves[0].t, b) - lowerBound(this.curves[0].t, a)) / Wd, 1))), this.curves.length - 1)];
+      const t = level.t, T = t.length, col = new Float32Array(Wd);
+      for (let k = 0; k < this.K && k < level.v.length; k++) {
+        const v = level.v[k];
+        let i = Math.max(lowerBound(t, a) - 1, 0);
+        for (let c = 0; c < Wd; c++) {  // the column's value: max of its rows, else interpolated; -1 outside the rows
+          const c0 = a + c * dt, c1 = c0 + dt;
+          while (i < T && t[i] < c0) i++;
+          let best = -1, j = i;
+          for (; j < T && t[j] < c1; j++) if (v[j] > best) best = v[j];
+          if (best < 0 && i > 0 && i < T) {
+            const m = c0 + dt / 2, f = (m - t[i - 1]) / (t[i] - t[i - 1]);
+            best = v[i - 1] + (v[i] - v[i - 1]) * Math.min(Math.max(f, 0), 1);
+          }
+          col[c] = best;
+        }
+        const bg = k % 2 ? [248, 249, 251] : [255, 255, 255], rgb = hslRgb(k);
+        const area = rgba(...rgb.map((x, n) => Math.round(bg[n] + (x - bg[n]) * 0.18)));
+        const edge = rgba(...rgb.map((x) => Math.round(x * 0.62)));
+        const base = Math.round((k + 1) * laneD) - 1, amp = (laneD - 3 * dpr) / 255;
+        let prevTop = -1;
+        for (let c = 0; c < Wd; c++) {
+          if (col[c] < 0) { prevTop = -1; continue; }
+          const top = Math.round(base - col[c] * amp);
+          for (let y = top + 1; y <= base; y++) px[y * Wd + c] = area;
+          const y0 = prevTop < 0 ? top : Math.min(top, prevTop + 1), y1 = prevTop < 0 ? top : Math.max(top, prevTop - 1);
+          for (let y = y0; y <= y1 + (dpr > 1 ? 1 : 0); y++) px[y * Wd + c] = edge;
+          prevTop = top;
+        }
       }
-      if (col !== null) emit(colX, base - best * amp);
-      if (!started) return null;
-      const area = new Path2D(line);
-      area.lineTo(lastX, base); area.lineTo(firstX, base); area.closePath();
-      ctx.fillStyle = colour(k, 0.16); ctx.fill(area);
-      return line;
+      return img;
     }
 
     drawAxis(dpr, W) {
@@ -387,7 +440,12 @@
 
   // Sections are set up when they come near the viewport: a page of hundreds of videos opens at once.
   const reports = new Map();
-  const init = (section) => { if (!reports.has(section)) reports.set(section, new VideoReport(section)); };
+  const init = (section) => {
+    if (reports.has(section)) return;
+    const t0 = performance.now();
+    reports.set(section, new VideoReport(section));
+    performance.measure("stale:init " + section.id, { start: t0, end: performance.now() });
+  };
   const sections = document.querySelectorAll("section.video");
   if ("IntersectionObserver" in window) {
     const io = new IntersectionObserver((entries) => entries.forEach((en) => {

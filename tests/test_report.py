@@ -1,0 +1,241 @@
+"""The HTML report of ``stale detect --html``: the generated document (escaping, relative paths, lanes, metadata)
+and the CLI flag end to end. The page's behaviour in a real browser is tested in test_report_browser.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stale_cli.cli import app
+from stale_cli.outputs import Segment, VideoDetections
+from stale_cli.report import ReportWriter, curve_payload, relative_src, script_json
+
+EVIL = "<script>alert(1)</script>"
+CLOSER = "</script><img src=x onerror=alert(2)><!--"
+CLASSES = ["high jump", EVIL, CLOSER]
+META = {
+    "mode": "stale", "mode_description": "trained STALE checkpoint", "checkpoint": "weights/th75_0.pt",
+    "classes": CLASSES, "fps": 4.0, "clip_model": "ViT-B-16", "clip_weights": "openai", "stale_version": "9.9.9",
+}
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+class Page(HTMLParser):
+    """What a browser would see: elements by class, text per element, attributes, script contents."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict]] = []
+        self.scripts: list[tuple[dict, str]] = []
+        self.text: dict[int, str] = {}
+        self._open: list[int] = []
+        self._script = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.elements.append((tag, attrs))
+        if tag == "script":
+            self._script = (attrs, [])
+        if tag not in ("meta", "input", "source", "br", "img"):
+            self._open.append(len(self.elements) - 1)
+
+    def handle_endtag(self, tag):
+        if tag == "script" and self._script is not None:
+            self.scripts.append((self._script[0], "".join(self._script[1])))
+            self._script = None
+        if self._open:
+            self._open.pop()
+
+    def handle_data(self, data):
+        if self._script is not None:
+            self._script[1].append(data)
+        for i in self._open:
+            self.text[i] = self.text.get(i, "") + data
+
+    def find(self, cls=None, tag=None) -> list[int]:
+        return [i for i, (t, a) in enumerate(self.elements)
+                if (tag is None or t == tag) and (cls is None or cls in (a.get("class") or "").split())]
+
+    def text_of(self, cls) -> list[str]:
+        return [self.text.get(i, "") for i in self.find(cls)]
+
+    def data(self, cls) -> list:
+        return [json.loads(body) for attrs, body in self.scripts if attrs.get("class") == cls]
+
+
+def detections(source, video_id="match", n_rows=40, fps=4.0) -> VideoDetections:
+    times = (np.arange(n_rows) + 0.5) / fps
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(size=(n_rows, len(CLASSES))).astype(np.float32)
+    segments = [Segment("high jump", 1.0, 3.5, 0.91), Segment(EVIL, 4.0, 6.0, 0.42), Segment(CLOSER, 0.5, 1.0, 0.07)]
+    return VideoDetections(video_id=video_id, source=str(source), duration=n_rows / fps, segments=segments,
+                           times=times, scores=scores)
+
+
+def test_script_json_cannot_end_its_element():
+    text = script_json({"classes": CLASSES, "path": "a&b"})
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == {"classes": CLASSES, "path": "a&b"}
+
+
+def test_document_escapes_names_and_keeps_them_as_text(tmp_path):
+    video = tmp_path / "videos" / "match.mp4"
+    video.parent.mkdir()
+    video.touch()
+    writer = ReportWriter(tmp_path / "report.html", META, generated=WHEN)
+    writer.add(detections(video))
+    doc = (tmp_path / "report.html").read_text()
+    assert EVIL not in doc and "<img" not in doc and "<!--" not in doc
+    page = Page(doc)
+    # Exactly our three scripts (video data, page data, code): no name opened or closed one.
+    assert [a.get("class") or a.get("id") or "code" for a, _ in page.scripts] == ["video-data", "page-data", "code"]
+    assert not any(t == "img" for t, _ in page.elements)
+    # The names come back as text, unchanged, in the lanes, the header and the page data.
+    assert page.text_of("lane-name") == CLASSES
+    assert page.data("video-data")[0]["segments"][1][0] == 1
+    assert json.loads(page.scripts[1][1])["classes"] == CLASSES
+    classes_dd = [page.text[i] for i in page.find(tag="dd") if page.elements[i][1].get("data-key") == "classes"]
+    assert classes_dd == ["3: " + ", ".join(CLASSES)]
+
+
+def test_one_lane_per_class_and_metadata(tmp_path):
+    writer = ReportWriter(tmp_path / "r.html", META, generated=WHEN)
+    writer.add(detections(tmp_path / "a.mp4"))
+    page = Page((tmp_path / "r.html").read_text())
+    lanes = page.find("lane")
+    assert [page.elements[i][1]["data-class"] for i in lanes] == ["0", "1", "2"]
+    meta = {page.elements[i][1]["data-key"]: page.text[i] for i in page.find(tag="dd")}
+    assert set(meta) == {"mode", "checkpoint", "classes", "fps", "CLIP model", "version", "date"}
+    assert meta["mode"].startswith("trained STALE checkpoint")
+    assert meta["checkpoint"] == "weights/th75_0.pt"
+    assert meta["fps"] == "4 features per second"
+    assert meta["CLIP model"] == "ViT-B-16 (weights: openai)"
+    assert meta["version"] == "stale 9.9.9"
+    assert meta["date"] == "2026-01-02 03:04:05 UTC"
+    clip_meta = dict(META, mode="clip", checkpoint=None, fps=None)
+    ReportWriter(tmp_path / "c.html", clip_meta, generated=WHEN).add(detections(tmp_path / "a.mp4"))
+    page = Page((tmp_path / "c.html").read_text())
+    meta = {page.elements[i][1]["data-key"]: page.text[i] for i in page.find(tag="dd")}
+    assert meta["mode"].startswith("training-free") and meta["checkpoint"] == "none"
+
+
+def test_video_src_is_relative_to_the_report_and_url_encoded(tmp_path):
+    video = tmp_path / "clips" / "day 1" / "a b#1?.mp4"
+    video.parent.mkdir(parents=True)
+    video.touch()
+    ReportWriter(tmp_path / "out" / "report.html", META, generated=WHEN).add(detections(video))
+    page = Page((tmp_path / "out" / "report.html").read_text())
+    (src,) = [page.elements[i][1]["src"] for i in page.find(tag="video")]
+    assert src == "../clips/day%201/a%20b%231%3F.mp4"
+    assert relative_src(video, video.parent) == "a%20b%231%3F.mp4"
+    assert page.data("video-data")[0]["src"] == src
+
+
+def test_feature_file_input_gets_a_timeline_without_player(tmp_path):
+    ReportWriter(tmp_path / "r.html", META, generated=WHEN).add(detections(tmp_path / "feats" / "match.npy"))
+    page = Page((tmp_path / "r.html").read_text())
+    assert page.find(tag="video") == [] and len(page.find("no-player")) == 1
+    assert len(page.find("lane")) == 3 and page.data("video-data")[0]["src"] is None
+
+
+def test_curves_round_trip_and_non_uniform_times():
+    times = np.array([0.125, 0.375, 0.625])
+    scores = np.array([[0.0, 1.0], [0.5, 0.25], [0.999, 0.004]])
+    c = curve_payload(times, scores, 2)
+    assert c["t0"] == 0.125 and c["step"] == 0.25 and "times" not in c
+    back = np.stack([np.frombuffer(base64.b64decode(v), np.uint8) for v in c["values"]], axis=1) / 255
+    np.testing.assert_allclose(back, scores, atol=0.5 / 255)
+    c = curve_payload(np.array([0.0, 0.1, 0.5]), scores, 2)
+    assert c["times"] == [0.0, 0.1, 0.5] and "step" not in c
+    assert curve_payload(None, None, 2) is None
+
+
+def test_one_page_for_all_or_one_page_per_video(tmp_path):
+    one = ReportWriter(tmp_path / "all.html", META, generated=WHEN)
+    for vid in ("a", "b"):
+        one.add(detections(tmp_path / f"{vid}.mp4", video_id=vid))
+    page = Page((tmp_path / "all.html").read_text())
+    assert [page.elements[i][1]["data-video-id"] for i in page.find(tag="section")] == ["a", "b"]
+    assert [page.elements[i][1]["href"] for i in page.find(tag="a")] == ["#video-0", "#video-1"]
+    assert one.written == [tmp_path / "all.html"]
+
+    per = ReportWriter(tmp_path / "pages/", META, generated=WHEN)
+    for vid in ("a", "b"):
+        per.add(detections(tmp_path / f"{vid}.mp4", video_id=vid))
+    assert per.written == [tmp_path / "pages" / "a.html", tmp_path / "pages" / "b.html"]
+    page = Page((tmp_path / "pages" / "b.html").read_text())
+    assert len(page.find(tag="section")) == 1 and page.find(tag="nav") == []
+    assert page.elements[page.find(tag="video")[0]][1]["src"] == "../b.mp4"
+
+
+def test_long_video_report_stays_small(tmp_path):
+    """2 hours at 4 fps, 20 classes, 5,000 segments: one byte per snippet and class, compact segments."""
+    n_rows, classes = 2 * 3600 * 4, [f"class {k}" for k in range(20)]
+    rng = np.random.default_rng(1)
+    starts = rng.uniform(0, 7190, 5000)
+    video = VideoDetections(
+        "long", str(tmp_path / "long.mp4"), 7200.0,
+        [Segment(classes[i % 20], float(s), float(s + 5), float(rng.uniform())) for i, s in enumerate(starts)],
+        times=(np.arange(n_rows) + 0.5) / 4, scores=rng.uniform(size=(n_rows, 20)).astype(np.float32),
+    )
+    ReportWriter(tmp_path / "long.html", dict(META, classes=classes)).add(video)
+    size = (tmp_path / "long.html").stat().st_size
+    assert size < 1_200_000, size  # 768 kB of curves + ~150 kB of segments + the page
+
+
+# ---- the CLI flag ----------------------------------------------------------------------------------------------
+
+def run(args, tiny_clip_name, tiny_clip_weights):
+    base = ["--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights), "--no-progress"]
+    return CliRunner().invoke(app, ["detect", *args, *base])
+
+
+@pytest.fixture(scope="module")
+def feature_file(tmp_path_factory, tiny_clip_name, tiny_clip_weights):
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.clipmode import class_text_features
+    from stale_cli.fileio import write_features
+
+    from test_detect import CLASSES as NAMES
+    from test_detect import constructed_features
+
+    clip = load_clip(tiny_clip_name, str(tiny_clip_weights))
+    feats, meta = constructed_features(class_text_features(clip, NAMES))
+    path = tmp_path_factory.mktemp("report_feats") / "game.npy"
+    write_features(path, feats, meta)
+    return path
+
+
+def test_cli_html_for_feature_files_and_videos(feature_file, videos, tiny_clip_name, tiny_clip_weights, tmp_path):
+    r = run([str(feature_file), "-c", "high jump,pole vault", "--html", str(tmp_path / "r.html"),
+             "-o", str(tmp_path / "p.json")], tiny_clip_name, tiny_clip_weights)
+    assert r.exit_code == 0, r.output
+    assert f"wrote {tmp_path / 'r.html'}" in r.output
+    page = Page((tmp_path / "r.html").read_text())
+    preds = json.loads((tmp_path / "p.json").read_text())["results"]["game"]
+    data = page.data("video-data")[0]
+    assert len(data["segments"]) == len(preds) and data["src"] is None
+    assert sorted(s[3] for s in data["segments"]) == sorted(round(p["score"], 4) for p in preds)
+    assert len(data["curves"]["values"]) == 2 and page.text_of("lane-name") == ["high jump", "pole vault"]
+
+    r = run([str(videos["cfr25"]["path"]), "-c", "a dog,a cat", "--html", str(tmp_path / "pages/")],
+            tiny_clip_name, tiny_clip_weights)
+    assert r.exit_code == 0, r.output
+    page = Page((tmp_path / "pages" / "cfr25.html").read_text())
+    (src,) = [page.elements[i][1]["src"] for i in page.find(tag="video")]
+    assert (tmp_path / "pages" / src).resolve() == videos["cfr25"]["path"].resolve()
+
+
+def test_cli_html_path_that_cannot_be_created(feature_file, tiny_clip_name, tiny_clip_weights, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = run([str(feature_file), "-c", "high jump", "--html", str(tmp_path / "afile" / "r.html")],
+            tiny_clip_name, tiny_clip_weights)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert [line for line in r.output.splitlines() if line.startswith("error:")][0].startswith("error: --html")

@@ -1,0 +1,122 @@
+"""The HTML report in a real browser: headless Chromium loads a report made by ``stale detect --html`` from a short
+real video (VP8 WebM, which Chromium plays), a real mouse click on a segment seeks the video to its start, table
+rows seek too, the score slider hides segments, and no class name runs as script.
+
+Needs Chromium (Debian: ``apt-get install chromium``; ``.ci/run`` installs it); skipped with the reason when it is
+absent. The screenshot is kept: ``$STALE_TEST_ARTIFACTS/report.png`` when that variable is set, else in pytest's
+temporary directory; its path is printed (``pytest -s`` shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from chromium import Chromium, find_chromium  # tests/ is on sys.path (rootdir conftest)
+from conftest import make_video
+from stale_cli.cli import app
+
+CHROMIUM = find_chromium()
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium not found: apt-get install chromium (or set STALE_CHROMIUM=/path/to/chromium) to run the "
+    "report's browser test",
+)
+CLASSES = ["high jump", "pole vault", "<script>window.__xss = 1</script>", '<img src=x onerror="window.__xss = 2">']
+REPORT = "(() => [...window.staleReports.values()][0])()"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, tiny_clip_name, tiny_clip_weights):
+    """A report in out/ made by `stale detect --html` from videos/clip.webm (12 s, scene changes at 4 s and 8 s)."""
+    d = tmp_path_factory.mktemp("browser")
+    (d / "videos").mkdir()
+    video = make_video(d / "videos" / "clip.webm", [Fraction(i, 25) for i in range(300)], Fraction(1, 1000),
+                       codec="libvpx", cuts=(4.0, 8.0))
+    r = CliRunner().invoke(app, [
+        "detect", str(video), "--classes", ",".join(CLASSES), "--html", str(d / "out" / "report.html"),
+        "-o", str(d / "out" / "preds.json"), "--min-score", "0.01",
+        "--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights), "--no-progress",
+    ])
+    assert r.exit_code == 0, r.output
+    preds = json.loads((d / "out" / "preds.json").read_text())["results"]["clip"]
+    assert preds, "the tiny CLIP found no segment to click"
+    return d / "out" / "report.html", preds
+
+
+def artifacts_dir(tmp_path) -> Path:
+    where = os.environ.get("STALE_TEST_ARTIFACTS")
+    path = Path(where) if where else tmp_path
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_report_in_chromium(report, tmp_path):
+    path, preds = report
+    with Chromium(CHROMIUM, width=1280, height=900) as browser:
+        browser.open(path.as_uri())
+        browser.wait_for("window.staleReports && window.staleReports.size === 1")
+        # The player found the video by its relative path and can play it.
+        assert browser.evaluate("document.querySelector('video').getAttribute('src')") == "../videos/clip.webm"
+        browser.wait_for("document.querySelector('video').readyState >= 1 || document.querySelector('video').error")
+        assert browser.evaluate("document.querySelector('video').error") is None
+        assert browser.evaluate("document.querySelector('video').duration") == pytest.approx(12.0, abs=0.1)
+
+        # Class names are text, never markup that runs.
+        assert browser.evaluate("window.__xss === undefined && !document.querySelector('main img')")
+        assert browser.evaluate("[...document.querySelectorAll('.lane-name')].map(e => e.textContent)") == CLASSES
+        assert browser.evaluate("document.querySelectorAll('.lane').length") == len(CLASSES)
+
+        # A real mouse click on the best segment's bar seeks the video to the segment's start and plays it.
+        best = max(preds, key=lambda p: p["score"])
+        x, y = browser.evaluate(f"""(() => {{ const r = {REPORT}; let b = 0;
+            for (let i = 0; i < r.n; i++) if (r.score[i] > r.score[b]) b = i;
+            const box = r.canvas.getBoundingClientRect();
+            return [box.left + r.toX((r.s[b] + r.e[b]) / 2), box.top + (r.k[b] + 0.5) * r.laneH()]; }})()""")
+        browser.click(x, y)
+        start = best["segment"][0]
+        assert browser.evaluate("document.querySelector('video').currentTime") == pytest.approx(start, abs=0.01)
+        browser.wait_for("!document.querySelector('video').seeking && document.querySelector('video').currentTime > "
+                         f"{start} + 0.2", timeout=10)
+        assert browser.evaluate("document.querySelector('video').paused") is False
+        assert browser.evaluate(f"{REPORT}.score[{REPORT}.selected]") == pytest.approx(best["score"], abs=1e-4)
+        # The playhead follows the playing video.
+        assert browser.evaluate(f"Math.abs({REPORT}.time - document.querySelector('video').currentTime) < 0.5")
+        browser.evaluate("document.querySelector('video').pause()")
+
+        # Sorting by start, then clicking the first row, seeks to the earliest segment.
+        browser.evaluate("document.querySelector('.thead button[data-key=start]').click()")
+        browser.wait_for("document.querySelector('.thead button[data-key=start]').getAttribute('aria-sort')")
+        order = browser.evaluate("document.querySelector('.thead button[data-key=start]').getAttribute('aria-sort')")
+        first = min(p["segment"][0] for p in preds) if order == "ascending" else max(p["segment"][0] for p in preds)
+        rx, ry = browser.evaluate("""(() => { const row = [...document.querySelectorAll('.row')]
+            .find(r => r.style.display !== 'none' && r.style.top === '0px');
+            const b = row.getBoundingClientRect(); return [b.left + b.width / 2, b.top + b.height / 2]; })()""")
+        browser.click(rx, ry)
+        assert browser.evaluate("document.querySelector('video').currentTime") == pytest.approx(first, abs=0.01)
+        browser.evaluate("document.querySelector('video').pause()")
+
+        # The score slider hides segments below it, in the table and on the timeline.
+        threshold = sorted(p["score"] for p in preds)[len(preds) // 2]
+        browser.evaluate(f"""(() => {{ const s = document.querySelector('input.min-score');
+            s.value = {threshold}; s.dispatchEvent(new Event('input')); }})()""")
+        kept = sum(round(p["score"], 4) >= round(threshold, 2) for p in preds)  # the slider's step is 0.01
+        assert browser.evaluate(f"{REPORT}.order.length") == kept
+        assert browser.evaluate("document.querySelector('.shown').textContent") == f"{kept} of {len(preds)} segments shown"
+        browser.evaluate("""(() => { const s = document.querySelector('input.min-score');
+            s.value = 0; s.dispatchEvent(new Event('input')); })()""")
+
+        shot = browser.screenshot(artifacts_dir(tmp_path) / "report.png")
+    print(f"\nreport screenshot: {shot}")
+    assert shot.stat().st_size > 10_000
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1280, 900)
+        colours = im.convert("RGB").resize((64, 45)).getcolors(maxcolors=64 * 45)
+        assert len(colours) > 50  # a rendered page, not a blank one
