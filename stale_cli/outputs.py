@@ -49,7 +49,7 @@ class VideoDetections:
     """Everything detection knows about one input video.
 
     ``times`` (T,) are the seconds at the centre of each snippet and ``scores`` (T, K) the per-snippet class
-    probabilities (background column dropped), both only used by the plot.
+    probabilities (background column dropped), used by the plot and the HTML report (``stale_cli.report``).
     """
 
     video_id: str

@@ -136,3 +136,35 @@ def test_checkpoint_misfits_are_refused(untrained, tmp_path):
         Detector(DetectSettings(classes=CLASSES, checkpoint=tmp_path / "junk.pt"))
     with pytest.raises(CheckpointError, match="--clip-model"):
         Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt, clip_model="ViT-B-32"))
+
+
+def test_trained_mode_hands_its_class_curves_to_the_html_report(trained, tmp_path):
+    """`stale detect --checkpoint ... --html`: the page gets the model's per-row class probabilities, one lane each."""
+    import base64
+
+    from typer.testing import CliRunner
+
+    from stale_cli.cli import app
+    from stale_cli.fileio import read_features
+
+    root, ckpt = trained
+    feats, meta = read_features(root / "feats" / "v2.npy")
+    video = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt)).detect_features(feats, meta, "v2", "v2")
+    assert video.scores.shape == (N_ROWS, 2) and video.times.shape == (N_ROWS,)
+    assert 0.0 <= video.scores.min() and video.scores.max() <= 1.0
+
+    r = CliRunner().invoke(app, ["detect", str(root / "feats" / "v2.npy"), "--classes", ",".join(CLASSES),
+                                 "--checkpoint", str(ckpt), "--html", str(tmp_path / "r.html"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    doc = (tmp_path / "r.html").read_text()
+    assert "trained STALE checkpoint" in doc and str(ckpt) in doc and doc.count('class="lane"') == len(CLASSES)
+    tag = '<script type="application/json" class="video-data">'
+    start = doc.index(tag) + len(tag)
+    data = json.loads(doc[start : doc.index("</script>", start)])
+    curves = data["curves"]
+    assert curves["t0"] == pytest.approx(0.25) and curves["step"] == pytest.approx(0.5)
+    high_jump = np.frombuffer(base64.b64decode(curves["values"][0]), np.uint8) / 255  # (N_ROWS,)
+    np.testing.assert_allclose(high_jump, video.scores[:, 0], atol=0.5 / 255 + 1e-6)
+    inside = (np.arange(N_ROWS) + 0.5) / FPS
+    inside = (inside > 8.0) & (inside < 15.0)
+    assert high_jump[inside].mean() > high_jump[~inside].mean() + 0.3  # the curve shows where the action is

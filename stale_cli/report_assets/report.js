@@ -275,7 +275,8 @@
       v.addEventListener("error", () => {
         const el = this.section.querySelector(".player-error");
         el.textContent = "This browser cannot play " + v.getAttribute("src") +
-          " (missing, moved, or a format it does not decode). The timeline and the table still work.";
+          " (missing, moved, or in a format it does not decode, such as MPEG-4 Part 2: re-encode it as H.264 MP4 or " +
+          "WebM). The timeline and the table still work.";
         el.hidden = false;
       });
     }
