@@ -2,6 +2,7 @@
 
     python benchmarks/report.py                                # 2-hour report, 5,000 segments, vs a 1-minute one
     python benchmarks/report.py --screenshot docs/report.png   # the README's screenshot (a real report, see below)
+    python benchmarks/report.py --compare-js old.js            # A/B: the long report with another report.js
 
 Responsiveness: two reports are written with ``stale_cli.report.ReportWriter`` from synthetic detections, each with a
 real VP8 WebM of its length (a 10 s clip made with PyAV, its packets looped): a **2-hour** video with 20 classes,
@@ -123,10 +124,9 @@ def measure(report: Path) -> dict:
         b.open(report.as_uri())
         b.wait_for("window.staleReports && window.staleReports.size === 1", timeout=60)
         b.wait_for("document.querySelector('video').readyState >= 1", timeout=60)
-        out = {"ready_ms": b.evaluate("""(() => { const m = performance.getEntriesByType('measure')
-            .find((e) => e.name.startsWith('stale:init')); return m.startTime + m.duration; })()"""),
-               "init_ms": b.evaluate("performance.getEntriesByType('measure').find((e) => e.name.startsWith('stale:init')).duration"),
-               "html_bytes": report.stat().st_size}
+        ready, init = b.evaluate("""(() => { const m = performance.getEntriesByType('measure')
+            .find((e) => e.name.startsWith('stale:init')); return m ? [m.startTime + m.duration, m.duration] : [null, null]; })()""")
+        out = {"ready_ms": ready, "init_ms": init, "html_bytes": report.stat().st_size}
         out["redraw_ms"] = statistics.median(b.evaluate("""(() => { const r = [...window.staleReports.values()][0], t = [];
             for (let i = 0; i < 30; i++) { const t0 = performance.now(); r.draw(); t.push(performance.now() - t0); }
             return t; })()"""))
@@ -204,17 +204,37 @@ def screenshot(path: Path, seed: int) -> None:
     print(f"wrote {path}")
 
 
+def compare_js(work: Path, other_js: Path, seconds: float, num_segments: int) -> None:
+    """The same long report with the current and with another report.js, measured alternately, twice."""
+    from stale_cli.report import _asset
+
+    current = synthetic_report(work / "current.html", seconds, num_segments)
+    doc, js = current.read_text(), _asset("report.js")
+    assert js in doc
+    other = work / "other.html"
+    other.write_text(doc.replace(js, other_js.read_text()))
+    for round_ in (1, 2):
+        for name, page in ((str(other_js), other), ("current", current)):
+            r = measure(page)
+            print(round_, name, json.dumps({k: r[k] for k in ("redraw_ms", "timeline_pan", "slider_ms")}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--screenshot", type=Path, help="only write the README's screenshot to this PNG")
     ap.add_argument("--seed", type=int, default=0, help="seed of the tiny random CLIP used for the screenshot")
     ap.add_argument("--minutes", type=float, default=120.0)
     ap.add_argument("--segments", type=int, default=5000)
+    ap.add_argument("--compare-js", type=Path, help="A/B: also measure the long report with this report.js inlined "
+                    "instead (e.g. an older version from git show), alternating with the current one, twice")
     args = ap.parse_args()
     if args.screenshot:
         screenshot(args.screenshot, args.seed)
         return
     work = Path(tempfile.mkdtemp(prefix="stale-report-bench-"))
+    if args.compare_js:
+        compare_js(work, args.compare_js, args.minutes * 60, args.segments)
+        return
     results = {}
     for name, seconds, n in (("1 min, 20 segments", 60.0, 20), (f"{args.minutes:g} min, {args.segments} segments",
                                                                   args.minutes * 60, args.segments)):
