@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FEATURE_SUFFIXES = (".npy",)  # inputs that are feature files: no video to play
 CURVE_LEVELS = 255  # a probability is sent as round(p * 255), one byte
+HEADER_CLASSES = 30  # class names listed in the page header; all of them have a lane
 MODE_TITLES = {
     STALE_MODE: f"trained STALE checkpoint (--mode {STALE_MODE})",
     CLIP_MODE: f"training-free: CLIP snippet-text similarity (--mode {CLIP_MODE})",
@@ -79,7 +80,7 @@ def curve_payload(times: Optional[np.ndarray], scores: Optional[np.ndarray], num
     times = np.asarray(times, np.float64)  # (T,) seconds
     scores = np.asarray(scores, np.float64)  # (T, K)
     assert scores.shape == (times.shape[0], num_classes), (scores.shape, times.shape, num_classes)
-    levels = np.clip(np.rint(scores * CURVE_LEVELS), 0, CURVE_LEVELS).astype(np.uint8)  # (T, K)
+    levels = np.clip(np.rint(np.nan_to_num(scores) * CURVE_LEVELS), 0, CURVE_LEVELS).astype(np.uint8)  # (T, K)
     out: dict = {"values": [base64.b64encode(levels[:, k].tobytes()).decode("ascii") for k in range(num_classes)]}
     steps = np.diff(times)
     if len(times) >= 2 and steps[0] > 0 and np.allclose(steps, steps[0], rtol=0, atol=1e-4):
@@ -87,6 +88,11 @@ def curve_payload(times: Optional[np.ndarray], scores: Optional[np.ndarray], num
     else:
         out.update(times=[round(float(t), 4) for t in times])
     return out
+
+
+def _finite(x: float, digits: int) -> float:
+    """``x`` rounded, 0 for NaN or infinity (JSON has neither)."""
+    return round(float(x), digits) if np.isfinite(x) else 0.0
 
 
 def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) -> dict:
@@ -97,11 +103,8 @@ def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) 
         "id": video.video_id,
         "source": video.source,
         "src": relative_src(video.source, report_dir) if has_player else None,
-        "duration": round(float(video.duration), 4),
-        "segments": [
-            [index[s.label], round(float(s.start), 3), round(float(s.end), 3), round(float(s.score), 4)]
-            for s in video.segments
-        ],
+        "duration": _finite(video.duration, 4),
+        "segments": [[index[s.label], _finite(s.start, 3), _finite(s.end, 3), _finite(s.score, 4)] for s in video.segments],
         "curves": curve_payload(video.times, video.scores, len(classes)),
     }
 
@@ -132,10 +135,12 @@ def video_section(video: VideoDetections, classes: list[str], report_dir: Path, 
         f'<span class="lane-name">{e(name)}</span></div>'
         for k, name in enumerate(classes)
     )
-    return f"""<section class="video" id="video-{index}" data-video-id="{e(video.video_id)}">
+    # Many classes (ActivityNet has 200) get thinner lanes so the timeline stays on a screen or two.
+    lane_h = 34 if len(classes) <= 24 else 22
+    return f"""<section class="video" id="video-{index}" data-video-id="{e(video.video_id)}" style="--lane-h: {lane_h}px">
 <h2>{e(video.video_id)}</h2>
-<p class="facts"><span class="source" title="{e(video.source)}">{e(video.source)}</span> · {_clock(video.duration)}
- ({video.duration:.1f} s) · {n} segment{'' if n == 1 else 's'}</p>
+<p class="facts"><span class="source" title="{e(video.source)}">{e(video.source)}</span> · {_clock(data["duration"])}
+ ({data["duration"]:.1f} s) · {n} segment{'' if n == 1 else 's'}</p>
 <div class="top"><div class="media">{player}</div>
 <div class="table" role="table" aria-label="segments of {e(video.video_id)}">
 <div class="thead" role="row"><button role="columnheader" data-key="label">label</button><button role="columnheader" data-key="start">start</button><button role="columnheader" data-key="end">end</button><button role="columnheader" data-key="score">score</button></div>
@@ -162,7 +167,8 @@ def header(meta: dict, generated: datetime) -> str:
     rows = [
         ("mode", mode),
         ("checkpoint", meta.get("checkpoint") or "none"),
-        ("classes", f"{len(classes)}: " + ", ".join(classes)),
+        ("classes", f"{len(classes)}: " + ", ".join(classes[:HEADER_CLASSES])
+         + (f", ... ({len(classes) - HEADER_CLASSES} more, each has its lane)" if len(classes) > HEADER_CLASSES else "")),
         ("fps", f"{fps:g} features per second" if isinstance(fps, (int, float)) else "the feature files' own"),
         ("CLIP model", f"{meta.get('clip_model', '?')} (weights: {meta.get('clip_weights', '?')})"),
         ("version", f"stale {meta.get('stale_version', '?')}"),

@@ -119,6 +119,13 @@ def test_one_lane_per_class_and_metadata(tmp_path):
     assert meta["CLIP model"] == "ViT-B-16 (weights: openai)"
     assert meta["version"] == "stale 9.9.9"
     assert meta["date"] == "2026-01-02 03:04:05 UTC"
+    many = [f"class {k}" for k in range(200)]
+    ReportWriter(tmp_path / "m.html", dict(META, classes=many), generated=WHEN).add(
+        VideoDetections("m", str(tmp_path / "m.mp4"), 10.0, []))
+    page = Page((tmp_path / "m.html").read_text())
+    meta = {page.elements[i][1]["data-key"]: page.text[i] for i in page.find(tag="dd")}
+    assert meta["classes"].startswith("200: class 0, class 1,") and meta["classes"].endswith("(170 more, each has its lane)")
+    assert page.text_of("lane-name") == many
     clip_meta = dict(META, mode="clip", checkpoint=None, fps=None)
     ReportWriter(tmp_path / "c.html", clip_meta, generated=WHEN).add(detections(tmp_path / "a.mp4"))
     page = Page((tmp_path / "c.html").read_text())
@@ -155,6 +162,15 @@ def test_curves_round_trip_and_non_uniform_times():
     c = curve_payload(np.array([0.0, 0.1, 0.5]), scores, 2)
     assert c["times"] == [0.0, 0.1, 0.5] and "step" not in c
     assert curve_payload(None, None, 2) is None
+
+
+def test_video_without_segments_or_curves(tmp_path):
+    empty = VideoDetections("quiet", str(tmp_path / "quiet.mp4"), float("nan"), [])
+    ReportWriter(tmp_path / "r.html", META, generated=WHEN).add(empty)
+    page = Page((tmp_path / "r.html").read_text())
+    data = page.data("video-data")[0]
+    assert data["segments"] == [] and data["curves"] is None and data["duration"] == 0.0
+    assert "0 segments" in page.text_of("facts")[0] and len(page.find("lane")) == 3
 
 
 def test_one_page_for_all_or_one_page_per_video(tmp_path):

@@ -5,9 +5,10 @@
   const ROW_H = 28;  // px, table row (matches .row in the CSS)
   const PAGE = JSON.parse(document.getElementById("page-data").textContent);
 
+  const hue = (k) => (k * 137.508 + 210) % 360;  // golden-angle steps: neighbouring classes differ
+
   function colour(k, alpha) {
-    const hue = (k * 137.508 + 210) % 360;  // golden-angle hues: neighbouring classes differ
-    return "hsla(" + hue.toFixed(1) + ",62%,46%," + alpha.toFixed(3) + ")";
+    return "hsla(" + hue(k).toFixed(1) + ",62%,46%," + alpha.toFixed(3) + ")";
   }
 
   function clock(t, digits) {
@@ -25,7 +26,7 @@
   }
 
   function hslRgb(k) {  // colour(k) as [r, g, b] 0-255
-    const h = ((k * 137.508 + 210) % 360) / 360, sat = 0.62, l = 0.46;
+    const h = hue(k) / 360, sat = 0.62, l = 0.46;
     const q = l + sat - l * sat, p = 2 * l - q;
     const f = (t) => {
       t = (t + 1) % 1;
