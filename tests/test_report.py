@@ -4,6 +4,7 @@ and the CLI flag end to end. The page's behaviour in a real browser is tested in
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime, timezone
 from html.parser import HTMLParser
@@ -97,6 +98,10 @@ def test_document_escapes_names_and_keeps_them_as_text(tmp_path):
     # Exactly our three scripts (video data, page data, code): no name opened or closed one.
     assert [a.get("class") or a.get("id") or "code" for a, _ in page.scripts] == ["video-data", "page-data", "code"]
     assert not any(t == "img" for t, _ in page.elements)
+    # Behind the escaping, the page's policy lets only its own script run (by hash) and fetch nothing but media.
+    (policy,) = [a["content"] for t, a in page.elements if a.get("http-equiv") == "Content-Security-Policy"]
+    digest = base64.b64encode(hashlib.sha256(page.scripts[2][1].encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in policy and "default-src 'none'" in policy
     # The names come back as text, unchanged, in the lanes, the header and the page data.
     assert page.text_of("lane-name") == CLASSES
     assert page.data("video-data")[0]["segments"][1][0] == 1

@@ -27,6 +27,10 @@ pytestmark = pytest.mark.skipif(
     reason="Chromium not found: apt-get install chromium (or set STALE_CHROMIUM=/path/to/chromium) to run the "
     "report's browser test",
 )
+BEST_BAR = """(() => { const r = [...window.staleReports.values()][0]; let b = 0;
+    for (let i = 0; i < r.n; i++) if (r.score[i] > r.score[b]) b = i;
+    const box = r.canvas.getBoundingClientRect();
+    return [box.left + r.toX((r.s[b] + r.e[b]) / 2), box.top + (r.k[b] + 0.5) * r.laneH(), r.s[b]]; })()"""
 CLASSES = ["high jump", "pole vault", "<script>window.__xss = 1</script>", '<img src=x onerror="window.__xss = 2">']
 REPORT = "(() => [...window.staleReports.values()][0])()"
 
@@ -38,14 +42,16 @@ def report(tmp_path_factory, tiny_clip_name, tiny_clip_weights):
     (d / "videos").mkdir()
     video = make_video(d / "videos" / "clip.webm", [Fraction(i, 25) for i in range(300)], Fraction(1, 1000),
                        codec="libvpx", cuts=(4.0, 8.0))
-    r = CliRunner().invoke(app, [
-        "detect", str(video), "--classes", ",".join(CLASSES), "--html", str(d / "out" / "report.html"),
-        "-o", str(d / "out" / "preds.json"), "--min-score", "0.01",
-        "--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights), "--no-progress",
-    ])
+    common = ["--classes", ",".join(CLASSES), "--min-score", "0.01", "--clip-model", tiny_clip_name,
+              "--clip-weights", str(tiny_clip_weights), "--no-progress"]
+    r = CliRunner().invoke(app, ["detect", str(video), "--html", str(d / "out" / "report.html"), "-o",
+                                 str(d / "out" / "preds.json"), "--cache-features", str(d / "feats"), *common])
     assert r.exit_code == 0, r.output
     preds = json.loads((d / "out" / "preds.json").read_text())["results"]["clip"]
     assert preds, "the tiny CLIP found no segment to click"
+    r = CliRunner().invoke(app, ["detect", str(d / "feats" / "clip.npy"), "--html", str(d / "out" / "feats.html"),
+                                 *common])
+    assert r.exit_code == 0, r.output
     return d / "out" / "report.html", preds
 
 
@@ -59,6 +65,8 @@ def artifacts_dir(tmp_path) -> Path:
 def test_report_in_chromium(report, tmp_path):
     path, preds = report
     with Chromium(CHROMIUM, width=1280, height=900) as browser:
+        browser.call("Page.addScriptToEvaluateOnNewDocument", {"source": "window.__blocked = []; document."
+                     "addEventListener('securitypolicyviolation', (e) => window.__blocked.push(e.violatedDirective));"})
         browser.open(path.as_uri())
         browser.wait_for("window.staleReports && window.staleReports.size === 1")
         # The player found the video by its relative path and can play it.
@@ -71,13 +79,14 @@ def test_report_in_chromium(report, tmp_path):
         assert browser.evaluate("window.__xss === undefined && !document.querySelector('main img')")
         assert browser.evaluate("[...document.querySelectorAll('.lane-name')].map(e => e.textContent)") == CLASSES
         assert browser.evaluate("document.querySelectorAll('.lane').length") == len(CLASSES)
+        # The page itself breaks none of its Content-Security-Policy; a script slipped in would not run.
+        assert browser.evaluate("window.__blocked") == []
+        assert browser.evaluate("""(() => { const s = document.createElement('script'); s.textContent = 'window.__xss = 3';
+            document.body.appendChild(s); return window.__xss === undefined; })()""")
 
         # A real mouse click on the best segment's bar seeks the video to the segment's start and plays it.
         best = max(preds, key=lambda p: p["score"])
-        x, y = browser.evaluate(f"""(() => {{ const r = {REPORT}; let b = 0;
-            for (let i = 0; i < r.n; i++) if (r.score[i] > r.score[b]) b = i;
-            const box = r.canvas.getBoundingClientRect();
-            return [box.left + r.toX((r.s[b] + r.e[b]) / 2), box.top + (r.k[b] + 0.5) * r.laneH()]; }})()""")
+        x, y, _ = browser.evaluate(BEST_BAR)
         start = best["segment"][0]
         far = 11.5 if start < 6 else 0.0  # start from far away, so only the click can bring the video there
         browser.evaluate(f"document.querySelector('video').currentTime = {far}")
@@ -126,3 +135,24 @@ def test_report_in_chromium(report, tmp_path):
         assert im.size == (1280, 900)
         colours = im.convert("RGB").resize((64, 45)).getcolors(maxcolors=64 * 45)
         assert len(colours) > 50  # a rendered page, not a blank one
+
+
+def test_feature_file_report_and_zoom_in_chromium(report):
+    """Without a player, a click on a segment moves the cursor to its start; the zoom buttons change the view."""
+    path, preds = report
+    with Chromium(CHROMIUM, width=1280, height=900) as browser:
+        browser.open(path.with_name("feats.html").as_uri())
+        browser.wait_for("window.staleReports && window.staleReports.size === 1")
+        assert browser.evaluate("document.querySelector('video') === null && !!document.querySelector('.no-player')")
+        x, y, start = browser.evaluate(BEST_BAR)
+        assert start == pytest.approx(max(preds, key=lambda p: p["score"])["segment"][0], abs=1e-3)
+        browser.click(x, y)
+        assert browser.evaluate(f"{REPORT}.time") == pytest.approx(start, abs=1e-6)
+        assert browser.evaluate("document.querySelector('.clock').textContent") == f"0:{start:04.1f} / 0:12.0"
+
+        assert browser.evaluate(f"{REPORT}.view") == pytest.approx([0, 12.0], abs=0.01)
+        browser.evaluate("document.querySelector('.zoom-in').click()")
+        a, b = browser.evaluate(f"{REPORT}.view")
+        assert b - a == pytest.approx(6.0, abs=0.01) and a <= start <= b  # halved, around the cursor
+        browser.evaluate("document.querySelector('.zoom-fit').click()")
+        assert browser.evaluate(f"{REPORT}.view") == pytest.approx([0, 12.0], abs=0.01)
