@@ -12,7 +12,8 @@ score slider. Feature-file inputs get the timeline and table without a player.
 
 Data goes to the page as JSON in ``<script type="application/json">`` elements, with ``<``, ``>`` and ``&``
 written as ``\\u003c``-style escapes so no string (a class named ``</script>``) can end the element; everything the
-page shows from it is set with ``textContent``, and the server-side HTML is escaped with :func:`html.escape`. Score
+page shows from it is set with ``textContent``, and the server-side HTML is escaped with :func:`html.escape`. Behind
+that, the page's Content-Security-Policy runs only its own script (by hash) and fetches nothing but the video. Score
 curves travel as one byte per snippet and class (probability x 255, base64): 2 hours at 4 fps and 20 classes is
 about 770 kB.
 """
