@@ -111,10 +111,13 @@ def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) 
     }
 
 
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(max(seconds, 0.0))), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+def _clock(seconds: float, digits: int = 0) -> str:
+    """``h:mm:ss`` or ``m:ss``, with ``digits`` decimals of the second."""
+    total = round(max(seconds, 0.0), digits)
+    m, s = divmod(total, 60)
+    h, m = divmod(int(m), 60)
+    sec = f"{s:0{3 + digits if digits else 2}.{digits}f}"
+    return f"{h}:{m:02d}:{sec}" if h else f"{m}:{sec}"
 
 
 def video_section(video: VideoDetections, classes: list[str], report_dir: Path, index: int) -> str:
@@ -180,43 +183,69 @@ def header(meta: dict, generated: datetime) -> str:
     return f'<header><h1>stale detections</h1><dl class="meta">{cells}</dl></header>'
 
 
-def content_policy(code: str) -> str:
+def content_policy(code: Optional[str]) -> str:
     """The page's Content-Security-Policy: our one script (by its hash) runs, nothing else does, nothing is fetched
     but the video. A second line of defence behind the escaping, and the proof that the page needs no network."""
-    digest = base64.b64encode(hashlib.sha256(code.encode("utf-8")).digest()).decode("ascii")
-    return (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; img-src data:; "
+    scripts = "'none'"
+    if code is not None:
+        scripts = "'sha256-" + base64.b64encode(hashlib.sha256(code.encode("utf-8")).digest()).decode("ascii") + "'"
+    return (f"default-src 'none'; script-src {scripts}; style-src 'unsafe-inline'; img-src data:; "
             "media-src * file: blob: data:")
 
 
-def render_page(sections: list[str], ids: list[str], meta: dict, classes: list[str], generated: datetime) -> str:
-    """The whole document around already rendered video sections."""
+def document(title: str, meta: dict, generated: datetime, body: str, code: Optional[str] = None) -> str:
+    """A whole page: the run's header, then ``body``; ``code`` is the page's one script, if it has one."""
     e = html.escape
-    title = ids[0] if len(ids) == 1 else f"{len(ids)} videos"
-    nav = ""
-    if len(ids) > 1:
-        links = "".join(f'<li><a href="#video-{i}">{e(v)}</a></li>' for i, v in enumerate(ids))
-        nav = f'<nav><ol>{links}</ol></nav>'
-    page = {"classes": classes}
-    code = _asset("report.js")
+    policy = content_policy(code)
+    script = f"<script>{code}</script>" if code is not None else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="{e(content_policy(code))}">
+<meta http-equiv="Content-Security-Policy" content="{e(policy)}">
 <meta name="generator" content="stale {e(str(meta.get('stale_version', '')))}">
 <title>stale detections: {e(title)}</title>
 <style>{_asset('report.css')}</style></head>
-<body>{header(meta, generated)}{nav}<main>{''.join(sections)}</main>
-<script type="application/json" id="page-data">{script_json(page)}</script>
-<script>{code}</script>
+<body>{header(meta, generated)}{body}{script}
 </body></html>
 """
+
+
+def render_page(sections: list[str], ids: list[str], meta: dict, classes: list[str], generated: datetime) -> str:
+    """The page of one or more videos around their already rendered sections."""
+    e = html.escape
+    nav = ""
+    if len(ids) > 1:
+        links = "".join(f'<li><a href="#video-{i}">{e(v)}</a></li>' for i, v in enumerate(ids))
+        nav = f"<nav><ol>{links}</ol></nav>"
+    body = (f"{nav}<main>{''.join(sections)}</main>"
+            f'<script type="application/json" id="page-data">{script_json({"classes": classes})}</script>')
+    title = ids[0] if len(ids) == 1 else f"{len(ids)} videos"
+    return document(title, meta, generated, body, _asset("report.js"))
+
+
+def index_row(video: VideoDetections, page: str) -> str:
+    """One video's row in the index of ``--html DIR/``: link, length, segments, best segment."""
+    e = html.escape
+    best = max(video.segments, key=lambda s: s.score, default=None)
+    top = f"{e(best.label)} {_clock(best.start, 1)}-{_clock(best.end, 1)} ({best.score:.3f})" if best else ""
+    return (f'<tr><td><a href="{e(quote(page))}">{e(video.video_id)}</a></td><td class="num">'
+            f'{_clock(_finite(video.duration, 1))}</td><td class="num">{len(video.segments)}</td><td>{top}</td></tr>')
+
+
+def index_page(rows: list[str], meta: dict, generated: datetime) -> str:
+    body = ('<main><table class="index"><thead><tr><th>video</th><th class="num">length</th><th class="num">'
+            f'segments</th><th>best segment</th></tr></thead><tbody>{"".join(rows)}</tbody></table></main>')
+    return document(f"{len(rows)} videos", meta, generated, body)
 
 
 class ReportWriter:
     """Writes the HTML report as each video finishes.
 
     ``target`` is a file (one page with every video, rewritten atomically after each) or a directory (an existing
-    one, a path ending in a separator, or one without extension: ``<video_id>.html`` per video).
+    one, a path ending in a separator, or one without extension: ``<video_id>.html`` per video, and
+    ``index.html`` linking them, unless a video is itself called ``index``).
     """
+
+    INDEX = "index.html"
 
     def __init__(self, target: str | os.PathLike, meta: dict, generated: Optional[datetime] = None):
         self.meta = meta
@@ -225,6 +254,7 @@ class ReportWriter:
         self.written: list[Path] = []
         self._sections: list[str] = []
         self._ids: list[str] = []
+        self._index_rows: list[str] = []
         self.directory: Optional[Path] = Path(target) if output_is_directory(target) else None
         self.file: Optional[Path] = None if self.directory is not None else Path(target)
         where = self.directory if self.directory is not None else self.file.parent
@@ -242,6 +272,13 @@ class ReportWriter:
             path = self.directory / f"{video.video_id}.html"
             section = video_section(video, self.classes, path.parent, 0)
             self._write(path, [section], [video.video_id])
+            self._ids.append(video.video_id)
+            self._index_rows.append(index_row(video, path.name))
+            if self.INDEX not in (f"{v}.html" for v in self._ids):
+                index = self.directory / self.INDEX
+                write_text_atomic(index, index_page(self._index_rows, self.meta, self.generated))
+                if index not in self.written:
+                    self.written.append(index)
         else:
             path = self.file
             self._sections.append(video_section(video, self.classes, path.parent, len(self._sections)))

@@ -157,6 +157,12 @@ def test_feature_file_input_gets_a_timeline_without_player(tmp_path):
     assert len(page.find("lane")) == 3 and page.data("video-data")[0]["src"] is None
 
 
+def test_clock():
+    from stale_cli.report import _clock
+
+    assert [_clock(0), _clock(59.6), _clock(3599.96, 1), _clock(7322.25, 1)] == ["0:00", "1:00", "1:00:00.0", "2:02:02.2"]
+
+
 def test_curves_round_trip_and_non_uniform_times():
     times = np.array([0.125, 0.375, 0.625])
     scores = np.array([[0.0, 1.0], [0.5, 0.25], [0.999, 0.004]])
@@ -190,10 +196,24 @@ def test_one_page_for_all_or_one_page_per_video(tmp_path):
     per = ReportWriter(tmp_path / "pages/", META, generated=WHEN)
     for vid in ("a", "b"):
         per.add(detections(tmp_path / f"{vid}.mp4", video_id=vid))
-    assert per.written == [tmp_path / "pages" / "a.html", tmp_path / "pages" / "b.html"]
+    assert per.written == [tmp_path / "pages" / n for n in ("a.html", "index.html", "b.html")]
     page = Page((tmp_path / "pages" / "b.html").read_text())
     assert len(page.find(tag="section")) == 1 and page.find(tag="nav") == []
     assert page.elements[page.find(tag="video")[0]][1]["src"] == "../b.mp4"
+    # An index links the pages (link, length, segments, best segment); it has no script at all.
+    index = Page((tmp_path / "pages" / "index.html").read_text())
+    assert [index.elements[i][1]["href"] for i in index.find(tag="a")] == ["a.html", "b.html"]
+    rows = [index.text[i] for i in index.find(tag="tr")][1:]
+    assert rows[1] == "b0:103high jump 0:01.0-0:03.5 (0.910)"
+    (policy,) = [a["content"] for t, a in index.elements if a.get("http-equiv") == "Content-Security-Policy"]
+    assert index.scripts == [] and "script-src 'none';" in policy
+
+
+def test_index_gives_way_to_a_video_called_index(tmp_path):
+    per = ReportWriter(tmp_path / "pages/", META, generated=WHEN)
+    per.add(detections(tmp_path / "a.mp4", video_id="a"))
+    per.add(detections(tmp_path / "index.mp4", video_id="index"))
+    assert Page((tmp_path / "pages" / "index.html").read_text()).data("video-data")[0]["id"] == "index"
 
 
 def test_long_video_report_stays_small(tmp_path):
