@@ -157,8 +157,8 @@ def video_section(video: VideoDetections, classes: list[str], report_dir: Path, 
 <div class="timeline"><div class="lane-labels"><div class="axis-gap"></div>{lanes}</div>
 <div class="plot"><canvas class="axis"></canvas><canvas class="lanes"></canvas><div class="playhead"></div>
 <div class="tip" hidden></div></div></div>
-<p class="hint">Click a segment (bar or row) to play it; click the timeline to seek. Ctrl + wheel zooms,
- shift + wheel or drag pans.</p>
+<p class="hint">Click a segment (bar or row) to play it, n / p for the next / previous one, space to pause;
+ click the timeline to seek. Ctrl + wheel zooms, shift + wheel or drag pans.</p>
 <script type="application/json" class="video-data">{script_json(data)}</script>
 </section>"""
 

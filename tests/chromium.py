@@ -129,6 +129,11 @@ class Chromium:
                       {"type": kind, "x": x, "y": y, "button": "left", "buttons": 1 if kind == "mousePressed" else 0,
                        "clickCount": 1})
 
+    def press(self, key: str) -> None:
+        """A key typed on the page (a single character)."""
+        for kind in ("keyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", {"type": kind, "key": key, "text": key if kind == "keyDown" else ""})
+
     def screenshot(self, path: str | os.PathLike, full_page: bool = False) -> Path:
         params: dict = {"format": "png"}
         if full_page:

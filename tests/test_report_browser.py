@@ -149,6 +149,10 @@ def test_feature_file_report_and_zoom_in_chromium(report):
         browser.click(x, y)
         assert browser.evaluate(f"{REPORT}.time") == pytest.approx(start, abs=1e-6)
         assert browser.evaluate("document.querySelector('.clock').textContent") == f"0:{start:04.1f} / 0:12.0"
+        # "n" plays the next segment of the table (sorted by start): the cursor goes to its start.
+        following = browser.evaluate(f"(() => {{ const r = {REPORT}; return r.s[r.order[Math.min(r.order.indexOf(r.selected) + 1, r.order.length - 1)]]; }})()")
+        browser.press("n")
+        assert browser.evaluate(f"{REPORT}.time") == pytest.approx(following, abs=1e-6)
 
         assert browser.evaluate(f"{REPORT}.view") == pytest.approx([0, 12.0], abs=0.01)
         browser.evaluate("document.querySelector('.zoom-in').click()")

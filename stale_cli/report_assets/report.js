@@ -246,6 +246,36 @@
       }
       this.placePlayhead();
       this.clockEl.textContent = clock(t, 1) + " / " + clock(this.duration, 1);
+      this.markNow();
+    }
+
+    // Rows in view whose segment contains the playhead are marked.
+    markNow() {
+      for (const row of this.pool) {
+        const i = row.style.display === "none" ? -1 : parseInt(row.dataset.seg, 10);
+        row.classList.toggle("now", i >= 0 && this.s[i] <= this.time && this.time < this.e[i]);
+      }
+    }
+
+    // n / p: the next / previous segment in the table's order, played; space: play or pause.
+    key(ev) {
+      if (ev.key === " " && this.video) {
+        ev.preventDefault();
+        if (this.video.paused) { const p = this.video.play(); if (p) p.catch(() => {}); } else this.video.pause();
+        return;
+      }
+      if (ev.key !== "n" && ev.key !== "p") return;
+      if (!this.order.length) return;
+      let r = this.order.indexOf(this.selected) + (ev.key === "n" ? 1 : -1);
+      r = Math.min(Math.max(r, 0), this.order.length - 1);
+      this.scrollToRow(r);
+      this.select(this.order[r], true);
+    }
+
+    scrollToRow(r) {
+      if (r * ROW_H < this.rows.scrollTop || (r + 1) * ROW_H > this.rows.scrollTop + this.rows.clientHeight) {
+        this.rows.scrollTop = r * ROW_H - this.rows.clientHeight / 2;
+      }
     }
 
     seek(t, play) {
@@ -342,6 +372,7 @@
         const i = this.order[r], cells = row.children;
         row.style.display = ""; row.style.top = r * ROW_H + "px"; row.dataset.seg = i;
         row.classList.toggle("selected", i === this.selected);
+        row.classList.toggle("now", this.s[i] <= this.time && this.time < this.e[i]);
         cells[0].querySelector(".dot").style.background = colour(this.k[i], 0.9);
         cells[0].querySelector("b").textContent = PAGE.classes[this.k[i]];
         cells[0].title = PAGE.classes[this.k[i]];
@@ -383,9 +414,7 @@
         if (ev.key === "ArrowDown") r = Math.min(r + 1, this.order.length - 1);
         else if (ev.key === "ArrowUp") r = Math.max(r - 1, 0);
         if (r < 0 || !this.order.length) return;
-        if (r * ROW_H < this.rows.scrollTop || (r + 1) * ROW_H > this.rows.scrollTop + this.rows.clientHeight) {
-          this.rows.scrollTop = r * ROW_H - this.rows.clientHeight / 2;
-        }
+        this.scrollToRow(r);
         this.select(this.order[r], ev.key === "Enter");
       });
       q(".zoom-in").addEventListener("click", () => this.zoom(0.5));
@@ -462,6 +491,17 @@
     if (resizing) return;
     resizing = true;
     requestAnimationFrame(() => { resizing = false; reports.forEach((r) => { r.draw(); r.placePlayhead(); r.renderRows(); }); });
+  });
+  // Keys go to the video section under the last click (or the first one), never while typing in a control.
+  let current = null;
+  document.addEventListener("mousedown", (ev) => {
+    const section = ev.target.closest && ev.target.closest("section.video");
+    if (section && reports.has(section)) current = reports.get(section);
+  });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || (ev.target.closest && ev.target.closest("input, button, video"))) return;
+    const r = current || reports.values().next().value;
+    if (r) r.key(ev);
   });
   window.staleReports = reports;  // for the browser test and for the curious, from the console
 })();
