@@ -49,8 +49,8 @@ def detect(
     ),
     html: Optional[Path] = typer.Option(
         None, "--html", help="Write an HTML report to see the detections: the video with a clickable timeline "
-        "and a segment table. A file (one page for all inputs) or a directory (<video_id>.html per input); the "
-        "page plays the video from its path relative to the report.",
+        "and a segment table. A file (one page for all inputs) or a directory (<video_id>.html per input and an "
+        "index.html); the page plays the video from its path relative to the report.",
     ),
     cache_features: Optional[Path] = typer.Option(
         None, "--cache-features", help="Keep the features of videos in this directory and reuse them on a rerun."
