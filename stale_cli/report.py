@@ -2,8 +2,8 @@
 
 One self-contained page (no network: the CSS and JavaScript of ``report_assets/`` are inlined) per report file.
 ``--html report.html`` puts every input of the batch on one page; ``--html DIR/`` writes ``DIR/<video_id>.html``
-per input. Like the other outputs, a report file is rewritten atomically as each video finishes, so an interrupted
-batch keeps a report of what it finished.
+per input, and an ``index.html`` linking them. Each write is atomic; a page that grows with the batch is rewritten
+as videos finish (at most every 10 s, and at the end), so an interrupted batch keeps a report of what it finished.
 
 Per video the page has a ``<video>`` player whose ``src`` is the video's path *relative to the report* (the video is
 not embedded: move them together), one lane per class with the class's probability curve over time behind its
@@ -25,11 +25,13 @@ import hashlib
 import html
 import json
 import logging
+import math
 import os
+import time
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import quote
 
 import numpy as np
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 FEATURE_SUFFIXES = (".npy",)  # inputs that are feature files: no video to play
 CURVE_LEVELS = 255  # a probability is sent as round(p * 255), one byte
 HEADER_CLASSES = 30  # class names listed in the page header; all of them have a lane
+REWRITE_SECONDS = 10.0  # a page that grows with the batch is rewritten at most this often (and at the end)
 MODE_TITLES = {
     STALE_MODE: f"trained STALE checkpoint (--mode {STALE_MODE})",
     CLIP_MODE: f"training-free: CLIP snippet-text similarity (--mode {CLIP_MODE})",
@@ -238,23 +241,29 @@ def index_page(rows: list[str], meta: dict, generated: datetime) -> str:
 
 
 class ReportWriter:
-    """Writes the HTML report as each video finishes.
+    """Writes the HTML report as videos finish.
 
-    ``target`` is a file (one page with every video, rewritten atomically after each) or a directory (an existing
-    one, a path ending in a separator, or one without extension: ``<video_id>.html`` per video, and
-    ``index.html`` linking them, unless a video is itself called ``index``).
+    ``target`` is a file (one page with every video) or a directory (an existing one, a path ending in a separator,
+    or one without extension: ``<video_id>.html`` per video, and ``index.html`` linking them, unless a video is
+    itself called ``index``). Each write is atomic. A per-video page is written as its video finishes; a page that
+    grows with the batch (the one file, the index) is rewritten at most every ``rewrite_seconds``, so a batch of
+    thousands of videos does not rewrite it thousands of times, and :meth:`close` writes its final state.
     """
 
     INDEX = "index.html"
 
-    def __init__(self, target: str | os.PathLike, meta: dict, generated: Optional[datetime] = None):
+    def __init__(self, target: str | os.PathLike, meta: dict, generated: Optional[datetime] = None,
+                 rewrite_seconds: float = REWRITE_SECONDS):
         self.meta = meta
         self.classes = [str(c) for c in meta.get("classes", [])]
         self.generated = generated or datetime.now(timezone.utc)
+        self.rewrite_seconds = rewrite_seconds
         self.written: list[Path] = []
         self._sections: list[str] = []
         self._ids: list[str] = []
         self._index_rows: list[str] = []
+        self._pending: dict[Path, Callable[[], str]] = {}  # growing pages not yet written in their latest state
+        self._last_write: dict[Path, float] = {}  # time.monotonic() of each growing page's last write
         self.directory: Optional[Path] = Path(target) if output_is_directory(target) else None
         self.file: Optional[Path] = None if self.directory is not None else Path(target)
         where = self.directory if self.directory is not None else self.file.parent
@@ -264,31 +273,50 @@ class ReportWriter:
             raise InputError(f"--html {target}: cannot create {where} ({e.strerror or e})") from e
 
     def add(self, video: VideoDetections) -> Path:
-        """Add one video's detections and (re)write the report that shows it; returns that report's path."""
+        """Add one video's detections; returns the path of the report that shows it."""
         for s in video.segments:  # a label outside the run's classes still gets a lane
             if s.label not in self.classes:
                 self.classes.append(s.label)
+        self._ids.append(video.video_id)
         if self.directory is not None:
             path = self.directory / f"{video.video_id}.html"
             section = video_section(video, self.classes, path.parent, 0)
-            self._write(path, [section], [video.video_id])
-            self._ids.append(video.video_id)
+            self._write(path, self._page([section], [video.video_id]))
             self._index_rows.append(index_row(video, path.name))
-            if self.INDEX not in (f"{v}.html" for v in self._ids):
-                index = self.directory / self.INDEX
-                write_text_atomic(index, index_page(self._index_rows, self.meta, self.generated))
-                if index not in self.written:
-                    self.written.append(index)
+            if self.INDEX in (f"{v}.html" for v in self._ids):  # a video's page is index.html: no index
+                self._pending.pop(self.directory / self.INDEX, None)
+            else:
+                rows = list(self._index_rows)
+                self._grow(self.directory / self.INDEX, lambda: index_page(rows, self.meta, self.generated))
         else:
             path = self.file
             self._sections.append(video_section(video, self.classes, path.parent, len(self._sections)))
-            self._ids.append(video.video_id)
-            self._write(path, self._sections, self._ids)
+            sections, ids = list(self._sections), list(self._ids)
+            self._grow(path, lambda: self._page(sections, ids))
         return path
 
-    def _write(self, path: Path, sections: list[str], ids: list[str]) -> None:
-        meta = dict(self.meta, classes=self.classes)
-        write_text_atomic(path, render_page(sections, ids, meta, self.classes, self.generated))
+    def close(self) -> None:
+        """Write every growing page in its final state."""
+        for path in list(self._pending):
+            self._write(path, self._pending.pop(path)())
+
+    def __enter__(self) -> "ReportWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _page(self, sections: list[str], ids: list[str]) -> str:
+        return render_page(sections, ids, dict(self.meta, classes=self.classes), self.classes, self.generated)
+
+    def _grow(self, path: Path, render: Callable[[], str]) -> None:
+        self._pending[path] = render
+        if time.monotonic() - self._last_write.get(path, -math.inf) >= self.rewrite_seconds:
+            self._write(path, self._pending.pop(path)())
+
+    def _write(self, path: Path, text: str) -> None:
+        write_text_atomic(path, text)
+        self._last_write[path] = time.monotonic()
         if path not in self.written:
             self.written.append(path)
         log.debug("wrote %s", path)

@@ -185,17 +185,20 @@ def test_video_without_segments_or_curves(tmp_path):
 
 
 def test_one_page_for_all_or_one_page_per_video(tmp_path):
-    one = ReportWriter(tmp_path / "all.html", META, generated=WHEN)
+    one = ReportWriter(tmp_path / "all.html", META, generated=WHEN, rewrite_seconds=3600)
     for vid in ("a", "b"):
         one.add(detections(tmp_path / f"{vid}.mp4", video_id=vid))
+        # The growing page is written for the first video, then at most every rewrite_seconds, and on close.
+        assert len(Page((tmp_path / "all.html").read_text()).find(tag="section")) == 1
+    one.close()
     page = Page((tmp_path / "all.html").read_text())
     assert [page.elements[i][1]["data-video-id"] for i in page.find(tag="section")] == ["a", "b"]
     assert [page.elements[i][1]["href"] for i in page.find(tag="a")] == ["#video-0", "#video-1"]
     assert one.written == [tmp_path / "all.html"]
 
-    per = ReportWriter(tmp_path / "pages/", META, generated=WHEN)
-    for vid in ("a", "b"):
-        per.add(detections(tmp_path / f"{vid}.mp4", video_id=vid))
+    with ReportWriter(tmp_path / "pages/", META, generated=WHEN, rewrite_seconds=0) as per:
+        for vid in ("a", "b"):
+            per.add(detections(tmp_path / f"{vid}.mp4", video_id=vid))
     assert per.written == [tmp_path / "pages" / n for n in ("a.html", "index.html", "b.html")]
     page = Page((tmp_path / "pages" / "b.html").read_text())
     assert len(page.find(tag="section")) == 1 and page.find(tag="nav") == []
@@ -210,9 +213,9 @@ def test_one_page_for_all_or_one_page_per_video(tmp_path):
 
 
 def test_index_gives_way_to_a_video_called_index(tmp_path):
-    per = ReportWriter(tmp_path / "pages/", META, generated=WHEN)
-    per.add(detections(tmp_path / "a.mp4", video_id="a"))
-    per.add(detections(tmp_path / "index.mp4", video_id="index"))
+    with ReportWriter(tmp_path / "pages/", META, generated=WHEN, rewrite_seconds=3600) as per:
+        for vid in ("a", "b", "index"):  # the index of a and b is still pending when "index" arrives
+            per.add(detections(tmp_path / f"{vid}.mp4", video_id=vid))
     assert Page((tmp_path / "pages" / "index.html").read_text()).data("video-data")[0]["id"] == "index"
 
 

@@ -139,6 +139,8 @@ def detect(
         finally:
             if bar is not None:
                 bar.close()
+            if report is not None:
+                report.close()
         for path in writer.written + (report.written if report is not None else []):
             stderr.print(f"wrote {path}", highlight=False)
         done = len(paths) - len(failures)
