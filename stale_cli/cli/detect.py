@@ -71,7 +71,6 @@ def detect(
     with user_errors():
         from stale_cli.detect import DetectSettings, Detector, detect_batch
         from stale_cli.errors import InputError
-        from stale_cli.inputs import collect_inputs
         from stale_cli.outputs import ResultWriter, plot_detections, plot_paths, require_matplotlib, resolve_format
         from stale_cli.vocab import parse_classes, read_classes_file
 
@@ -92,8 +91,7 @@ def detect(
 
         from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
 
-        paths, bad_inputs = _collect(inputs, lambda items: collect_inputs(items, kinds=("video", "features")),
-                                     nothing="no videos or feature files to detect in")
+        paths, bad_inputs = _collect(inputs, kinds=("video", "features"), nothing="no videos or feature files to detect in")
         need_video = any(p.suffix.lower() != ".npy" for p in paths)
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
