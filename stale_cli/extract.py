@@ -17,7 +17,6 @@ import logging
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -30,7 +29,7 @@ import torch
 
 from stale_cli import __version__
 from stale_cli.errors import DecodeError, InputError, StaleError
-from stale_cli.fileio import source_identity, source_mismatch, write_features
+from stale_cli.fileio import check_writable, source_identity, source_mismatch, write_features
 from stale_cli.locks import OutputLock
 from stale_cli.video import FrameSampler, VideoInfo, num_samples, probe_header
 
@@ -196,16 +195,6 @@ def hashed_id(path: Path) -> str:
     return f"{Path(path).stem}-{zlib.crc32(str(Path(path).resolve()).encode('utf-8')):08x}"
 
 
-def check_writable(out_dir: Path) -> None:
-    """Raise InputError unless files can be created in ``out_dir`` (made if missing)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".stale-write-test."):
-            pass
-    except OSError as e:
-        raise InputError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from e
-
-
 def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
     """Whether ``npy`` + sidecar hold this video's features with these settings: ``(state, why)`` with state
     "done", "absent" (or unreadable), "other-source" (another video of that name), "changed" (this video, since
@@ -285,7 +274,7 @@ def extract_many(
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    check_writable(out_dir)
+    check_writable(out_dir, f"--out {out_dir}")
     paths = [Path(p) for p in paths]
     ids = list(ids) if ids is not None else video_ids(paths)
     assert len(ids) == len(paths)

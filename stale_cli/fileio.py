@@ -94,6 +94,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_writable(directory: Path, label: str) -> None:
+    """Raise InputError unless files can be created in ``directory`` (made if missing): checked before any work."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".stale-write-test."):
+            pass
+    except OSError as e:
+        raise InputError(f"{label}: cannot write there ({e.strerror or e})") from e
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

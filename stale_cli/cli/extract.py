@@ -54,7 +54,8 @@ def extract_features(
     with user_errors():
         from stale_cli.clip_backbone import load_clip
         from stale_cli.errors import InputError
-        from stale_cli.extract import check_writable, extract_many, video_ids
+        from stale_cli.extract import extract_many, video_ids
+        from stale_cli.fileio import check_writable
         from stale_cli.inputs import parse_shard, select_shard
 
         if not fps > 0:
@@ -72,7 +73,7 @@ def extract_features(
             ids = [v for p, v in zip(paths, ids) if p in keep]
             paths = [p for p in paths if p in keep]
             stderr.print(f"shard {index}/{count}: {len(paths)} video(s)", highlight=False)
-        check_writable(out)
+        check_writable(out, f"--out {out}")
         clip = load_clip(clip_model, clip_weights, resolve_device(device))
         summary = extract_many(
             paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=progress, ids=ids,
