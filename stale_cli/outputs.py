@@ -168,6 +168,7 @@ class ResultWriter:
         self.console = console
         self.order = {vid: i for i, vid in enumerate(order or [])}
         self.videos: list[VideoDetections] = []
+        self.ids: set[str] = set()
         self.written: list[Path] = []
         self.directory: Optional[Path] = None
         self.file: Optional[Path] = None
@@ -198,12 +199,13 @@ class ResultWriter:
         return self.file
 
     def add(self, video: VideoDetections) -> None:
-        if any(v.video_id == video.video_id for v in self.videos):
+        if video.video_id in self.ids:
             raise InputError(
                 f"{video.source}: video id {video.video_id!r} was already used by another input; "
                 "rename one of them (outputs are keyed by file stem)"
             )
         self.videos.append(video)
+        self.ids.add(video.video_id)
         if self.directory is not None:
             path = self.path_of(video.video_id)
             if not (video.extra.get("resumed") and path.is_file()):

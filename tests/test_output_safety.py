@@ -91,6 +91,11 @@ def test_dash_means_stdout(feats, tmp_path, monkeypatch, tiny_clip_name, tiny_cl
     assert "average_mAP" in json.loads(r.stdout) and not Path("-").exists()
 
 
+def test_extract_refuses_dash_as_out(tmp_path, videos):
+    r = CliRunner().invoke(app, ["extract-features", str(videos["single"]["path"]), "--out", "-"])
+    assert r.exit_code == 1 and "give a directory" in r.output and not Path("-").exists()
+
+
 def test_atomic_writes_take_the_mode_open_would_give(tmp_path):
     old = os.umask(0o027)
     try:

@@ -150,7 +150,7 @@ def detect(
             if bar is not None:
                 bar.close()
             if journal is not None and writer.file is not None:  # videos other runs finished meanwhile
-                for video in finished_outputs(journal, paths, ids, {v.video_id for v in writer.videos}):
+                for video in finished_outputs(journal, paths, ids, writer.ids):
                     writer.add(video)
             writer.close()
         for path in writer.written:

@@ -58,6 +58,8 @@ def extract_features(
         from stale_cli.fileio import check_writable
         from stale_cli.inputs import parse_shard, select_shard
 
+        if str(out) == "-":
+            raise InputError("--out -: features are files (<video>.npy + <video>.json); give a directory")
         if not fps > 0:
             raise InputError(f"--fps must be positive, got {fps}")
         if batch_size < 1:
