@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from stale_cli.fileio import pid_alive
 
@@ -104,13 +104,3 @@ class OutputLock:
         os.close(self.fd)
         self.fd = None
 
-
-@contextlib.contextmanager
-def output_lock(output: str | os.PathLike) -> Iterator[Optional[OutputLock]]:
-    """``with output_lock(x) as lock:`` ``lock`` is None when another live run holds ``x``'s lock."""
-    lock = OutputLock(output)
-    got = lock.acquire()
-    try:
-        yield got
-    finally:
-        lock.release()

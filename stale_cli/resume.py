@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 DIRECTORY_JOURNAL = ".stale-detect.journal"
 
 
-def journal_path(output: Path, directory: bool) -> Path:
-    return output / DIRECTORY_JOURNAL if directory else output.with_name(f".{output.name}.journal")
-
-
 def _plain(obj):
     """``obj`` as JSON would give it back (tuples -> lists, ...), so settings compare equal across runs."""
     return json.loads(json.dumps(obj))
@@ -51,6 +47,17 @@ class DetectJournal:
         self.target = target
         self.resumed = 0  # videos taken from the journal in this run
         self.busy: list = []  # [(input path, "pid N")] left to another run holding their lock
+
+    @classmethod
+    def for_writer(cls, writer, run: dict) -> Optional["DetectJournal"]:
+        """The journal of a :class:`~stale_cli.outputs.ResultWriter`'s output (None for tables and stdout); locks
+        are taken on each video's file (directory output) or on ``<file>.<video_id>`` beside the one file."""
+        if writer.directory is not None:
+            return cls(writer.directory / DIRECTORY_JOURNAL, run, target=writer.path_of)
+        if writer.file is not None:
+            file = writer.file
+            return cls(file.with_name(f".{file.name}.journal"), run, target=lambda v: file.with_name(f"{file.name}.{v}"))
+        return None
 
     def records(self) -> dict[str, dict]:
         """The last complete record of each video id, whatever its run (callers compare ``run`` and ``input``)."""

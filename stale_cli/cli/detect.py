@@ -95,7 +95,7 @@ def detect(
 
         from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
         from stale_cli.extract import video_ids
-        from stale_cli.resume import DetectJournal, assign_ids, finished_outputs, journal_path, protected_paths
+        from stale_cli.resume import DetectJournal, assign_ids, finished_outputs, protected_paths
 
         paths, bad_inputs = _collect(inputs, kinds=("video", "features"), nothing="no videos or feature files to detect in")
         ids = video_ids(paths)
@@ -114,12 +114,8 @@ def detect(
         )
         detector = Detector(settings, device=resolve_device(device), need_video=need_video)
         writer.meta = detector.metadata()
-        journal = None
-        if writer.directory is not None or writer.file is not None:
-            journal = DetectJournal(
-                journal_path(writer.directory or writer.file, writer.directory is not None), detector.run_key(),
-                target=lambda v: writer.path_of(v) if writer.directory else writer.file.with_name(f"{writer.file.name}.{v}"),
-            )
+        journal = DetectJournal.for_writer(writer, detector.run_key())
+        if journal is not None:
             if writer.directory is not None:
                 ids = assign_ids(journal, paths, ids, lambda v: writer.path_of(v).is_file(), warning)
                 writer.order = {v: i for i, v in enumerate(ids)}
