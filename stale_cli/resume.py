@@ -47,6 +47,8 @@ class DetectJournal:
         self.target = target
         self.resumed = 0  # videos taken from the journal in this run
         self.busy: list = []  # [(input path, "pid N")] left to another run holding their lock
+        self._records: dict[str, dict] = {}
+        self._offset = 0  # bytes of the journal read so far
 
     @classmethod
     def for_writer(cls, writer, run: dict) -> Optional["DetectJournal"]:
@@ -60,22 +62,36 @@ class DetectJournal:
         return None
 
     def records(self) -> dict[str, dict]:
-        """The last complete record of each video id, whatever its run (callers compare ``run`` and ``input``)."""
-        out: dict[str, dict] = {}
+        """The last complete record of each video id, whatever its run (callers compare ``run`` and ``input``).
+
+        Reads only what was appended since the last call (by this run or another), so checking the journal before
+        each video costs in total one read of it, not one per video.
+        """
         try:
-            with open(self.path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue  # a line cut by a kill mid-write
-                    if isinstance(rec, dict) and isinstance(rec.get("video_id"), str):
-                        out[rec["video_id"]] = rec
+            size = os.path.getsize(self.path)
         except FileNotFoundError:
-            pass
-        except (OSError, UnicodeDecodeError) as e:
-            log.warning("%s: unreadable journal (%s); every video is done again", self.path, e)
-        return out
+            size = 0
+        if size < self._offset:  # replaced or deleted since: start over
+            self._offset, self._records = 0, {}
+        if size == self._offset:
+            return self._records
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read(size - self._offset)
+        except OSError as e:
+            log.warning("%s: unreadable journal (%s); its videos are done again", self.path, e)
+            return self._records
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill mid-write, then continued by a later run
+            if isinstance(rec, dict) and isinstance(rec.get("video_id"), str):
+                self._records[rec["video_id"]] = rec
+        return self._records
 
     def finished(self, video_id: str, path: Path, records: Optional[dict] = None) -> Optional[VideoDetections]:
         """The detections of ``video_id`` if the journal holds them for ``path`` as it is now and this run."""
@@ -119,8 +135,11 @@ class DetectJournal:
         }
         line = (json.dumps(rec) + "\n").encode("utf-8")
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
             try:
+                end = os.fstat(fd).st_size
+                if end and os.pread(fd, 1, end - 1) != b"\n":  # a line cut by a killed run: do not continue it
+                    line = b"\n" + line
                 os.write(fd, line)  # one write of one line: concurrent runs' lines do not interleave
                 os.fsync(fd)
             finally:

@@ -172,6 +172,8 @@ def test_detect_interrupted_keeps_finished_videos(feats, tmp_path, monkeypatch, 
     assert r.exit_code == 130 and "rerun the same command to resume" in r.output
     assert {row.split(",")[0] for row in out.read_text().splitlines()[1:]} == {"v0", "v1"}
     monkeypatch.setattr(Detector, "detect", real_detect)
+    with open(tmp_path / ".preds.csv.journal", "a") as f:
+        f.write('{"video_id": "v2", "segm')  # a line cut by a kill mid-write
     r = detect([feats, "-o", out], tiny_clip_name, tiny_clip_weights)
     assert r.exit_code == 0 and "1 video(s) done, 2 resumed" in r.output
     assert {row.split(",")[0] for row in out.read_text().splitlines()[1:]} == {"v0", "v1", "v2"}
