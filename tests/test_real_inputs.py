@@ -122,6 +122,17 @@ def test_rotation_is_applied_before_resizing(tmp_path, decoder, degrees, mirror)
     assert np.array_equal(displayed(o.rotation, o.mirror), want)  # what is recorded is what was applied
 
 
+def test_orientation_of_a_phone_portrait_matrix():
+    from stale_cli.video import Orientation
+
+    # The matrix a phone writes for a portrait clip stored landscape (QuickTime "rotate=90": turn it clockwise to
+    # show it), i.e. 270 degrees counter-clockwise; ffmpeg's av_display_rotation_get reads -90 from it.
+    iphone = [0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30]
+    assert Orientation.from_matrix(iphone) == Orientation(rotation=270, mirror=False)
+    assert Orientation.from_matrix([65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30]) == Orientation()
+    assert Orientation.from_matrix([-65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30]) == Orientation(0, mirror=True)
+
+
 def test_sidecar_records_displayed_size_and_rotation(tmp_path, tiny_clip_name, tiny_clip_weights):
     path = write_rotated(tmp_path / "portrait.mp4", 90)
     r = CliRunner().invoke(app, ["extract-features", str(path), "--out", str(tmp_path / "f"), "--clip-model",
