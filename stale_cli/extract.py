@@ -208,9 +208,11 @@ def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
         return "absent", ""  # an unreadable sidecar is redone
     if not isinstance(meta, dict):
         return "absent", ""
-    source = source_mismatch(meta, path)
-    if source is not None:
-        return ("other-source" if source.startswith("made from") else "changed"), source
+    if str(meta.get("source", "")) != str(path.resolve()):
+        return "other-source", f"made from {meta.get('source')!r}"
+    changed = source_mismatch(meta, path)
+    if changed is not None:
+        return "changed", changed
     wanted = {"fps": fps, "clip_model": clip.name, "clip_weights": clip.weights}
     diff = [f"{k} {meta.get(k)!r} (asked: {v!r})" for k, v in wanted.items() if meta.get(k) != v]
     return ("other-settings", "; ".join(diff)) if diff else ("done", "")
