@@ -106,9 +106,6 @@ class Orientation:
             frames = torch.flip(frames, dims=(2,))
         return frames.contiguous() if (self.rotation or self.mirror) else frames
 
-    def as_dict(self) -> dict:
-        return {"rotation": self.rotation, "mirrored": self.mirror}
-
 
 def frame_orientation(frame) -> Orientation:
     """The display orientation a PyAV ``VideoFrame`` carries in its side data (none: upright)."""

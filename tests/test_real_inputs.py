@@ -151,9 +151,12 @@ def test_cover_art_is_not_a_video(tmp_path, decoder):
         list(FrameSampler(song, fps=4.0, decoder=decoder))
 
 
-def test_the_main_video_stream_is_chosen_over_cover_art(tmp_path):
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_the_main_video_stream_is_chosen_over_cover_art(tmp_path, decoder):
+    if decoder == "decord":
+        pytest.importorskip("decord")
     clip = write_cover_art_file(tmp_path / "clip.mp4", with_video=True)
-    sampler = FrameSampler(clip, fps=4.0, decoder="pyav")
+    sampler = FrameSampler(clip, fps=4.0, decoder=decoder)
     first = next(iter(sampler)).frames[0].numpy()
     list(sampler)
     assert first.shape == (H, W, 3) and sampler.info.num_frames == 10 and not sampler.info.warnings
