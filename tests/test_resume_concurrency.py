@@ -164,6 +164,30 @@ def test_detect_leaves_a_video_locked_by_another_run(tmp_path, tiny_clip_name, t
         holder.wait()
 
 
+def test_detect_names_a_clash_across_runs_like_one_within_a_run(tmp_path, tiny_clip_name, tiny_clip_weights):
+    from stale_cli.fileio import write_features
+
+    meta = {"fps": 4.0, "timestamps": [k / 4 for k in range(20)], "duration": 5.0, "source": "x",
+            "clip_model": tiny_clip_name, "clip_weights": "random", "num_frames": 20}
+    for i, d in enumerate(("dA", "dB")):
+        write_features(tmp_path / d / "clip.npy", np.random.default_rng(i).normal(size=(20, 32)), meta)
+    out = tmp_path / "preds"
+
+    def run(d):
+        return CliRunner().invoke(app, ["detect", str(tmp_path / d / "clip.npy"), "-c", "a,b", "-o", f"{out}/",
+                                        "--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights),
+                                        "--no-progress"])
+
+    assert run("dA").exit_code == 0
+    first = (out / "clip.json").read_text()
+    r = run("dB")
+    assert r.exit_code == 0 and "holds another video's detections" in " ".join(r.output.split())
+    assert (out / "clip.json").read_text() == first  # dA's output untouched
+    (renamed,) = out.glob("clip-*.json")
+    assert list(json.loads(renamed.read_text())["results"]) == [renamed.stem]
+    assert "1 resumed" in run("dB").output and "1 resumed" in run("dA").output
+
+
 def test_read_features_rejects_a_sidecar_of_another_array(tmp_path):
     from stale_cli.fileio import write_features
 
