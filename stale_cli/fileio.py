@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -36,19 +38,21 @@ def pid_alive(pid: int) -> bool:
 
 
 def _tmp_prefix(path: Path) -> str:
-    return f".{path.name}."
+    """``.<name>.<pid>@<host>.``: whose temporary file it is, so a later run knows whether its writer is gone."""
+    return f".{path.name}.{os.getpid()}@{socket.gethostname().replace('.', '_')}."
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete ``.<name>.<pid>.*.tmp`` files beside ``path`` whose writing process no longer runs."""
-    prefix = _tmp_prefix(path)
+    """Delete the temporary files of ``path`` left by processes of this machine that no longer run."""
+    mine = re.compile(rf"\.{re.escape(path.name)}\.(\d+)@([^.]+)\.[A-Za-z0-9_]+\.tmp")
+    host = socket.gethostname().replace(".", "_")
     try:
-        names = [n for n in os.listdir(path.parent) if n.startswith(prefix) and n.endswith(".tmp")]
+        names = os.listdir(path.parent)
     except OSError:
         return
     for name in names:
-        pid = name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        m = mine.fullmatch(name)
+        if m and m.group(2) == host and not pid_alive(int(m.group(1))):
             with contextlib.suppress(OSError):
                 os.unlink(path.parent / name)
 
@@ -75,7 +79,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise InputError(f"cannot write to {path.parent}: {e.strerror or e}") from e
     os.close(fd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -112,10 +113,12 @@ def test_atomic_writes_take_the_mode_open_would_give(tmp_path):
 def test_atomic_writes_fsync_before_rename_and_clean_stale_temporaries(tmp_path, monkeypatch):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".out.json.{dead.pid}.abc123.tmp"  # left by a killed run
-    live = tmp_path / f".out.json.{os.getpid()}.def456.tmp"  # a write in progress (this process)
-    other = tmp_path / f".other.json.{dead.pid}.x.tmp"  # another output's: not ours to touch
-    for p in (stale, live, other):
+    host = socket.gethostname().replace(".", "_")
+    stale = tmp_path / f".out.json.{dead.pid}@{host}.abc123.tmp"  # left by a killed run
+    live = tmp_path / f".out.json.{os.getpid()}@{host}.def456.tmp"  # a write in progress (this process)
+    other = tmp_path / f".other.json.{dead.pid}@{host}.x.tmp"  # another output's: not ours to touch
+    remote = tmp_path / f".out.json.{dead.pid}@another-node.x1.tmp"  # a pid of another machine: cannot tell
+    for p in (stale, live, other, remote):
         p.write_text("partial")
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -123,7 +126,7 @@ def test_atomic_writes_fsync_before_rename_and_clean_stale_temporaries(tmp_path,
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
     write_text_atomic(tmp_path / "out.json", "{}")
     assert events == ["fsync", "replace"]
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and live.exists() and other.exists() and remote.exists()
 
 
 def test_detect_output_file_is_written_once_and_resumes(feats, tmp_path, monkeypatch, tiny_clip_name,
