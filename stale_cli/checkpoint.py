@@ -76,6 +76,16 @@ def save_checkpoint(
         torch.save(ckpt, tmp)
 
 
+def is_stale_checkpoint(path: str | Path) -> bool:
+    """Cheaply, whether ``path`` holds a checkpoint of ours: its dict's format key, read with the tensors memory-
+    mapped (not read), so an unrelated 100 MB ``.pt`` costs only its small pickle."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # anything torch cannot read as a weights-only zip checkpoint is not ours
+        return False
+    return isinstance(ckpt, dict) and ckpt.get("format") == FORMAT
+
+
 def _config(cls, d, name: str, path: Path):
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: checkpoint has no {name}")

@@ -36,7 +36,7 @@ from stale_cli.clipmode import MODE_NAME as CLIP_MODE
 from stale_cli.clipmode import ClipModeConfig, class_text_features, snippet_probabilities
 from stale_cli.data.windows import DataConfig, interpolate_rows
 from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
-from stale_cli.fileio import read_features, write_features
+from stale_cli.fileio import read_features, source_mismatch, write_features
 from stale_cli.outputs import Segment, VideoDetections
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def choose_mode(
     if mode == CLIP_MODE:
         return CLIP_MODE, None
     weights_dir = weights_dir or default_weights_dir()
-    found = sorted(p for p in weights_dir.glob("*") if p.suffix in CHECKPOINT_SUFFIXES) if weights_dir.is_dir() else []
+    found = stale_checkpoints(weights_dir)
     if len(found) == 1:
         log.info("using the checkpoint in %s: %s", weights_dir, found[0].name)
         return STALE_MODE, found[0]
@@ -92,6 +92,24 @@ def choose_mode(
     if found:
         log.warning("%d checkpoints in %s; pass --checkpoint to pick one. Using the training-free mode", len(found), weights_dir)
     return CLIP_MODE, None
+
+
+def stale_checkpoints(weights_dir: Path) -> list[Path]:
+    """The STALE checkpoints directly in ``weights_dir``; other ``.pt``/``.pth``/``.ckpt`` files (a ResNet
+    kept there) are ignored with a debug line."""
+    from stale_cli.checkpoint import is_stale_checkpoint
+
+    if not weights_dir.is_dir():
+        return []
+    found = []
+    for p in sorted(weights_dir.glob("*")):
+        if p.suffix not in CHECKPOINT_SUFFIXES or not p.is_file():
+            continue
+        if is_stale_checkpoint(p):
+            found.append(p)
+        else:
+            log.debug("%s: not a stale checkpoint; ignored", p)
+    return found
 
 
 def resample_features(features: np.ndarray, meta: dict, fps: float) -> tuple[np.ndarray, dict]:
@@ -209,6 +227,18 @@ class Detector:
             self.checkpoint.name, self.info.clip_model, self.info.feature_fps, len(self.info.class_names), self.info.epoch,
         )
 
+    def run_key(self) -> dict:
+        """Everything that decides a video's segments, for :mod:`stale_cli.resume` to tell a rerun's videos from
+        those of a run with other settings (the checkpoint by identity, so a retrained file counts as new)."""
+        import dataclasses
+
+        from stale_cli.fileio import source_identity
+
+        key = dict(self.metadata(), detect_config=dataclasses.asdict(self.detect_cfg))
+        key.update(clip_mode=dataclasses.asdict(self.settings.clip_cfg) if self.mode == CLIP_MODE else None)
+        key.update(checkpoint=source_identity(self.checkpoint) if self.checkpoint else None)
+        return key
+
     def metadata(self) -> dict:
         """Run metadata for output files."""
         from stale_cli import __version__
@@ -256,7 +286,7 @@ class Detector:
             _same_clip(meta.get("clip_model"), self.clip_model_name)
             and str(meta.get("clip_weights")) == str(getattr(self.clip, "weights", meta.get("clip_weights")))
             and math.isclose(float(meta.get("fps", -1)), float(fps))
-            and Path(str(meta.get("source", ""))).resolve() == path.resolve()
+            and source_mismatch(meta, path) is None
         )
         if not same:
             log.info("%s: cached features were made with other settings; extracting again", path.name)
@@ -381,18 +411,54 @@ def detect_batch(
     on_result: Callable[[VideoDetections], None],
     on_error: Callable[[Failure], None] = lambda f: None,
     progress: Optional[Callable[[int], None]] = None,
+    ids: Optional[list[str]] = None,
+    journal=None,
+    needs: Callable[[str], list] = lambda video_id: [],
 ) -> list[Failure]:
-    """Detect every input in turn; a StaleError on one input is recorded and the batch goes on."""
+    """Detect every input in turn; a StaleError on one input is recorded and the batch goes on.
+
+    ``ids``: video ids (default: :func:`~stale_cli.extract.video_ids`). With a ``journal``
+    (:class:`stale_cli.resume.DetectJournal`) a video it holds for the same input and settings is not detected
+    again (its recorded detections go to ``on_result``, marked ``extra["resumed"]``) provided the files
+    ``needs(video_id)`` exist; every other video is detected under its lock (skipped while another run holds it)
+    and recorded in the journal before ``on_result`` sees it.
+    """
     from stale_cli.extract import video_ids
 
     failures = []
-    for path, video_id in zip(paths, video_ids(paths)):
+    ids = ids or video_ids(paths)
+    records = journal.records() if journal is not None else {}
+    for path, video_id in zip(paths, ids):
+        lock = None
+        if journal is not None:
+            done = _resumable(journal, video_id, path, records, needs)
+            if done is None:
+                lock = journal.claim(video_id, path)
+                if lock is None:
+                    continue
+                done = _resumable(journal, video_id, path, None, needs)  # finished by another run meanwhile?
+            if done is not None:
+                if lock is not None:
+                    lock.release()
+                journal.resumed += 1
+                on_result(done)
+                continue
         try:
             result = detector.detect(path, video_id, progress)
+            if journal is not None:
+                journal.append(result, path)
             on_result(result)
         except StaleError as e:
             msg = str(e)
             failure = Failure(path, msg if str(path) in msg or path.name in msg else f"{path}: {msg}")
             failures.append(failure)
             on_error(failure)
+        finally:
+            if lock is not None:
+                lock.release()
     return failures
+
+
+def _resumable(journal, video_id: str, path: Path, records: Optional[dict], needs) -> Optional[VideoDetections]:
+    done = journal.finished(video_id, path, records)
+    return done if done is not None and all(Path(p).exists() for p in needs(video_id)) else None

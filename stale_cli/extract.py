@@ -12,11 +12,11 @@ atomically, the sidecar last, so a video counts as done only when both exist: a 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -29,7 +29,8 @@ import torch
 
 from stale_cli import __version__
 from stale_cli.errors import DecodeError, InputError, StaleError
-from stale_cli.fileio import write_features
+from stale_cli.fileio import check_writable, source_identity, source_mismatch, write_features
+from stale_cli.locks import OutputLock
 from stale_cli.video import FrameSampler, VideoInfo, num_samples, probe_header
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class VideoResult:
     meta: Optional[dict] = None
     error: Optional[StaleError] = None
     warnings: list = field(default_factory=list)
+    claimed: bool = True  # False: ``claim`` refused the video (another run is making it); nothing was decoded
 
 
 def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> dict:
@@ -56,7 +58,7 @@ def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> dic
         "fps": fps,  # sampling rate of the rows, frames/s
         "timestamps": [round(k / fps, 6) for k in range(num_rows)],  # seconds from the first frame, per row
         "duration": round(info.duration, 6),  # seconds from the first frame to the end of the last
-        "source": str(Path(path).resolve()),
+        **source_identity(path),  # source (resolved path), source_size, source_mtime_ns: what a rerun compares
         "clip_model": clip.name,
         "clip_weights": clip.weights,
         "num_frames": info.num_frames,  # frames decoded from the source
@@ -65,6 +67,9 @@ def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> dic
         "image_size": clip.image_size,
         "start_time": round(info.start_time, 6),  # presentation time of the first frame in the file, seconds
         "native_fps": info.native_fps,
+        "frame_size": list(info.frame_size) if info.frame_size else None,  # [width, height] as displayed
+        "rotation": info.orientation.rotation,  # degrees counter-clockwise applied before the resize
+        "mirrored": info.orientation.mirror,  # frames were also flipped left-right (display matrix)
         "decoder": info.decoder,
         "warnings": list(info.warnings),
         "stale_version": __version__,
@@ -75,8 +80,9 @@ def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> dic
 _DONE = object()
 
 
-def _decode_worker(paths, fps, clip, batch_size, decoder, out: queue.Queue, stop: threading.Event) -> None:
-    """Background thread: put ("chunk", i, FrameChunk) ..., then ("done", i, info) or ("error", i, exc) per video."""
+def _decode_worker(paths, fps, clip, batch_size, decoder, out: queue.Queue, stop: threading.Event, claim) -> None:
+    """Background thread: put ("chunk", i, FrameChunk) ..., then ("done", i, info) or ("error", i, exc) per video;
+    ("unclaimed", i, None) for a video ``claim(i)`` refuses."""
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -88,6 +94,10 @@ def _decode_worker(paths, fps, clip, batch_size, decoder, out: queue.Queue, stop
         return False
 
     for i, path in enumerate(paths):
+        if claim is not None and not claim(i):
+            if not put(("unclaimed", i, None)):
+                return
+            continue
         sampler = FrameSampler(path, fps, transform=clip.resize_frames, chunk_size=batch_size, decoder=decoder)
         try:
             for chunk in sampler:
@@ -111,10 +121,12 @@ def iter_features(
     batch_size: int = DEFAULT_BATCH_SIZE,
     decoder: str = "auto",
     on_frames: Optional[Callable[[int], None]] = None,
+    claim: Optional[Callable[[int], bool]] = None,
 ) -> Iterator[VideoResult]:
     """Features of each video, in input order, one :class:`VideoResult` per path (``error`` set on failure).
 
-    ``on_frames(n)`` is called after every encoded batch (progress). Decoding runs in a background thread.
+    ``on_frames(n)`` is called after every encoded batch (progress). Decoding runs in a background thread, which
+    calls ``claim(i)`` (when given) just before it starts on video ``i``: False skips it (``claimed=False``).
     """
     if not fps > 0:
         raise InputError(f"--fps must be positive, got {fps}")
@@ -123,7 +135,7 @@ def iter_features(
     q: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
     stop = threading.Event()
     worker = threading.Thread(
-        target=_decode_worker, args=(list(paths), fps, clip, batch_size, decoder, q, stop), daemon=True,
+        target=_decode_worker, args=(list(paths), fps, clip, batch_size, decoder, q, stop, claim), daemon=True,
         name="stale-decode",
     )
     worker.start()
@@ -141,6 +153,9 @@ def iter_features(
             if kind == "error":
                 rows = []
                 yield VideoResult(i, Path(paths[i]), error=payload)
+                continue
+            if kind == "unclaimed":
+                yield VideoResult(i, Path(paths[i]), claimed=False)
                 continue
             info: VideoInfo = payload
             feats = np.concatenate(rows) if rows else np.zeros((0, clip.embed_dim), np.float16)  # (T, D)
@@ -172,38 +187,52 @@ def video_ids(paths: Sequence[Path]) -> list[str]:
     counts: dict = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
-    return [
-        s if counts[s] == 1 else f"{s}-{zlib.crc32(str(Path(p).resolve()).encode('utf-8')):08x}"
-        for s, p in zip(stems, paths)
-    ]
+    return [s if counts[s] == 1 else hashed_id(p) for s, p in zip(stems, paths)]
 
 
-def check_writable(out_dir: Path) -> None:
-    """Raise InputError unless files can be created in ``out_dir`` (made if missing)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".stale-write-test."):
-            pass
-    except OSError as e:
-        raise InputError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from e
+def hashed_id(path: Path) -> str:
+    """``stem-<8 hex>``: the name of an input whose stem another input (of this run or an earlier one) has."""
+    return f"{Path(path).stem}-{zlib.crc32(str(Path(path).resolve()).encode('utf-8')):08x}"
 
 
-def _finished(npy: Path, path: Path, fps: float, clip) -> Optional[str]:
-    """None if ``npy`` + sidecar hold this video's features with these settings; else why not ("" = absent)."""
+def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
+    """Whether ``npy`` + sidecar hold this video's features with these settings: ``(state, why)`` with state
+    "done", "absent" (or unreadable), "other-source" (another video of that name), "changed" (this video, since
+    modified) or "other-settings"."""
     meta_path = npy.with_suffix(".json")
     if not (npy.is_file() and meta_path.is_file()):
-        return ""
-    import json
-
+        return "absent", ""
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return ""  # an unreadable sidecar is redone
+        return "absent", ""  # an unreadable sidecar is redone
+    if not isinstance(meta, dict):
+        return "absent", ""
+    if str(meta.get("source", "")) != str(path.resolve()):
+        return "other-source", f"made from {meta.get('source')!r}"
+    changed = source_mismatch(meta, path)
+    if changed is not None:
+        return "changed", changed
     wanted = {"fps": fps, "clip_model": clip.name, "clip_weights": clip.weights}
     diff = [f"{k} {meta.get(k)!r} (asked: {v!r})" for k, v in wanted.items() if meta.get(k) != v]
-    if Path(str(meta.get("source", ""))).name != path.name:
-        diff.append(f"source {meta.get('source')!r}")
-    return "; ".join(diff) if diff else None
+    return ("other-settings", "; ".join(diff)) if diff else ("done", "")
+
+
+def _plan(path: Path, vid: str, out_dir: Path, fps: float, clip, overwrite: bool, warn) -> tuple[str, str, str]:
+    """``(id, state, why)`` of one video (see :func:`_finished`); a name taken by another video's features in
+    ``out_dir`` (from an earlier run) moves this one to ``stem-<8 hex>``, as a name clash within a run does."""
+    state, why = _finished(out_dir / f"{vid}.npy", path, fps, clip)
+    if state == "other-source" and vid == path.stem:
+        warn(f"{path}: {vid}.npy in {out_dir} holds another video's features ({why}); writing this one as "
+             f"{hashed_id(path)}.npy")
+        vid = hashed_id(path)
+        state, why = _finished(out_dir / f"{vid}.npy", path, fps, clip)
+    if overwrite and state != "absent":
+        return vid, "absent", ""
+    if state == "changed":
+        warn(f"{path}: {why}; extracting it again")
+        return vid, "absent", ""
+    return vid, state, why
 
 
 @dataclass
@@ -211,6 +240,7 @@ class ExtractSummary:
     done: int = 0
     skipped: int = 0
     failed: list = field(default_factory=list)  # [(path, message)]
+    busy: list = field(default_factory=list)  # [(path, holder)]: another run was making them
     frames: int = 0  # frames encoded
     seconds: float = 0.0  # wall-clock time
 
@@ -235,14 +265,18 @@ def extract_many(
     """Write ``<id>.npy`` + ``<id>.json`` into ``out_dir`` for every video; go on past bad files.
 
     ``ids``: output names (default :func:`video_ids` of ``paths``; pass those of the whole batch when ``paths``
-    is a shard of it, so names do not depend on the shard). A video whose files exist with the same settings is
-    skipped unless ``overwrite``; files with other settings are a failure (never silently replaced).
+    is a shard of it, so names do not depend on the shard). A video whose files exist, made from the same source
+    file (resolved path, size, mtime) with the same settings, is skipped unless ``overwrite``; files with other
+    settings are a failure (never silently replaced); a name taken by another video's files gets ``stem-<hex>``.
+
+    Each video is made under a lock (``.<id>.npy.lock``, :mod:`stale_cli.locks`): runs started at the same time
+    on the same ``out_dir`` split the videos between them; one another run is making goes to ``summary.busy``.
     """
     from tqdm import tqdm
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    check_writable(out_dir)
+    check_writable(out_dir, f"--out {out_dir}")
     paths = [Path(p) for p in paths]
     ids = list(ids) if ids is not None else video_ids(paths)
     assert len(ids) == len(paths)
@@ -251,16 +285,31 @@ def extract_many(
     for path, vid in zip(paths, ids):
         if vid != path.stem:
             on_warning(f"{path}: another input has the same name; writing it as {vid}.npy")
-        npy = out_dir / f"{vid}.npy"
-        why = None if overwrite else _finished(npy, path, fps, clip)
-        if why is None and not overwrite:
+        vid, state, why = _plan(path, vid, out_dir, fps, clip, overwrite, on_warning)
+        if state == "done":
             summary.skipped += 1
-        elif why:
-            summary.failed.append((path, f"{npy} exists with other settings: {why}; pass --overwrite or another --out"))
-            on_error(f"{path}: {summary.failed[-1][1]}")
-        else:
+        elif state == "absent":
             todo.append(path)
             todo_ids.append(vid)
+        else:
+            message = f"{out_dir / vid}.npy exists with other settings: {why}; pass --overwrite or another --out"
+            summary.failed.append((path, message))
+            on_error(f"{path}: {message}")
+    locks: dict[int, OutputLock] = {}
+
+    def claim(i: int) -> bool:
+        """Take video i's lock; False if another run holds it or finished it meanwhile (decode thread)."""
+        lock = OutputLock(out_dir / f"{todo_ids[i]}.npy")
+        if lock.acquire() is None:
+            summary.busy.append((todo[i], lock.holder))
+            return False
+        if not overwrite and _finished(out_dir / f"{todo_ids[i]}.npy", todo[i], fps, clip)[0] == "done":
+            lock.release()
+            summary.skipped += 1
+            return False
+        locks[i] = lock
+        return True
+
     total = 0
     for p in todo:
         _, end = probe_header(p)
@@ -268,26 +317,40 @@ def extract_many(
     bar = tqdm(total=total or None, unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     report = tqdm.external_write_mode if progress else contextlib.nullcontext
     try:
-        for result in iter_features(todo, clip, fps, batch_size, decoder, on_frames=bar.update):
+        for result in iter_features(todo, clip, fps, batch_size, decoder, on_frames=bar.update, claim=claim):
             path = result.path
-            if result.error is not None:
-                summary.failed.append((path, str(result.error)))
-                with report():
-                    on_error(str(result.error))
+            if not result.claimed:
                 continue
-            with report():
-                for w in result.warnings:
-                    on_warning(f"{path}: {w}")
+            lock = locks.pop(result.index)
             try:
-                write_features(out_dir / f"{todo_ids[result.index]}.npy", result.features, result.meta)
-            except StaleError as e:
-                summary.failed.append((path, str(e)))
-                with report():
-                    on_error(f"{path}: {e}")
-                continue
-            summary.done += 1
-            summary.frames += result.features.shape[0]
+                _store(result, out_dir / f"{todo_ids[result.index]}.npy", summary, report, on_warning, on_error)
+            finally:
+                lock.release()
     finally:
         bar.close()
+        for lock in locks.values():  # taken by the decode thread for videos not finished (an interrupt)
+            lock.release()
         summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _store(result: VideoResult, npy: Path, summary: ExtractSummary, report, on_warning, on_error) -> None:
+    """Write one video's features (or record its failure) into ``summary``."""
+    path = result.path
+    if result.error is not None:
+        summary.failed.append((path, str(result.error)))
+        with report():
+            on_error(str(result.error))
+        return
+    with report():
+        for w in result.warnings:
+            on_warning(f"{path}: {w}")
+    try:
+        write_features(npy, result.features, result.meta)
+    except StaleError as e:
+        summary.failed.append((path, str(e)))
+        with report():
+            on_error(f"{path}: {e}")
+        return
+    summary.done += 1
+    summary.frames += result.features.shape[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from stale_cli.errors import InputError
 
@@ -18,6 +18,30 @@ _EXTENSIONS = {"video": VIDEO_EXTENSIONS, "features": FEATURE_EXTENSIONS}
 
 def _wanted(path: Path, kinds: Sequence[str]) -> bool:
     return any(path.suffix.lower() in _EXTENSIONS[k] for k in kinds)
+
+
+def walk_files(root: Path, on_broken: Callable[[Path], None]) -> Iterator[Path]:
+    """Every non-hidden file below ``root``, following links to directories (each real directory once, so a link
+    to an ancestor cannot loop); ``on_broken(path)`` is called for each link that points nowhere."""
+    visited = set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(top)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            dirs[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(top) / name
+            if name.startswith("."):
+                continue
+            if path.is_symlink() and not path.exists():
+                on_broken(path)
+            elif path.is_file():
+                yield path
 
 
 def _read_list(list_file: Path) -> list[str]:
@@ -36,13 +60,17 @@ def _read_list(list_file: Path) -> list[str]:
     return out
 
 
-def collect_inputs(items: Iterable[str], kinds: Sequence[str] = ("video",)) -> list[Path]:
+def collect_inputs(
+    items: Iterable[str], kinds: Sequence[str] = ("video",), bad: Optional[list] = None
+) -> list[Path]:
     """Expand command-line inputs into a list of files, in the order given, without duplicates.
 
     ``items``: file paths (taken as given, whatever their extension: the decoder decides), directories (searched
     recursively for files with an extension of ``kinds``, sorted), and ``@list.txt`` (one path per line,
     relative paths relative to the list file; may name directories and other lists).
     Raises :class:`InputError` for a missing path, a directory with nothing of ``kinds`` in it, or no input.
+    With ``bad`` given, a bad entry of an @list file and a broken link in a directory are appended to it as
+    ``(entry, message)`` and the rest is still collected; without it they raise.
     """
     unknown = [k for k in kinds if k not in _EXTENSIONS]
     assert not unknown, unknown
@@ -63,14 +91,23 @@ def collect_inputs(items: Iterable[str], kinds: Sequence[str] = ("video",)) -> l
             if not list_file.is_file():
                 raise InputError(f"{item}: list file {list_file} does not exist")
             for entry in _read_list(list_file):
-                visit(entry, depth + 1)
+                if bad is None:
+                    visit(entry, depth + 1)
+                    continue
+                try:
+                    visit(entry, depth + 1)
+                except InputError as e:
+                    bad.append((entry, f"{item}: {e}"))
             return
         path = Path(item).expanduser()
         if path.is_dir():
-            hits = sorted(
-                (p for p in path.rglob("*") if p.is_file() and _wanted(p, kinds) and not p.name.startswith(".")),
-                key=lambda p: p.as_posix(),
-            )
+            def broken(link: Path) -> None:
+                message = f"{link}: broken symbolic link (points to {os.readlink(link)}, which does not exist)"
+                if bad is None:
+                    raise InputError(message)
+                bad.append((str(link), message))
+
+            hits = sorted((p for p in walk_files(path, broken) if _wanted(p, kinds)), key=lambda p: p.as_posix())
             if not hits:
                 what = " or ".join(kinds)
                 exts = " ".join(sorted(set().union(*(_EXTENSIONS[k] for k in kinds))))
@@ -79,6 +116,8 @@ def collect_inputs(items: Iterable[str], kinds: Sequence[str] = ("video",)) -> l
                 add(p)
         elif path.is_file():
             add(path)
+        elif path.is_symlink():
+            raise InputError(f"{path}: broken symbolic link (points to {os.readlink(path)}, which does not exist)")
         else:
             raise InputError(f"{path}: no such file or directory")
 

@@ -9,9 +9,12 @@ Formats (DESIGN.md §3):
 - **SRT**: one subtitle per segment, text ``label (score)``; overlapping subtitles are allowed by the format.
   An SRT file holds one video.
 
-``--output`` is a file or a directory. A directory gets one file per input video, ``<video_id>.<ext>``; a file
-gets every video. Either way each file is rewritten atomically as each video finishes, so an interrupted batch
-keeps what it finished. With no ``--output`` every video's segments are printed as a table on stdout.
+``--output`` is a file, a directory or ``-`` (stdout). A directory gets one file per input video,
+``<video_id>.<ext>``, written atomically as each video finishes; a file gets every video, written once, atomically,
+when the batch ends (or is interrupted): what a batch finished meanwhile is kept by :mod:`stale_cli.resume`'s
+journal, not by rewriting the file after every video. ``-`` prints the file's content on stdout at the end. With
+no ``--output`` every video's segments are printed as a table on stdout. No output may be one of the inputs, a
+sidecar of one, or a cached feature file (:func:`check_not_clobbering`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import io
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,7 +32,7 @@ from typing import Optional
 import numpy as np
 
 from stale_cli.errors import InputError
-from stale_cli.fileio import atomic_path, write_text_atomic
+from stale_cli.fileio import atomic_path, check_writable, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,22 @@ def resolve_format(output: Optional[str | os.PathLike], fmt: Optional[str]) -> s
         if ext in FORMATS:
             return ext
     return "json"
+
+
+STDOUT = "-"
+
+
+def check_not_clobbering(outputs: dict, protected: dict) -> None:
+    """Raise InputError when a path to be written is one the command reads. Both map path -> what it is (for the
+    message); paths are compared resolved, so a link or ``./x`` is caught too."""
+    def key(p) -> str:
+        return os.path.normcase(os.path.realpath(p))
+
+    keep = {key(p): what for p, what in protected.items()}
+    for path, what in outputs.items():
+        hit = keep.get(key(path))
+        if hit is not None:
+            raise InputError(f"{what} {path} is {hit}: writing it would destroy it; choose another output path")
 
 
 def output_is_directory(output: str | os.PathLike) -> bool:
@@ -136,52 +156,73 @@ def render(videos: list[VideoDetections], fmt: str, meta: dict) -> str:
 
 
 class ResultWriter:
-    """Writes each video's detections as soon as it finishes.
-
-    ``output=None`` prints a table per video on ``console``; a directory gets ``<video_id>.<fmt>`` per video;
-    a file is rewritten (atomically) with every video finished so far.
+    """Writes each video's detections: ``output=None`` prints a table per video on ``console``; a directory gets
+    ``<video_id>.<fmt>`` as each video finishes; a file (or ``-``, stdout) gets all videos, in input order, at
+    :meth:`close`. ``order``: the batch's video ids, for that order.
     """
 
-    def __init__(self, output: Optional[str | os.PathLike], fmt: str, meta: dict, console=None, num_inputs: int = 1):
+    def __init__(self, output: Optional[str | os.PathLike], fmt: str, meta: dict, console=None, num_inputs: int = 1,
+                 order: Optional[list[str]] = None):
         self.fmt = fmt
         self.meta = meta
         self.console = console
+        self.order = {vid: i for i, vid in enumerate(order or [])}
         self.videos: list[VideoDetections] = []
+        self.ids: set[str] = set()
         self.written: list[Path] = []
         self.directory: Optional[Path] = None
         self.file: Optional[Path] = None
-        if output is not None:
-            if output_is_directory(output):
-                self.directory = Path(output)
-                try:
-                    self.directory.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    raise InputError(f"--output {output}: cannot create directory ({e.strerror or e})") from e
-            else:
-                self.file = Path(output)
-                if fmt == "srt" and num_inputs > 1:
-                    raise InputError(
-                        "an SRT file holds one video's subtitles; give --output a directory for several videos"
-                    )
-                try:  # a missing parent is created, as for a directory output (shell loops write out/<name>.json)
-                    self.file.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    raise InputError(f"--output {output}: cannot create {self.file.parent} ({e.strerror or e})") from e
+        self.to_stdout = output is not None and str(output) == STDOUT
+        if fmt == "srt" and num_inputs > 1 and output is not None and (self.to_stdout or not output_is_directory(output)):
+            raise InputError("an SRT file holds one video's subtitles; give --output a directory for several videos")
+        if output is None or self.to_stdout:
+            return
+        if output_is_directory(output):
+            self.directory = Path(output)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InputError(f"--output {output}: cannot create directory ({e.strerror or e})") from e
+            check_writable(self.directory, f"--output {output}")
+        else:
+            self.file = Path(output)
+            try:  # a missing parent is created, as for a directory output (shell loops write out/<name>.json)
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InputError(f"--output {output}: cannot create {self.file.parent} ({e.strerror or e})") from e
+            check_writable(self.file.parent, f"--output {output}")
+
+    def path_of(self, video_id: str) -> Optional[Path]:
+        """Where a video's detections go: its own file (directory output), the one file, or None (stdout)."""
+        if self.directory is not None:
+            return self.directory / f"{video_id}.{self.fmt}"
+        return self.file
 
     def add(self, video: VideoDetections) -> None:
-        if any(v.video_id == video.video_id for v in self.videos):
+        if video.video_id in self.ids:
             raise InputError(
                 f"{video.source}: video id {video.video_id!r} was already used by another input; "
                 "rename one of them (outputs are keyed by file stem)"
             )
         self.videos.append(video)
+        self.ids.add(video.video_id)
         if self.directory is not None:
-            path = self.directory / f"{video.video_id}.{self.fmt}"
-            self._write(path, [video])
-        elif self.file is not None:
-            self._write(self.file, self.videos)
-        elif self.console is not None:
+            path = self.path_of(video.video_id)
+            if not (video.extra.get("resumed") and path.is_file()):
+                self._write(path, [video])
+        elif self.file is None and not self.to_stdout and self.console is not None:
             print_table(video, self.console)
+
+    def close(self) -> None:
+        """Write the file (or stdout) with every video added, in input order. Call it once, also on interrupt."""
+        if self.file is None and not self.to_stdout:
+            return
+        videos = sorted(self.videos, key=lambda v: self.order.get(v.video_id, len(self.order)))
+        if self.to_stdout:
+            text = render(videos, self.fmt, self.meta)
+            (self.console.file if self.console is not None else sys.stdout).write(text)
+        elif videos:
+            self._write(self.file, videos)
 
     def _write(self, path: Path, videos: list[VideoDetections]) -> None:
         write_text_atomic(path, render(videos, self.fmt, self.meta))

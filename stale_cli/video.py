@@ -19,6 +19,15 @@ parallel work while a decord VideoReader is open), while PyAV's stays flat (1.46
 faster of the two on that file. A truncated or corrupt file yields what is
 decodable, with a warning; no decodable frame at all raises :class:`~stale_cli.errors.DecodeError`.
 
+Orientation: a phone video is usually stored landscape with a display matrix saying how to turn it (PyAV reports
+``frame.rotation == 90`` for a portrait clip). Frames are turned as a player shows them (rotation by a multiple of
+90 degrees, then a left-right mirror where the matrix has one) *before* the resize, so CLIP sees people upright;
+``VideoInfo`` records the displayed frame size and what was applied. decord turns frames by the matrix's rotation
+itself but ignores its mirror; the decord path applies what remains.
+
+Stream: the video stream decoded is the first one that is not an attached picture (the cover art of an audio file
+or the thumbnail of a recording); a file with no other video stream is "no video stream", whatever the decoder.
+
 Memory is bounded: :class:`FrameSampler` yields chunks of at most ``chunk_size`` sampled frames, already resized.
 """
 
@@ -27,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -59,7 +69,62 @@ class VideoInfo:
     start_time: float = 0.0  # presentation time of the first frame in the file, seconds
     duration: float = 0.0  # seconds from the first frame to the end of the last
     native_fps: Optional[float] = None
+    frame_size: Optional[tuple] = None  # (width, height) of the frames as displayed, before the resize
+    orientation: "Orientation" = field(default_factory=lambda: Orientation())  # turn applied to decoded frames
     warnings: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How decoded frames are turned for display: ``rotation`` degrees counter-clockwise, then mirrored left-right."""
+
+    rotation: int = 0  # 0, 90, 180 or 270
+    mirror: bool = False
+
+    @classmethod
+    def from_matrix(cls, matrix) -> "Orientation":
+        """From FFmpeg's 3x3 display matrix (9 ints, 16.16 fixed point), to the nearest multiple of 90 degrees."""
+        a, b, c, d = (float(matrix[i]) for i in (0, 1, 3, 4))
+        mirror = a * d - b * c < 0
+        if mirror:  # a mirror negates the matrix's first column; undo it to read the rotation
+            a, c = -a, -c
+        angle = math.degrees(math.atan2(c, a))
+        quarter = round(angle / 90)
+        if abs(angle - 90 * quarter) > 1.0:
+            log.warning("display matrix rotates by %.1f degrees; using the nearest multiple of 90", angle)
+        return cls(rotation=quarter % 4 * 90, mirror=mirror)
+
+    def then_undo(self, rotation: int) -> "Orientation":
+        """What is left to apply to frames that were already turned by ``rotation`` degrees (decord's own turn)."""
+        return Orientation((self.rotation - rotation) % 360, self.mirror)
+
+    def apply(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(n, H, W, 3)`` -> the frames as displayed: ``(n, H, W, 3)``, or ``(n, W, H, 3)`` for 90/270."""
+        if self.rotation:
+            frames = torch.rot90(frames, k=self.rotation // 90, dims=(1, 2))  # counter-clockwise
+        if self.mirror:
+            frames = torch.flip(frames, dims=(2,))
+        return frames.contiguous() if (self.rotation or self.mirror) else frames
+
+
+def frame_orientation(frame) -> Orientation:
+    """The display orientation a PyAV ``VideoFrame`` carries in its side data (none: upright)."""
+    for sd in frame.side_data:
+        if getattr(sd.type, "name", "") == "DISPLAYMATRIX":
+            return Orientation.from_matrix(struct.unpack("9i", bytes(sd)[:36]))
+    return Orientation()
+
+
+def main_video_stream(container):
+    """The stream a player would show: the first video stream that is not an attached picture (cover art) or a
+    thumbnail track; None if there is none."""
+    import av
+
+    still = int(av.stream.Disposition.attached_pic) | int(av.stream.Disposition.timed_thumbnails)
+    for stream in container.streams.video:
+        if not int(stream.disposition) & still:
+            return stream
+    return None
 
 
 def _have_decord() -> bool:
@@ -176,6 +241,8 @@ class FrameSampler:
             self.info.decoder = "pyav"
             try:
                 yield from self._chunks(self._pyav_samples(skip=0))
+            except NoVideoStream:
+                raise
             except DecodeError as pyav_error:
                 try:
                     yield from self._decord_then_pyav(reraise=pyav_error)
@@ -219,6 +286,7 @@ class FrameSampler:
         import decord
 
         decord.logging.set_level(decord.logging.QUIET)  # its ffmpeg's messages; failures are reported by us
+        shown, coded, turned = probe_orientation(self.path)  # raises NoVideoStream for cover art only
         # Run the transform once before decord opens the file: when torch's first parallel resize in this
         # process starts while a VideoReader is open, resident memory jumps by about the file's index size
         # times ~10 (measured: +0.45 GB for a 1-minute, +1.6 GB for a 30-minute 768x576 video), and stays.
@@ -248,6 +316,8 @@ class FrameSampler:
         self.info.duration = end
         self.info.native_fps = float(vr.get_avg_fps() or 0) or None
         self.info.num_samples = len(picks)
+        self.info.orientation = shown
+        residual = None
         # Decode distinct frames in small groups, resize each group at once, then repeat a frame where several
         # samples fall on it (fps above the video's own rate).
         distinct = np.unique(picks)
@@ -259,8 +329,15 @@ class FrameSampler:
                 raw = vr.get_batch(group.tolist()).asnumpy().copy()
             except Exception as e:
                 raise _DecordFailed(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
-            small = self.transform(torch.from_numpy(raw))  # (g, H', W', 3)
-            del raw
+            if residual is None:
+                # decord turns frames by the matrix's rotation (measured with decord 0.6) but not its mirror;
+                # where the frame shape shows it did not turn a quarter rotation, everything is left to us.
+                upright = turned in (90, 270) and coded is not None and raw.shape[1:3] == (coded[1], coded[0])
+                residual = shown if upright else shown.then_undo(turned)
+            frames = residual.apply(torch.from_numpy(raw))  # (g, H, W, 3) as displayed
+            self.info.frame_size = (frames.shape[2], frames.shape[1])
+            small = self.transform(frames)  # (g, H', W', 3)
+            del raw, frames
             lookup = {int(i): j for j, i in enumerate(group)}
             lo = np.searchsorted(picks, group[0], side="left")
             hi = np.searchsorted(picks, group[-1], side="right")
@@ -276,9 +353,9 @@ class FrameSampler:
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
             raise DecodeError(f"{self.path}: not a readable video ({getattr(e, 'strerror', None) or _first_line(e)})") from e
         with container:
-            if not container.streams.video:
-                raise DecodeError(f"{self.path}: the file has no video stream")
-            stream = container.streams.video[0]
+            stream = main_video_stream(container)
+            if stream is None:
+                raise NoVideoStream(_no_video_message(self.path, container))
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = self.threads
             rate = float(stream.average_rate) if stream.average_rate else None
@@ -287,12 +364,15 @@ class FrameSampler:
             t0 = None
             last_t, last_dur, count = 0.0, None, 0
             converted = {}  # frame number -> resized tensor, so a frame picked by several samples is converted once
+            orientation = Orientation()
 
             def flush():
                 todo = {n: fr for _, _, (n, fr) in pending if n not in converted}
                 keep = {n: converted[n] for _, _, (n, _) in pending if n in converted}
                 if todo:
                     raw = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in todo.values()]))  # (g, H, W, 3)
+                    raw = orientation.apply(raw)  # (g, H, W, 3) as displayed
+                    self.info.frame_size = (raw.shape[2], raw.shape[1])
                     keep.update(zip(todo.keys(), self.transform(raw)))  # (g, H', W', 3)
                 converted.clear()
                 converted.update(keep)
@@ -309,6 +389,7 @@ class FrameSampler:
                     if t0 is None:
                         t0 = t
                         self.info.start_time = t0
+                        orientation = self.info.orientation = frame_orientation(frame)
                     t = t - t0
                     if t < last_t:  # out-of-order timestamps in a broken file: keep display order
                         t = last_t
@@ -343,9 +424,9 @@ def probe_header(path: str | os.PathLike) -> tuple:
 
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
+            stream = main_video_stream(container)
+            if stream is None:
                 return None, None
-            stream = container.streams.video[0]
             start = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
             ends = []
             if container.duration:
@@ -355,6 +436,35 @@ def probe_header(path: str | os.PathLike) -> tuple:
             return start, (min(ends) if ends else None)
     except (av.FFmpegError, OSError, UnicodeDecodeError):
         return None, None
+
+
+def probe_orientation(path: str | os.PathLike) -> tuple:
+    """``(Orientation, coded (w, h) or None, rotation decord applies)`` from the first frame PyAV decodes.
+
+    Raises :class:`NoVideoStream` when PyAV reads the file and it has only attached pictures (or no video); a
+    file PyAV cannot read gives ``(Orientation(), None, 0)``.
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = main_video_stream(container)
+            if stream is None:
+                raise NoVideoStream(_no_video_message(path, container))
+            for frame in container.decode(stream):
+                return frame_orientation(frame), (frame.width, frame.height), round(frame.rotation) % 360
+    except (av.FFmpegError, OSError, UnicodeDecodeError):
+        pass
+    return Orientation(), None, 0
+
+
+def _no_video_message(path, container) -> str:
+    what = " (only an attached picture, e.g. an audio file's cover art)" if container.streams.video else ""
+    return f"{path}: the file has no video stream{what}"
+
+
+class NoVideoStream(DecodeError):
+    """The file opens but holds no video to sample (no other decoder is tried)."""
 
 
 class _DecordFailed(Exception):

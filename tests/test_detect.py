@@ -110,10 +110,12 @@ def test_choose_mode(tmp_path):
     assert choose_mode(None, None, tmp_path) == (CLIP_MODE, None)
     with pytest.raises(CheckpointError, match="--mode stale needs"):
         choose_mode("stale", None, tmp_path)
-    (tmp_path / "a.pt").write_bytes(b"x")
+    import torch
+
+    torch.save({"format": "stale-checkpoint"}, tmp_path / "a.pt")  # only the format key is looked at here
     assert choose_mode(None, None, tmp_path) == (STALE_MODE, tmp_path / "a.pt")
     assert choose_mode("clip", None, tmp_path) == (CLIP_MODE, None)  # forced: weights/ ignored
-    (tmp_path / "b.pt").write_bytes(b"x")
+    torch.save({"format": "stale-checkpoint"}, tmp_path / "b.pt")
     assert choose_mode(None, None, tmp_path) == (CLIP_MODE, None)  # two: ambiguous, training-free
     with pytest.raises(InputError, match="takes no --checkpoint"):
         choose_mode("clip", tmp_path / "a.pt", tmp_path)

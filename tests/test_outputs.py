@@ -74,11 +74,12 @@ def test_writer_directory_file_and_stdout(tmp_path):
     with pytest.raises(InputError, match="already used"):
         w.add(video("v1"))
 
-    f = ResultWriter(tmp_path / "all.json", "json", META)
-    f.add(video("v1"))
-    assert list(json.loads((tmp_path / "all.json").read_text())["results"]) == ["v1"]  # kept after each video
+    f = ResultWriter(tmp_path / "all.json", "json", META, order=["v1", "v2"])
     f.add(video("v2"))
-    assert list(json.loads((tmp_path / "all.json").read_text())["results"]) == ["v1", "v2"]
+    f.add(video("v1"))
+    assert not (tmp_path / "all.json").exists()  # written once, at the end (the journal keeps finished videos)
+    f.close()
+    assert list(json.loads((tmp_path / "all.json").read_text())["results"]) == ["v1", "v2"]  # input order
 
     with pytest.raises(InputError, match="SRT file holds one video"):
         ResultWriter(tmp_path / "x.srt", "srt", META, num_inputs=2)

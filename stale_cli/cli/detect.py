@@ -17,6 +17,7 @@ from stale_cli.cli.app import (
     stderr,
     stdout,
     user_errors,
+    warning,
 )
 
 
@@ -37,8 +38,8 @@ def detect(
         None, "--mode", help="stale | clip: force the trained model or the training-free CLIP similarity baseline."
     ),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="A file (all videos) or a directory (one <video_id>.<ext> per video). "
-        "Default: a table per video on stdout.",
+        None, "--output", "-o", help="A file (all videos), a directory (one <video_id>.<ext> per video) or - "
+        "(stdout). Default: a table per video on stdout. A rerun resumes; concurrent runs share the work.",
     ),
     fmt: Optional[str] = typer.Option(
         None, "--format", "-f", help="json | csv | srt. Default: from the --output extension, else json."
@@ -76,8 +77,9 @@ def detect(
     with user_errors():
         from stale_cli.detect import DetectSettings, Detector, detect_batch
         from stale_cli.errors import InputError
-        from stale_cli.inputs import collect_inputs
-        from stale_cli.outputs import ResultWriter, plot_detections, plot_paths, require_matplotlib, resolve_format
+        from stale_cli.outputs import (
+            ResultWriter, check_not_clobbering, plot_detections, plot_paths, require_matplotlib, resolve_format,
+        )
         from stale_cli.vocab import parse_classes, read_classes_file
 
         if (classes is None) == (classes_file is None):
@@ -93,33 +95,48 @@ def detect(
             raise InputError(f"--min-score must be in [0, 1], got {min_score}")
         if plot is not None:
             require_matplotlib()
-        out_format = resolve_format(output, fmt)
+        to_stdout = output is not None and str(output) == "-"
+        out_format = resolve_format(None if to_stdout else output, fmt)
 
         from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
+        from stale_cli.extract import video_ids
+        from stale_cli.resume import DetectJournal, assign_ids, finished_outputs, protected_paths
 
-        paths, bad_inputs = _collect(inputs, lambda items: collect_inputs(items, kinds=("video", "features")),
-                                     nothing="no videos or feature files to detect in")
+        paths, bad_inputs = _collect(inputs, kinds=("video", "features"), nothing="no videos or feature files to detect in")
+        ids = video_ids(paths)
+        writer = ResultWriter(output, out_format, {}, console=stdout, num_inputs=len(paths), order=ids)
+
+        def planned() -> dict:
+            out = {writer.path_of(v): "--output" for v in ids if writer.path_of(v) is not None}
+            out.update({p: "--plot" for p in plot_paths(plot, ids).values()} if plot is not None else {})
+            return out
+
+        check_not_clobbering(planned(), protected_paths(paths, ids, cache_features))  # before any work
         need_video = any(p.suffix.lower() != ".npy" for p in paths)
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
             fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
         )
         detector = Detector(settings, device=resolve_device(device), need_video=need_video)
-        writer = ResultWriter(output, out_format, detector.metadata(), console=stdout, num_inputs=len(paths))
+        writer.meta = detector.metadata()
+        journal = DetectJournal.for_writer(writer, detector.run_key())
+        if journal is not None:
+            if writer.directory is not None:
+                ids = assign_ids(journal, paths, ids, lambda v: writer.path_of(v).is_file(), warning)
+                writer.order = {v: i for i, v in enumerate(ids)}
+                check_not_clobbering(planned(), protected_paths(paths, ids, cache_features))
+        plots = plot_paths(plot, ids) if plot is not None else {}
         report = None
         if html is not None:
             from stale_cli.report import ReportWriter
 
             report = ReportWriter(html, detector.metadata())
-        from stale_cli.extract import video_ids
-
-        plots = plot_paths(plot, video_ids(paths)) if plot is not None else {}
 
         def on_result(video) -> None:
             writer.add(video)
             if report is not None:
-                report.add(video)
-            if plot is not None:
+                report.add(video)  # a video resumed from the journal has segments but no score curves
+            if plot is not None and not video.extra.get("resumed"):
                 plot_detections(video, names, plots[video.video_id])
             if bar is not None:
                 bar.update(1)
@@ -135,17 +152,29 @@ def detect(
 
             bar = tqdm(total=len(paths), unit="video", file=stderr.file, dynamic_ncols=True, leave=False)
         try:
-            failures = detect_batch(detector, paths, on_result, on_error)
+            failures = detect_batch(detector, paths, on_result, on_error, ids=ids, journal=journal,
+                                    needs=lambda v: [plots[v]] if plot is not None else [])
         finally:
             if bar is not None:
                 bar.close()
+            if journal is not None and writer.file is not None:  # videos other runs finished meanwhile
+                for video in finished_outputs(journal, paths, ids, writer.ids):
+                    writer.add(video)
+            writer.close()
             if report is not None:
                 report.close()
         for path in writer.written + (report.written if report is not None else []):
             stderr.print(f"wrote {path}", highlight=False)
-        done = len(paths) - len(failures)
+        resumed = journal.resumed if journal is not None else 0
+        busy = journal.busy if journal is not None else []
+        if busy:
+            holders = ", ".join(sorted({holder for _, holder in busy}))
+            warning(f"{len(busy)} video(s) left to another run that is detecting them ({holders}); it writes "
+                    "them when it ends")
+        done = len(paths) - len(failures) - resumed - len(busy)
         stderr.print(
-            f"{detector.mode} mode: {done} video(s) done, {len(failures) + len(bad_inputs)} failed",
+            f"{detector.mode} mode: {done} video(s) done, {resumed} resumed from an earlier run, "
+            f"{len(failures) + len(bad_inputs)} failed",
             highlight=False,
         )
         failed = bad_inputs + [str(f.path) for f in failures]
@@ -154,4 +183,3 @@ def detect(
             for path in failed:
                 stderr.print(f"  {path}", highlight=False)
             raise typer.Exit(1)
-

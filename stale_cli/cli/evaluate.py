@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -48,7 +49,9 @@ def evaluate_command(
         help="tIoU thresholds, '0.3,0.5,0.7' or 'start:stop:step'. Default: THUMOS14 0.3..0.7 (test subset or a "
         "thumos14 split), else ActivityNet 0.5:0.95:0.05.",
     ),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the results as JSON here."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Also write the results as JSON here; - prints the JSON on stdout instead of the table."
+    ),
 ) -> None:
     """Compute detection mAP per tIoU threshold, its average and the AP of each class.
 
@@ -58,16 +61,27 @@ def evaluate_command(
     from stale_cli.errors import InputError
     from stale_cli.evaluate import evaluate_files, parse_tious
     from stale_cli.fileio import write_json_atomic
+    from stale_cli.outputs import check_not_clobbering
     from stale_cli.vocab import read_classes_file
 
     with user_errors():
         if split is not None and classes_file is not None:
             raise InputError("give either --split or --classes-file, not both")
+        to_stdout = output is not None and str(output) == "-"
+        if output is not None and not to_stdout:
+            check_not_clobbering(
+                {output: "--output"},
+                {predictions: "the predictions file", annotations: "the annotations file",
+                 **({classes_file: "the classes file"} if classes_file is not None else {})},
+            )
         classes = read_classes_file(classes_file) if classes_file is not None else None
         tious = parse_tious(tiou) if tiou is not None else None
         result = evaluate_files(predictions, annotations, subset, split, classes, tious)
         what = f"split {split}, unseen classes" if split else ("listed classes" if classes else "all classes")
         title = f"{predictions.name}: {result['subset']} subset, {what} ({len(result['per_class'])}), AP %"
+        if to_stdout:
+            stdout.file.write(json.dumps(result, indent=2) + "\n")
+            return
         stdout.print(results_table(result, title))
         stdout.print(f"average mAP: {100 * result['average_mAP']:.2f}")
         if output is not None:

@@ -54,9 +54,12 @@ def extract_features(
     with user_errors():
         from stale_cli.clip_backbone import load_clip
         from stale_cli.errors import InputError
-        from stale_cli.extract import check_writable, extract_many, video_ids
-        from stale_cli.inputs import collect_inputs, parse_shard, select_shard
+        from stale_cli.extract import extract_many, video_ids
+        from stale_cli.fileio import check_writable
+        from stale_cli.inputs import parse_shard, select_shard
 
+        if str(out) == "-":
+            raise InputError("--out -: features are files (<video>.npy + <video>.json); give a directory")
         if not fps > 0:
             raise InputError(f"--fps must be positive, got {fps}")
         if batch_size < 1:
@@ -64,7 +67,7 @@ def extract_features(
         if decoder not in ("auto", "pyav", "decord"):
             raise InputError(f"--decoder must be auto, pyav or decord, not {decoder!r}")
         shard_spec = parse_shard(shard)
-        paths, bad_inputs = _collect(inputs, collect_inputs)
+        paths, bad_inputs = _collect(inputs)
         ids = video_ids(paths)  # over the whole batch, so names do not depend on the shard
         if shard_spec is not None:
             index, count = shard_spec
@@ -72,12 +75,16 @@ def extract_features(
             ids = [v for p, v in zip(paths, ids) if p in keep]
             paths = [p for p in paths if p in keep]
             stderr.print(f"shard {index}/{count}: {len(paths)} video(s)", highlight=False)
-        check_writable(out)
+        check_writable(out, f"--out {out}")
         clip = load_clip(clip_model, clip_weights, resolve_device(device))
         summary = extract_many(
             paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=progress, ids=ids,
             decoder=decoder, on_warning=warning, on_error=error,
         )
+        if summary.busy:
+            holders = ", ".join(sorted({holder for _, holder in summary.busy}))
+            warning(f"{len(summary.busy)} video(s) left to another run that is extracting them ({holders}); "
+                    "rerun when it has finished to check")
         stderr.print(
             f"done {summary.done}, skipped {summary.skipped} (already extracted), failed {len(summary.failed)}; "
             f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s)",
@@ -91,21 +98,26 @@ def extract_features(
             raise typer.Exit(1)
 
 
-def _collect(inputs, collect_inputs, nothing: str = "no videos to extract"):
-    """collect_inputs item by item, so that one bad INPUT is reported and the others still run.
+def _collect(inputs, kinds=("video",), nothing: str = "no videos to extract"):
+    """Collect the inputs item by item, so that one bad INPUT (or one bad line of an @list, or a broken link in a
+    directory) is reported and the others still run.
 
     When no input is usable the command stops with one error line that names them all.
     """
     from stale_cli.errors import InputError, StaleError
+    from stale_cli.inputs import collect_inputs
 
     paths, seen, bad, reasons = [], set(), [], []
     for item in inputs:
+        problems: list = []
         try:
-            found = collect_inputs([item])
+            found = collect_inputs([item], kinds=kinds, bad=problems)
         except StaleError as e:
-            bad.append(item)
-            reasons.append(str(e))
-            continue
+            found = []
+            problems.append((item, str(e)))
+        for entry, reason in problems:
+            bad.append(entry)
+            reasons.append(reason)
         for p in found:
             if p.resolve() not in seen:
                 seen.add(p.resolve())

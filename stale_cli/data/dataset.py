@@ -9,6 +9,7 @@ in memory as float16 (as on disk) and each window is cut when it is read.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +26,19 @@ log = logging.getLogger(__name__)
 
 
 def index_features(features_dir: str | Path) -> dict[str, Path]:
-    """``video_id -> <video_id>.npy`` for every feature file below ``features_dir`` (searched recursively)."""
+    """``video_id -> <video_id>.npy`` for every feature file below ``features_dir`` (searched recursively, through
+    links to directories; a broken link is logged as a warning)."""
+    from stale_cli.inputs import walk_files
+
     features_dir = Path(features_dir)
     if not features_dir.is_dir():
         raise InputError(f"{features_dir}: features directory not found")
     index: dict[str, Path] = {}
-    for p in sorted(features_dir.rglob("*.npy")):
+
+    def broken(link: Path) -> None:
+        log.warning("%s: broken symbolic link (points to %s, which does not exist); skipped", link, os.readlink(link))
+
+    for p in sorted((p for p in walk_files(features_dir, broken) if p.suffix == ".npy"), key=lambda p: p.as_posix()):
         if p.stem in index:
             raise DataError(f"two feature files for video {p.stem!r}: {index[p.stem]} and {p}; keep one")
         index[p.stem] = p
