@@ -4,7 +4,7 @@
 
 The data: the real THUMOS14 annotation structure (``benchmarks/data/thumos14_annotations.json``, the dataset's
 own annotation file): ``--train-videos`` videos of subset ``val`` to train on, ``--test-videos`` of ``test``
-held out, durations capped at ``--max-duration`` s (instances past the cap dropped). Features at ``--fps`` made
+held out, both spread evenly over the videos' main classes (round robin, seeded), durations capped at ``--max-duration`` s (instances past the cap dropped). Features at ``--fps`` made
 of:
 
 - a dataset-wide mean direction (CLIP image embeddings share a large common component),
@@ -55,16 +55,36 @@ ANNOTATIONS = ROOT / "benchmarks" / "data" / "thumos14_annotations.json"
 TIOUS = [0.3, 0.4, 0.5, 0.6, 0.7]
 
 
+def _main_label(video: dict) -> str | None:
+    labels = [a["label"] for a in video["annotations"] if a["label"] != "Ambiguous"]
+    return max(sorted(set(labels)), key=labels.count) if labels else None
+
+
+def _stratified(db: dict, subset: str, n: int, rng) -> list[str]:
+    """``n`` videos of ``subset``, spread evenly over their main classes (THUMOS14 is organised by class), so
+    that every class of the held-out videos has training videos: a closed-set benchmark should not score classes
+    the model never saw."""
+    by_class: dict[str, list[str]] = {}
+    for vid in sorted(db):
+        label = _main_label(db[vid]) if db[vid]["subset"] == subset else None
+        if label is not None:
+            by_class.setdefault(label, []).append(vid)
+    pools = [list(rng.permutation(by_class[c])) for c in sorted(by_class)]
+    chosen: list[str] = []
+    while len(chosen) < n and any(pools):
+        for pool in pools:  # round robin over the classes
+            if pool and len(chosen) < n:
+                chosen.append(str(pool.pop()))
+    return sorted(chosen)
+
+
 def select_videos(args) -> dict:
     """The benchmark's annotation file: ``train_videos`` of val + ``test_videos`` of test, capped in duration."""
     db = json.loads(ANNOTATIONS.read_text())["database"]
     rng = np.random.default_rng(args.seed)
     out = {}
     for subset, n in (("val", args.train_videos), ("test", args.test_videos)):
-        ids = sorted(v for v, x in db.items() if x["subset"] == subset
-                     and any(a["label"] != "Ambiguous" and float(a["segment"][0]) < args.max_duration - 1
-                             for a in x["annotations"]))
-        for vid in sorted(rng.choice(ids, size=min(n, len(ids)), replace=False)):
+        for vid in _stratified(db, subset, n, rng):
             x = db[vid]
             duration = min(float(x["duration"]), args.max_duration)
             anns = []
@@ -288,17 +308,23 @@ def main() -> None:
                 "--out", str(ckpt), "--no-progress", *extra, log=log)
         res["train_seconds"] = time.perf_counter() - t_train
         preds = out / "predictions.json"
-        run_cli("detect", str(feats / "test"), "--checkpoint", str(ckpt), "--device", args.device,
+        classes_file = out / "classes.txt"
+        classes_file.write_text("\n".join(classes) + "\n")  # closed set: the held-out videos' classes were trained
+        run_cli("detect", str(feats / "test"), "--checkpoint", str(ckpt), "--classes-file", str(classes_file),
+                "--device", args.device,
                 "--output", str(preds), "--no-progress", log=log)
-        run_cli("evaluate", str(preds), "--annotations", str(ann_path), "--subset", "test",
+        gt_file = out / "test_classes.txt"
+        gt_file.write_text("\n".join(gt_classes) + "\n")  # the classes with held-out ground truth
+        run_cli("evaluate", str(preds), "--annotations", str(ann_path), "--subset", "test", "--classes-file", str(gt_file),
                 "--output", str(out / "evaluation.json"), log=log)
         ev = json.loads((out / "evaluation.json").read_text())
         res["stale_avg_map"] = _avg_from_evaluation(ev)
         import torch
 
-        hist = torch.load(ckpt, map_location="cpu", weights_only=True)["extra"]["history"]
+        hist = torch.load(out / "stale.last.pt", map_location="cpu", weights_only=True)["extra"]["history"]
         res["mask_loss_first_epoch"], res["mask_loss_last_epoch"] = hist[0]["mask"], hist[-1]["mask"]
         res["epochs"] = len(hist)
+        res["best_epoch"] = torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]
         res["history"] = [{k: h[k] for k in ("epoch", "cls", "mask", "comp", "const", "val_map50") if k in h}
                           for h in hist]
         res.update(model_analysis(ckpt, feats / "test", ann_path, gt_classes, args.device))

@@ -34,12 +34,15 @@ def train_command(
     preset: str = typer.Option("thumos14", "--preset", help="thumos14 (windows of 256 snippets) | activitynet "
                                "(whole video resized to 100 snippets)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 15)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 1e-4)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4)."),
     lr_prompt: Optional[float] = typer.Option(
         None, "--lr-prompt", help="Learning rate of the prompt context and background embedding (default 1e-3)."),
     lr_text: Optional[float] = typer.Option(
         None, "--lr-text", help="Learning rate of CLIP's text tower when fine-tuned (default 1e-6)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per step (default 16)."),
+    window_jitter: Optional[float] = typer.Option(
+        None, "--window-jitter", help="Move each training window by up to this fraction of the stride (0-1, "
+        "default 0.5; window mode)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
     val_fraction: Optional[float] = typer.Option(
         None, "--val-fraction", help="Share of training videos held out to pick the best epoch (default 0.1)."),
@@ -65,6 +68,10 @@ def train_command(
         from stale_cli.vocab import read_classes_file
 
         data_cfg = data_preset(preset)
+        if window_jitter is not None:
+            if not 0 <= window_jitter <= 1:
+                raise InputError(f"--window-jitter must be in [0, 1], got {window_jitter}")
+            data_cfg = dataclasses.replace(data_cfg, jitter=window_jitter)
         overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, lr_prompt=lr_prompt, lr_text=lr_text,
                                            batch_size=batch_size, seed=seed, val_fraction=val_fraction).items()
                      if v is not None}

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from stale_cli.data.annotations import VideoAnnotation
-from stale_cli.data.windows import DataConfig, Window, assign_labels, plan_windows, window_features
+from stale_cli.data.windows import DataConfig, Window, assign_labels, plan_windows, shifted, window_features
 from stale_cli.errors import DataError, InputError
 from stale_cli.fileio import read_features
 
@@ -131,11 +131,13 @@ class WindowDataset(Dataset):
     ``training=True`` drops the windows that hold no training-class instance but some unseen-class one (their
     only supervision would be the background around an unseen action), and, in window mode, all but
     ``cfg.empty_window_keep`` of the other windows without any foreground snippet (chosen with ``seed``).
-    ``training=False`` keeps every window (validation, detection).
+    ``training=False`` keeps every window (validation, detection). In training, window mode, each read moves
+    the window by up to ``cfg.jitter`` of the stride (:func:`~stale_cli.data.windows.shifted`).
     """
 
     def __init__(self, vs: VideoSet, class_names: list[str], cfg: DataConfig, training: bool = True, seed: int = 0):
         self.vs, self.cfg, self.num_classes = vs, cfg, len(class_names)
+        self.max_shift = round(cfg.jitter * cfg.stride) if training and cfg.mode == "window" else 0
         rng = np.random.default_rng(seed)
         self.items: list[tuple[str, Window, list[tuple[float, float, int]], list[tuple[float, float]]]] = []
         dropped = unseen_only = 0
@@ -161,6 +163,9 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         vid, w, inst, unseen = self.items[i]
+        if self.max_shift:  # drawn from torch's generator: reproducible from the run's seed
+            shift = int(torch.randint(-self.max_shift, self.max_shift + 1, ()))
+            w = shifted(w, self.vs.features[vid].shape[0], shift, self.cfg)
         x = window_features(self.vs.features[vid], self.vs.meta[vid], w, self.cfg)  # (T, D)
         t = assign_labels(w.timeline, w.valid_len, inst, self.num_classes, unseen)
         return {

@@ -42,6 +42,10 @@ class DataConfig:
     # mostly background; windows with actions already hold plenty of background snippets, so most of the empty
     # windows are dropped (chosen once per run from the seed) to keep epochs short and classes balanced.
     empty_window_keep: float = 0.1
+    # Window mode, training only: each time a training window is read, its start moves by a random number of rows
+    # up to this fraction of the stride either way (within the video). A small dataset (THUMOS14 has 200 training
+    # videos) otherwise shows the model the same few hundred windows every epoch, and it memorises them.
+    jitter: float = 0.5
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -50,6 +54,8 @@ class DataConfig:
             raise InputError(f"num_snippets must be at least 2, got {self.num_snippets}")
         if not 0.0 <= self.overlap < 1.0:
             raise InputError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise InputError(f"jitter must be in [0, 1], got {self.jitter}")
         if not 0.0 <= self.empty_window_keep <= 1.0:
             raise InputError(f"empty_window_keep must be in [0, 1], got {self.empty_window_keep}")
 
@@ -111,6 +117,14 @@ def plan_windows(num_rows: int, meta: dict, cfg: DataConfig) -> list[Window]:
         Window(w, min(T, num_rows - w), Timeline(origin=float(src.to_seconds(w)), step=src.step, num=T))
         for w in starts
     ]
+
+
+def shifted(window: Window, num_rows: int, shift: int, cfg: DataConfig) -> Window:
+    """``window`` moved by ``shift`` rows (window mode), kept inside the video's rows."""
+    T = cfg.num_snippets
+    start = int(np.clip(window.start_row + shift, 0, max(num_rows - T, 0)))
+    tl = window.timeline
+    return Window(start, min(T, num_rows - start), Timeline(tl.origin + (start - window.start_row) * tl.step, tl.step, T))
 
 
 def interpolate_rows(features: np.ndarray, pos: np.ndarray) -> np.ndarray:
