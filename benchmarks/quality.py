@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -145,6 +146,7 @@ def write_dataset(args, out: Path) -> tuple[Path, Path, Generator, list[str]]:
     dim = int(open_clip.get_model_config(args.clip_model)["embed_dim"])
     gen = Generator(classes, dim, args.fps, args.seed)
     feats = out / "features"
+    shutil.rmtree(feats, ignore_errors=True)  # features of an earlier run's videos would be scored too
     for vid, v in sorted(ann["database"].items()):
         x = gen.video(v["duration"], v["annotations"])
         meta = {"fps": args.fps, "timestamps": (np.arange(len(x)) / args.fps).round(4).tolist(),

@@ -46,6 +46,8 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
     val_fraction: Optional[float] = typer.Option(
         None, "--val-fraction", help="Share of training videos held out to pick the best epoch (default 0.1)."),
+    dropout: Optional[float] = typer.Option(
+        None, "--dropout", help="Dropout in the head's transformer layers (default 0.1)."),
     freeze_text_encoder: bool = typer.Option(
         False, "--freeze-text-encoder", help="Keep CLIP's text encoder fixed (prompt context still learns)."),
     clip_model: str = ClipModelOption,
@@ -77,6 +79,8 @@ def train_command(
                      if v is not None}
         if epochs is not None and epochs < 1 or batch_size is not None and batch_size < 1:
             raise InputError("--epochs and --batch-size must be at least 1")
+        if dropout is not None and not 0 <= dropout < 1:
+            raise InputError(f"--dropout must be in [0, 1), got {dropout}")
         for flag, value in (("--lr", lr), ("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
             if value is not None and not 0 < value < 1:
                 raise InputError(f"{flag} must be in (0, 1), got {value}")
@@ -94,9 +98,12 @@ def train_command(
 
             backbone = load_clip(clip_model, clip_weights, "cpu")
             clip, recorded = backbone.model, backbone.weights
+        model_cfg = ModelConfig(freeze_text_encoder=freeze_text_encoder)
+        if dropout is not None:
+            model_cfg = dataclasses.replace(model_cfg, dropout=dropout)
         result = train(
             features, ann, class_names, out, clip, clip_model, recorded,
-            model_cfg=ModelConfig(freeze_text_encoder=freeze_text_encoder), data_cfg=data_cfg, train_cfg=train_cfg,
+            model_cfg=model_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
             device=dev, resume=resume, progress=progress,
         )
         if result.missing_videos:
