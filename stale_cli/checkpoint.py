@@ -26,7 +26,7 @@ from stale_cli.model.config import LossConfig, ModelConfig
 log = logging.getLogger(__name__)
 
 FORMAT = "stale-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: pairwise mask localizer (version 1 checkpoints hold the paper's head, which cannot localize)
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
         raise CheckpointError(f"{path}: not a stale checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a stale checkpoint (written by `stale train`)")
+    if ckpt.get("version") == 1:
+        raise CheckpointError(
+            f"{path}: checkpoint from stale 0.1, whose mask head could not localize (its masks are flat); "
+            "train a new one with this version")
     if ckpt.get("version") != VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {ckpt.get('version')!r}, this stale reads version {VERSION}"

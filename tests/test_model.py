@@ -77,7 +77,9 @@ def test_appended_padding_leaves_valid_outputs_unchanged(cfg, tiny_clip):
 
 
 def test_gradients_reach_prompt_and_text_encoder(cfg, tiny_clip):
-    cfg = replace(cfg, theta_bin=0.0)  # every valid snippet foreground, so Eqs. (5)-(6) are on the gradient path
+    # every valid snippet foreground, so Eqs. (5)-(6) are on the gradient path; every probability and mask value
+    # passes its threshold, so Eq. (12) has snippets to compare whatever the initial outputs
+    cfg = replace(cfg, theta_bin=0.0, theta_c=0.0, theta_m=0.0)
     model = _build(cfg, tiny_clip).train()
     valid = torch.ones(2, 16, dtype=torch.bool)
     valid[0, 12:] = False
@@ -87,7 +89,8 @@ def test_gradients_reach_prompt_and_text_encoder(cfg, tiny_clip):
     for p in (enc.context, enc.background, enc.token_embedding.weight, model.cross_modal.alpha,
               model.classifier.logit_scale, model.temporal_encoder.encoder.layers[0].linear1.weight,
               model.cross_modal.co_attn.in_proj_weight, model.representation_masking.merge.weight,
-              model.mask_localizer.layers[0].weight, model.consistency.clf.weight, model.consistency.mask.weight):
+              model.mask_localizer.convs[0].weight, model.mask_localizer.offset_bias, model.consistency.clf.weight,
+              model.consistency.mask.weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
     # the caller's CLIP is not modified or connected: the text tower is a copy
     assert tiny_clip.token_embedding.weight.grad is None

@@ -65,7 +65,7 @@ def zero_shot_command(
     test_subset: Optional[str] = typer.Option(None, "--test-subset", help="Default: test (THUMOS14), validation (ActivityNet)."),
     tiou: Optional[str] = typer.Option(None, "--tiou", help="tIoU thresholds (default: the dataset's)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs per split (paper: 15)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (paper: 1e-5 THUMOS14, 1e-4 ActivityNet)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4; the paper's single rate: 1e-5 THUMOS14, 1e-4 ActivityNet)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per training step."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (same for every split)."),
     num_snippets: Optional[int] = typer.Option(

@@ -31,14 +31,23 @@ def train_command(
         None, "--classes-file", help="Train on these classes (one per line). Default: every annotated class."),
     subset: Optional[str] = typer.Option(
         None, "--subset", help="Annotation subset to train on (default: 'training' if present, THUMOS14: 'val')."),
-    preset: str = typer.Option("thumos14", "--preset", help="thumos14 (windows of 256, lr 1e-5) | activitynet "
-                               "(whole video resized to 100, lr 1e-4)."),
+    preset: str = typer.Option("thumos14", "--preset", help="thumos14 (windows of 256 snippets) | activitynet "
+                               "(whole video resized to 100 snippets)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 15)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default: the preset's)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4)."),
+    lr_prompt: Optional[float] = typer.Option(
+        None, "--lr-prompt", help="Learning rate of the prompt context and background embedding (default 1e-3)."),
+    lr_text: Optional[float] = typer.Option(
+        None, "--lr-text", help="Learning rate of CLIP's text tower when fine-tuned (default 1e-6)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per step (default 16)."),
+    window_jitter: Optional[float] = typer.Option(
+        None, "--window-jitter", help="Move each training window by up to this fraction of the stride (0-1, "
+        "default 0.5; window mode)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
     val_fraction: Optional[float] = typer.Option(
         None, "--val-fraction", help="Share of training videos held out to pick the best epoch (default 0.1)."),
+    dropout: Optional[float] = typer.Option(
+        None, "--dropout", help="Dropout in the head's transformer layers (default 0.1)."),
     freeze_text_encoder: bool = typer.Option(
         False, "--freeze-text-encoder", help="Keep CLIP's text encoder fixed (prompt context still learns)."),
     clip_model: str = ClipModelOption,
@@ -61,12 +70,20 @@ def train_command(
         from stale_cli.vocab import read_classes_file
 
         data_cfg = data_preset(preset)
-        overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                                           val_fraction=val_fraction).items() if v is not None}
+        if window_jitter is not None:
+            if not 0 <= window_jitter <= 1:
+                raise InputError(f"--window-jitter must be in [0, 1], got {window_jitter}")
+            data_cfg = dataclasses.replace(data_cfg, jitter=window_jitter)
+        overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, lr_prompt=lr_prompt, lr_text=lr_text,
+                                           batch_size=batch_size, seed=seed, val_fraction=val_fraction).items()
+                     if v is not None}
         if epochs is not None and epochs < 1 or batch_size is not None and batch_size < 1:
             raise InputError("--epochs and --batch-size must be at least 1")
-        if lr is not None and not lr > 0:
-            raise InputError(f"--lr must be positive, got {lr}")
+        if dropout is not None and not 0 <= dropout < 1:
+            raise InputError(f"--dropout must be in [0, 1), got {dropout}")
+        for flag, value in (("--lr", lr), ("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
+            if value is not None and not 0 < value < 1:
+                raise InputError(f"{flag} must be in (0, 1), got {value}")
         if val_fraction is not None and not 0 <= val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
         train_cfg = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
@@ -81,9 +98,12 @@ def train_command(
 
             backbone = load_clip(clip_model, clip_weights, "cpu")
             clip, recorded = backbone.model, backbone.weights
+        model_cfg = ModelConfig(freeze_text_encoder=freeze_text_encoder)
+        if dropout is not None:
+            model_cfg = dataclasses.replace(model_cfg, dropout=dropout)
         result = train(
             features, ann, class_names, out, clip, clip_model, recorded,
-            model_cfg=ModelConfig(freeze_text_encoder=freeze_text_encoder), data_cfg=data_cfg, train_cfg=train_cfg,
+            model_cfg=model_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
             device=dev, resume=resume, progress=progress,
         )
         if result.missing_videos:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from stale_cli.data.annotations import VideoAnnotation
-from stale_cli.data.windows import DataConfig, Window, assign_labels, plan_windows, window_features
+from stale_cli.data.windows import DataConfig, Window, assign_labels, plan_windows, shifted, window_features
 from stale_cli.errors import DataError, InputError
 from stale_cli.fileio import read_features
 
@@ -127,49 +127,67 @@ def video_instances(video: VideoAnnotation, class_names: list[str]) -> list[tupl
     return [(i.start, i.end, index[i.label]) for i in video.instances if i.label in index]
 
 
+def unseen_spans(video: VideoAnnotation, class_names: list[str]) -> list[tuple[float, float]]:
+    """``(start_s, end_s)`` of the instances whose class is outside the training vocabulary (to be ignored)."""
+    known = set(class_names)
+    return [(i.start, i.end) for i in video.instances if i.label not in known]
+
+
 class WindowDataset(Dataset):
     """Labelled windows of a :class:`VideoSet`; items are dicts of tensors (see :func:`collate_windows`).
 
-    ``training=True`` drops, in window mode, all but ``cfg.empty_window_keep`` of the windows without any
-    foreground snippet (chosen with ``seed``); ``training=False`` keeps every window (validation, detection).
+    ``training=True`` drops the windows that hold no training-class instance but some unseen-class one (their
+    only supervision would be the background around an unseen action), and, in window mode, all but
+    ``cfg.empty_window_keep`` of the other windows without any foreground snippet (chosen with ``seed``).
+    ``training=False`` keeps every window (validation, detection). In training, window mode, each read moves
+    the window by up to ``cfg.jitter`` of the stride (:func:`~stale_cli.data.windows.shifted`).
     """
 
     def __init__(self, vs: VideoSet, class_names: list[str], cfg: DataConfig, training: bool = True, seed: int = 0):
         self.vs, self.cfg, self.num_classes = vs, cfg, len(class_names)
+        self.max_shift = round(cfg.jitter * cfg.stride) if training and cfg.mode == "window" else 0
         rng = np.random.default_rng(seed)
-        self.items: list[tuple[str, Window, list[tuple[float, float, int]]]] = []
-        dropped = 0
+        self.items: list[tuple[str, Window, list[tuple[float, float, int]], list[tuple[float, float]]]] = []
+        dropped = unseen_only = 0
         for v in vs.videos:
-            inst = video_instances(v, class_names)
+            inst, unseen = video_instances(v, class_names), unseen_spans(v, class_names)
             for w in plan_windows(vs.features[v.video_id].shape[0], vs.meta[v.video_id], cfg):
-                if training and cfg.mode == "window" and not self._has_foreground(w, inst):
-                    if rng.random() >= cfg.empty_window_keep:
-                        dropped += 1
-                        continue
-                self.items.append((v.video_id, w, inst))
-        if training and dropped:
-            log.info("kept %d windows, dropped %d windows without any action", len(self.items), dropped)
-
-    def _has_foreground(self, w: Window, inst) -> bool:
-        return bool((assign_labels(w.timeline, w.valid_len, inst, self.num_classes)["labels"] < self.num_classes).any())
+                if training:
+                    t = assign_labels(w.timeline, w.valid_len, inst, self.num_classes, unseen)
+                    if not (t["labels"] < self.num_classes).any():
+                        if t["ignore"].any():
+                            unseen_only += 1
+                            continue
+                        if cfg.mode == "window" and rng.random() >= cfg.empty_window_keep:
+                            dropped += 1
+                            continue
+                self.items.append((v.video_id, w, inst, unseen))
+        if training and (dropped or unseen_only):
+            log.info("kept %d windows; dropped %d without any action and %d holding only unseen-class actions",
+                     len(self.items), dropped, unseen_only)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        vid, w, inst = self.items[i]
+        vid, w, inst, unseen = self.items[i]
+        if self.max_shift:  # drawn from torch's generator: reproducible from the run's seed
+            shift = int(torch.randint(-self.max_shift, self.max_shift + 1, ()))
+            w = shifted(w, self.vs.features[vid].shape[0], shift, self.cfg)
         x = window_features(self.vs.features[vid], self.vs.meta[vid], w, self.cfg)  # (T, D)
-        t = assign_labels(w.timeline, w.valid_len, inst, self.num_classes)
+        t = assign_labels(w.timeline, w.valid_len, inst, self.num_classes, unseen)
         return {
             "features": torch.from_numpy(x),
             "valid": torch.from_numpy(t["valid"]),
             "labels": torch.from_numpy(t["labels"]),
             "masks": torch.from_numpy(t["masks"]),
             "fg": torch.from_numpy(t["fg"]),
+            "ignore": torch.from_numpy(t["ignore"]),
             "index": torch.tensor(i),
         }
 
 
 def collate_windows(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack items: features (B,T,D), valid (B,T) bool, labels (B,T) long, masks (B,T,T), fg (B,T), index (B,)."""
+    """Stack items: features (B,T,D), valid (B,T) bool, labels (B,T) long, masks (B,T,T), fg (B,T),
+    ignore (B,T) bool, index (B,)."""
     return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}

@@ -16,7 +16,9 @@ instance's class and, as its column of the ``(T, T)`` mask target, that instance
 the window whose centre lies in the instance). An instance shorter than a snippet, containing no centre, gets the
 one snippet holding its midpoint. Where instances overlap, the *shorter* one wins the shared snippets (otherwise
 a short action inside a long one would vanish); each instance's own mask still spans its full extent. Snippets
-of no instance, and instances whose class is not in the training vocabulary, are background (label K).
+of no instance are background (label K). Snippets of instances whose class is not in the training vocabulary
+(zero-shot training: the unseen classes) are *ignored*: neither foreground nor background, left out of every
+loss term (``ignore`` True), unless a training-class instance claims them too.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class DataConfig:
     # mostly background; windows with actions already hold plenty of background snippets, so most of the empty
     # windows are dropped (chosen once per run from the seed) to keep epochs short and classes balanced.
     empty_window_keep: float = 0.1
+    # Window mode, training only: each time a training window is read, its start moves by a random number of rows
+    # up to this fraction of the stride either way (within the video). A small dataset (THUMOS14 has 200 training
+    # videos) otherwise shows the model the same few hundred windows every epoch, and it memorises them.
+    jitter: float = 0.5
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -48,6 +54,8 @@ class DataConfig:
             raise InputError(f"num_snippets must be at least 2, got {self.num_snippets}")
         if not 0.0 <= self.overlap < 1.0:
             raise InputError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise InputError(f"jitter must be in [0, 1], got {self.jitter}")
         if not 0.0 <= self.empty_window_keep <= 1.0:
             raise InputError(f"empty_window_keep must be in [0, 1], got {self.empty_window_keep}")
 
@@ -111,6 +119,14 @@ def plan_windows(num_rows: int, meta: dict, cfg: DataConfig) -> list[Window]:
     ]
 
 
+def shifted(window: Window, num_rows: int, shift: int, cfg: DataConfig) -> Window:
+    """``window`` moved by ``shift`` rows (window mode), kept inside the video's rows."""
+    T = cfg.num_snippets
+    start = int(np.clip(window.start_row + shift, 0, max(num_rows - T, 0)))
+    tl = window.timeline
+    return Window(start, min(T, num_rows - start), Timeline(tl.origin + (start - window.start_row) * tl.step, tl.step, T))
+
+
 def interpolate_rows(features: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Rows of ``features`` (N, D) linearly interpolated at continuous row positions ``pos`` (M,) -> (M, D) float32.
 
@@ -142,29 +158,42 @@ def cut_windows(features: np.ndarray, meta: dict, cfg: DataConfig) -> list[tuple
     return [(w, window_features(features, meta, w, cfg)) for w in plan_windows(features.shape[0], meta, cfg)]
 
 
+def _inside(timeline: Timeline, valid: np.ndarray, start: float, end: float) -> np.ndarray:
+    """Snippets of an instance: centre in [start, end), or the one holding its midpoint when no centre is inside."""
+    centres = timeline.centres()  # (T,) seconds
+    inside = (centres >= start) & (centres < end) & valid  # (T,)
+    if not inside.any():
+        mid = int(np.floor(timeline.to_index(0.5 * (start + end))))
+        if 0 <= mid < valid.sum():
+            inside[mid] = True
+    return inside
+
+
 def assign_labels(
-    timeline: Timeline, valid_len: int, instances: list[tuple[float, float, int]], num_classes: int
+    timeline: Timeline, valid_len: int, instances: list[tuple[float, float, int]], num_classes: int,
+    unseen: list[tuple[float, float]] = (),
 ) -> dict[str, np.ndarray]:
     """Targets of one window from instances ``(start_s, end_s, class_index)`` (classes 0..K-1 only).
 
+    ``unseen``: ``(start_s, end_s)`` of instances of classes outside the vocabulary; their snippets are ignored.
     Returns numpy arrays: ``labels`` (T,) int64 in [0, K], K = background; ``masks`` (T, T) float32 whose column t
-    is the instance mask of snippet t (zeros for background snippets); ``fg`` (T,) float32; ``valid`` (T,) bool.
+    is the instance mask of snippet t (zeros for background snippets), with zero rows at ignored snippets;
+    ``fg`` (T,) float32; ``valid`` (T,) bool; ``ignore`` (T,) bool.
     """
     T, K = timeline.num, num_classes
-    centres = timeline.centres()  # (T,) seconds
     valid = np.arange(T) < valid_len  # (T,)
     labels = np.full(T, K, dtype=np.int64)
     masks = np.zeros((T, T), dtype=np.float32)
     # Longest first, so a shorter overlapping instance overwrites the snippets it shares (the shorter wins).
     for start, end, cls in sorted(instances, key=lambda x: x[1] - x[0], reverse=True):
         assert 0 <= cls < K, f"class index {cls} outside the vocabulary of {K}"
-        inside = (centres >= start) & (centres < end) & valid  # (T,)
-        if not inside.any():
-            mid = int(np.floor(timeline.to_index(0.5 * (start + end))))
-            if not 0 <= mid < valid_len:
-                continue
-            inside[mid] = True
+        inside = _inside(timeline, valid, start, end)  # (T,)
         labels[inside] = cls
         masks[:, inside] = inside[:, None]  # column t = this instance's mask
+    ignore = np.zeros(T, dtype=bool)
+    for start, end in unseen:
+        ignore |= _inside(timeline, valid, start, end)
+    ignore &= labels == K  # a training-class instance keeps the snippets it shares with an unseen one
+    masks[ignore, :] = 0.0  # ignored rows (the loss leaves them out anyway)
     fg = (labels != K).astype(np.float32)
-    return {"labels": labels, "masks": masks, "fg": fg, "valid": valid}
+    return {"labels": labels, "masks": masks, "fg": fg, "valid": valid, "ignore": ignore}

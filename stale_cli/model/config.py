@@ -31,7 +31,9 @@ class ModelConfig:
     theta_bin: float = 0.5  # binarisation threshold of the merged foreground mask L_hat
     # Eqs. (5)-(6): cross-modal adaptation.
     alpha_init: float = 1e-3  # per-channel residual scale, small to keep CLIP's language prior
-    # Eq. (8): mask localizer, three 1-D dynamic convolution layers.
+    # Eq. (8): mask localizer: two 1-D dynamic convolution layers, then a pairwise query-key product plus a
+    # learned bias on the snippet offset (our departure from the paper's third convolution, see MaskLocalizer).
+    mask_dim: int = 128  # d: width of the query and key of the pairwise product
     dynconv_kernels: int = 4  # kernels mixed by attention (Chen et al. 2020)
     dynconv_kernel_size: int = 3
     # Softmax temperature of the kernel attention. Chen et al. anneal it from 30 to 1 early in training; we keep

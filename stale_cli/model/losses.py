@@ -3,7 +3,9 @@
 Letters as in stale.py: B batch, T snippets, K classes (+1 background, the last index), C channels.
 
 Padding (``valid`` False) is excluded from every term, both as a snippet to score and, for the masks, as a row of
-a mask column. Each term is a mean over what it is defined on; a term with nothing to average over (no
+a mask column. So are snippets of instances whose class is outside the training vocabulary (``ignore`` True,
+zero-shot training): they are neither foreground nor background (DESIGN.md §4), since calling them background
+would teach the class-agnostic parts (completeness, masks) that unseen actions are background. Each term is a mean over what it is defined on; a term with nothing to average over (no
 foreground in the batch) is an exact zero that stays in the autograd graph, never NaN.
 """
 
@@ -17,7 +19,7 @@ from stale_cli.model.config import LossConfig, ModelConfig
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
-    return like.sum() * 0.0  # keeps the graph (and device, dtype) of `like`
+    return like.sum().float() * 0.0  # keeps the graph and device of `like`; float32 like every other term
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -122,7 +124,8 @@ class STALELoss(nn.Module):
 
     out: the dict of ``STALE.forward`` (uses logits, mask_logits, masks, fg_logits, clf_features,
     mask_features). targets: labels (B, T) long in [0, K] (K = background), masks (B, T, T) float (column t =
-    ground-truth instance mask of snippet t, zeros for background snippets), fg (B, T) float, valid (B, T) bool.
+    ground-truth instance mask of snippet t, zeros for background snippets), fg (B, T) float, valid (B, T) bool,
+    and optionally ignore (B, T) bool: snippets of unseen-class instances, left out of every term.
     """
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig):
@@ -133,6 +136,8 @@ class STALELoss(nn.Module):
     def forward(self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg, w = self.model_cfg, self.loss_cfg
         valid, labels = targets["valid"], targets["labels"]
+        if "ignore" in targets:
+            valid = valid & ~targets["ignore"]  # (B, T): the snippets supervised by every term below
         K = out["logits"].shape[-1] - 1
         losses = {
             "cls": classification_loss(out["logits"], labels, valid),

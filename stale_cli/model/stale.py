@@ -136,28 +136,45 @@ class VisionLanguageClassifier(nn.Module):
 
 
 class MaskLocalizer(nn.Module):
-    """Eq. (8): M = sigmoid(H_m(F_vis)), H_m three 1-D dynamic convolutions C -> C -> C -> Tm.
+    """Eq. (8), pairwise: M[i, t] = sigmoid(<q_t, k_i> / sqrt(d) + r[i - t] + b), column t = snippet t's mask.
 
-    Output channel i at position t is the logit that snippet i belongs to the instance of snippet t, so column t
-    of M is the mask predicted by snippet t. For a window shorter than Tm the channels past T are dropped.
+    Departure from Eq. (8) (README "The model"): the paper's head, three 1-D dynamic convolutions emitting Tm
+    channels at each position, computes column t from F_vis[t-3 .. t+3] alone. F_vis carries no position (no
+    positional encoding, by design), so that head is translation-equivariant and local, while its target names
+    *absolute* rows: shift a window and the prediction shifts with it but the row indices of the target do not.
+    The best it can learn is a position-independent mask (~0.5 under the class-balanced BCE of Eq. 10), and it
+    does: its mask loss stays flat. Here the dynamic convolutions stay as the feature extractor (two layers, as
+    the first two of the paper's three), and the last layer is replaced by a query-key product over the pair of
+    snippets (t asks "is i in my instance?") plus a learned bias on their offset i - t, in snippets. The result
+    is translation-equivariant (shifting the window shifts M along both axes) and every column sees the whole
+    window, so a snippet can mark rows far from itself.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         C, k, J, tau = cfg.embed_dim, cfg.dynconv_kernel_size, cfg.dynconv_kernels, cfg.dynconv_temperature
-        self.layers = nn.ModuleList([
-            DynamicConv1d(C, C, k, J, tau), DynamicConv1d(C, C, k, J, tau),
-            DynamicConv1d(C, cfg.num_snippets, k, J, tau)])
+        d, Tm = cfg.mask_dim, cfg.num_snippets
+        self.convs = nn.ModuleList([DynamicConv1d(C, C, k, J, tau), DynamicConv1d(C, C, k, J, tau)])
+        # unit-scale features before the product: otherwise q.k starts ~1e-4 and its gradient (each factor's is
+        # the other) with it, and the head barely moves in a short run
+        self.norm = nn.LayerNorm(C)
+        self.query = nn.Linear(C, d)  # what snippet t (the column) looks for
+        self.key = nn.Linear(C, d)  # what snippet i (the row) offers
+        self.offset_bias = nn.Parameter(torch.zeros(2 * Tm - 1))  # r[i - t], index i - t + Tm - 1
+        self.max_len = Tm
 
     def forward(self, f_vis: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """f_vis (B, T, C), valid (B, T) -> mask logits (B, T, T) (index [b, i, t], column t = snippet t)."""
         B, T, C = f_vis.shape
         x = f_vis.transpose(1, 2)  # convolutions run channel-major: (B, C, T)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, valid)  # (B, C, T), last layer (B, Tm, T)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x[:, :T, :]  # (B, T, T): rows = snippet i, columns = predicting snippet t
+        for layer in self.convs:
+            x = F.relu(layer(x, valid))  # (B, C, T)
+        x = self.norm(x.transpose(1, 2))  # back to time-major: (B, T, C)
+        q, k = self.query(x), self.key(x)  # (B, T, d) each
+        logits = k @ q.transpose(1, 2) / q.shape[-1] ** 0.5  # [b, i, t] = <k_i, q_t> / sqrt(d): (B, T, T)
+        pos = torch.arange(T, device=f_vis.device)
+        offset = pos[:, None] - pos[None, :] + self.max_len - 1  # i - t, shifted to index the table: (T, T)
+        return logits + self.offset_bias[offset].to(logits.dtype)  # (B, T, T)
 
 
 class ConsistencyProjections(nn.Module):
