@@ -13,6 +13,11 @@ load at the time; the CPU is shared, numbers are noisy, compare ratios.
    are interleaved (bare, e2e, bare, e2e) and summed, so drifting load hits both alike.
 2. decode only: decord and PyAV sampling at the same fps with the CLIP resize, and all source frames per second.
 3. peak RSS: ``extract_many`` on a 1-minute and a 30-minute input, each in its own subprocess (ru_maxrss).
+4. precision: end-to-end ``extract_many`` with CLIP's weights in fp32 and in bf16 (``--precisions``; the same
+   random weights), interleaved (fp32, bf16, fp32, bf16), frames/s of each, their ratio, and the cosine between
+   the two runs' feature rows (min and mean over rows).
+
+    python benchmarks/extract.py --only precision        # section 4 alone
 """
 
 from __future__ import annotations
@@ -94,6 +99,47 @@ def rss_child(video: str, fps: float, batch_size: int) -> None:
     }))
 
 
+def compare_precisions(video: Path, device, fps: float, bs: int, precisions: list, reps: int) -> dict:
+    """Section 4: end-to-end extract_many of `video` with CLIP's weights in each precision (same weights)."""
+    import numpy as np
+    import torch
+
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.extract import extract_many
+
+    torch.manual_seed(0)
+    clips = {p: load_clip("ViT-B-16", None, device, precision=p) for p in precisions}
+    state = clips[precisions[0]].model.state_dict()
+    for p in precisions[1:]:
+        clips[p].model.load_state_dict(state)  # load_state_dict keeps each model's own dtypes
+    seconds = {p: [] for p in precisions}
+    feats, frames = {}, 0
+    for p, clip in clips.items():  # warm-up
+        clip.encode_images(torch.zeros(2, 224, 224, 3, dtype=torch.uint8), batch_size=2)
+    for rep in range(reps):
+        for p, clip in clips.items():
+            with tempfile.TemporaryDirectory() as d:
+                t = time.perf_counter()
+                s = extract_many([video], d, clip, fps=fps, batch_size=bs, progress=False)
+                seconds[p].append(time.perf_counter() - t)
+                assert s.done == 1
+                feats[p] = np.load(Path(d) / f"{video.stem}.npy").astype(np.float64)
+                frames = s.frames
+            print(f"precision rep {rep}: {p} {frames / seconds[p][-1]:.2f} frames/s", flush=True)
+    base, other = precisions[0], precisions[1]
+    a, b = feats[base], feats[other]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    out = {"precision_frames": frames, "precision_reps": reps}
+    for p in precisions:
+        out[f"e2e_fps_{p}"] = frames * reps / sum(seconds[p])
+        out[f"e2e_seconds_{p}"] = seconds[p]
+    out[f"speedup_{other}_vs_{base}"] = out[f"e2e_fps_{other}"] / out[f"e2e_fps_{base}"]
+    out["cosine_min"], out["cosine_mean"] = float(cos.min()), float(cos.mean())
+    print(f"{other} / {base} end to end: {out[f'speedup_{other}_vs_{base}']:.2f}x; cosine min {cos.min():.5f} "
+          f"mean {cos.mean():.5f}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench_out" / "extract")
@@ -103,6 +149,9 @@ def main() -> None:
     ap.add_argument("--rss-fps", type=float, default=1 / 30, help="sampling rate of the memory runs (see below)")
     ap.add_argument("--rss-batch-size", type=int, default=2)
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--only", choices=["precision"], help="run only this section")
+    ap.add_argument("--precisions", default="fp32,bf16", help="section 4: baseline,other")
+    ap.add_argument("--precision-reps", type=int, default=2)
     ap.add_argument("--rss-child", nargs=3, metavar=("VIDEO", "FPS", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
@@ -125,6 +174,12 @@ def main() -> None:
            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "input": str(clip_in)}
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
+
+    if args.only == "precision":
+        res.update(compare_precisions(clip_in, device, fps, bs, args.precisions.split(","), args.precision_reps))
+        (args.out / "precision.json").write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res, indent=2))
+        return
 
     # 2. decode only (first: it also warms the file cache)
     clip = load_clip("ViT-B-16", None, device)
@@ -176,6 +231,7 @@ def main() -> None:
         res["rss_ratio_30_vs_1"] = res["rss_30min"]["peak_rss_mb"] / res["rss_1min"]["peak_rss_mb"]
         res["rss_fps"], res["rss_batch_size"] = args.rss_fps, args.rss_batch_size
         print(f"peak RSS 30 min / 1 min: {res['rss_ratio_30_vs_1']:.3f}")
+    res.update(compare_precisions(clip_in, device, fps, bs, args.precisions.split(","), args.precision_reps))
     res["total_seconds"] = time.perf_counter() - t_start
     (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
