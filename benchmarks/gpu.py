@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -118,6 +119,7 @@ def main() -> None:
     if args.tiny:
         args.batch_size, args.bare_frames, args.e2e_videos, args.e2e_seconds = 4, 8, 2, 3.0
         args.minutes, args.detect_batch_size, args.train_batch, args.train_steps = 0.1, 8, 1, 1
+        args.workers = args.workers or 2  # the decoding processes run even on a 2-core machine
 
     import torch
 
@@ -182,6 +184,7 @@ def main() -> None:
     print(f"training step (batch {args.train_batch} x 256 x 512, text encoder fine-tuned): "
           f"{res['train']['s_per_step']:.3f} s, peak {res['train']['peak_GiB']} GiB", flush=True)
     save()
+    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(res, indent=2))
 
 

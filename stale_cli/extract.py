@@ -136,6 +136,9 @@ def _decode_worker(paths, fps, clip, batch_size, decoder, out: queue.Queue, stop
 def _decode_process(tasks, results, fps: float, transform, batch_size: int, decoder: str) -> None:
     """Body of a decoding process: for each (i, path) task, put ("chunk", i, uint8 array) ..., then
     ("done", i, VideoInfo) or ("error", i, StaleError) on ``results``; stop at a None task."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the encoder's to handle: it ends these processes
     torch.set_num_threads(1)  # the resize runs here; the encoder's process owns the cores' threads
     while True:
         task = tasks.get()
