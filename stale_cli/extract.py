@@ -19,6 +19,8 @@ import functools
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
+import pickle
 import os
 import queue
 import sys
@@ -48,7 +50,7 @@ QUEUE_CHUNKS = 3  # decoded chunks waiting for the encoder (bounds memory: 3 x b
 # With decoding processes: videos started ahead of the oldest unfinished one, per worker. Bounds the features
 # held back for in-order output however many videos there are.
 AHEAD_PER_WORKER = 2
-WORKER_POLL_S = 0.5  # how often the encoder looks for a decoding process that died
+WORKER_POLL_S = 0.5  # longest wait for a message from the decoding processes before handing out work again
 
 
 def default_workers() -> int:
@@ -134,27 +136,33 @@ def _decode_worker(paths, fps, clip, batch_size, decoder, out: queue.Queue, stop
 
 
 def _decode_process(tasks, results, fps: float, transform, batch_size: int, decoder: str) -> None:
-    """Body of a decoding process: for each (i, path) task, put ("chunk", i, uint8 array) ..., then
-    ("done", i, VideoInfo) or ("error", i, StaleError) on ``results``; stop at a None task."""
+    """Body of a decoding process. ``tasks``/``results``: its own two pipe ends. For each (i, path) received,
+    send ("chunk", i, uint8 array) ..., then ("done", i, VideoInfo) or ("error", i, StaleError); stop at None
+    or when the encoder's end closes."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the encoder's to handle: it ends these processes
     torch.set_num_threads(1)  # the resize runs here; the encoder's process owns the cores' threads
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.recv()
+        except (EOFError, OSError):
+            return
         if task is None:
             return
         i, path = task
         sampler = FrameSampler(path, fps, transform=transform, chunk_size=batch_size, decoder=decoder)
         try:
             for chunk in sampler:
-                results.put(("chunk", i, chunk.frames.numpy()))  # (n, S, S, 3) uint8, pickled to the encoder
+                results.send(("chunk", i, chunk.frames.numpy()))  # (n, S, S, 3) uint8; blocks while the encoder is behind
             item = ("done", i, sampler.info)
         except StaleError as e:
             item = ("error", i, e)
+        except (BrokenPipeError, EOFError):
+            return
         except Exception as e:  # a decoder crash on one file must not end the batch
             item = ("error", i, DecodeError(f"{path}: decoding failed ({type(e).__name__}: {e})"))
-        results.put(item)
+        results.send(item)
 
 
 def _result(i: int, path: Path, rows: list, info: VideoInfo, fps: float, clip) -> VideoResult:
@@ -166,8 +174,12 @@ def _result(i: int, path: Path, rows: list, info: VideoInfo, fps: float, clip) -
 
 
 class _Decoders:
-    """``workers`` decoding processes, each given one video at a time through its own task queue, all putting
-    onto one bounded result queue (backpressure: decoders wait while the encoder is behind)."""
+    """``workers`` decoding processes, each with its own task pipe and result pipe, given one video at a time.
+
+    A pipe per process, not one shared queue: a process that dies mid-message (a crash in a decoder library)
+    can corrupt or lock only its own pipe, and its death shows as end-of-file on it. A pipe holds little, so a
+    process that runs ahead waits in ``send``: decoded frames waiting for the encoder stay bounded.
+    """
 
     def __init__(self, workers: int, args: tuple):
         # forkserver (Linux): workers fork from a small server process, not from this one with its model and
@@ -175,19 +187,21 @@ class _Decoders:
         self.ctx = multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
         if self.ctx.get_start_method() == "forkserver":
             self.ctx.set_forkserver_preload([__name__])  # torch, PyAV imported once in the server, not per worker
-        self.results = self.ctx.Queue(maxsize=QUEUE_CHUNKS * workers)
         self.args = args
-        self.procs: dict = {}
+        self.procs: dict = {}  # worker id -> (process, task sender, result receiver)
         self.holding: dict = {}  # worker id -> video index it decodes
         for wid in range(workers):
             self.start(wid)
 
     def start(self, wid: int) -> None:
-        tasks = self.ctx.Queue()
-        proc = self.ctx.Process(target=_decode_process, args=(tasks, self.results, *self.args), daemon=True,
+        task_recv, task_send = self.ctx.Pipe(duplex=False)
+        result_recv, result_send = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_decode_process, args=(task_recv, result_send, *self.args), daemon=True,
                                 name=f"stale-decode-{wid}")
         proc.start()
-        self.procs[wid] = (proc, tasks)
+        task_recv.close()  # the child's ends: closed here, so the child's death reads as EOF
+        result_send.close()
+        self.procs[wid] = (proc, task_send, result_recv)
         self.holding.pop(wid, None)
 
     def idle(self) -> list:
@@ -195,31 +209,41 @@ class _Decoders:
 
     def give(self, wid: int, i: int, path: Path) -> None:
         self.holding[wid] = i
-        self.procs[wid][1].put((i, str(path)))
+        self.procs[wid][1].send((i, str(path)))
 
-    def finished(self, i: int) -> None:
-        self.holding = {w: v for w, v in self.holding.items() if v != i}
+    def receive(self, timeout: float) -> Iterator[tuple]:
+        """(worker id, message or None if the process died) for each pipe with something to read."""
+        readers = {proc_pipes[2]: wid for wid, proc_pipes in self.procs.items()}
+        for conn in multiprocessing.connection.wait(list(readers), timeout=timeout):
+            wid = readers[conn]
+            try:
+                yield wid, conn.recv()
+            except (EOFError, OSError, pickle.UnpicklingError):  # died, maybe mid-message
+                yield wid, None
 
-    def dead(self) -> list:
-        """[(video index or None, exit code)] of processes that died; each is replaced by a new one."""
-        out = []
-        for wid, (proc, _) in list(self.procs.items()):
-            if not proc.is_alive():
-                out.append((self.holding.get(wid), proc.exitcode))
-                self.start(wid)
-        return out
+    def replace(self, wid: int) -> tuple:
+        """Restart a dead process: (the video index it held or None, its exit code)."""
+        proc, task_send, result_recv = self.procs[wid]
+        proc.join(timeout=5.0)
+        held = self.holding.get(wid)
+        task_send.close()
+        result_recv.close()
+        self.start(wid)
+        return held, proc.exitcode
 
     def close(self) -> None:
-        for proc, tasks in self.procs.values():
-            if proc.is_alive():
-                tasks.put(None)
-        for proc, tasks in self.procs.values():
-            proc.join(timeout=1.0)
+        for proc, task_send, _ in self.procs.values():
+            try:
+                task_send.send(None)
+            except OSError:
+                pass
+        for proc, task_send, result_recv in self.procs.values():
+            result_recv.close()  # a process blocked in send gets a broken pipe and ends
+            proc.join(timeout=2.0)
             if proc.is_alive():
                 proc.terminate()
                 proc.join()
-            tasks.cancel_join_thread()
-        self.results.cancel_join_thread()
+            task_send.close()
 
 
 def _iter_features_processes(paths, clip, fps, batch_size, decoder, on_frames, workers, claim) -> Iterator[VideoResult]:
@@ -253,29 +277,27 @@ def _iter_features_processes(paths, clip, fps, batch_size, decoder, on_frames, w
                     rows[i] = []
                     pool.give(wid, i, paths[i])
                     break
-            try:
-                kind, i, payload = pool.results.get(timeout=WORKER_POLL_S)
-            except queue.Empty:
-                for i, code in pool.dead():
+            for wid, msg in pool.receive(WORKER_POLL_S):
+                if msg is None:
+                    i, code = pool.replace(wid)
                     if i is not None:
                         rows.pop(i, None)
                         finished[i] = VideoResult(i, paths[i], error=DecodeError(
                             f"{paths[i]}: the decoding process died (exit code {code}) on this file"))
-                continue
-            if i not in rows:  # from a video already failed by its process's death
-                continue
-            if kind == "chunk":
-                frames = torch.from_numpy(payload)
-                rows[i].append(clip.encode_images(frames, batch_size=batch_size).half().numpy())  # (n, D)
-                if on_frames:
-                    on_frames(frames.shape[0])
-                continue
-            pool.finished(i)
-            chunks = rows.pop(i)
-            if kind == "error":
-                finished[i] = VideoResult(i, paths[i], error=payload)
-            else:
-                finished[i] = _result(i, paths[i], chunks, payload, fps, clip)
+                    continue
+                kind, i, payload = msg
+                if kind == "chunk":
+                    frames = torch.from_numpy(payload)
+                    rows[i].append(clip.encode_images(frames, batch_size=batch_size).half().numpy())  # (n, D)
+                    if on_frames:
+                        on_frames(frames.shape[0])
+                    continue
+                del pool.holding[wid]
+                chunks = rows.pop(i)
+                if kind == "error":
+                    finished[i] = VideoResult(i, paths[i], error=payload)
+                else:
+                    finished[i] = _result(i, paths[i], chunks, payload, fps, clip)
     finally:
         pool.close()
 
