@@ -81,3 +81,22 @@ def test_a_dead_decoding_process_fails_only_its_video(clip, videos, monkeypatch)
     for r in results:
         if r.error is None:
             assert r.features.shape[0] == r.meta["num_rows"] > 0
+
+
+def test_cli_workers_end_to_end(tiny_clip_name, tiny_clip_weights, videos, bad_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from stale_cli.cli import app
+
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["extract-features", str(videos["cfr25"]["path"]), str(bad_files["garbage"]),
+                                 str(videos["ntsc"]["path"]), "--out", str(out), "--workers", "2",
+                                 "--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights),
+                                 "--no-progress"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert sorted(p.name for p in out.glob("*.npy")) == ["cfr25.npy", "ntsc.npy"]
+    assert "done 2, skipped 0 (already extracted), failed 1" in r.output
+    assert [l for l in r.output.splitlines() if l.startswith("error:") and "garbage.mp4" in l]
+    r = CliRunner().invoke(app, ["extract-features", str(videos["cfr25"]["path"]), "--out", str(out),
+                                 "--workers", "0", "--clip-model", tiny_clip_name])
+    assert r.exit_code == 1 and "error: --workers must be at least 1, got 0" in r.output
