@@ -59,7 +59,8 @@ def synthetic_video(path: Path, seconds: float, fps: int = 10, size=(768, 576)) 
 def find_video(arg: str | None, work: Path) -> tuple[Path, str]:
     if arg:
         return Path(arg), "given"
-    for cand in (HERE.parent / "bench_out" / "extract" / "cache" / "vtest.avi", HERE.parent / "bench_out" / "vtest.avi"):
+    bench_out = HERE.parent / "bench_out"
+    for cand in (bench_out / "extract" / "cache" / "vtest.avi", bench_out / "vtest.avi"):
         if cand.is_file():
             return cand, "vtest.avi"
     return synthetic_video(work / "synthetic.mp4", 80.0), "synthetic (PyAV, 768x576, 10 fps)"

@@ -106,7 +106,9 @@ def recorded_activation(clip_model: Optional[str], recorded: Optional[str]) -> s
     return recorded or (QUICK_GELU if clip_model and _model_quick_gelu(clip_model) else GELU)
 
 
-def activation_problem(clip_model: Optional[str], clip_weights: Optional[str], recorded: Optional[str]) -> Optional[str]:
+def activation_problem(
+    clip_model: Optional[str], clip_weights: Optional[str], recorded: Optional[str]
+) -> Optional[str]:
     """Why features or a checkpoint described by (``clip_model``, ``clip_weights``, recorded activation) were
     computed by another network than the weights were trained as, or None when they are fine.
 

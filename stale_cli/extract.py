@@ -4,8 +4,8 @@ Pipeline: one background thread decodes (and resizes) the videos in order and fi
 of ``batch_size`` frames; the calling thread takes them off and encodes each chunk as one batch. Decoding thus
 runs ahead of encoding, also across video boundaries, and memory is bounded by the queue whatever the length.
 With ``workers > 1`` (a GPU encodes faster than one thread decodes) the decoding runs in that many processes
-instead, each on its own video, all feeding the one encoder through one bounded queue; results still come out
-in input order (see :func:`_iter_features_processes`).
+instead, each on its own video and its own pipe, all feeding the one encoder; results still come out in input
+order (see :func:`_iter_features_processes`).
 
 On disk (DESIGN.md §3): ``<video_id>.npy`` float16 ``(T, D)``, row k = frame shown at ``k / fps`` seconds after
 the first frame, and ``<video_id>.json`` (see :func:`sidecar`); the id is the file stem. Both are written
@@ -154,7 +154,7 @@ def _decode_process(tasks, results, fps: float, transform, batch_size: int, deco
         sampler = FrameSampler(path, fps, transform=transform, chunk_size=batch_size, decoder=decoder)
         try:
             for chunk in sampler:
-                results.send(("chunk", i, chunk.frames.numpy()))  # (n, S, S, 3) uint8; blocks while the encoder is behind
+                results.send(("chunk", i, chunk.frames.numpy()))  # (n, S, S, 3) uint8; waits for the encoder
             item = ("done", i, sampler.info)
         except StaleError as e:
             item = ("error", i, e)
