@@ -158,3 +158,20 @@ def test_checkpoint_records_and_rebuilds_the_activation(tmp_path, tiny_clip_name
     raw["clip_weights"] = "random"  # no tag, nothing to contradict: read as the GELU it ran with
     torch.save(raw, tmp_path / "random.pt")
     assert read_checkpoint(tmp_path / "random.pt")[1].clip_activation == GELU
+
+
+def test_training_refuses_features_made_the_old_way(tmp_path, tiny_clip, tiny_clip_name):
+    from test_train import make_dataset
+
+    from stale_cli.data.annotations import parse_annotations
+    from stale_cli.errors import DataError
+    from stale_cli.model.config import ModelConfig
+    from stale_cli.train import TrainConfig, train
+
+    feats, ann_path = make_dataset(tmp_path, MODEL)
+    for sidecar in feats.glob("*.json"):  # ViT-B-16 + OpenAI's weights, no activation: made with GELU
+        sidecar.write_text(json.dumps(dict(json.loads(sidecar.read_text()), clip_weights="openai")))
+    ann = parse_annotations(json.loads(ann_path.read_text())).select_subset("val")
+    with pytest.raises(DataError, match=r"v0\.npy: features made with CLIP ViT-B-16 running gelu .*extract them again"):
+        train(feats, ann, ["HighJump", "Diving"], tmp_path / "m.pt", tiny_clip, tiny_clip_name,
+              model_cfg=ModelConfig(), train_cfg=TrainConfig(epochs=1), progress=False)
