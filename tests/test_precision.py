@@ -101,3 +101,20 @@ def test_training_under_torchrun_on_mps_is_refused_clearly(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(InputError, match="Apple GPU .mps. run `stale train` as one process"):
         _distributed(torch.device("mps"))
+
+
+def test_an_operation_the_apple_gpu_lacks_is_one_error_line(capsys):
+    import typer
+
+    from stale_cli.cli.app import user_errors
+
+    with pytest.raises(typer.Exit) as e:
+        with user_errors():
+            raise NotImplementedError("The operator 'aten::foo' is not currently implemented for the MPS device. "
+                                      "If you want this op to be added ...\nmore")
+    assert e.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "aten::foo" in err and "PYTORCH_ENABLE_MPS_FALLBACK=1" in err
+    with pytest.raises(NotImplementedError):  # other NotImplementedErrors are bugs: not hidden
+        with user_errors():
+            raise NotImplementedError("something else")

@@ -62,11 +62,19 @@ def warning(message: str) -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a StaleError (or Ctrl-C) into one line on stderr and a non-zero exit."""
+    """Turn a StaleError (or Ctrl-C, or an operation Apple's GPU lacks) into one line on stderr and a non-zero
+    exit."""
     try:
         yield
     except StaleError as e:
         error(str(e))
+        raise typer.Exit(1) from None
+    except NotImplementedError as e:
+        if "MPS" not in str(e):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        error(f"PyTorch cannot run this on the Apple GPU ({first}); run it again with "
+              "PYTORCH_ENABLE_MPS_FALLBACK=1 (that operation on the CPU) or with --device cpu")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         error("interrupted; finished outputs are kept, rerun the same command to resume")
