@@ -58,8 +58,6 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
-
-
 @dataclass
 class VideoResult:
     index: int  # position in the input list
@@ -246,7 +244,9 @@ class _Decoders:
             task_send.close()
 
 
-def _iter_features_processes(paths, clip, fps, batch_size, decoder, on_frames, workers, claim) -> Iterator[VideoResult]:
+def _iter_features_processes(
+    paths, clip, fps, batch_size, decoder, on_frames, workers, claim
+) -> Iterator[VideoResult]:
     """iter_features with ``workers`` decoding processes (see the module docstring).
 
     Order: each idle process gets the next video in input order, at most ``AHEAD_PER_WORKER * workers`` past the

@@ -100,3 +100,19 @@ def test_cli_workers_end_to_end(tiny_clip_name, tiny_clip_weights, videos, bad_f
     r = CliRunner().invoke(app, ["extract-features", str(videos["cfr25"]["path"]), "--out", str(out),
                                  "--workers", "0", "--clip-model", tiny_clip_name])
     assert r.exit_code == 1 and "error: --workers must be at least 1, got 0" in r.output
+
+
+def test_workers_ask_claim_before_handing_out_a_video(clip, videos):
+    """extract_many's per-video lock (claim) works with decoding processes: a refused video is not decoded and
+    comes out in its place with claimed=False."""
+    paths = [videos["cfr25"]["path"], videos["single"]["path"], videos["ntsc"]["path"]]
+    asked = []
+
+    def claim(i):
+        asked.append(i)
+        return i != 1
+
+    results = list(iter_features(paths, clip, fps=4.0, batch_size=4, claim=claim, workers=2))
+    assert sorted(asked) == [0, 1, 2]
+    assert [(r.index, r.claimed) for r in results] == [(0, True), (1, False), (2, True)]
+    assert results[1].features is None and results[0].features.shape[0] > 0 and results[2].features.shape[0] > 0
