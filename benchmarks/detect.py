@@ -113,7 +113,7 @@ def run_once(video: Path, args) -> dict:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     classes = ["walking", "running", "riding a bike", "talking on a phone", "carrying a bag"]
     ckpt = random_checkpoint(args.clip_model, args.fps)
-    clip = load_clip(args.clip_model, None, device=args.device)
+    clip = load_clip(args.clip_model, None, device=args.device, precision=getattr(args, "precision", "fp32"))
     acc: dict = {}
     timed(clip, "encode_images", acc, "clip_encoding")
     det = Detector(DetectSettings(classes=classes, checkpoint=ckpt, batch_size=args.batch_size), device=args.device,
@@ -140,7 +140,8 @@ def run_once(video: Path, args) -> dict:
 
 def child(video: Path, args) -> dict:
     cmd = [sys.executable, __file__, "--child", str(video), "--fps", str(args.fps), "--device", args.device,
-           "--clip-model", args.clip_model, "--batch-size", str(args.batch_size), "--threads", str(args.threads or 0)]
+           "--clip-model", args.clip_model, "--batch-size", str(args.batch_size), "--threads", str(args.threads or 0),
+           "--precision", args.precision]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -153,6 +154,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--clip-model", default="ViT-B-16")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", default="fp32", help="CLIP's weights: fp32 | bf16 | fp16 | auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--memory-only", action="store_true", help="only the peak-memory comparison")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)

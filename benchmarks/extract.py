@@ -13,6 +13,16 @@ load at the time; the CPU is shared, numbers are noisy, compare ratios.
    are interleaved (bare, e2e, bare, e2e) and summed, so drifting load hits both alike.
 2. decode only: decord and PyAV sampling at the same fps with the CLIP resize, and all source frames per second.
 3. peak RSS: ``extract_many`` on a 1-minute and a 30-minute input, each in its own subprocess (ru_maxrss).
+4. precision: end-to-end ``extract_many`` with CLIP's weights in fp32 and in bf16 (``--precisions``; the same
+   random weights), interleaved (fp32, bf16, fp32, bf16), frames/s of each, their ratio, and the cosine between
+   the two runs' feature rows (min and mean over rows).
+
+    python benchmarks/extract.py --only precision        # section 4 alone
+5. decoding processes: peak memory (RSS summed over this process and all its descendants, sampled every 0.1 s)
+   of ``extract_many`` with ``--workers`` processes on 4 and on 32 copies of a 20 s vtest, each count in a fresh
+   process; a low sampling rate keeps the encoding short while every source frame is decoded.
+
+    python benchmarks/extract.py --only workers-memory   # section 5 alone
 """
 
 from __future__ import annotations
@@ -94,6 +104,94 @@ def rss_child(video: str, fps: float, batch_size: int) -> None:
     }))
 
 
+def tree_rss_mb(root: int) -> float:
+    """RSS of process ``root`` and all its descendants, MB (Linux /proc)."""
+    parent, rss = {}, {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            parent[int(d.name)], rss[int(d.name)] = int(fields[1]), int(fields[21]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(p for p, pp in parent.items() if pp == pid)
+    return total / 2**20
+
+
+def workers_child(folder: Path, count: int, workers: int) -> None:
+    """Subprocess body of section 5: extract `count` videos of `folder` with `workers` decoding processes."""
+    import threading
+
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.extract import extract_many
+
+    clip = load_clip("ViT-B-16", None, precision="auto")
+    peak, stop = [0.0], threading.Event()
+
+    def watch():
+        while not stop.wait(0.1):
+            peak[0] = max(peak[0], tree_rss_mb(os.getpid()))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    videos = sorted(folder.glob("*.avi"))[:count]
+    with tempfile.TemporaryDirectory() as d:
+        s = extract_many(videos, d, clip, fps=0.1, batch_size=2, progress=False, workers=workers)
+    stop.set()
+    watcher.join()
+    print(json.dumps({"videos": count, "workers": workers, "done": s.done, "rows": s.frames,
+                      "seconds": round(s.seconds, 1), "peak_tree_rss_mb": round(peak[0], 1),
+                      "peak_rss_self_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+def compare_precisions(video: Path, device, fps: float, bs: int, precisions: list, reps: int) -> dict:
+    """Section 4: end-to-end extract_many of `video` with CLIP's weights in each precision (same weights)."""
+    import numpy as np
+    import torch
+
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.extract import extract_many
+
+    torch.manual_seed(0)
+    clips = {p: load_clip("ViT-B-16", None, device, precision=p) for p in precisions}
+    state = clips[precisions[0]].model.state_dict()
+    for p in precisions[1:]:
+        clips[p].model.load_state_dict(state)  # load_state_dict keeps each model's own dtypes
+    seconds = {p: [] for p in precisions}
+    feats, frames = {}, 0
+    for p, clip in clips.items():  # warm-up
+        clip.encode_images(torch.zeros(2, 224, 224, 3, dtype=torch.uint8), batch_size=2)
+    for rep in range(reps):
+        for p, clip in clips.items():
+            with tempfile.TemporaryDirectory() as d:
+                t = time.perf_counter()
+                s = extract_many([video], d, clip, fps=fps, batch_size=bs, progress=False)
+                seconds[p].append(time.perf_counter() - t)
+                assert s.done == 1
+                feats[p] = np.load(Path(d) / f"{video.stem}.npy").astype(np.float64)
+                frames = s.frames
+            print(f"precision rep {rep}: {p} {frames / seconds[p][-1]:.2f} frames/s", flush=True)
+    base, other = precisions[0], precisions[1]
+    a, b = feats[base], feats[other]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    out = {"precision_frames": frames, "precision_reps": reps}
+    for p in precisions:
+        out[f"e2e_fps_{p}"] = frames * reps / sum(seconds[p])
+        out[f"e2e_seconds_{p}"] = seconds[p]
+    out[f"speedup_{other}_vs_{base}"] = out[f"e2e_fps_{other}"] / out[f"e2e_fps_{base}"]
+    out["cosine_min"], out["cosine_mean"] = float(cos.min()), float(cos.mean())
+    print(f"{other} / {base} end to end: {out[f'speedup_{other}_vs_{base}']:.2f}x; cosine min {cos.min():.5f} "
+          f"mean {cos.mean():.5f}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench_out" / "extract")
@@ -103,10 +201,17 @@ def main() -> None:
     ap.add_argument("--rss-fps", type=float, default=1 / 30, help="sampling rate of the memory runs (see below)")
     ap.add_argument("--rss-batch-size", type=int, default=2)
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--only", choices=["precision", "workers-memory"], help="run only this section")
+    ap.add_argument("--workers", type=int, default=2, help="section 5: decoding processes")
+    ap.add_argument("--workers-child", nargs=3, metavar=("DIR", "COUNT", "WORKERS"), help=argparse.SUPPRESS)
+    ap.add_argument("--precisions", default="fp32,bf16", help="section 4: baseline,other")
+    ap.add_argument("--precision-reps", type=int, default=2)
     ap.add_argument("--rss-child", nargs=3, metavar=("VIDEO", "FPS", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
         return rss_child(args.rss_child[0], float(args.rss_child[1]), int(args.rss_child[2]))
+    if args.workers_child:
+        return workers_child(Path(args.workers_child[0]), int(args.workers_child[1]), int(args.workers_child[2]))
 
     import torch
 
@@ -125,6 +230,25 @@ def main() -> None:
            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "input": str(clip_in)}
     if device.type == "cuda":
         res["gpu"] = torch.cuda.get_device_name(device)
+
+    if args.only == "workers-memory":
+        (args.out / "copies").mkdir(exist_ok=True)
+        copies = [loop_video(clip_in, args.out / "copies" / f"v{i:02d}.avi", args.seconds) for i in range(32)]
+        for count in (4, 32):
+            out = subprocess.run([sys.executable, __file__, "--workers-child", str(copies[0].parent), str(count),
+                                  str(args.workers)], check=True, capture_output=True, text=True).stdout
+            res[f"workers_{count}_videos"] = json.loads(out.strip().splitlines()[-1])
+            print(f"{count} videos: {res[f'workers_{count}_videos']}", flush=True)
+        res["tree_rss_ratio_32_vs_4"] = (res["workers_32_videos"]["peak_tree_rss_mb"]
+                                         / res["workers_4_videos"]["peak_tree_rss_mb"])
+        print(f"peak RSS of the process tree, 32 / 4 videos: {res['tree_rss_ratio_32_vs_4']:.3f}", flush=True)
+        (args.out / "workers_memory.json").write_text(json.dumps(res, indent=2) + "\n")
+        return
+    if args.only == "precision":
+        res.update(compare_precisions(clip_in, device, fps, bs, args.precisions.split(","), args.precision_reps))
+        (args.out / "precision.json").write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res, indent=2))
+        return
 
     # 2. decode only (first: it also warms the file cache)
     clip = load_clip("ViT-B-16", None, device)
@@ -176,6 +300,7 @@ def main() -> None:
         res["rss_ratio_30_vs_1"] = res["rss_30min"]["peak_rss_mb"] / res["rss_1min"]["peak_rss_mb"]
         res["rss_fps"], res["rss_batch_size"] = args.rss_fps, args.rss_batch_size
         print(f"peak RSS 30 min / 1 min: {res['rss_ratio_30_vs_1']:.3f}")
+    res.update(compare_precisions(clip_in, device, fps, bs, args.precisions.split(","), args.precision_reps))
     res["total_seconds"] = time.perf_counter() - t_start
     (args.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))

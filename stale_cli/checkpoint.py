@@ -40,6 +40,7 @@ class CheckpointInfo:
     clip_model: str  # open_clip architecture of the text tower (and of the features, when they are CLIP's)
     clip_weights: str  # what initialised the text tower before training ("openai", a path, or "random")
     epoch: int  # epochs completed
+    clip_activation: str = "gelu"  # the text tower's MLP activation: gelu | quick_gelu (OpenAI's weights)
     extra: dict = field(default_factory=dict)  # optimizer state, history, training options: for --resume
 
 
@@ -57,6 +58,8 @@ def save_checkpoint(
     **extra: Any,
 ) -> None:
     """Write a checkpoint atomically. ``extra`` (optimizer state, history, ...) must hold only plain types/tensors."""
+    from stale_cli.clip_backbone import activation_of
+
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
@@ -68,6 +71,7 @@ def save_checkpoint(
         "feature_dim": int(model_cfg.feature_dim),
         "clip_model": str(clip_model),
         "clip_weights": str(clip_weights),
+        "clip_activation": activation_of(model),  # the text tower's, as built (QuickGELU for OpenAI's weights)
         "epoch": int(epoch),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra,
@@ -120,6 +124,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
         )
     if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path}: checkpoint has no state dict")
+    from stale_cli.clip_backbone import activation_problem, recorded_activation
+
+    clip_model, clip_weights = str(ckpt.get("clip_model", "")), str(ckpt.get("clip_weights", ""))
+    problem = activation_problem(clip_model, clip_weights, ckpt.get("clip_activation"))
+    if problem:
+        raise CheckpointError(f"{path}: checkpoint {problem}; train it again with this version of stale")
     info = CheckpointInfo(
         model_config=_config(ModelConfig, ckpt.get("model_config"), "model config", path),
         loss_config=_config(LossConfig, ckpt.get("loss_config"), "loss config", path),
@@ -127,9 +137,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
         class_names=tuple(ckpt.get("class_names") or ()),
         feature_fps=float(ckpt.get("feature_fps", 0.0)),
         feature_dim=int(ckpt.get("feature_dim", 0)),
-        clip_model=str(ckpt.get("clip_model", "")),
-        clip_weights=str(ckpt.get("clip_weights", "")),
+        clip_model=clip_model,
+        clip_weights=clip_weights,
         epoch=int(ckpt.get("epoch", 0)),
+        clip_activation=recorded_activation(clip_model, ckpt.get("clip_activation")),
         extra=dict(ckpt.get("extra") or {}),
     )
     if not info.class_names:
@@ -137,14 +148,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
     return ckpt, info
 
 
-def build_model(model_cfg: ModelConfig) -> torch.nn.Module:
-    """A STALE model with an architecture-only CLIP text tower (random weights; nothing is downloaded)."""
+def build_model(model_cfg: ModelConfig, clip_activation: str = "gelu") -> torch.nn.Module:
+    """A STALE model with an architecture-only CLIP text tower (random weights; nothing is downloaded), built
+    with ``clip_activation`` (the checkpoint's ``clip_activation``)."""
     import open_clip
 
+    from stale_cli.clip_backbone import QUICK_GELU
     from stale_cli.model.stale import STALE
 
     try:
-        clip = open_clip.create_model(model_cfg.clip_model, pretrained=None)
+        clip = open_clip.create_model(model_cfg.clip_model, pretrained=None,
+                                      force_quick_gelu=clip_activation == QUICK_GELU)
     except RuntimeError as e:
         raise CheckpointError(f"unknown open_clip model {model_cfg.clip_model!r} in the checkpoint ({e})") from None
     return STALE(model_cfg, clip)
@@ -153,7 +167,7 @@ def build_model(model_cfg: ModelConfig) -> torch.nn.Module:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, CheckpointInfo]:
     """Rebuild the trained model (eval mode, on ``device``) and its description from a checkpoint."""
     ckpt, info = read_checkpoint(path)
-    model = build_model(info.model_config)
+    model = build_model(info.model_config, info.clip_activation)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -11,7 +11,6 @@ Nothing is loaded or downloaded at import time.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pickle
@@ -25,6 +24,119 @@ from stale_cli import CLIP_WEIGHTS_ENV
 from stale_cli.errors import WeightsError
 
 log = logging.getLogger(__name__)
+
+GELU, QUICK_GELU = "gelu", "quick_gelu"  # CLIP's MLP activations; OpenAI trained its CLIPs with QuickGELU
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of x86 CPUs with native bf16 arithmetic
+
+
+def cpu_has_native_bf16(cpuinfo: Optional[str] = None) -> bool:
+    """Whether this CPU does bf16 arithmetic natively (AMX-BF16 or AVX512-BF16), read at run time.
+
+    ``cpuinfo``: the text of /proc/cpuinfo (read here when None). Where there is no /proc/cpuinfo (macOS,
+    Windows) the answer is False: torch would emulate bf16 there, which is slower than fp32.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return any(f in flags for f in CPU_BF16_FLAGS)
+
+
+def resolve_precision(
+    precision: str, device: str | torch.device, native_bf16: Callable[[], bool] = cpu_has_native_bf16
+) -> str:
+    """``auto | fp32 | bf16 | fp16`` -> the dtype name CLIP's weights are cast to on ``device``.
+
+    ``auto``: fp16 on CUDA, bf16 on CPUs with native bf16 (``native_bf16()``), fp32 otherwise (Apple GPUs,
+    other CPUs). Casting the weights, not autocast: on a CPU autocast bf16 ran slower than fp32 (issue 8).
+    """
+    from stale_cli.errors import InputError
+
+    precision = precision.strip().lower()
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        if device.type == "cpu" and native_bf16():
+            return "bf16"
+        return "fp32"
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+    return precision
+
+
+def _model_quick_gelu(model_name: str) -> bool:
+    import open_clip
+
+    return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+
+
+def required_activation(model_name: str, weights: Optional[str]) -> Optional[str]:
+    """The activation ``model_name`` must run with to hold ``weights``: QuickGELU when the name is a
+    ``-quickgelu`` variant or open_clip's config of the pretrained tag says so, GELU for other tags; None when
+    the weights do not say (a local file, random weights)."""
+    import open_clip
+
+    if model_name not in open_clip.list_models():
+        return None
+    if _model_quick_gelu(model_name):
+        return QUICK_GELU
+    cfg = open_clip.get_pretrained_cfg(model_name, str(weights)) if weights else {}
+    if not cfg:
+        return None
+    return QUICK_GELU if cfg.get("quick_gelu", False) else GELU
+
+
+def activation_of(module: torch.nn.Module) -> str:
+    """The activation an open_clip tower (or a model holding one) was built with."""
+    from open_clip.transformer import QuickGELU
+
+    return QUICK_GELU if any(isinstance(m, QuickGELU) for m in module.modules()) else GELU
+
+
+def recorded_activation(clip_model: Optional[str], recorded: Optional[str]) -> str:
+    """The activation a feature file or checkpoint was made with: the one it records, else (files from before
+    stale recorded it) the one the architecture ``clip_model`` has by its name, which is what ran."""
+    return recorded or (QUICK_GELU if clip_model and _model_quick_gelu(clip_model) else GELU)
+
+
+def activation_problem(
+    clip_model: Optional[str], clip_weights: Optional[str], recorded: Optional[str]
+) -> Optional[str]:
+    """Why features or a checkpoint described by (``clip_model``, ``clip_weights``, recorded activation) were
+    computed by another network than the weights were trained as, or None when they are fine.
+
+    Files written before stale recorded the activation (``recorded`` None) ran ``ViT-B-16`` with OpenAI's
+    weights with GELU: those are the ones caught.
+    """
+    if not clip_model:
+        return None
+    needed = required_activation(clip_model, clip_weights)
+    used = recorded_activation(clip_model, recorded)
+    if needed is None or needed == used:
+        return None
+    how = "" if recorded else " (an older stale, before the activation was fixed and recorded)"
+    return (f"made with CLIP {clip_model} running {used.replace('_', '')}{how}, but the {clip_weights!r} weights "
+            f"were trained with {needed.replace('_', '')}")
+
+
+def feature_activation_error(meta: dict, expected: Optional[str] = None) -> Optional[str]:
+    """Why features with sidecar ``meta`` must not be used with a text tower running ``expected`` (None: any),
+    or None. Caught: features from a CLIP run with the wrong activation for its weights, and a mix of the two."""
+    problem = activation_problem(meta.get("clip_model"), meta.get("clip_weights"), meta.get("clip_activation"))
+    if problem:
+        return f"features {problem}; extract them again (stale extract-features --overwrite)"
+    used = recorded_activation(meta.get("clip_model"), meta.get("clip_activation"))
+    if expected and used != expected:
+        return (f"features were made with CLIP running {used.replace('_', '')} but the text encoder runs "
+                f"{expected.replace('_', '')}; features and text must come from the same CLIP")
+    return None
 
 
 def resize_and_crop(frames: torch.Tensor, size: int, resize_mode: str = "shortest") -> torch.Tensor:
@@ -74,6 +186,12 @@ class ClipBackbone:
     std: tuple
     resize_mode: str
     device: torch.device
+    activation: str = GELU  # the towers' MLP activation: "quick_gelu" (OpenAI's weights) or "gelu"
+    precision: str = "fp32"  # the weights' dtype: fp32 | bf16 | fp16 (see resolve_precision)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISIONS[self.precision]
 
     def resize_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, H, W, 3)`` -> uint8 ``(N, S, S, 3)`` with S = image_size (the geometric part of preprocess)."""
@@ -87,23 +205,18 @@ class ClipBackbone:
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def _autocast(self):
-        if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return contextlib.nullcontext()
-
     def encode_images(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Image embeddings (not L2-normalised), float32 ``(N, embed_dim)`` on CPU.
 
         ``images``: uint8 RGB frames ``(N, H, W, 3)`` of any size, or an already preprocessed float tensor
-        ``(N, 3, S, S)``. Encoded ``batch_size`` at a time under inference mode (autocast on CUDA).
+        ``(N, 3, S, S)``. Encoded ``batch_size`` at a time under inference mode, in the weights' precision.
         """
         out = []
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             for i in range(0, images.shape[0], batch_size):
                 x = images[i : i + batch_size]
                 x = self.preprocess(x) if x.dtype == torch.uint8 else x.to(self.device)  # (b, 3, S, S)
+                x = x.to(self.dtype)
                 out.append(self.model.encode_image(x).float().cpu())  # (b, C)
         if not out:
             return torch.zeros(0, self.embed_dim)
@@ -112,7 +225,7 @@ class ClipBackbone:
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Text embeddings (not L2-normalised), float32 ``(K, embed_dim)`` on CPU, one row per string."""
         tokens = self.tokenizer(list(texts)).to(self.device)  # (K, 77)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             return self.model.encode_text(tokens).float().cpu()  # (K, C)
 
 
@@ -134,17 +247,22 @@ def load_clip(
     weights: Optional[str | os.PathLike] = "openai",
     device: str | torch.device = "cpu",
     cache_dir: Optional[str] = None,
+    precision: str = "fp32",
 ) -> ClipBackbone:
     """Build ``model_name`` with ``weights`` and return it as a :class:`ClipBackbone` in eval mode on ``device``.
 
     ``weights``: an open_clip pretrained tag for the model ("openai", "laion2b_s34b_b88k", ...; downloaded once
     through open_clip and cached by it), a path to a local file in any form open_clip's ``pretrained=`` accepts,
     or ``None`` for random initialisation (tests and benchmarks only). Raises :class:`WeightsError` when the
-    weights cannot be had, naming both ways out.
+    weights cannot be had, naming both ways out. A tag whose open_clip config says QuickGELU (OpenAI's) builds
+    both towers with QuickGELU, the activation those weights were trained with. ``precision``: see
+    :func:`resolve_precision`; bf16/fp16 cast the weights as open_clip does (layer norms stay fp32).
     """
     import open_clip
 
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    quick_gelu = False
     if model_name not in open_clip.list_models():
         raise WeightsError(
             f"unknown --clip-model {model_name!r}; open_clip knows e.g. ViT-B-16, ViT-B-32, ViT-L-14 "
@@ -163,6 +281,7 @@ def load_clip(
             except (OSError, RuntimeError, ValueError) as e:  # huggingface_hub/urllib errors subclass these
                 raise _weights_error(model_name, weights, _first_line(e)) from e
             pretrained, recorded = weights, weights
+            quick_gelu = bool(cfg.get("quick_gelu", False))
         else:
             path = Path(weights).expanduser()
             if not path.is_file():
@@ -172,13 +291,15 @@ def load_clip(
                     f"(tags: {', '.join(tags) or 'none'}); pass a path to a local weights file"
                 )
             pretrained, recorded = str(path), str(path.resolve())
-            if open_clip.get_pretrained_cfg(model_name, "openai").get("quick_gelu"):
+            openai_cfg = open_clip.get_pretrained_cfg(model_name, "openai")
+            if openai_cfg.get("quick_gelu") and not _model_quick_gelu(model_name):
                 log.info(
                     "%s: if %s holds OpenAI's weights, use --clip-model %s-quickgelu (OpenAI's models use QuickGELU)",
                     model_name, path, model_name,
                 )
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, device=device, cache_dir=cache_dir)
+        model = open_clip.create_model(model_name, pretrained=pretrained, device=device, cache_dir=cache_dir,
+                                       force_quick_gelu=quick_gelu, precision=precision)
     except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
         if pretrained is None:
             raise
@@ -192,8 +313,11 @@ def load_clip(
     size = size if isinstance(size, int) else size[0]
     embed_dim = getattr(model.visual, "output_dim", None)
     if embed_dim is None:  # towers that do not say (timm, HF): ask with one dummy image
-        embed_dim = int(model.encode_image(torch.zeros(1, 3, size, size, device=device)).shape[-1])
-    log.debug("loaded CLIP %s (%s) on %s, input %d, embed %d", model_name, recorded, device, size, embed_dim)
+        dummy = torch.zeros(1, 3, size, size, device=device, dtype=PRECISIONS[precision])
+        embed_dim = int(model.encode_image(dummy).shape[-1])
+    activation = activation_of(model)
+    log.debug("loaded CLIP %s (%s, %s, %s) on %s, input %d, embed %d", model_name, recorded, activation, precision,
+              device, size, embed_dim)
     return ClipBackbone(
         model=model,
         name=model_name,
@@ -205,4 +329,6 @@ def load_clip(
         std=tuple(float(s) for s in pp["std"]),
         resize_mode=pp.get("resize_mode", "shortest"),
         device=device,
+        activation=activation,
+        precision=precision,
     )

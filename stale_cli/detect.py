@@ -149,6 +149,7 @@ class DetectSettings:
     batch_size: int = 64
     cache_features: Optional[Path] = None
     weights_dir: Optional[Path] = None
+    precision: str = "auto"  # CLIP's weights on videos: auto | fp32 | bf16 | fp16 (clip_backbone.resolve_precision)
     clip_cfg: ClipModeConfig = field(default_factory=ClipModeConfig)
 
 
@@ -207,7 +208,14 @@ class Detector:
         if self.clip is None and (need_video or self.mode == CLIP_MODE):
             from stale_cli.clip_backbone import load_clip
 
-            self.clip = load_clip(self.clip_model_name, settings.clip_weights, device=self.device)
+            self.clip = load_clip(self.clip_model_name, settings.clip_weights, device=self.device,
+                                  precision=settings.precision)
+        if self.mode == STALE_MODE and self.clip is not None and self.clip.activation != self.info.clip_activation:
+            raise CheckpointError(
+                f"{self.checkpoint}: its text encoder runs {self.info.clip_activation} but CLIP {self.clip.name} "
+                f"with --clip-weights {self.clip.weights} runs {self.clip.activation}; video features would not "
+                "match the text: use the CLIP weights the checkpoint was trained with"
+            )
         if self.mode == STALE_MODE:
             with torch.inference_mode():
                 self.text = self.model.encode_classes(self.classes)  # (K+1, C)
@@ -252,6 +260,9 @@ class Detector:
             "fps": self.fps,
             "clip_model": self.clip_model_name,
             "clip_weights": getattr(self.clip, "weights", None) or self.settings.clip_weights,
+            "clip_activation": getattr(self.clip, "activation", None)
+            or (self.info.clip_activation if self.info is not None else None),
+            "precision": getattr(self.clip, "precision", None),
             "stale_version": __version__,
         }
 
@@ -285,6 +296,7 @@ class Detector:
         same = (
             _same_clip(meta.get("clip_model"), self.clip_model_name)
             and str(meta.get("clip_weights")) == str(getattr(self.clip, "weights", meta.get("clip_weights")))
+            and meta.get("clip_activation") == getattr(self.clip, "activation", None)
             and math.isclose(float(meta.get("fps", -1)), float(fps))
             and source_mismatch(meta, path) is None
         )
@@ -305,6 +317,12 @@ class Detector:
         from stale_cli.data.windows import feature_timeline, video_duration
 
         feats = np.asarray(feats, dtype=np.float32)
+        from stale_cli.clip_backbone import feature_activation_error
+
+        expected = self.info.clip_activation if self.mode == STALE_MODE else getattr(self.clip, "activation", None)
+        why = feature_activation_error(meta, expected)
+        if why:
+            raise DataError(f"{source}: {why}")
         if self.mode == STALE_MODE:
             if not _same_clip(meta.get("clip_model"), self.clip_model_name):
                 raise CheckpointError(

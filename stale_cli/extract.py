@@ -3,6 +3,9 @@
 Pipeline: one background thread decodes (and resizes) the videos in order and fills a bounded queue with chunks
 of ``batch_size`` frames; the calling thread takes them off and encodes each chunk as one batch. Decoding thus
 runs ahead of encoding, also across video boundaries, and memory is bounded by the queue whatever the length.
+With ``workers > 1`` (a GPU encodes faster than one thread decodes) the decoding runs in that many processes
+instead, each on its own video and its own pipe, all feeding the one encoder; results still come out in input
+order (see :func:`_iter_features_processes`).
 
 On disk (DESIGN.md §3): ``<video_id>.npy`` float16 ``(T, D)``, row k = frame shown at ``k / fps`` seconds after
 the first frame, and ``<video_id>.json`` (see :func:`sidecar`); the id is the file stem. Both are written
@@ -12,8 +15,12 @@ atomically, the sidecar last, so a video counts as done only when both exist: a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
+import pickle
 import os
 import queue
 import sys
@@ -28,6 +35,7 @@ import numpy as np
 import torch
 
 from stale_cli import __version__
+from stale_cli.clip_backbone import resize_and_crop
 from stale_cli.errors import DecodeError, InputError, StaleError
 from stale_cli.fileio import check_writable, source_identity, source_mismatch, write_features
 from stale_cli.locks import OutputLock
@@ -39,6 +47,15 @@ DEFAULT_FEATURE_FPS = 4.0  # frames/s sampled for features; detect and train def
 DEFAULT_BATCH_SIZE = 32
 FEATURE_FORMAT = 1  # version of the sidecar layout
 QUEUE_CHUNKS = 3  # decoded chunks waiting for the encoder (bounds memory: 3 x batch x S x S x 3 bytes)
+# With decoding processes: videos started ahead of the oldest unfinished one, per worker. Bounds the features
+# held back for in-order output however many videos there are.
+AHEAD_PER_WORKER = 2
+WORKER_POLL_S = 0.5  # longest wait for a message from the decoding processes before handing out work again
+
+
+def default_workers() -> int:
+    """Decoding processes by default: half the CPUs (the encoder's threads need the rest), 1 to 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 @dataclass
@@ -61,6 +78,8 @@ def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> dic
         **source_identity(path),  # source (resolved path), source_size, source_mtime_ns: what a rerun compares
         "clip_model": clip.name,
         "clip_weights": clip.weights,
+        "clip_activation": clip.activation,  # gelu | quick_gelu: what both towers ran with
+        "precision": clip.precision,  # dtype of CLIP's weights: fp32 | bf16 | fp16
         "num_frames": info.num_frames,  # frames decoded from the source
         "num_rows": num_rows,
         "embed_dim": clip.embed_dim,
@@ -114,6 +133,175 @@ def _decode_worker(paths, fps, clip, batch_size, decoder, out: queue.Queue, stop
     put((_DONE, -1, None))
 
 
+def _decode_process(tasks, results, fps: float, transform, batch_size: int, decoder: str) -> None:
+    """Body of a decoding process. ``tasks``/``results``: its own two pipe ends. For each (i, path) received,
+    send ("chunk", i, uint8 array) ..., then ("done", i, VideoInfo) or ("error", i, StaleError); stop at None
+    or when the encoder's end closes."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the encoder's to handle: it ends these processes
+    torch.set_num_threads(1)  # the resize runs here; the encoder's process owns the cores' threads
+    while True:
+        try:
+            task = tasks.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        i, path = task
+        sampler = FrameSampler(path, fps, transform=transform, chunk_size=batch_size, decoder=decoder)
+        try:
+            for chunk in sampler:
+                results.send(("chunk", i, chunk.frames.numpy()))  # (n, S, S, 3) uint8; waits for the encoder
+            item = ("done", i, sampler.info)
+        except StaleError as e:
+            item = ("error", i, e)
+        except (BrokenPipeError, EOFError):
+            return
+        except Exception as e:  # a decoder crash on one file must not end the batch
+            item = ("error", i, DecodeError(f"{path}: decoding failed ({type(e).__name__}: {e})"))
+        results.send(item)
+
+
+def _result(i: int, path: Path, rows: list, info: VideoInfo, fps: float, clip) -> VideoResult:
+    """The finished VideoResult of video ``i`` from its encoded chunks ``rows`` [(n, D) float16]."""
+    feats = np.concatenate(rows) if rows else np.zeros((0, clip.embed_dim), np.float16)  # (T, D)
+    assert feats.shape[0] == info.num_samples == num_samples(info.duration, fps), (feats.shape, info)
+    meta = sidecar(path, info, fps, clip, feats.shape[0])
+    return VideoResult(i, Path(path), features=feats, meta=meta, warnings=list(info.warnings))
+
+
+class _Decoders:
+    """``workers`` decoding processes, each with its own task pipe and result pipe, given one video at a time.
+
+    A pipe per process, not one shared queue: a process that dies mid-message (a crash in a decoder library)
+    can corrupt or lock only its own pipe, and its death shows as end-of-file on it. A pipe holds little, so a
+    process that runs ahead waits in ``send``: decoded frames waiting for the encoder stay bounded.
+    """
+
+    def __init__(self, workers: int, args: tuple):
+        # forkserver (Linux): workers fork from a small server process, not from this one with its model and
+        # threads; spawn elsewhere (macOS, Windows).
+        self.ctx = multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
+        if self.ctx.get_start_method() == "forkserver":
+            self.ctx.set_forkserver_preload([__name__])  # torch, PyAV imported once in the server, not per worker
+        self.args = args
+        self.procs: dict = {}  # worker id -> (process, task sender, result receiver)
+        self.holding: dict = {}  # worker id -> video index it decodes
+        for wid in range(workers):
+            self.start(wid)
+
+    def start(self, wid: int) -> None:
+        task_recv, task_send = self.ctx.Pipe(duplex=False)
+        result_recv, result_send = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_decode_process, args=(task_recv, result_send, *self.args), daemon=True,
+                                name=f"stale-decode-{wid}")
+        proc.start()
+        task_recv.close()  # the child's ends: closed here, so the child's death reads as EOF
+        result_send.close()
+        self.procs[wid] = (proc, task_send, result_recv)
+        self.holding.pop(wid, None)
+
+    def idle(self) -> list:
+        return [wid for wid in self.procs if wid not in self.holding]
+
+    def give(self, wid: int, i: int, path: Path) -> None:
+        self.holding[wid] = i
+        self.procs[wid][1].send((i, str(path)))
+
+    def receive(self, timeout: float) -> Iterator[tuple]:
+        """(worker id, message or None if the process died) for each pipe with something to read."""
+        readers = {proc_pipes[2]: wid for wid, proc_pipes in self.procs.items()}
+        for conn in multiprocessing.connection.wait(list(readers), timeout=timeout):
+            wid = readers[conn]
+            try:
+                yield wid, conn.recv()
+            except (EOFError, OSError, pickle.UnpicklingError):  # died, maybe mid-message
+                yield wid, None
+
+    def replace(self, wid: int) -> tuple:
+        """Restart a dead process: (the video index it held or None, its exit code)."""
+        proc, task_send, result_recv = self.procs[wid]
+        proc.join(timeout=5.0)
+        held = self.holding.get(wid)
+        task_send.close()
+        result_recv.close()
+        self.start(wid)
+        return held, proc.exitcode
+
+    def close(self) -> None:
+        for proc, task_send, _ in self.procs.values():
+            try:
+                task_send.send(None)
+            except OSError:
+                pass
+        for proc, task_send, result_recv in self.procs.values():
+            result_recv.close()  # a process blocked in send gets a broken pipe and ends
+            proc.join(timeout=2.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+            task_send.close()
+
+
+def _iter_features_processes(
+    paths, clip, fps, batch_size, decoder, on_frames, workers, claim
+) -> Iterator[VideoResult]:
+    """iter_features with ``workers`` decoding processes (see the module docstring).
+
+    Order: each idle process gets the next video in input order, at most ``AHEAD_PER_WORKER * workers`` past the
+    oldest one not yet given back; finished ones wait until all before them are out. ``claim(i)`` is called just
+    before video ``i`` is handed out (False: ``claimed=False``, not decoded). A decoder error fails that
+    video only; a process that dies (a crash inside a decoder library) fails the video it had, and a new process
+    takes its place.
+    """
+    paths = [Path(p) for p in paths]
+    transform = functools.partial(resize_and_crop, size=clip.image_size, resize_mode=clip.resize_mode)
+    pool = _Decoders(workers, (fps, transform, batch_size, decoder))
+    rows: dict = {}  # video index -> encoded chunks so far
+    finished: dict = {}  # video index -> VideoResult waiting for its turn
+    sent, next_out, ahead = 0, 0, AHEAD_PER_WORKER * workers
+    try:
+        while True:
+            while next_out in finished:
+                yield finished.pop(next_out)
+                next_out += 1
+            if next_out >= len(paths):
+                return
+            for wid in pool.idle():
+                while sent < len(paths) and sent < next_out + ahead:
+                    i, sent = sent, sent + 1
+                    if claim is not None and not claim(i):
+                        finished[i] = VideoResult(i, paths[i], claimed=False)
+                        continue
+                    rows[i] = []
+                    pool.give(wid, i, paths[i])
+                    break
+            for wid, msg in pool.receive(WORKER_POLL_S):
+                if msg is None:
+                    i, code = pool.replace(wid)
+                    if i is not None:
+                        rows.pop(i, None)
+                        finished[i] = VideoResult(i, paths[i], error=DecodeError(
+                            f"{paths[i]}: the decoding process died (exit code {code}) on this file"))
+                    continue
+                kind, i, payload = msg
+                if kind == "chunk":
+                    frames = torch.from_numpy(payload)
+                    rows[i].append(clip.encode_images(frames, batch_size=batch_size).half().numpy())  # (n, D)
+                    if on_frames:
+                        on_frames(frames.shape[0])
+                    continue
+                del pool.holding[wid]
+                chunks = rows.pop(i)
+                if kind == "error":
+                    finished[i] = VideoResult(i, paths[i], error=payload)
+                else:
+                    finished[i] = _result(i, paths[i], chunks, payload, fps, clip)
+    finally:
+        pool.close()
+
+
 def iter_features(
     paths: Sequence[Path],
     clip,
@@ -122,16 +310,23 @@ def iter_features(
     decoder: str = "auto",
     on_frames: Optional[Callable[[int], None]] = None,
     claim: Optional[Callable[[int], bool]] = None,
+    workers: int = 1,
 ) -> Iterator[VideoResult]:
     """Features of each video, in input order, one :class:`VideoResult` per path (``error`` set on failure).
 
     ``on_frames(n)`` is called after every encoded batch (progress). Decoding runs in a background thread, which
-    calls ``claim(i)`` (when given) just before it starts on video ``i``: False skips it (``claimed=False``).
+    calls ``claim(i)`` (when given) just before it starts on video ``i``: False skips it (``claimed=False``); or
+    with ``workers > 1`` in that many processes (never more than there are videos), ``claim`` then called just
+    before video ``i`` is handed to one.
     """
     if not fps > 0:
         raise InputError(f"--fps must be positive, got {fps}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    workers = min(workers, len(paths))
+    if workers > 1:
+        yield from _iter_features_processes(paths, clip, fps, batch_size, decoder, on_frames, workers, claim)
+        return
     q: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
     stop = threading.Event()
     worker = threading.Thread(
@@ -157,12 +352,9 @@ def iter_features(
             if kind == "unclaimed":
                 yield VideoResult(i, Path(paths[i]), claimed=False)
                 continue
-            info: VideoInfo = payload
-            feats = np.concatenate(rows) if rows else np.zeros((0, clip.embed_dim), np.float16)  # (T, D)
+            result = _result(i, paths[i], rows, payload, fps, clip)
             rows = []
-            assert feats.shape[0] == info.num_samples == num_samples(info.duration, fps), (feats.shape, info)
-            meta = sidecar(paths[i], info, fps, clip, feats.shape[0])
-            yield VideoResult(i, Path(paths[i]), features=feats, meta=meta, warnings=list(info.warnings))
+            yield result
     finally:
         stop.set()
         worker.join()
@@ -213,7 +405,10 @@ def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
     changed = source_mismatch(meta, path)
     if changed is not None:
         return "changed", changed
-    wanted = {"fps": fps, "clip_model": clip.name, "clip_weights": clip.weights}
+    from stale_cli.clip_backbone import recorded_activation
+
+    meta = dict(meta, clip_activation=recorded_activation(meta.get("clip_model"), meta.get("clip_activation")))
+    wanted = {"fps": fps, "clip_model": clip.name, "clip_weights": clip.weights, "clip_activation": clip.activation}
     diff = [f"{k} {meta.get(k)!r} (asked: {v!r})" for k, v in wanted.items() if meta.get(k) != v]
     return ("other-settings", "; ".join(diff)) if diff else ("done", "")
 
@@ -261,6 +456,7 @@ def extract_many(
     ids: Optional[Sequence[str]] = None,
     on_warning: Callable[[str], None] = log.warning,
     on_error: Callable[[str], None] = log.error,
+    workers: int = 1,
 ) -> ExtractSummary:
     """Write ``<id>.npy`` + ``<id>.json`` into ``out_dir`` for every video; go on past bad files.
 
@@ -298,7 +494,8 @@ def extract_many(
     locks: dict[int, OutputLock] = {}
 
     def claim(i: int) -> bool:
-        """Take video i's lock; False if another run holds it or finished it meanwhile (decode thread)."""
+        """Take video i's lock; False if another run holds it or finished it meanwhile (called from the decode
+        thread, or from this one with decoding processes)."""
         lock = OutputLock(out_dir / f"{todo_ids[i]}.npy")
         if lock.acquire() is None:
             summary.busy.append((todo[i], lock.holder))
@@ -317,7 +514,8 @@ def extract_many(
     bar = tqdm(total=total or None, unit="frame", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     report = tqdm.external_write_mode if progress else contextlib.nullcontext
     try:
-        for result in iter_features(todo, clip, fps, batch_size, decoder, on_frames=bar.update, claim=claim):
+        for result in iter_features(todo, clip, fps, batch_size, decoder, on_frames=bar.update, claim=claim,
+                                    workers=workers):
             path = result.path
             if not result.claimed:
                 continue

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from stale_cli.checkpoint import build_model, read_checkpoint, save_checkpoint
+from stale_cli.clip_backbone import activation_of
 from stale_cli.data.annotations import Annotations
 from stale_cli.data.dataset import (VideoSet, WindowDataset, collate_windows, load_video_set, unseen_spans,
                                    video_instances)
@@ -118,6 +119,9 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, device, False
+    if device.type == "mps":
+        raise InputError("training under torchrun needs CUDA GPUs or CPU processes; on an Apple GPU (mps) run "
+                         "`stale train` as one process")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -127,7 +131,13 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
     return dist.get_rank(), dist.get_world_size(), device, started
 
 
-def _check_features(vs: VideoSet, clip_name: str, embed_dim: int, features_dir) -> None:
+def _check_features(vs: VideoSet, clip_name: str, embed_dim: int, features_dir, activation: str | None) -> None:
+    from stale_cli.clip_backbone import feature_activation_error
+
+    for vid, meta in vs.meta.items():
+        why = feature_activation_error(meta, activation if vs.feature_dim == embed_dim else None)
+        if why:
+            raise DataError(f"{Path(features_dir) / vid}.npy: {why}")
     clips = vs.clip_models()
     if vs.feature_dim == embed_dim and clips and clip_name not in clips:
         raise DataError(
@@ -334,7 +344,8 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         embed = int(open_clip.get_model_config(clip_name)["embed_dim"])
         model_cfg = replace(model_cfg, feature_dim=vs.feature_dim, embed_dim=embed,
                             num_snippets=data_cfg.num_snippets, clip_model=clip_name)
-    _check_features(vs, clip_name, model_cfg.embed_dim, features_dir)
+    activation = info.clip_activation if resume is not None else (activation_of(clip_model) if clip_model else None)
+    _check_features(vs, clip_name, model_cfg.embed_dim, features_dir, activation)
 
     train_ids, val_ids = split_videos([v.video_id for v in vs.videos], train_cfg.val_fraction, train_cfg.seed)
     train_set, val_set = vs.subset(train_ids), vs.subset(val_ids)
@@ -348,7 +359,7 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
                  len(train_ids), len(ds), len(val_ids), len(class_names))
 
     if resume is not None:
-        model = build_model(model_cfg)
+        model = build_model(model_cfg, info.clip_activation)
         model.load_state_dict(ckpt["state_dict"])
     else:
         if clip_model is None:

@@ -42,7 +42,13 @@ ClipWeightsOption = typer.Option(
     help="open_clip pretrained tag (default: OpenAI's weights, downloaded once and cached) or a path to a "
     f"local weights file. Also read from ${CLIP_WEIGHTS_ENV}.",
 )
-DeviceOption = typer.Option("auto", "--device", help="auto | cpu | cuda (auto: cuda when available).")
+DeviceOption = typer.Option(
+    "auto", "--device", help="auto | cpu | cuda[:N] | mps (auto: cuda when available, then Apple's mps, then cpu)."
+)
+PrecisionOption = typer.Option(
+    "auto", "--precision", help="auto | fp32 | bf16 | fp16: dtype CLIP's weights are cast to (auto: fp16 on CUDA, "
+    "bf16 on CPUs with native bf16 (AMX / AVX512-BF16), else fp32).",
+)
 ProgressOption = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 
 
@@ -56,11 +62,19 @@ def warning(message: str) -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a StaleError (or Ctrl-C) into one line on stderr and a non-zero exit."""
+    """Turn a StaleError (or Ctrl-C, or an operation Apple's GPU lacks) into one line on stderr and a non-zero
+    exit."""
     try:
         yield
     except StaleError as e:
         error(str(e))
+        raise typer.Exit(1) from None
+    except NotImplementedError as e:
+        if "MPS" not in str(e):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        error(f"PyTorch cannot run this on the Apple GPU ({first}); run it again with "
+              "PYTORCH_ENABLE_MPS_FALLBACK=1 (that operation on the CPU) or with --device cpu")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         error("interrupted; finished outputs are kept, rerun the same command to resume")
@@ -68,21 +82,33 @@ def user_errors() -> Iterator[None]:
 
 
 def resolve_device(name: str):
-    """``auto | cpu | cuda[:N]`` -> torch.device, chosen once here and passed down."""
+    """``auto | cpu | cuda[:N] | mps`` -> torch.device, chosen once here and passed down."""
     import torch
 
     from stale_cli.errors import InputError
 
     name = name.strip().lower()
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     if name == "cpu":
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-        return torch.device(name)
-    raise InputError(f"--device must be auto, cpu or cuda, not {name!r}")
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise InputError(f"--device {name!r}: expected cuda or cuda:N") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    if name == "mps":
+        if not has_mps:
+            raise InputError("--device mps was asked for but PyTorch has no Apple GPU (MPS) here; use --device cpu")
+        return torch.device("mps")
+    raise InputError(f"--device must be auto, cpu, cuda or mps, not {name!r}")
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:

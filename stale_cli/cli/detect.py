@@ -10,6 +10,7 @@ import typer
 from stale_cli.cli.app import (
     ClipWeightsOption,
     DeviceOption,
+    PrecisionOption,
     ProgressOption,
     app,
     error,
@@ -66,6 +67,7 @@ def detect(
     ),
     clip_weights: str = ClipWeightsOption,
     device: str = DeviceOption,
+    precision: str = PrecisionOption,
     batch_size: int = typer.Option(32, "--batch-size", help="Video frames per CLIP forward pass."),
     progress: bool = ProgressOption,
 ) -> None:
@@ -75,6 +77,7 @@ def detect(
     outputs of the others.
     """
     with user_errors():
+        from stale_cli.clip_backbone import resolve_precision
         from stale_cli.detect import DetectSettings, Detector, detect_batch
         from stale_cli.errors import InputError
         from stale_cli.outputs import (
@@ -116,8 +119,11 @@ def detect(
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
             fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
+            precision=precision,
         )
-        detector = Detector(settings, device=resolve_device(device), need_video=need_video)
+        dev = resolve_device(device)
+        resolve_precision(precision, dev)  # a bad --precision is an error before any model loads
+        detector = Detector(settings, device=dev, need_video=need_video)
         writer.meta = detector.metadata()
         journal = DetectJournal.for_writer(writer, detector.run_key())
         if journal is not None:

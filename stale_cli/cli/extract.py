@@ -11,6 +11,7 @@ from stale_cli.cli.app import (
     ClipModelOption,
     ClipWeightsOption,
     DeviceOption,
+    PrecisionOption,
     ProgressOption,
     app,
     error,
@@ -19,7 +20,7 @@ from stale_cli.cli.app import (
     user_errors,
     warning,
 )
-from stale_cli.extract import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS
+from stale_cli.extract import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers
 
 
 @app.command("extract-features")
@@ -34,7 +35,12 @@ def extract_features(
     clip_model: str = ClipModelOption,
     clip_weights: str = ClipWeightsOption,
     device: str = DeviceOption,
+    precision: str = PrecisionOption,
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Frames per forward pass."),
+    workers: int = typer.Option(
+        default_workers(), "--workers", "-j", help="Decoding processes, each on its own video, feeding the one "
+        "encoder (default: half the CPUs, at most 8). 1: decode in a thread of this process.",
+    ),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: do only shard I of N (0-based; deterministic, by file name). Under torchrun "
         "the default is RANK/WORLD_SIZE.",
@@ -64,6 +70,8 @@ def extract_features(
             raise InputError(f"--fps must be positive, got {fps}")
         if batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        if workers < 1:
+            raise InputError(f"--workers must be at least 1, got {workers}")
         if decoder not in ("auto", "pyav", "decord"):
             raise InputError(f"--decoder must be auto, pyav or decord, not {decoder!r}")
         shard_spec = parse_shard(shard)
@@ -76,10 +84,10 @@ def extract_features(
             paths = [p for p in paths if p in keep]
             stderr.print(f"shard {index}/{count}: {len(paths)} video(s)", highlight=False)
         check_writable(out, f"--out {out}")
-        clip = load_clip(clip_model, clip_weights, resolve_device(device))
+        clip = load_clip(clip_model, clip_weights, resolve_device(device), precision=precision)
         summary = extract_many(
             paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=progress, ids=ids,
-            decoder=decoder, on_warning=warning, on_error=error,
+            decoder=decoder, on_warning=warning, on_error=error, workers=workers,
         )
         if summary.busy:
             holders = ", ".join(sorted({holder for _, holder in summary.busy}))
