@@ -196,7 +196,8 @@ def test_extract_and_detect_on_a_full_disk(videos, tmp_path, monkeypatch, tiny_c
     assert sorted(p.name for p in preds.iterdir() if not p.name.startswith(".")) == ["other.json"]  # not the journal
 
 
-def test_lock_files_on_a_full_disk(videos, tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
+@pytest.mark.parametrize("workers", ["1", "2"])  # the decode thread, or decoding processes
+def test_lock_files_on_a_full_disk(videos, tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights, workers):
     """A per-video lock file that cannot be written fails that video with one line (it once hung the batch: the
     decode thread died taking the lock)."""
     import stale_cli.locks as locks
@@ -205,7 +206,7 @@ def test_lock_files_on_a_full_disk(videos, tmp_path, monkeypatch, tiny_clip_name
     out = tmp_path / "feats"
     r = CliRunner().invoke(app, ["extract-features", str(videos["cfr25"]["path"]), str(videos["ntsc"]["path"]),
                                  "--out", str(out), "--clip-model", tiny_clip_name, "--clip-weights",
-                                 str(tiny_clip_weights), "--no-progress"])
+                                 str(tiny_clip_weights), "--no-progress", "--workers", workers])
     assert r.exit_code == 1 and "Traceback" not in r.output
     lines = [e for e in error_lines(r) if "No space left on device" in e]
     assert len(lines) == 2 and all(".lock" in e for e in lines), r.stderr
