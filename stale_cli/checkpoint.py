@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from stale_cli.data.windows import DataConfig
 from stale_cli.errors import CheckpointError, StaleError
 from stale_cli.fileio import atomic_path
 from stale_cli.model.config import LossConfig, ModelConfig
+from stale_cli.postprocess import DETECT_PRESETS, DetectConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,14 @@ class CheckpointInfo:
     epoch: int  # epochs completed
     clip_activation: str = "gelu"  # the text tower's MLP activation: gelu | quick_gelu (OpenAI's weights)
     extra: dict = field(default_factory=dict)  # optimizer state, history, training options: for --resume
+    # Inference settings of the dataset preset the model was trained with (ActivityNet: Soft-NMS sigma 0.75, top
+    # 100); `stale detect` and the protocol start from these.
+    detect_config: DetectConfig = DetectConfig()
+
+
+def detect_config_for(data_cfg: DataConfig) -> DetectConfig:
+    """The detection preset that goes with a data preset: whole-video resizing is ActivityNet's, windows THUMOS14's."""
+    return DETECT_PRESETS["activitynet" if data_cfg.mode == "resize" else "thumos14"]
 
 
 def save_checkpoint(
@@ -55,17 +65,23 @@ def save_checkpoint(
     clip_model: str,
     clip_weights: str = "random",
     epoch: int = 0,
+    detect_cfg: DetectConfig | None = None,
     **extra: Any,
 ) -> None:
-    """Write a checkpoint atomically. ``extra`` (optimizer state, history, ...) must hold only plain types/tensors."""
+    """Write a checkpoint atomically. ``extra`` (optimizer state, history, ...) must hold only plain types/tensors.
+
+    ``detect_cfg``: inference settings to record (default: the preset of ``data_cfg``, :func:`detect_config_for`).
+    """
     from stale_cli.clip_backbone import activation_of
 
+    detect_cfg = detect_cfg or detect_config_for(data_cfg)
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
         "model_config": dataclasses.asdict(model_cfg),
         "loss_config": dataclasses.asdict(loss_cfg),
         "data_config": dataclasses.asdict(data_cfg),
+        "detect_config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(detect_cfg).items()},
         "class_names": list(class_names),
         "feature_fps": float(feature_fps),
         "feature_dim": int(model_cfg.feature_dim),
@@ -76,8 +92,29 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    path = Path(path)
+    kept = f"{path} is left as it was (the last good checkpoint)" if path.is_file() else "nothing was written"
+    try:
+        with atomic_path(path) as tmp:
+            try:
+                torch.save(ckpt, tmp)
+            except RuntimeError as e:  # torch's zip writer reports a full disk as a RuntimeError
+                raise OSError(f"{str(e).splitlines()[0][:200]} (disk full?)") from e
+    except StaleError as e:
+        raise CheckpointError(f"{e}; {kept}") from e
+
+
+def check_checkpoint_path(path: str | Path) -> None:
+    """Refuse, before any training, a checkpoint path that is a directory or in a directory that cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"--out {path}: is a directory; give a checkpoint file name, e.g. {path / 'model.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".stale-write-test."):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"--out {path}: cannot write to {path.parent} ({e.strerror or e})") from e
 
 
 def is_stale_checkpoint(path: str | Path) -> bool:
@@ -130,10 +167,18 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
     problem = activation_problem(clip_model, clip_weights, ckpt.get("clip_activation"))
     if problem:
         raise CheckpointError(f"{path}: checkpoint {problem}; train it again with this version of stale")
+    data_config = _config(DataConfig, ckpt.get("data_config"), "data config", path)
+    if ckpt.get("detect_config") is None:  # written before checkpoints recorded it: the data preset's
+        detect_config = detect_config_for(data_config)
+    else:
+        d = ckpt["detect_config"]
+        d = dict(d, thetas=tuple(d["thetas"])) if isinstance(d, dict) and isinstance(d.get("thetas"), list) else d
+        detect_config = _config(DetectConfig, d, "detect config", path)
     info = CheckpointInfo(
         model_config=_config(ModelConfig, ckpt.get("model_config"), "model config", path),
         loss_config=_config(LossConfig, ckpt.get("loss_config"), "loss config", path),
-        data_config=_config(DataConfig, ckpt.get("data_config"), "data config", path),
+        data_config=data_config,
+        detect_config=detect_config,
         class_names=tuple(ckpt.get("class_names") or ()),
         feature_fps=float(ckpt.get("feature_fps", 0.0)),
         feature_dim=int(ckpt.get("feature_dim", 0)),

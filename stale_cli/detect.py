@@ -23,6 +23,7 @@ the model would see actions stretched or squeezed. Videos are sampled at the che
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -35,9 +36,10 @@ import numpy as np
 from stale_cli.clipmode import MODE_NAME as CLIP_MODE
 from stale_cli.clipmode import ClipModeConfig, class_text_features, snippet_probabilities
 from stale_cli.data.windows import DataConfig, interpolate_rows
-from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
-from stale_cli.fileio import read_features, source_mismatch, write_features
+from stale_cli.errors import CheckpointError, DataError, InputError, ResourceError, StaleError
+from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, read_features, source_mismatch, write_features
 from stale_cli.outputs import Segment, VideoDetections
+from stale_cli.postprocess import DetectConfig
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,8 @@ class DetectSettings:
     weights_dir: Optional[Path] = None
     precision: str = "auto"  # CLIP's weights on videos: auto | fp32 | bf16 | fp16 (clip_backbone.resolve_precision)
     clip_cfg: ClipModeConfig = field(default_factory=ClipModeConfig)
+    # Inference settings before min_score/top_k; None: the checkpoint's preset (STALE mode), else DetectConfig().
+    detect_config: Optional[DetectConfig] = None
 
 
 class Detector:
@@ -160,8 +164,6 @@ class Detector:
         """``clip``: an already loaded ClipBackbone (tests, benchmarks); else loaded here when needed."""
         import torch
 
-        from stale_cli.postprocess import DetectConfig
-
         self.settings = settings
         self.device = torch.device(device)
         self.classes = list(settings.classes)
@@ -169,16 +171,7 @@ class Detector:
         self.model = None
         self.info = None  # CheckpointInfo in STALE mode
         self.data_cfg = CLIP_WINDOWS
-        self.detect_cfg = DetectConfig()
-        overrides = {}
-        if settings.min_score is not None:
-            overrides["min_score"] = float(settings.min_score)
-        if settings.top_k is not None:
-            overrides["top_k"] = int(settings.top_k)
-        if overrides:
-            import dataclasses
-
-            self.detect_cfg = dataclasses.replace(self.detect_cfg, **overrides)
+        self.detect_cfg = settings.detect_config or DetectConfig()
 
         if self.mode == STALE_MODE:
             self._load_stale()
@@ -198,6 +191,13 @@ class Detector:
             self.clip_model_name = settings.clip_model or DEFAULT_CLIP_MODEL
             # Rate videos are sampled at; feature files keep their own rate in this mode.
             self.fps = settings.fps or (DEFAULT_FEATURE_FPS if need_video else None)
+        overrides = {}
+        if settings.min_score is not None:
+            overrides["min_score"] = float(settings.min_score)
+        if settings.top_k is not None:
+            overrides["top_k"] = int(settings.top_k)
+        if overrides:
+            self.detect_cfg = dataclasses.replace(self.detect_cfg, **overrides)
         log.info(
             "mode: %s (%s)",
             self.mode,
@@ -228,8 +228,12 @@ class Detector:
 
         self.model, self.info = load_checkpoint(self.checkpoint, self.device)
         self.data_cfg = self.info.data_config
-        if not self.info.feature_fps > 0:
-            raise CheckpointError(f"{self.checkpoint}: checkpoint does not record its feature rate (feature_fps)")
+        if self.settings.detect_config is None:
+            self.detect_cfg = self.info.detect_config  # its preset's Soft-NMS sigma and top k
+        if not MIN_FEATURE_FPS <= self.info.feature_fps <= MAX_FEATURE_FPS:  # NaN too
+            raise CheckpointError(
+                f"{self.checkpoint}: checkpoint records no usable feature rate (feature_fps {self.info.feature_fps})"
+            )
         log.info(
             "checkpoint %s: %s features at %.3g fps, trained on %d classes, %d epochs",
             self.checkpoint.name, self.info.clip_model, self.info.feature_fps, len(self.info.class_names), self.info.epoch,
@@ -263,6 +267,7 @@ class Detector:
             "clip_activation": getattr(self.clip, "activation", None)
             or (self.info.clip_activation if self.info is not None else None),
             "precision": getattr(self.clip, "precision", None),
+            "detect_config": dataclasses.asdict(self.detect_cfg),  # Soft-NMS sigma, top k, thresholds used
             "stale_version": __version__,
         }
 
@@ -277,8 +282,12 @@ class Detector:
         if cache is not None:
             cached = Path(cache) / f"{video_id}.npy"
             if cached.is_file() and cached.with_suffix(".json").is_file():
-                feats, meta = read_features(cached)
-                if self._cache_fits(meta, path):
+                try:
+                    feats, meta = read_features(cached)
+                except DataError as e:  # a damaged cache entry is redone, not a failed input
+                    log.warning("%s: cached features unusable (%s); extracting again", path.name, e)
+                    feats, meta = None, {}
+                if feats is not None and self._cache_fits(meta, path):
                     log.info("%s: reusing cached features %s", path.name, cached)
                     return feats, meta
         if self.clip is None:
@@ -466,6 +475,8 @@ def detect_batch(
             if journal is not None:
                 journal.append(result, path)
             on_result(result)
+        except ResourceError:
+            raise  # every further input would fail the same way
         except StaleError as e:
             msg = str(e)
             failure = Failure(path, msg if str(path) in msg or path.name in msg else f"{path}: {msg}")

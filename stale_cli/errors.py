@@ -28,3 +28,7 @@ class DataError(StaleError):
 
 class CheckpointError(StaleError):
     """A checkpoint is missing, of another format or version, or does not fit the features."""
+
+
+class ResourceError(StaleError):
+    """The machine ran out of something every further input needs too (GPU memory): the whole run stops."""

@@ -19,10 +19,9 @@ is an independent implementation that reproduces its numbers, including its corn
   the plain mean over the evaluated classes; the average mAP is the mean over thresholds.
 * The evaluated classes are the labels of the ground truth subset (``Ambiguous`` is not a class and is dropped, as
   in the THUMOS14 evaluation), optionally restricted to a list (a zero-shot split's unseen classes).
-* A prediction label that the ground truth subset does not know is an error: the official code fails on it with a
-  ``KeyError``; we raise :class:`~stale_cli.errors.DataError` naming the labels. When the evaluated classes are
-  given explicitly (a split, a class list), predictions outside them -- unknown labels included -- are ignored
-  with a warning, since they cannot change the AP of an evaluated class. One extension: a label that
+* A prediction label that the ground truth subset does not know (the official code fails on it with a
+  ``KeyError``) is left out with one warning: such a class has no AP, and its predictions cannot change the AP of
+  an evaluated class (``stale detect`` is routinely run with more classes than a test subset holds). A label that
   differs from a ground-truth class only in spelling (``high jump`` / ``HighJump``, see
   :func:`stale_cli.data.splits.class_key`) counts as that class, where the official code would fail. Predictions of known classes that
   are outside the evaluated list are ignored (AP is computed per class).
@@ -149,8 +148,8 @@ def evaluate_detection(
 
     ``gt``: video id -> [(label, start_s, end_s)] of the evaluated subset (``Ambiguous`` instances are dropped
     here); ``preds``: video id -> [(label, start_s, end_s, score)], in file order. ``classes``: evaluate only these
-    (default: every label of ``gt``, and a predicted label outside them is a DataError); each must have ground
-    truth, predictions of other labels are ignored. Returns ``{"tiou", "mAP", "average_mAP",
+    (default: every label of ``gt``); each must have ground truth. Predictions of other labels are ignored, those
+    of labels without ground truth with a warning. Returns ``{"tiou", "mAP", "average_mAP",
     "per_class": {class: [AP per tIoU]}}``, fractions in [0, 1].
     """
     tious = [float(t) for t in tious]
@@ -167,21 +166,19 @@ def evaluate_detection(
     if not gt_by_class:
         raise DataError("the ground truth has no annotated instances to evaluate against (check --subset)")
 
-    # A label spelled differently from the ground truth ("high jump" for "HighJump") is mapped to it; a label that
-    # matches no class even so is an error, as in the official evaluator.
+    # A label spelled differently from the ground truth ("high jump" for "HighJump") is mapped to it.
     by_key = {class_key(c): c for c in gt_by_class}
     spelling = {}
     for lab in {lab for insts in preds.values() for lab, *_ in insts}:
         spelling[lab] = lab if lab in gt_by_class else by_key.get(class_key(lab))
+    # `stale detect` is routinely run with a wider class list than a test subset holds: such a class has no AP,
+    # and its predictions cannot change another class's AP, so they are left out (the official code fails).
     unknown = sorted(lab for lab, to in spelling.items() if to is None)
-    shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-    if unknown and classes is not None:
-        log.warning("ignoring predictions of %d label(s) outside the ground truth: %s", len(unknown), shown)
-    elif unknown:
-        raise DataError(
-            f"{len(unknown)} predicted label(s) not among the ground-truth classes of this subset: {shown}; "
-            "labels must name annotated classes (the official ActivityNet evaluator rejects such files too)"
-        )
+    if unknown:
+        dropped = sum(1 for insts in preds.values() for lab, *_ in insts if spelling[lab] is None)
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        log.warning("left out %d prediction(s) of %d label(s) without ground truth in this subset: %s",
+                    dropped, len(unknown), shown)
     if classes is None:
         eval_classes = sorted(gt_by_class)
     else:
@@ -235,6 +232,8 @@ def _read_json(path: Path, what: str):
         raise InputError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read {what} ({e})") from e
+    except RecursionError:
+        raise DataError(f"{path}: {what} is JSON nested too deeply to read") from None
     except ValueError as e:
         raise DataError(f"{path}: {what} is not valid JSON ({e})") from e
 
@@ -344,22 +343,34 @@ def default_tious(dataset: Optional[str], subset: str) -> tuple[float, ...]:
     return ACTIVITYNET_TIOUS
 
 
+MAX_TIOUS = 100  # thresholds per evaluation; the standard sets have 5 and 10
+
+
 def parse_tious(text: str) -> list[float]:
     """``"0.3,0.5,0.7"`` or ``"0.5:0.95:0.05"`` (start:stop:step, stop included) -> thresholds in (0, 1]."""
     text = text.strip()
+    in_range = lambda v: math.isfinite(v) and 0.0 < v <= 1.0  # noqa: E731
     try:
         if ":" in text:
             start, stop, step = (float(x) for x in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            n = int(round((stop - start) / step)) + 1
+            # Bounds first: (stop - start) / step overflows or counts millions of thresholds otherwise.
+            if not (in_range(start) and in_range(stop) and stop >= start and math.isfinite(step) and step > 0):
+                raise InputError(f"--tiou {text!r}: start:stop:step needs 0 < start <= stop <= 1 and step > 0")
+            gaps = (stop - start) / step  # may be inf for a denormal step
+            if not gaps < MAX_TIOUS:
+                raise InputError(
+                    f"--tiou {text!r} gives {gaps + 1:.0f} thresholds; at most {MAX_TIOUS} (use a larger step)"
+                )
+            n = int(round(gaps)) + 1
             values = [float(x) for x in np.linspace(start, start + (n - 1) * step, n)]
         else:
             values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--tiou: expected numbers like 0.3,0.5,0.7 or 0.5:0.95:0.05, got {text!r}") from None
-    if not values or any(not 0.0 < v <= 1.0 for v in values):
+    if not values or not all(in_range(v) for v in values):
         raise InputError(f"--tiou: thresholds must lie in (0, 1], got {text!r}")
+    if len(values) > MAX_TIOUS:
+        raise InputError(f"--tiou: {len(values)} thresholds; at most {MAX_TIOUS}")
     return values
 
 

@@ -36,8 +36,9 @@ import torch
 
 from stale_cli import __version__
 from stale_cli.clip_backbone import resize_and_crop
-from stale_cli.errors import DecodeError, InputError, StaleError
-from stale_cli.fileio import check_writable, source_identity, source_mismatch, write_features
+from stale_cli.errors import DecodeError, InputError, ResourceError, StaleError
+from stale_cli.fileio import (MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable, source_identity, source_mismatch,
+                              write_features)
 from stale_cli.locks import OutputLock
 from stale_cli.video import FrameSampler, VideoInfo, num_samples, probe_header
 
@@ -99,6 +100,26 @@ def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> dic
 _DONE = object()
 
 
+def _encode(clip, frames, batch_size: int, path) -> np.ndarray:
+    """float16 ``(n, D)`` embeddings of a chunk; CUDA running out of memory ends the run with one line."""
+    try:
+        return clip.encode_images(frames, batch_size=batch_size).half().numpy()
+    except torch.cuda.OutOfMemoryError:
+        raise ResourceError(
+            f"{path}: CUDA out of memory encoding {batch_size} frames at once; rerun with a smaller "
+            f"--batch-size (e.g. {max(1, batch_size // 2)})"
+        ) from None
+
+
+def _claim(claim, i: int):
+    """``(claimed, error)``: whether video i is ours to make; a lock file that cannot be written (a full disk)
+    fails that video only, the batch goes on."""
+    try:
+        return (claim is None or claim(i)), None
+    except StaleError as e:
+        return False, e
+
+
 def _decode_worker(paths, fps, clip, batch_size, decoder, out: queue.Queue, stop: threading.Event, claim) -> None:
     """Background thread: put ("chunk", i, FrameChunk) ..., then ("done", i, info) or ("error", i, exc) per video;
     ("unclaimed", i, None) for a video ``claim(i)`` refuses."""
@@ -113,7 +134,12 @@ def _decode_worker(paths, fps, clip, batch_size, decoder, out: queue.Queue, stop
         return False
 
     for i, path in enumerate(paths):
-        if claim is not None and not claim(i):
+        claimed, error = _claim(claim, i)
+        if error is not None:
+            if not put(("error", i, error)):
+                return
+            continue
+        if not claimed:
             if not put(("unclaimed", i, None)):
                 return
             continue
@@ -271,8 +297,9 @@ def _iter_features_processes(
             for wid in pool.idle():
                 while sent < len(paths) and sent < next_out + ahead:
                     i, sent = sent, sent + 1
-                    if claim is not None and not claim(i):
-                        finished[i] = VideoResult(i, paths[i], claimed=False)
+                    claimed, error = _claim(claim, i)
+                    if not claimed:
+                        finished[i] = VideoResult(i, paths[i], claimed=error is not None, error=error)
                         continue
                     rows[i] = []
                     pool.give(wid, i, paths[i])
@@ -288,7 +315,7 @@ def _iter_features_processes(
                 kind, i, payload = msg
                 if kind == "chunk":
                     frames = torch.from_numpy(payload)
-                    rows[i].append(clip.encode_images(frames, batch_size=batch_size).half().numpy())  # (n, D)
+                    rows[i].append(_encode(clip, frames, batch_size, paths[i]))  # (n, D)
                     if on_frames:
                         on_frames(frames.shape[0])
                     continue
@@ -319,8 +346,8 @@ def iter_features(
     with ``workers > 1`` in that many processes (never more than there are videos), ``claim`` then called just
     before video ``i`` is handed to one.
     """
-    if not fps > 0:
-        raise InputError(f"--fps must be positive, got {fps}")
+    if not MIN_FEATURE_FPS <= fps <= MAX_FEATURE_FPS:
+        raise InputError(f"--fps must be a number in [{MIN_FEATURE_FPS:g}, {MAX_FEATURE_FPS:g}], got {fps}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     workers = min(workers, len(paths))
@@ -341,7 +368,7 @@ def iter_features(
             if kind is _DONE:
                 break
             if kind == "chunk":
-                rows.append(clip.encode_images(payload.frames, batch_size=batch_size).half().numpy())  # (n, D)
+                rows.append(_encode(clip, payload.frames, batch_size, paths[i]))  # (n, D)
                 if on_frames:
                     on_frames(len(payload.indices))
                 continue
@@ -396,7 +423,7 @@ def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
         return "absent", ""
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return "absent", ""  # an unreadable sidecar is redone
     if not isinstance(meta, dict):
         return "absent", ""
@@ -519,11 +546,12 @@ def extract_many(
             path = result.path
             if not result.claimed:
                 continue
-            lock = locks.pop(result.index)
+            lock = locks.pop(result.index, None)  # None: taking the lock failed (the error is in the result)
             try:
                 _store(result, out_dir / f"{todo_ids[result.index]}.npy", summary, report, on_warning, on_error)
             finally:
-                lock.release()
+                if lock is not None:
+                    lock.release()
     finally:
         bar.close()
         for lock in locks.values():  # taken by the decode thread for videos not finished (an interrupt)

@@ -9,7 +9,9 @@ the umask), and temporary files left by a killed run are removed by the next wri
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import re
 import socket
@@ -22,6 +24,26 @@ import numpy as np
 from stale_cli.errors import DataError, InputError
 
 FEATURE_SIDECAR_KEYS = ("fps", "timestamps", "duration", "source", "clip_model", "clip_weights", "num_frames")
+# Sane bounds of what a feature file describes: beyond them a sidecar is corrupt, not a real video.
+MIN_FEATURE_FPS, MAX_FEATURE_FPS = 1e-3, 1000.0  # rows per second
+MAX_DURATION = 1e7  # seconds (about 116 days)
+MAX_FEATURE_BYTES = 1 << 36  # 64 GiB: a header claiming more is refused before anything is read
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> InputError:
+    """The one-line error of a failed write (disk full, quota, read-only file system, ...)."""
+    hint = "; free some space and rerun" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return InputError(f"cannot write {path}: {e.strerror or e}{hint}")
+
+
+def parse_json(text: str, where: str):
+    """``json.loads`` whose failures (bad syntax, nesting too deep for the parser) are one DataError line."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as e:
+        raise DataError(f"{where}: not valid JSON ({e})") from None
 
 
 def pid_alive(pid: int) -> bool:
@@ -74,7 +96,10 @@ def _fsync(path: Path) -> None:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success flush it to disk and rename it onto ``path``, on failure
-    remove it. The result has the mode ``open(path, "w")`` would give: the old file's, else 0666 less the umask."""
+    remove it. The result has the mode ``open(path, "w")`` would give: the old file's, else 0666 less the umask.
+
+    An OSError while writing (a full disk) becomes one InputError line; ``path`` is then left as it was.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +118,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, mode)
         _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -128,7 +156,11 @@ def write_features(npy_path: str | os.PathLike, features: np.ndarray, meta: dict
     with atomic_path(npy_path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(features, dtype=np.float16))
-    write_json_atomic(npy_path.with_suffix(".json"), meta)
+    try:
+        write_json_atomic(npy_path.with_suffix(".json"), meta)
+    except BaseException:
+        npy_path.unlink(missing_ok=True)  # nothing partial: an array without its sidecar would fail every reader
+        raise
 
 
 def read_features(npy_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
@@ -143,19 +175,22 @@ def read_features(npy_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             "features must be written by `stale extract-features` (or come with a .json giving at least fps)"
         )
     try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        meta = parse_json(sidecar.read_text(encoding="utf-8"), str(sidecar))
+    except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{sidecar}: unreadable sidecar ({e})") from e
     if not isinstance(meta, dict) or "fps" not in meta:
         raise DataError(f"{sidecar}: sidecar must be a JSON object with at least 'fps'")
+    shape = _npy_shape(npy_path)
     try:
         feats = np.load(npy_path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{npy_path}: corrupt feature file ({e})") from e
-    if feats.ndim != 2 or feats.shape[0] == 0:
-        raise DataError(f"{npy_path}: expected a (T, D) array with T >= 1, got shape {tuple(feats.shape)}")
+    assert feats.shape == shape, (feats.shape, shape)
+    with np.errstate(over="ignore"):
+        feats = feats.astype(np.float32)  # float64 values beyond float32's range become inf: caught below
     if not np.isfinite(feats).all():
-        raise DataError(f"{npy_path}: feature file contains NaN or infinite values")
+        raise DataError(f"{npy_path}: feature file contains NaN or infinite values (as float32)")
+    check_sidecar(meta, str(sidecar))
     described = {"num_rows": feats.shape[0], "embed_dim": feats.shape[1]}
     wrong = [f"{k} {meta[k]!r}" for k, v in described.items() if k in meta and meta[k] != v]
     if isinstance(meta.get("timestamps"), list) and len(meta["timestamps"]) != feats.shape[0]:
@@ -165,7 +200,67 @@ def read_features(npy_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             f"{sidecar}: the sidecar does not describe {npy_path.name} (array {feats.shape[0]} x {feats.shape[1]}; "
             f"sidecar: {', '.join(wrong)}); the pair comes from different runs: extract this video again"
         )
-    return feats.astype(np.float32), meta
+    return feats, meta
+
+
+def _npy_shape(npy_path: Path) -> tuple:
+    """Shape of a ``.npy`` array from its header alone, checked against the file's size before anything is read.
+
+    A (T, D) float array with T, D >= 1 is required; a header claiming more data than the file holds (or more
+    than :data:`MAX_FEATURE_BYTES`) is refused without allocating it.
+    """
+    try:
+        with open(npy_path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            fmt = np.lib.format
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            offset = f.tell()
+        size = os.path.getsize(npy_path)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{npy_path}: corrupt feature file ({e})") from e
+    if dtype.kind != "f":
+        raise DataError(f"{npy_path}: expected floating-point features, got dtype {dtype}")
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise DataError(f"{npy_path}: expected a (T, D) array with T, D >= 1, got shape {tuple(shape)}")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > MAX_FEATURE_BYTES or claimed != size - offset:
+        raise DataError(
+            f"{npy_path}: header claims a {shape[0]} x {shape[1]} {dtype} array ({claimed:,} bytes) but the file "
+            f"holds {size - offset:,}; the file is corrupt or truncated, extract it again"
+        )
+    return tuple(shape)
+
+
+def _finite(x, lo: float, hi: float) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and lo <= x <= hi
+
+
+def check_sidecar(meta: dict, where: str) -> None:
+    """Raise DataError unless the sidecar's fields have sane types and values (whether they describe the array is
+    checked by :func:`read_features`).
+
+    Only ``fps`` is required (hand-made sidecars); every other field of DESIGN.md §3 is checked when present.
+    """
+    problems = []
+    if not _finite(meta.get("fps"), MIN_FEATURE_FPS, MAX_FEATURE_FPS):
+        problems.append(
+            f"'fps' must be a number in [{MIN_FEATURE_FPS:g}, {MAX_FEATURE_FPS:g}], got {meta.get('fps')!r}"
+        )
+    if meta.get("duration") is not None and not _finite(meta["duration"], 0.0, MAX_DURATION):
+        problems.append(f"'duration' must be seconds in [0, {MAX_DURATION:g}], got {meta['duration']!r}")
+    stamps = meta.get("timestamps")
+    if stamps is not None:
+        if not isinstance(stamps, list) or not all(_finite(t, -MAX_DURATION, MAX_DURATION) for t in stamps):
+            problems.append("'timestamps' must be a list of finite seconds")
+    for key in ("num_rows", "num_frames", "embed_dim"):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            problems.append(f"{key!r} must be a non-negative integer, got {value!r}")
+    for key in ("clip_model", "clip_weights", "source"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            problems.append(f"{key!r} must be a string, got {meta[key]!r}")
+    if problems:
+        raise DataError(f"{where}: bad sidecar: {'; '.join(problems)}")
 
 
 def source_identity(path: str | os.PathLike) -> dict:

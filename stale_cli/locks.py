@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from typing import Optional
 
-from stale_cli.fileio import pid_alive
+from stale_cli.fileio import pid_alive, write_error
 
 try:
     import fcntl
@@ -46,12 +46,22 @@ class OutputLock:
         self.holder = ""  # "pid N on HOST" of the run holding the lock when acquire() failed
 
     def acquire(self) -> Optional["OutputLock"]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = self._create_exclusive() if fcntl is None else self._flock()
+        """This lock, taken; None while another live run holds it. A lock file that cannot be written (a full
+        disk) raises InputError."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = self._create_exclusive() if fcntl is None else self._flock()
+        except OSError as e:
+            raise write_error(self.path, e) from e
         if fd is None:
             return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode("utf-8"), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode("utf-8"), 0)
+        except OSError as e:
+            self.fd = fd
+            self.release()
+            raise write_error(self.path, e) from e
         self.fd = fd
         return self
 

@@ -159,7 +159,7 @@ def _load_done(path: Path) -> Optional[dict]:
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         log.warning("%s is unreadable; redoing it", path)
         return None
 
@@ -228,7 +228,7 @@ def run_protocol(
     data_cfg = data_cfg or data_preset(spec.preset)
     train_cfg = train_cfg or TRAIN_PRESETS[spec.preset]
     tious = list(cfg.tious or spec.tious)
-    top_k = DETECT_PRESETS[spec.preset].top_k
+    detect_cfg = DETECT_PRESETS[spec.preset]  # the training-free baseline's; STALE uses its checkpoint's
     work_dir = Path(work_dir)
     say = report or (lambda line: None)
 
@@ -269,7 +269,7 @@ def run_protocol(
             if done is None:
                 say(f"split {k}: training-free baseline on {len(feature_paths)} test videos, {len(unseen)} classes")
                 settings = DetectSettings(classes=unseen, mode=CLIP_METHOD, clip_model=clip.name,
-                                          clip_weights=str(clip.weights), top_k=top_k)
+                                          clip_weights=str(clip.weights), detect_config=detect_cfg)
                 detector = Detector(settings, device=device, clip=clip)
                 done = _detect_and_evaluate(detector, CLIP_METHOD, split_dir, feature_paths, gt, unseen, tious,
                                             lambda s: say(f"split {k}: {s}"))
@@ -299,7 +299,7 @@ def run_protocol(
                     write_json_atomic(split_dir / "train.json", trained)
                 say(f"split {k}: detecting {len(unseen)} unseen classes with {ckpt.name} (best epoch "
                     f"{trained['best_epoch']})")
-                settings = DetectSettings(classes=unseen, mode=STALE_METHOD, checkpoint=ckpt, top_k=top_k)
+                settings = DetectSettings(classes=unseen, mode=STALE_METHOD, checkpoint=ckpt)
                 detector = Detector(settings, device=device)
                 done = _detect_and_evaluate(detector, STALE_METHOD, split_dir, feature_paths, gt, unseen, tious,
                                             lambda s: say(f"split {k}: {s}"))

@@ -2,10 +2,11 @@
 
 A feature sequence, a sliding window of it, or a whole video resized to T snippets is a run of equal-length
 snippets. Snippet ``i`` covers ``[origin + i * step, origin + (i + 1) * step)`` seconds; its centre is
-``origin + (i + 0.5) * step``. For features written by ``extract-features`` row ``k`` is the frame shown at
-``k / fps``, so ``origin = timestamps[0]`` and ``step = 1 / fps``; a window starting at row ``w`` has
-``origin = timestamps[0] + w / fps``; a whole video resized to T snippets has ``origin = 0`` and
-``step = duration / T``.
+``origin + (i + 0.5) * step``. For features written by ``extract-features`` row ``k`` is the frame shown *at*
+``timestamps[k] = timestamps[0] + k / fps``: the snippet it stands for is centred there, so ``step = 1 / fps`` and
+``origin = timestamps[0] - step / 2`` (a run of rows ``[a, b)`` is ``[timestamps[a] - step / 2, timestamps[b - 1]
++ step / 2]``, not half a row late); a window starting at row ``w`` has ``origin = timestamps[w] - step / 2``; a
+whole video resized to T snippets has ``origin = 0`` and ``step = duration / T``.
 
 Everything a user sees is in seconds; everything inside the model is in snippet indices. Convert only with
 :meth:`Timeline.to_index` and :meth:`Timeline.to_seconds`.

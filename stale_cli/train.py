@@ -31,7 +31,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from stale_cli.checkpoint import build_model, read_checkpoint, save_checkpoint
+from stale_cli.checkpoint import (build_model, check_checkpoint_path, detect_config_for, read_checkpoint,
+                                  save_checkpoint)
 from stale_cli.clip_backbone import activation_of
 from stale_cli.data.annotations import Annotations
 from stale_cli.data.dataset import (VideoSet, WindowDataset, collate_windows, load_video_set, unseen_spans,
@@ -41,7 +42,7 @@ from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
 from stale_cli.evaluate import evaluate_detection
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.model.losses import STALELoss
-from stale_cli.postprocess import DetectConfig, finalize, segments_from_window
+from stale_cli.postprocess import finalize, segments_from_window
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, d
     ds = WindowDataset(vs, class_names, data_cfg, training=False)
     text = model.encode_classes(class_names)  # (K+1, C)
     segments: dict[str, list] = {v.video_id: [] for v in vs.videos}
+    detect_cfg = detect_config_for(data_cfg)  # what `stale detect` will use with this checkpoint
     total, n = 0.0, 0
     for batch in DataLoader(ds, batch_size=batch_size, collate_fn=collate_windows):
         x, valid = batch["features"].to(device), batch["valid"].to(device)
@@ -200,10 +202,10 @@ def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, d
         masks = out["masks"].float().cpu().numpy()  # (B, T, T)
         for b, i in enumerate(batch["index"].tolist()):
             vid, w = ds.items[i][:2]
-            segments[vid].append(segments_from_window(probs[b], masks[b], w.timeline, w.valid_len, DetectConfig()))
+            segments[vid].append(segments_from_window(probs[b], masks[b], w.timeline, w.valid_len, detect_cfg))
     preds = {}
     for v in vs.videos:
-        dets = finalize(segments[v.video_id], v.duration, DetectConfig())
+        dets = finalize(segments[v.video_id], v.duration, detect_cfg)
         preds[v.video_id] = [(class_names[k], s, e, c) for k, s, e, c in dets]
     model.train(was_training)
     return preds, total / max(n, 1)
@@ -306,6 +308,8 @@ def train(
     ``train_cfg.epochs``. Writes the best epoch to ``out`` and the last to ``<out>.last.pt``.
     """
     out, device = Path(out), torch.device(device)
+    check_checkpoint_path(out)
+    check_checkpoint_path(last_path_for(out))
     rank, world, device, started = _distributed(device)
     try:
         return _train(features_dir, annotations, list(class_names), out, clip_model, clip_name, clip_weights,

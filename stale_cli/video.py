@@ -33,10 +33,15 @@ Memory is bounded: :class:`FrameSampler` yields chunks of at most ``chunk_size``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import re
 import struct
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -292,11 +297,12 @@ class FrameSampler:
         # times ~10 (measured: +0.45 GB for a 1-minute, +1.6 GB for a 30-minute 768x576 video), and stays.
         self.transform(torch.zeros(1, 48, 64, 3, dtype=torch.uint8))
         try:
-            vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.threads)
-            n = len(vr)
-            if n == 0:
-                raise _DecordFailed("no frames")
-            ts = vr.get_frame_timestamp(np.arange(n))  # (F, 2) start/end seconds
+            with _decord_log_to_debug():
+                vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.threads)
+                n = len(vr)
+                if n == 0:
+                    raise _DecordFailed("no frames")
+                ts = vr.get_frame_timestamp(np.arange(n))  # (F, 2) start/end seconds
         except _DecordFailed:
             raise
         except Exception as e:  # decord raises its own DECORDError, RuntimeError or ValueError
@@ -326,7 +332,8 @@ class FrameSampler:
             try:
                 # (g, H, W, 3) uint8 RGB. Copied: torch's resize on decord's own buffer (16-byte aligned) runs
                 # ~100x slower than on a fresh numpy array.
-                raw = vr.get_batch(group.tolist()).asnumpy().copy()
+                with _decord_log_to_debug():
+                    raw = vr.get_batch(group.tolist()).asnumpy().copy()
             except Exception as e:
                 raise _DecordFailed(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
             if residual is None:
@@ -469,6 +476,43 @@ class NoVideoStream(DecodeError):
 
 class _DecordFailed(Exception):
     """decord could not open or decode the file (internal: PyAV takes over)."""
+
+
+# decord's C++ log lines ("[12:00:00] /github/workspace/src/video/video_reader.cc:83: ERROR opening: ...") go
+# straight to file descriptor 2, past Python and decord.logging; our own error line says the same thing.
+_DECORD_LOG_LINE = re.compile(rb"^\[\d\d:\d\d:\d\d\] \S+\.(cc|h):\d+: ")
+_fd2_lock = threading.Lock()
+_fd2_capture: list = []  # one temporary file, made on first use and reused (creating one per call costs ~0.3 ms)
+
+
+@contextlib.contextmanager
+def _decord_log_to_debug() -> Iterator[None]:
+    """Send what is written to fd 2 meanwhile to a temporary file; then log decord's lines at debug level and pass
+    everything else (another thread's progress bar or log line) on to stderr."""
+    fd2 = 2  # where C++ writes, whatever Python's sys.stderr is
+    with _fd2_lock:
+        if not _fd2_capture:
+            _fd2_capture.append(tempfile.TemporaryFile())
+        captured = _fd2_capture[0]
+        captured.seek(0)
+        captured.truncate()
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            sys.stderr.flush()
+        saved = os.dup(fd2)
+        os.dup2(captured.fileno(), fd2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, fd2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().splitlines(keepends=True):
+                if _DECORD_LOG_LINE.match(line):
+                    log.debug("decord: %s", line.decode("utf-8", "replace").rstrip())
+                else:
+                    os.write(fd2, line)
 
 
 def _first_line(e: BaseException) -> str:

@@ -27,6 +27,8 @@ def check_classes(names: list[str], source: str = "class list") -> list[str]:
     seen: dict[str, str] = {}
     for n in names:
         key = class_to_text(n)
+        if not key:  # "_" or "--": nothing left for CLIP to read
+            raise InputError(f"{source}: class name {n!r} has no words (only separators)")
         if key in seen:
             raise InputError(f"{source}: duplicate class name {n!r} (same as {seen[key]!r})")
         seen[key] = n

@@ -138,9 +138,9 @@ def test_window_timeline_round_trip_with_feature_rows():
     feats = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
     cfg = DataConfig(mode="window", num_snippets=16, overlap=0.25)
     for w, x in cut_windows(feats, meta, cfg):
-        # Snippet i of the window is feature row start_row + i, starting at that row's timestamp.
+        # Snippet i of the window is feature row start_row + i, centred at that row's timestamp.
         rows = np.arange(w.valid_len)
-        np.testing.assert_allclose(w.timeline.to_seconds(rows), np.array(meta["timestamps"])[w.start_row + rows])
+        np.testing.assert_allclose(w.timeline.to_seconds(rows + 0.5), np.array(meta["timestamps"])[w.start_row + rows])
         np.testing.assert_allclose(w.timeline.to_index(w.timeline.to_seconds(rows + 0.5)), rows + 0.5)
         np.testing.assert_array_equal(x[: w.valid_len], feats[w.start_row : w.start_row + w.valid_len])
         assert w.timeline.step == pytest.approx(1 / fps) and x.shape == (16, 3)
@@ -148,12 +148,12 @@ def test_window_timeline_round_trip_with_feature_rows():
 
 def test_resize_mode_interpolates_the_whole_video():
     # 10 rows at 2 fps = 5 s; resized to 4 snippets of 1.25 s, centres 0.625, 1.875, 3.125, 4.375 s.
-    # Row k is centred at k/2 + 0.25 s, so the snippet centres fall at rows 0.75, 3.25, 5.75, 8.25.
+    # Row k is the frame at k/2 s, so the snippet centres fall at rows 1.25, 3.75, 6.25, 8.75.
     feats = np.arange(10, dtype=np.float32)[:, None] * np.array([[1.0, 10.0]], dtype=np.float32)
     (w, x), = cut_windows(feats, meta_for(10, 2.0), DataConfig(mode="resize", num_snippets=4, overlap=0.0))
     assert w.valid_len == 4 and w.timeline == Timeline(0.0, 1.25, 4)
-    np.testing.assert_allclose(x[:, 0], [0.75, 3.25, 5.75, 8.25], rtol=1e-6)
-    np.testing.assert_allclose(x[:, 1], [7.5, 32.5, 57.5, 82.5], rtol=1e-6)
+    np.testing.assert_allclose(x[:, 0], [1.25, 3.75, 6.25, 8.75], rtol=1e-6)
+    np.testing.assert_allclose(x[:, 1], [12.5, 37.5, 62.5, 87.5], rtol=1e-6)
 
 
 def test_bad_data_config_is_rejected():
@@ -263,9 +263,9 @@ def test_feature_width_must_agree(tmp_path):
         load_video_set(tmp_path, list(small_annotations().videos.values()))
 
 
-def test_feature_timeline_uses_first_timestamp():
+def test_feature_timeline_centres_rows_on_their_timestamps():
     tl = feature_timeline(meta_for(10, 5.0, origin=0.1), 10)
-    assert tl == Timeline(0.1, 0.2, 10)
+    assert tl == Timeline(0.0, 0.2, 10)  # row k is the frame at 0.1 + k / 5, the centre of snippet k
     assert json.dumps(meta_for(1, 1.0))  # sidecar stays JSON-serialisable
 
 

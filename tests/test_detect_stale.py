@@ -162,9 +162,10 @@ def test_trained_mode_hands_its_class_curves_to_the_html_report(trained, tmp_pat
     start = doc.index(tag) + len(tag)
     data = json.loads(doc[start : doc.index("</script>", start)])
     curves = data["curves"]
-    assert curves["t0"] == pytest.approx(0.25) and curves["step"] == pytest.approx(0.5)
+    # The curve's samples sit on the frames' times (row k is the frame at k / FPS), like the segments.
+    assert curves["t0"] == pytest.approx(0.0) and curves["step"] == pytest.approx(0.5)
     high_jump = np.frombuffer(base64.b64decode(curves["values"][0]), np.uint8) / 255  # (N_ROWS,)
     np.testing.assert_allclose(high_jump, video.scores[:, 0], atol=0.5 / 255 + 1e-6)
-    inside = (np.arange(N_ROWS) + 0.5) / FPS
+    inside = np.arange(N_ROWS) / FPS
     inside = (inside > 8.0) & (inside < 15.0)
     assert high_jump[inside].mean() > high_jump[~inside].mean() + 0.3  # the curve shows where the action is

@@ -75,8 +75,8 @@ def test_shards_split_the_work(run, videos, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--shard", "3/3"], "--shard '3/3'"),
     (["--shard", "x"], "--shard 'x'"),
-    (["--fps", "0"], "--fps must be positive"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--fps", "0"], "--fps must be a number in [0.001, 1000], got 0"),
+    (["--batch-size", "0"], "--batch-size must be a number in [1, 65536], got 0"),
 ])
 def test_invalid_options(run, videos, tmp_path, args, message):
     r = run(videos["cfr25"]["path"], "--out", tmp_path / "out", *args)

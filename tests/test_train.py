@@ -43,7 +43,7 @@ def make_dataset(root: Path, clip_name: str, dim: int = 32, videos=VIDEOS, seed:
     for vid, inst in videos.items():
         feats = np.tile(protos["background"], (ROWS, 1))
         for s, e, lab in inst:
-            feats[(stamps + 0.5 / FPS >= s) & (stamps + 0.5 / FPS < e)] = protos[lab]
+            feats[(stamps >= s) & (stamps < e)] = protos[lab]  # row k is the frame at k / FPS
         feats += 0.3 * rng.standard_normal(feats.shape)
         from stale_cli.fileio import write_features
 

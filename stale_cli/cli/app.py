@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import signal
 import sys
 from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 from stale_cli import CLIP_WEIGHTS_ENV, __version__
 from stale_cli.errors import StaleError
@@ -28,9 +31,21 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Results go to stdout, logs and progress to stderr, so `stale ... > out.json` stays clean.
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+STATUS_BROKEN_PIPE = 128 + 13  # SIGPIPE: the reader of stdout went away (`stale ... | head -1`)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """Rich's default ends the run with status 1, the status of a user error; end it as SIGPIPE would."""
+        self.quiet = True
+        _quiet_broken_pipe()
+        raise SystemExit(STATUS_BROKEN_PIPE)
+
+
+# Results go to stdout, logs and progress to stderr, so `stale ... > out.json` stays clean. Markup is off: file
+# names, class names and labels are user text (`race [final].npy`), so styles are given as Text objects only.
+stdout = _Console(soft_wrap=True, markup=False, highlight=False)
+stderr = _Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 ClipModelOption = typer.Option(
     "ViT-B-16", "--clip-model", help="open_clip architecture of the frame/text encoder."
@@ -53,17 +68,33 @@ ProgressOption = typer.Option(True, "--progress/--no-progress", help="Show progr
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    stderr.print(Text.assemble(("error:", "bold red"), " ", str(message)))
 
 
 def warning(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+    stderr.print(Text.assemble(("warning:", "yellow"), " ", str(message)))
+
+
+class Terminated(BaseException):
+    """SIGTERM (a batch scheduler's preemption, `kill`), raised in the main thread as Ctrl-C raises KeyboardInterrupt.
+
+    Not a KeyboardInterrupt: Typer would turn one raised outside a command into a silent status 130.
+    """
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+# Exit status of a run ended by a signal: 128 + its number, as the shell reports a process the signal killed.
+STATUS_INTERRUPTED = 128 + signal.SIGINT
+STATUS_TERMINATED = 128 + signal.SIGTERM
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a StaleError (or Ctrl-C, or an operation Apple's GPU lacks) into one line on stderr and a non-zero
-    exit."""
+    """Turn a StaleError, Ctrl-C, SIGTERM (or an operation Apple's GPU lacks) into one line on stderr and a
+    non-zero exit."""
     try:
         yield
     except StaleError as e:
@@ -76,9 +107,35 @@ def user_errors() -> Iterator[None]:
         error(f"PyTorch cannot run this on the Apple GPU ({first}); run it again with "
               "PYTORCH_ENABLE_MPS_FALLBACK=1 (that operation on the CPU) or with --device cpu")
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        error("interrupted; finished outputs are kept, rerun the same command to resume")
-        raise typer.Exit(130) from None
+    except (KeyboardInterrupt, Terminated) as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        error(f"{what}; finished outputs are kept, rerun the same command to resume")
+        raise typer.Exit(STATUS_TERMINATED if isinstance(e, Terminated) else STATUS_INTERRUPTED) from None
+    except BrokenPipeError:  # click would turn it into status 1, the status of a user error
+        _quiet_broken_pipe()
+        raise typer.Exit(STATUS_BROKEN_PIPE) from None
+
+
+# Upper bounds of numeric options: far beyond any real use, low enough that no loop or allocation runs away.
+MAX_BATCH = 1 << 16
+MAX_COUNT = 1 << 20  # --top-k, --epochs, --num-snippets
+MAX_SEED = 2**32 - 1
+
+
+def check_range(option: str, value, lo, hi, low_open: bool = False):
+    """``value`` if it is a finite number in [lo, hi] ((lo, hi] with ``low_open``), else one InputError line.
+
+    ``None`` (an option not given) passes through.
+    """
+    from stale_cli.errors import InputError
+
+    if value is None:
+        return None
+    ok = math.isfinite(value) and (lo < value if low_open else lo <= value) and value <= hi
+    if not ok:
+        interval = f"{'(' if low_open else '['}{lo:g}, {hi:g}]"
+        raise InputError(f"{option} must be a number in {interval}, got {value:g}")
+    return value
 
 
 def resolve_device(name: str):
@@ -139,9 +196,27 @@ def _main(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _quiet_broken_pipe() -> None:
+    """stdout's reader is gone: end quietly, and keep Python from complaining again when it flushes at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main() -> None:
+    """The ``stale`` entry point: SIGTERM ends a run like Ctrl-C, a closed stdout ends it quietly."""
+    with contextlib.suppress(ValueError):  # not the main thread (embedded): leave signals alone
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         app()
-    except KeyboardInterrupt:  # pragma: no cover - outside a command
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        sys.exit(STATUS_BROKEN_PIPE)
+    except Terminated:  # outside a command (while parsing options, importing)
+        error("terminated (SIGTERM)")
+        sys.exit(STATUS_TERMINATED)
+    except KeyboardInterrupt:  # pragma: no cover - Typer handles it
         error("interrupted")
-        sys.exit(130)
+        sys.exit(STATUS_INTERRUPTED)

@@ -12,7 +12,10 @@ from stale_cli.cli.app import (
     DeviceOption,
     PrecisionOption,
     ProgressOption,
+    MAX_BATCH,
+    MAX_COUNT,
     app,
+    check_range,
     error,
     resolve_device,
     stderr,
@@ -47,7 +50,8 @@ def detect(
     ),
     plot: Optional[Path] = typer.Option(
         None, "--plot", help="Draw per-class scores over time and the segments to this PNG (one per video: "
-        "<stem>_<video_id>.png when several). Needs matplotlib (pip install 'stale-cli[plot]').",
+        # "\\[": Typer renders help as rich markup, which would eat "[plot]".
+        "<stem>_<video_id>.png when several). Needs matplotlib (pip install 'stale-cli\\[plot]').",
     ),
     html: Optional[Path] = typer.Option(
         None, "--html", help="Write an HTML report to see the detections: the video with a clickable timeline "
@@ -80,6 +84,7 @@ def detect(
         from stale_cli.clip_backbone import resolve_precision
         from stale_cli.detect import DetectSettings, Detector, detect_batch
         from stale_cli.errors import InputError
+        from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS
         from stale_cli.outputs import (
             ResultWriter, check_not_clobbering, plot_detections, plot_paths, require_matplotlib, resolve_format,
         )
@@ -88,14 +93,10 @@ def detect(
         if (classes is None) == (classes_file is None):
             raise InputError("give the action names with exactly one of --classes \"a,b\" or --classes-file FILE")
         names = parse_classes(classes) if classes is not None else read_classes_file(classes_file)
-        if fps is not None and not fps > 0:
-            raise InputError(f"--fps must be positive, got {fps}")
-        if batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-        if top_k is not None and top_k < 1:
-            raise InputError(f"--top-k must be at least 1, got {top_k}")
-        if min_score is not None and not 0.0 <= min_score <= 1.0:
-            raise InputError(f"--min-score must be in [0, 1], got {min_score}")
+        check_range("--fps", fps, MIN_FEATURE_FPS, MAX_FEATURE_FPS)
+        check_range("--batch-size", batch_size, 1, MAX_BATCH)
+        check_range("--top-k", top_k, 1, MAX_COUNT)
+        check_range("--min-score", min_score, 0.0, 1.0)
         if plot is not None:
             require_matplotlib()
         to_stdout = output is not None and str(output) == "-"

@@ -7,24 +7,20 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from stale_cli.cli.app import app, stdout, user_errors
+from stale_cli.outputs import TextTable
 
 
-def results_table(result: dict, title: str) -> Table:
+def results_table(result: dict, title: str) -> TextTable:
     """mAP per tIoU and the average, then AP per class, in percent."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("class")
-    for t in result["tiou"]:
-        table.add_column(f"@{t:g}", justify="right")
-    table.add_column("avg", justify="right", style="bold")
+    n = len(result["tiou"])
+    table = TextTable(title, ["class", *(f"@{t:g}" for t in result["tiou"]), "avg"], [False] + [True] * (n + 1))
     for name, aps in result["per_class"].items():
-        table.add_row(name, *(f"{100 * a:.1f}" for a in aps), f"{100 * sum(aps) / len(aps):.1f}")
-    table.add_section()
-    table.add_row(
-        "[bold]mAP[/]", *(f"[bold]{100 * m:.1f}[/]" for m in result["mAP"]), f"{100 * result['average_mAP']:.1f}"
-    )
+        table.rows.append([name, *(f"{100 * a:.1f}" for a in aps), f"{100 * sum(aps) / len(aps):.1f}"])
+    table.rules.add(len(table.rows))
+    table.bold.add(len(table.rows))
+    table.rows.append(["mAP", *(f"{100 * m:.1f}" for m in result["mAP"]), f"{100 * result['average_mAP']:.1f}"])
     return table
 
 
@@ -82,7 +78,7 @@ def evaluate_command(
         if to_stdout:
             stdout.file.write(json.dumps(result, indent=2) + "\n")
             return
-        stdout.print(results_table(result, title))
+        results_table(result, title).print(stdout)
         stdout.print(f"average mAP: {100 * result['average_mAP']:.2f}")
         if output is not None:
             write_json_atomic(output, result)

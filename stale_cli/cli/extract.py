@@ -13,7 +13,9 @@ from stale_cli.cli.app import (
     DeviceOption,
     PrecisionOption,
     ProgressOption,
+    MAX_BATCH,
     app,
+    check_range,
     error,
     resolve_device,
     stderr,
@@ -61,15 +63,13 @@ def extract_features(
         from stale_cli.clip_backbone import load_clip
         from stale_cli.errors import InputError
         from stale_cli.extract import extract_many, video_ids
-        from stale_cli.fileio import check_writable
+        from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable
         from stale_cli.inputs import parse_shard, select_shard
 
         if str(out) == "-":
             raise InputError("--out -: features are files (<video>.npy + <video>.json); give a directory")
-        if not fps > 0:
-            raise InputError(f"--fps must be positive, got {fps}")
-        if batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        check_range("--fps", fps, MIN_FEATURE_FPS, MAX_FEATURE_FPS)
+        check_range("--batch-size", batch_size, 1, MAX_BATCH)
         if workers < 1:
             raise InputError(f"--workers must be at least 1, got {workers}")
         if decoder not in ("auto", "pyav", "decord"):

@@ -6,46 +6,43 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from stale_cli.cli.app import (
     ClipModelOption,
     ClipWeightsOption,
     DeviceOption,
     ProgressOption,
+    MAX_COUNT,
     app,
+    check_range,
     resolve_device,
     stderr,
     stdout,
     user_errors,
 )
+from stale_cli.cli.train import check_training_options
+from stale_cli.outputs import TextTable
 
 
-def summary_table(summary: dict) -> Table:
+def summary_table(summary: dict) -> TextTable:
     setting = summary["setting"].replace("_", "/")
-    table = Table(
-        title=f"{summary['dataset']} {setting}: unseen classes, {summary['test_subset']} subset, mAP % (mean ± std)",
-        title_justify="left",
+    n = len(summary["tiou"])
+    table = TextTable(
+        f"{summary['dataset']} {setting}: unseen classes, {summary['test_subset']} subset, mAP % (mean ± std)",
+        ["method", "splits", *(f"@{t:g}" for t in summary["tiou"]), "avg"],
+        [False] + [True] * (n + 2),
     )
-    table.add_column("method", no_wrap=True)
-    table.add_column("splits", justify="right")
-    for t in summary["tiou"]:
-        table.add_column(f"@{t:g}", justify="right")
-    table.add_column("avg", justify="right", style="bold")
     for row in summary["rows"].values():
-        table.add_row(
+        table.rows.append([
             row["name"],
             str(len(row["splits"])),
             *(f"{100 * m:.1f}±{100 * s:.1f}" for m, s in zip(row["mAP_mean"], row["mAP_std"])),
             f"{100 * row['average_mAP_mean']:.1f}±{100 * row['average_mAP_std']:.1f}",
-        )
+        ])
     paper = summary["paper"]
-    table.add_row(
-        "[dim]STALE, paper Table 1[/]",
-        "[dim]10[/]",
-        *("[dim]–[/]" if v is None else f"[dim]{v:.1f}[/]" for v in paper["mAP"]),
-        f"[dim]{paper['average_mAP']:.1f}[/]",
-    )
+    table.rules.add(len(table.rows))
+    table.rows.append(["STALE, paper Table 1", "10", *("–" if v is None else f"{v:.1f}" for v in paper["mAP"]),
+                       f"{paper['average_mAP']:.1f}"])
     return table
 
 
@@ -90,6 +87,8 @@ def zero_shot_command(
         from stale_cli.protocol import DATASETS, ProtocolConfig, parse_splits, run_protocol
         from stale_cli.train import TRAIN_PRESETS
 
+        check_training_options(epochs, lr, batch_size, seed)
+        check_range("--num-snippets", num_snippets, 2, MAX_COUNT)
         cfg = ProtocolConfig(
             dataset=dataset,
             setting=setting,
@@ -113,5 +112,5 @@ def zero_shot_command(
             cfg, features, annotations, work_dir, clip, model_cfg=model_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
             device=dev, progress=progress, report=lambda line: stderr.print(line, highlight=False),
         )
-        stdout.print(summary_table(summary))
+        summary_table(summary).print(stdout)
         stdout.print(f"written: {work_dir / 'results.json'}, {work_dir / 'results.md'}")

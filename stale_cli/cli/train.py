@@ -13,11 +13,23 @@ from stale_cli.cli.app import (
     ClipWeightsOption,
     DeviceOption,
     ProgressOption,
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_SEED,
     app,
+    check_range,
     resolve_device,
     stdout,
     user_errors,
 )
+
+
+def check_training_options(epochs, lr, batch_size, seed) -> None:
+    """Bounds of the training options `train` and `zero-shot` share (None: not given)."""
+    check_range("--epochs", epochs, 1, MAX_COUNT)
+    check_range("--lr", lr, 0.0, 1.0, low_open=True)
+    check_range("--batch-size", batch_size, 1, MAX_BATCH)
+    check_range("--seed", seed, 0, MAX_SEED)
 
 
 @app.command("train")
@@ -62,6 +74,7 @@ def train_command(
     Under `torchrun --nproc-per-node N stale train ...` it trains on N GPUs (or N CPU processes).
     """
     with user_errors():
+        from stale_cli.checkpoint import check_checkpoint_path
         from stale_cli.data.annotations import load_annotations
         from stale_cli.data.windows import preset as data_preset
         from stale_cli.errors import InputError
@@ -84,9 +97,11 @@ def train_command(
         for flag, value in (("--lr", lr), ("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
             if value is not None and not 0 < value < 1:
                 raise InputError(f"{flag} must be in (0, 1), got {value}")
+        check_training_options(epochs, lr, batch_size, seed)
         if val_fraction is not None and not 0 <= val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
         train_cfg = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
+        check_checkpoint_path(out)  # before CLIP is loaded and anything is trained
         ann = load_annotations(annotations)
         names = read_classes_file(classes_file) if classes_file is not None else None
         class_names = select_classes(ann, split, names)

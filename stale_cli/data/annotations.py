@@ -10,12 +10,12 @@ otherwise classes are the sorted labels that occur. Used by training and by the 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stale_cli.errors import DataError, InputError
+from stale_cli.fileio import parse_json
 
 IGNORED_LABELS = frozenset({"ambiguous"})  # compared case-insensitively
 
@@ -143,8 +143,5 @@ def load_annotations(path: str | Path, subset: str | None = None) -> Annotations
         raise InputError(f"{path}: annotation file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read annotation file ({e})") from e
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    data = parse_json(text, str(path))
     return parse_annotations(data, str(path)).select_subset(subset)

@@ -84,7 +84,8 @@ def _resized(feats: np.ndarray, meta: dict, cfg: DataConfig) -> tuple[np.ndarray
     (w,) = plan_windows(feats.shape[0], meta, cfg)
     x = window_features(feats, meta, w, cfg)  # (T, D)
     step = w.timeline.step
-    return x, dict(meta, fps=1.0 / step, timestamps=[0.0], duration=step * cfg.num_snippets,
+    # Row i stands for the snippet centred at (i + 0.5) * step (feature_timeline's convention).
+    return x, dict(meta, fps=1.0 / step, timestamps=[0.5 * step], duration=step * cfg.num_snippets,
                    extracted_fps=float(meta["fps"]))
 
 

@@ -84,7 +84,8 @@ class Window:
 
 
 def feature_timeline(meta: dict, num_rows: int) -> Timeline:
-    """Timeline of a feature file's rows: row k starts at ``timestamps[0] + k / fps`` (DESIGN.md §3)."""
+    """Timeline of a feature file's rows: row k is the frame at ``timestamps[0] + k / fps`` (DESIGN.md §3), the
+    centre of its snippet."""
     try:
         fps = float(meta["fps"])
         stamps = meta.get("timestamps") or [0.0]
@@ -93,15 +94,16 @@ def feature_timeline(meta: dict, num_rows: int) -> Timeline:
         raise DataError(f"feature sidecar has a bad 'fps' or 'timestamps' ({e})") from None
     if not fps > 0:
         raise DataError(f"feature sidecar has a bad fps {fps}")
-    return Timeline(origin=origin, step=1.0 / fps, num=num_rows)
+    return Timeline(origin=origin - 0.5 / fps, step=1.0 / fps, num=num_rows)
 
 
 def video_duration(meta: dict, num_rows: int) -> float:
-    """The video's duration in seconds: the sidecar's, else the end of its last feature row."""
+    """The video's duration in seconds: the sidecar's, else one row interval after the last row's frame."""
     duration = meta.get("duration")
     if duration is not None and float(duration) > 0:
         return float(duration)
-    return feature_timeline(meta, num_rows).end
+    src = feature_timeline(meta, num_rows)
+    return src.end + 0.5 * src.step
 
 
 def plan_windows(num_rows: int, meta: dict, cfg: DataConfig) -> list[Window]:
