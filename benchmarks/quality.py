@@ -118,7 +118,7 @@ class Generator:
 
     def video(self, duration: float, annotations: list[dict]) -> np.ndarray:
         T = int(np.floor(duration * self.fps))
-        t = (np.arange(T) + 0.5) / self.fps  # (T,) row centres in seconds, as the label assignment reads them
+        t = np.arange(T) / self.fps  # (T,) seconds: row k is the frame at k / fps (the feature-file contract)
         bg = 0.8 * self.unit(1)[0] + self._walk(T, 0.05, 4.0)  # scene + drift: (T, D)
         x = self.mean + bg
         for a in annotations:
