@@ -271,7 +271,8 @@ def test_training_and_evaluation_options_are_bounded(tmp_path):
     ann.write_text(json.dumps({"database": {"v": {"subset": "test", "duration": 10,
                                                   "annotations": [{"segment": [1, 2], "label": "A"}]}}}))
     for args in (["--lr", "inf"], ["--lr", "nan"], ["--lr", "0"], ["--seed", "-1"], ["--epochs", "0"],
-                 ["--val-fraction", "nan"]):
+                 ["--val-fraction", "nan"], ["--lr-prompt", "2"], ["--lr-text", "nan"], ["--window-jitter", "1.5"],
+                 ["--dropout", "1"], ["--dropout", "nan"]):
         r = CliRunner().invoke(app, ["train", "--features", str(tmp_path), "--annotations", str(ann), "--out",
                                      str(tmp_path / "m.pt"), *args])
         assert r.exit_code == 1 and len(error_lines(r)) == 1 and args[0] in r.stderr, (args, r.output)
