@@ -126,7 +126,8 @@ def shifted(window: Window, num_rows: int, shift: int, cfg: DataConfig) -> Windo
     T = cfg.num_snippets
     start = int(np.clip(window.start_row + shift, 0, max(num_rows - T, 0)))
     tl = window.timeline
-    return Window(start, min(T, num_rows - start), Timeline(tl.origin + (start - window.start_row) * tl.step, tl.step, T))
+    origin = tl.origin + (start - window.start_row) * tl.step
+    return Window(start, min(T, num_rows - start), Timeline(origin, tl.step, T))
 
 
 def interpolate_rows(features: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -179,8 +180,8 @@ def assign_labels(
 
     ``unseen``: ``(start_s, end_s)`` of instances of classes outside the vocabulary; their snippets are ignored.
     Returns numpy arrays: ``labels`` (T,) int64 in [0, K], K = background; ``masks`` (T, T) float32 whose column t
-    is the instance mask of snippet t (zeros for background snippets), with zero rows at ignored snippets;
-    ``fg`` (T,) float32; ``valid`` (T,) bool; ``ignore`` (T,) bool.
+    is the instance mask of snippet t (zeros for background snippets; an ignored snippet is in no training-class
+    instance, so its row is zero too); ``fg`` (T,) float32; ``valid`` (T,) bool; ``ignore`` (T,) bool.
     """
     T, K = timeline.num, num_classes
     valid = np.arange(T) < valid_len  # (T,)
@@ -196,6 +197,5 @@ def assign_labels(
     for start, end in unseen:
         ignore |= _inside(timeline, valid, start, end)
     ignore &= labels == K  # a training-class instance keeps the snippets it shares with an unseen one
-    masks[ignore, :] = 0.0  # ignored rows (the loss leaves them out anyway)
     fg = (labels != K).astype(np.float32)
     return {"labels": labels, "masks": masks, "fg": fg, "valid": valid, "ignore": ignore}
