@@ -143,20 +143,25 @@ def _decode_worker(paths, fps, clip, batch_size, decoder, out: queue.Queue, stop
             if not put(("unclaimed", i, None)):
                 return
             continue
-        sampler = FrameSampler(path, fps, transform=clip.resize_frames, chunk_size=batch_size, decoder=decoder)
-        try:
-            for chunk in sampler:
-                if not put(("chunk", i, chunk)):
-                    return
-            item = ("done", i, sampler.info)
-        except StaleError as e:
-            item = ("error", i, e)
-        except Exception as e:  # a decoder crash on one file must not end the batch
-            log.debug("decoding %s failed", path, exc_info=True)
-            item = ("error", i, DecodeError(f"{path}: decoding failed ({type(e).__name__}: {e})"))
-        if not put(item):
-            return
+        for item in _decode_items(i, path, fps, clip.resize_frames, batch_size, decoder):
+            if not put(item):
+                return
     put((_DONE, -1, None))
+
+
+def _decode_items(i: int, path: Path, fps: float, transform, batch_size: int, decoder: str) -> Iterator[tuple]:
+    """The messages of one video, for a decode thread or process: ("chunk", i, FrameChunk) ..., then
+    ("done", i, VideoInfo) or ("error", i, StaleError)."""
+    sampler = FrameSampler(path, fps, transform=transform, chunk_size=batch_size, decoder=decoder)
+    try:
+        for chunk in sampler:
+            yield ("chunk", i, chunk)
+        yield ("done", i, sampler.info)
+    except StaleError as e:
+        yield ("error", i, e)
+    except Exception as e:  # a decoder crash on one file must not end the batch
+        log.debug("decoding %s failed", path, exc_info=True)
+        yield ("error", i, DecodeError(f"{path}: decoding failed ({type(e).__name__}: {e})"))
 
 
 def _decode_process(tasks, results, fps: float, transform, batch_size: int, decoder: str) -> None:
@@ -175,18 +180,13 @@ def _decode_process(tasks, results, fps: float, transform, batch_size: int, deco
         if task is None:
             return
         i, path = task
-        sampler = FrameSampler(path, fps, transform=transform, chunk_size=batch_size, decoder=decoder)
         try:
-            for chunk in sampler:
-                results.send(("chunk", i, chunk.frames.numpy()))  # (n, S, S, 3) uint8; waits for the encoder
-            item = ("done", i, sampler.info)
-        except StaleError as e:
-            item = ("error", i, e)
-        except (BrokenPipeError, EOFError):
+            for kind, j, payload in _decode_items(i, path, fps, transform, batch_size, decoder):
+                if kind == "chunk":
+                    payload = payload.frames.numpy()  # (n, S, S, 3) uint8
+                results.send((kind, j, payload))  # waits for the encoder
+        except (BrokenPipeError, EOFError):  # the encoder's end is closed: nobody to decode for
             return
-        except Exception as e:  # a decoder crash on one file must not end the batch
-            item = ("error", i, DecodeError(f"{path}: decoding failed ({type(e).__name__}: {e})"))
-        results.send(item)
 
 
 def _result(i: int, path: Path, rows: list, info: VideoInfo, fps: float, clip) -> VideoResult:
