@@ -60,10 +60,11 @@ def test_clip_mode_finds_constructed_segments(clip, tmp_path, tiny_clip_name):
     assert set(best) == set(CLASSES)
     for name, (s, e) in TRUTH.items():
         seg = best[name]
-        assert abs(seg.start - s) <= 0.5 and abs(seg.end - e) <= 0.75, (name, seg)
-        # Rows are frames at k / fps: the frames inside [s, e) are s .. e - 1/fps, and the segment is centred on
-        # them (not half a row late).
-        assert (seg.start + seg.end) / 2 == pytest.approx((s + e - 1 / FPS) / 2, abs=0.05), (name, seg)
+        # Rows are frames at k / fps: the frames inside [s, e) are s .. e - 1/fps, whose snippets span
+        # [s - row/2, e - row/2]. Either edge may be one row off: the smoothed curve's half-height falls between two
+        # rows and the noise picks the side (the centring itself is checked at 4 fps in test_small_correctness).
+        row = 1 / FPS
+        assert abs(seg.start - (s - row / 2)) <= row + 1e-6 and abs(seg.end - (e - row / 2)) <= row + 1e-6, seg
         assert seg.score > 0.5
     # Whatever else is reported scores far below the true segments.
     others = [s for s in video.segments if s not in best.values()]

@@ -41,7 +41,8 @@ def test_detect_feature_file_to_json_csv_table(feature_dir, tiny_clip_name, tiny
     segs = obj["results"]["game"]
     assert len(segs) == 3
     best = max(segs, key=lambda s: s["score"])
-    assert best["label"] in ("high jump", "pole vault") and best["score"] > 0.9
+    # a clean segment: its class probability (~1) times its mask contrast (the smoothed curve's flanks cost some)
+    assert best["label"] in ("high jump", "pole vault") and best["score"] > 0.6
 
     r = run([*args, "-o", str(tmp_path / "outdir/"), "--format", "csv"], tiny_clip_name, tiny_clip_weights)
     assert r.exit_code == 0, r.output

@@ -19,7 +19,9 @@ def _probs(T, K, fg):
 def test_window_with_known_answer_in_seconds():
     # Class 0 at snippets 3..5 (prob 0.8); their mask columns say snippets 2..5 at 0.9.
     # Every θ < 0.9 gives run [2, 6); θ = 0.9 gives nothing (0.9 is not > 0.9 and no neighbour is).
-    # Snippet i covers [10 + 0.5 i, 10 + 0.5 (i + 1)): [2, 6) -> [11 s, 13 s]; score 0.8 * 0.9.
+    # Snippet i covers [10 + 0.5 i, 10 + 0.5 (i + 1)): [2, 6) -> [11 s, 13 s].
+    # Score: class probability 0.8 times the mask contrast: inside 0.9, flanks of max(1, 4 // 4) = 1 snippet
+    # (rows 1 and 6) 0 -> 0.8 * 0.9 = 0.72.
     T = 10
     p = _probs(T, 2, {(3, 0): 0.8, (4, 0): 0.8, (5, 0): 0.8})
     m = np.zeros((T, T))
@@ -31,10 +33,12 @@ def test_window_with_known_answer_in_seconds():
     np.testing.assert_allclose(segs.scores, [0.72])
 
 
-def test_runs_touching_the_candidate_are_joined_and_scored_by_mean_mask():
+def test_runs_touching_the_candidate_are_joined():
     # Candidate snippet 5 (class 1, prob 0.5); its mask column: 0.8 on 2..4, 0 on 5, 0.6 on 6..7.
-    # θ 0.5: runs [2,5) and [6,8) touch 5 -> [2, 8), mean (3*0.8 + 0 + 2*0.6) / 6 = 0.6 -> score 0.3.
-    # θ 0.7: [2,5) touches 5 -> [2, 6), mean 2.4 / 4 = 0.6 -> 0.3.  θ 0.9: nothing touches -> no segment.
+    # θ 0.5: runs [2,5) and [6,8) touch 5 -> [2, 8); inside (3*0.8 + 0 + 2*0.6) / 6 = 0.6, flanks (rows 1, 8) 0
+    #   -> score 0.5 * 0.6 = 0.3.
+    # θ 0.7: [2,5) touches 5 -> [2, 6); inside 2.4 / 4 = 0.6, flanks row 1 (0) and row 6 (0.6) -> 0.3
+    #   -> 0.5 * 0.3 = 0.15.  θ 0.9: nothing touches -> no segment.
     T = 12
     p = _probs(T, 2, {(5, 1): 0.5})
     m = np.zeros((T, T))
@@ -43,7 +47,24 @@ def test_runs_touching_the_candidate_are_joined_and_scored_by_mean_mask():
     cfg = DetectConfig(thetas=(0.5, 0.7, 0.9))
     segs = segments_from_window(p, m, Timeline(0.0, 1.0, T), T, cfg)
     got = sorted(zip(segs.labels.tolist(), segs.starts.tolist(), segs.ends.tolist(), segs.scores.tolist()))
-    np.testing.assert_allclose(got, [(1, 2.0, 6.0, 0.3), (1, 2.0, 8.0, 0.3)])
+    np.testing.assert_allclose(got, [(1, 2.0, 6.0, 0.15), (1, 2.0, 8.0, 0.3)])
+
+
+def test_a_fragment_of_an_instance_scores_below_the_whole_instance():
+    # Class 0 on snippets 2..9, best at snippet 5 (0.81); candidate 5's mask: 0.6 on 2..9, peak 0.95 on 5..6.
+    # θ 0.5 -> [2, 10): inside (6 * 0.6 + 2 * 0.95) / 8 = 0.6875, flanks of 2 (rows 0-1, 10-11) 0 -> 0.81 * 0.6875.
+    # θ 0.9 -> [5, 7): inside 0.95, flanks of 1 (rows 4 and 7) 0.6 -> 0.81 * 0.35. The mean mask inside alone
+    # would rank the fragment first (0.81 * 0.95 against 0.81 * 0.6875).
+    T = 12
+    p = _probs(T, 1, {(t, 0): 0.8 for t in range(2, 10)})
+    m = np.zeros((T, T))
+    m[2:10, 5] = 0.6
+    m[5:7, 5] = 0.95
+    p[5, 0], p[5, 1] = 0.81, 0.19  # snippet 5 is the best candidate
+    cfg = DetectConfig(thetas=(0.5, 0.9), max_candidates=1)
+    segs = segments_from_window(p, m, Timeline(0.0, 1.0, T), T, cfg)
+    got = sorted(zip(segs.starts.tolist(), segs.ends.tolist(), segs.scores.tolist()), key=lambda s: -s[2])
+    np.testing.assert_allclose(got, [(2.0, 10.0, 0.81 * 0.6875), (5.0, 7.0, 0.81 * 0.35)])
 
 
 def test_candidates_threshold_limit_and_padding():
@@ -58,14 +79,15 @@ def test_candidates_threshold_limit_and_padding():
 
 def test_training_free_mode_uses_the_class_curve_relative_to_the_candidate():
     # Class-0 curve 0 0 .2 .6 .8 .4 .1 0; the best candidate is snippet 4 (0.8). Relative curve
-    # 0 0 .25 .75 1 .5 .125 0: above θ = 0.5 on [3, 5), mean (0.75 + 1) / 2 -> score 0.8 * 0.875 = 0.7.
+    # 0 0 .25 .75 1 .5 .125 0: above θ = 0.5 on [3, 5); inside (0.75 + 1) / 2 = 0.875, flanks (rows 2 and 5)
+    # (0.25 + 0.5) / 2 = 0.375 -> score 0.8 * 0.5 = 0.4.
     T = 8
     curve = [0, 0, 0.2, 0.6, 0.8, 0.4, 0.1, 0]
     p = _probs(T, 1, {(t, 0): v for t, v in enumerate(curve)})
     cfg = DetectConfig(theta_c=0.3, thetas=(0.5,), max_candidates=1)
     segs = segments_from_window(p, None, Timeline(0.0, 2.0, T), T, cfg)
     assert segs.starts.tolist() == [6.0] and segs.ends.tolist() == [10.0]
-    np.testing.assert_allclose(segs.scores, [0.7])
+    np.testing.assert_allclose(segs.scores, [0.4])
 
 
 def test_soft_nms_gaussian_decay_by_hand():
