@@ -148,7 +148,7 @@ def _check_features(vs: VideoSet, clip_name: str, embed_dim: int, features_dir, 
 
 
 def _targets(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: batch[k].to(device, non_blocking=True) for k in ("labels", "masks", "fg", "valid", "ignore")}
+    return {k: batch[k].to(device, non_blocking=True) for k in ("labels", "also", "masks", "fg", "valid", "ignore")}
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:

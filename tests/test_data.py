@@ -198,6 +198,17 @@ def test_label_assignment_from_seconds_by_hand():
         assert m[:, col].sum() == 0
 
 
+def test_a_snippet_in_instances_of_two_classes_has_both():
+    # CliffDiving (0) and Diving (1) label the same span, 2-5 s; cricket bowling (2) 6-8 s runs into the shot
+    # (3) 7.5-10 s. One snippet per second, centres 0.5, 1.5, ...
+    inst = [(2.0, 5.0, 0), (2.0, 5.0, 1), (6.0, 8.0, 2), (7.5, 10.0, 3)]
+    t = assign_labels(Timeline(0.0, 1.0, 10), 10, inst, num_classes=4)
+    K = 4
+    # equal lengths: the later wins; snippet 7 (centre 7.5 s) is in both cricket instances: the shorter wins
+    np.testing.assert_array_equal(t["labels"], [K, K, 1, 1, 1, K, 2, 2, 3, 3])
+    np.testing.assert_array_equal(t["also"], [K, K, 0, 0, 0, K, K, 3, K, K])
+
+
 def test_classes_outside_the_vocabulary_are_background(tmp_path):
     ann = parse_annotations({"database": {"v": {"subset": "val", "duration": 10, "annotations": [
         {"segment": [1, 3], "label": "HighJump"}, {"segment": [5, 8], "label": "PoleVault"}]}}})

@@ -25,6 +25,18 @@ def test_classification_loss_by_hand():
     assert classification_loss(logits, labels, valid).item() == pytest.approx(1.5 * LN2, abs=1e-6)
 
 
+def test_classification_loss_splits_a_snippet_of_two_classes_evenly():
+    # K = 2 (columns: class 0, class 1, background). Logits (ln 2, 0, 0) -> p = (1/2, 1/4, 1/4).
+    # Snippet 0: classes 0 and 1 -> (-ln(1/2) - ln(1/4)) / 2 = 1.5 ln 2. Snippet 1: class 0 alone -> ln 2.
+    # Mean = 1.25 ln 2. Without `also`, snippet 0 counts as class 0 alone: mean ln 2.
+    logits = torch.tensor([[[LN2, 0.0, 0.0], [LN2, 0.0, 0.0]]])
+    labels = torch.tensor([[0, 0]])
+    also = torch.tensor([[1, 2]])  # 2 = K: no second class
+    valid = torch.tensor([[True, True]])
+    assert classification_loss(logits, labels, valid, also).item() == pytest.approx(1.25 * LN2, abs=1e-6)
+    assert classification_loss(logits, labels, valid).item() == pytest.approx(LN2, abs=1e-6)
+
+
 def _mask_case():
     # One video, T = 4, last snippet padding, K = 1 (label 1 = background). Snippets 0, 1 are foreground, so
     # columns 0 and 1 are scored; their ground-truth mask over rows i is g = (1, 1, 0 | pad).

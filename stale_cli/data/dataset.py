@@ -181,6 +181,7 @@ class WindowDataset(Dataset):
             "features": torch.from_numpy(x),
             "valid": torch.from_numpy(t["valid"]),
             "labels": torch.from_numpy(t["labels"]),
+            "also": torch.from_numpy(t["also"]),
             "masks": torch.from_numpy(t["masks"]),
             "fg": torch.from_numpy(t["fg"]),
             "ignore": torch.from_numpy(t["ignore"]),
@@ -189,6 +190,6 @@ class WindowDataset(Dataset):
 
 
 def collate_windows(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack items: features (B,T,D), valid (B,T) bool, labels (B,T) long, masks (B,T,T), fg (B,T),
+    """Stack items: features (B,T,D), valid (B,T) bool, labels and also (B,T) long, masks (B,T,T), fg (B,T),
     ignore (B,T) bool, index (B,)."""
     return {k: torch.stack([b[k] for b in batch]) for k in batch[0]}

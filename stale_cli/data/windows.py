@@ -179,23 +179,30 @@ def assign_labels(
     """Targets of one window from instances ``(start_s, end_s, class_index)`` (classes 0..K-1 only).
 
     ``unseen``: ``(start_s, end_s)`` of instances of classes outside the vocabulary; their snippets are ignored.
-    Returns numpy arrays: ``labels`` (T,) int64 in [0, K], K = background; ``masks`` (T, T) float32 whose column t
-    is the instance mask of snippet t (zeros for background snippets; an ignored snippet is in no training-class
-    instance, so its row is zero too); ``fg`` (T,) float32; ``valid`` (T,) bool; ``ignore`` (T,) bool.
+    Returns numpy arrays: ``labels`` (T,) int64 in [0, K], K = background; ``also`` (T,) int64: a second
+    training class whose instance also covers the snippet, K where none (THUMOS14 labels every CliffDiving instance
+    Diving too, and cricket bowling runs into the shot); ``masks`` (T, T) float32 whose column t is the instance
+    mask of snippet t (zeros for background snippets; an ignored snippet is in no training-class instance, so its
+    row is zero too); ``fg`` (T,) float32; ``valid`` (T,) bool; ``ignore`` (T,) bool.
     """
     T, K = timeline.num, num_classes
     valid = np.arange(T) < valid_len  # (T,)
     labels = np.full(T, K, dtype=np.int64)
     masks = np.zeros((T, T), dtype=np.float32)
     # Longest first, so a shorter overlapping instance overwrites the snippets it shares (the shorter wins).
+    spans = []
     for start, end, cls in sorted(instances, key=lambda x: x[1] - x[0], reverse=True):
         assert 0 <= cls < K, f"class index {cls} outside the vocabulary of {K}"
         inside = _inside(timeline, valid, start, end)  # (T,)
         labels[inside] = cls
         masks[:, inside] = inside[:, None]  # column t = this instance's mask
+        spans.append((inside, cls))
+    also = np.full(T, K, dtype=np.int64)
+    for inside, cls in spans:  # the other class of a snippet in instances of two classes (the shortest other)
+        also[inside & (labels != cls)] = cls
     ignore = np.zeros(T, dtype=bool)
     for start, end in unseen:
         ignore |= _inside(timeline, valid, start, end)
     ignore &= labels == K  # a training-class instance keeps the snippets it shares with an unseen one
     fg = (labels != K).astype(np.float32)
-    return {"labels": labels, "masks": masks, "fg": fg, "valid": valid, "ignore": ignore}
+    return {"labels": labels, "also": also, "masks": masks, "fg": fg, "valid": valid, "ignore": ignore}

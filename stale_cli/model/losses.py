@@ -23,14 +23,26 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return like.sum().float() * 0.0  # keeps the graph and device of `like`; float32 like every other term
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                        also: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. (9): cross-entropy over K+1 classes, averaged over the valid snippets.
 
-    logits (B, T, K+1), labels (B, T) long in [0, K] (K = background), valid (B, T) bool.
+    logits (B, T, K+1), labels (B, T) long in [0, K] (K = background), valid (B, T) bool. ``also`` (B, T) long: a
+    second class of a snippet inside instances of two classes (K where none). Such a snippet's target is split
+    evenly between its two classes, -(log p_a + log p_b) / 2: a one-hot target would teach the model that one of
+    two true labels is wrong, and the per-snippet softmax could never report both. Eq. (9) assumes one label.
     """
     if not valid.any():
         return _zero(logits)
-    return F.cross_entropy(logits[valid].float(), labels[valid])  # (V, K+1) vs (V,)
+    logp = logits[valid].float().log_softmax(dim=-1)  # (V, K+1)
+    nll = -logp.gather(1, labels[valid][:, None])[:, 0]  # (V,)
+    if also is not None:
+        K = logits.shape[-1] - 1
+        second = also[valid]  # (V,)
+        two = second < K  # (V,)
+        nll_b = -logp.gather(1, second.clamp(max=K)[:, None])[:, 0]  # (V,)
+        nll = torch.where(two, 0.5 * (nll + nll_b), nll)
+    return nll.mean()
 
 
 def mask_loss(mask_logits: torch.Tensor, gt_masks: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
@@ -126,7 +138,8 @@ class STALELoss(nn.Module):
     out: the dict of ``STALE.forward`` (uses logits, mask_logits, masks, fg_logits, clf_features,
     mask_features). targets: labels (B, T) long in [0, K] (K = background), masks (B, T, T) float (column t =
     ground-truth instance mask of snippet t, zeros for background snippets), fg (B, T) float, valid (B, T) bool,
-    and optionally ignore (B, T) bool: snippets of unseen-class instances, left out of every term.
+    and optionally ignore (B, T) bool: snippets of unseen-class instances, left out of every term, and also (B, T)
+    long: a snippet's second class (K where none), see :func:`classification_loss`.
     """
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig):
@@ -141,7 +154,7 @@ class STALELoss(nn.Module):
             valid = valid & ~targets["ignore"]  # (B, T): the snippets supervised by every term below
         K = out["logits"].shape[-1] - 1
         losses = {
-            "cls": classification_loss(out["logits"], labels, valid),
+            "cls": classification_loss(out["logits"], labels, valid, targets.get("also")),
             "mask": mask_loss(out["mask_logits"], targets["masks"], labels, valid, K, w.dice_weight),
             "comp": completeness_loss(out["fg_logits"], targets["fg"], valid),
             "const": consistency_loss(out["logits"], out["masks"], out["clf_features"], out["mask_features"],
