@@ -257,7 +257,7 @@ def model_analysis(ckpt: Path, feats_dir: Path, ann_path: Path, gt_classes: list
             valid = (torch.arange(len(xw)) < valid_len)[None].to(device)
             return model(x, valid, text)
 
-        preds = curve_detections(lambda xw, v: run(xw, v)["logits"][0].float().softmax(-1).cpu().numpy(),
+        preds = curve_detections(lambda xw, v: run(xw, v)["probs"][0].cpu().numpy(),
                                  feats_dir, classes)
         ann = load_annotations(ann_path).select_subset("test")
         index = {c: i for i, c in enumerate(classes)}

@@ -8,8 +8,8 @@ per-input failures so a batch goes on past a bad file.
 Two modes:
 
 - ``stale``: a trained STALE checkpoint. Features are cut into windows with the checkpoint's own ``DataConfig``
-  (``data.windows``), the model gives per-snippet probabilities ``softmax(logits)``: (T, K+1) and masks (T, T)
-  per window, ``postprocess.segments_from_window`` turns each window into candidates in seconds, and
+  (``data.windows``), the model gives per-snippet probabilities (T, K+1)
+  (``model.stale.detection_probabilities``) and masks (T, T) per window, ``postprocess.segments_from_window`` turns each window into candidates in seconds, and
   ``postprocess.finalize`` merges the windows of a video (Soft-NMS, top-k, clipped to the video).
 - ``clip``: the training-free mode of :mod:`stale_cli.clipmode`: probabilities on the whole video at once (one
   background level per video), then the same ``segments_from_window`` (``masks=None``) on sliding windows of 256
@@ -414,7 +414,7 @@ class Detector:
             valid = torch.stack([torch.arange(T) < win.valid_len for win, _ in chunk]).to(self.device)  # (B, T)
             with torch.inference_mode():
                 out = self.model(x, valid, self.text)
-            probs = out["logits"].float().softmax(-1).cpu().numpy()  # (B, T, K+1)
+            probs = out["probs"].cpu().numpy()  # (B, T, K+1)
             masks = out["masks"].float().cpu().numpy()  # (B, T, T)
             for b, (win, _) in enumerate(chunk):
                 candidates.append(segments_from_window(probs[b], masks[b], win.timeline, win.valid_len, self.detect_cfg))

@@ -198,7 +198,7 @@ def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, d
         out = model(x, valid, text)
         total += float(criterion(out, _targets(batch, device))["total"]) * len(x)
         n += len(x)
-        probs = out["logits"].float().softmax(-1).cpu().numpy()  # (B, T, K+1)
+        probs = out["probs"].cpu().numpy()  # (B, T, K+1), as `stale detect` reads them
         masks = out["masks"].float().cpu().numpy()  # (B, T, T)
         for b, i in enumerate(batch["index"].tolist()):
             vid, w = ds.items[i][:2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from stale_cli.errors import InputError
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.model.losses import STALELoss
-from stale_cli.model.stale import STALE
+from stale_cli.model.stale import STALE, detection_probabilities
 
 CLASSES = ["BaseballPitch", "high_jump", "Pole Vault"]  # K = 3
 
@@ -49,7 +50,9 @@ def test_output_shapes_and_ranges(cfg, tiny_clip):
     assert out["query_masks"].shape == (B, cfg.num_queries, T)
     assert out["text"].shape == (B, 4, 32)
     assert out["clf_features"].shape == out["mask_features"].shape == (B, T, 32)
-    for key in ("masks", "fg", "query_masks"):
+    assert out["probs"].shape == (B, T, 4)
+    torch.testing.assert_close(out["probs"].sum(-1), torch.ones(B, T))
+    for key in ("masks", "fg", "query_masks", "probs"):
         assert 0 <= out[key].min() and out[key].max() <= 1
     assert not out["foreground"][1, 11:].any()  # padding is never foreground
     assert not any(k.startswith("visual") for k in model.state_dict())
@@ -202,3 +205,13 @@ def test_mixed_precision_forward_and_loss_are_finite(cfg, tiny_clip):
     terms["total"].backward()
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
     assert torch.isfinite(model.text_encoder.context.grad).all()
+
+
+def test_detection_probabilities_by_hand():
+    # K = 2. Logits (ln 3, 0, 0): softmax (3/5, 1/5, 1/5); over the actions alone (3/4, 1/4).
+    # Snippet 0, L_hat 0.2: foreground max(1 - 1/5, 0.2) = 0.8 -> (0.6, 0.2, 0.2), the classifier's own softmax.
+    # Snippet 1, same logits, L_hat 0.96: foreground 0.96 -> (0.72, 0.24, 0.04).
+    logits = torch.tensor([[[math.log(3), 0.0, 0.0], [math.log(3), 0.0, 0.0]]])
+    fg = torch.tensor([[0.2, 0.96]])
+    p = detection_probabilities(logits, fg)
+    torch.testing.assert_close(p, torch.tensor([[[0.6, 0.2, 0.2], [0.72, 0.24, 0.04]]]))
