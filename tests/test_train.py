@@ -166,7 +166,7 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, tiny_clip_name, tiny_clip_
     # Empty training set: classes with no instance in the training videos.
     classes = tmp_path / "classes.txt"
     classes.write_text("Billiards\nGolfSwing\n")
-    assert_one_line_error(run_cli(*args("--classes-file", classes)), r"empty training set: none of the 3 training videos")
+    assert_one_line_error(run_cli(*args("--classes-file", classes)), r"empty training set: none of the 4 training videos")
 
     # No feature file for any annotated video.
     empty = tmp_path / "nofeats"

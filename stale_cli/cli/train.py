@@ -57,7 +57,8 @@ def train_command(
         "default 0.5; window mode)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
     val_fraction: Optional[float] = typer.Option(
-        None, "--val-fraction", help="Share of training videos held out to pick the best epoch (default 0.1)."),
+        None, "--val-fraction", help="Share of training videos held out to pick the best epoch (default 0: train "
+        "on all, keep the last epoch)."),
     dropout: Optional[float] = typer.Option(
         None, "--dropout", help="Dropout in the head's transformer layers (default 0.1)."),
     freeze_text_encoder: bool = typer.Option(
