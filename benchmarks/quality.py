@@ -55,7 +55,7 @@ from stale_cli.data.annotations import load_annotations  # noqa: E402
 from stale_cli.data.windows import assign_labels, cut_windows, preset  # noqa: E402
 from stale_cli.evaluate import evaluate_detection  # noqa: E402
 from stale_cli.fileio import read_features, write_features, write_json_atomic  # noqa: E402
-from stale_cli.postprocess import DetectConfig, finalize, segments_from_window  # noqa: E402
+from stale_cli.postprocess import DetectConfig, finalize, segment_tiou, segments_from_window  # noqa: E402
 
 ANNOTATIONS = ROOT / "benchmarks" / "data" / "thumos14_annotations.json"
 TIOUS = [0.3, 0.4, 0.5, 0.6, 0.7]
@@ -132,8 +132,7 @@ class Generator:
         s, e = a["segment"]
         for b in earlier:
             bs, be = b["segment"]
-            inter = max(0.0, min(e, be) - max(s, bs))
-            if b["label"] != a["label"] and inter >= 0.5 * (max(e, be) - min(s, bs)):
+            if b["label"] != a["label"] and segment_tiou(s, e, np.array([bs]), np.array([be]))[0] >= 0.5:
                 q = p + self.prototypes[b["label"]]
                 return q / np.linalg.norm(q)
         return p

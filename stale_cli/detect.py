@@ -9,8 +9,9 @@ Two modes:
 
 - ``stale``: a trained STALE checkpoint. Features are cut into windows with the checkpoint's own ``DataConfig``
   (``data.windows``), the model gives per-snippet probabilities (T, K+1)
-  (``model.stale.detection_probabilities``) and masks (T, T) per window, ``postprocess.segments_from_window`` turns each window into candidates in seconds, and
-  ``postprocess.finalize`` merges the windows of a video (Soft-NMS, top-k, clipped to the video).
+  (``model.stale.detection_probabilities``) and masks (T, T) per window, ``postprocess.segments_from_window``
+  turns each window into candidates in seconds, and ``postprocess.finalize`` merges the windows of a video
+  (Soft-NMS, top-k, clipped to the video).
 - ``clip``: the training-free mode of :mod:`stale_cli.clipmode`: probabilities on the whole video at once (one
   background level per video), then the same ``segments_from_window`` (``masks=None``) on sliding windows of 256
   snippets and the same ``finalize``.

@@ -40,7 +40,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch
         K = logits.shape[-1] - 1
         second = also[valid]  # (V,)
         two = second < K  # (V,)
-        nll_b = -logp.gather(1, second.clamp(max=K)[:, None])[:, 0]  # (V,)
+        nll_b = -logp.gather(1, second[:, None])[:, 0]  # (V,); column K where there is no second class
         nll = torch.where(two, 0.5 * (nll + nll_b), nll)
     return nll.mean()
 
