@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -225,7 +226,9 @@ def random_clip_weights(name: str, out: Path) -> Path:
         import torch
 
         torch.manual_seed(0)
-        torch.save(open_clip.create_model(name, pretrained=None).state_dict(), path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # side-by-side runs share the file: write, rename
+        torch.save(open_clip.create_model(name, pretrained=None).state_dict(), tmp)
+        os.replace(tmp, path)
     return path
 
 

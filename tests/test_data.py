@@ -294,3 +294,40 @@ def test_resize_mode_keeps_only_the_resized_input_and_the_same_items(tmp_path):
         assert a["labels"].tolist() == b["labels"].tolist() and torch.equal(a["masks"], b["masks"])
         torch.testing.assert_close(a["features"], b["features"], atol=2e-3, rtol=2e-3)  # float16 storage
         assert a["fg"].sum() > 0
+
+
+def test_repeat_factors_by_hand():
+    from stale_cli.data.dataset import repeat_factors
+
+    # K = 2, 6 windows: class 0 in 4 of them (f = 2/3), class 1 in 1 (f = 1/6), one window empty; t = 1/K = 0.5
+    windows = [frozenset({0})] * 4 + [frozenset({1}), frozenset()]
+    r = repeat_factors(windows, 2)
+    # r(0) = max(1, sqrt(0.5 / (2/3))) = 1; r(1) = sqrt(0.5 / (1/6)) = sqrt(3); an empty window keeps 1
+    np.testing.assert_allclose(r, [1, 1, 1, 1, np.sqrt(3), 1])
+    # a window of both classes takes the larger factor
+    np.testing.assert_allclose(repeat_factors(windows[:4] + [frozenset({0, 1}), frozenset()], 2)[4], np.sqrt(3))
+
+
+def test_repeat_factor_sampler_draws_rare_windows_more_often_and_splits_ranks():
+    from stale_cli.data.dataset import RepeatFactorSampler
+
+    r = np.array([1, 1, 1, 1, np.sqrt(3), 1])
+    s = RepeatFactorSampler(r, seed=3)
+    assert len(s) == 7  # round(sum r) = round(6.73)
+    draws = []
+    for epoch in range(400):
+        s.set_epoch(epoch)
+        order = list(s)
+        assert len(order) == 7 and set(order) == set(range(6))  # every window at least once an epoch
+        draws.append(order.count(4))
+    # expected count of window 4: 1.73 drawn by rounding, plus its share of the top-up when rounding fell short
+    assert 1.7 < np.mean(draws) < 1.95
+    s.set_epoch(5)
+    assert list(s) == list(s)  # an epoch's order depends on seed and epoch only
+    halves = [RepeatFactorSampler(r, seed=3, rank=k, world=2) for k in (0, 1)]
+    whole = RepeatFactorSampler(r, seed=3, rank=0, world=1)
+    whole.total = 8  # what two ranks draw together: ceil(7 / 2) each
+    assert len(halves[0]) == len(halves[1]) == 4
+    merged = [None] * 8
+    merged[0::2], merged[1::2] = list(halves[0]), list(halves[1])
+    assert merged == list(whole)

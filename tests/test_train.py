@@ -259,3 +259,13 @@ def test_two_process_ddp_with_gloo(tmp_path, tiny_clip_name, tiny_clip_weights):
     assert r0["sum"] == pytest.approx(r1["sum"], rel=1e-6)
     _, info = read_checkpoint(tmp_path / "ddp.pt")
     assert info.epoch >= 1 and info.class_names == ("HighJump", "Diving")
+
+
+def test_default_epochs_reach_min_steps():
+    from stale_cli.train import default_epochs
+
+    assert default_epochs(40) == 15  # a THUMOS14-sized set: 600 steps, the paper's 15 epochs
+    assert default_epochs(16) == 15  # exactly 240 steps
+    assert default_epochs(8) == 30  # 40 videos: 30 epochs of 8 steps
+    assert default_epochs(7) == 35  # ceil(240 / 7)
+    assert default_epochs(0) == 240  # never divides by zero

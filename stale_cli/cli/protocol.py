@@ -61,7 +61,9 @@ def zero_shot_command(
     train_subset: Optional[str] = typer.Option(None, "--train-subset", help="Default: val (THUMOS14), training (ActivityNet)."),
     test_subset: Optional[str] = typer.Option(None, "--test-subset", help="Default: test (THUMOS14), validation (ActivityNet)."),
     tiou: Optional[str] = typer.Option(None, "--tiou", help="tIoU thresholds (default: the dataset's)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs per split (paper: 15)."),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", help="Training epochs per split (default 15, or more on a small training set so that "
+        "training takes at least 240 steps)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4; the paper's single rate: 1e-5 THUMOS14, 1e-4 ActivityNet)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per training step."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (same for every split)."),

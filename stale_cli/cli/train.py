@@ -45,7 +45,8 @@ def train_command(
         None, "--subset", help="Annotation subset to train on (default: 'training' if present, THUMOS14: 'val')."),
     preset: str = typer.Option("thumos14", "--preset", help="thumos14 (windows of 256 snippets) | activitynet "
                                "(whole video resized to 100 snippets)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 15)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 15, or more on a small training set so "
+                                         "that training takes at least 240 steps)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4)."),
     lr_prompt: Optional[float] = typer.Option(
         None, "--lr-prompt", help="Learning rate of the prompt context and background embedding (default 1e-3)."),
@@ -59,6 +60,9 @@ def train_command(
     val_fraction: Optional[float] = typer.Option(
         None, "--val-fraction", help="Share of training videos held out to pick the best epoch (default 0: train "
         "on all, keep the last epoch)."),
+    balance_classes: Optional[bool] = typer.Option(
+        None, "--balance-classes/--no-balance-classes", help="Draw windows of rare classes more often (repeat "
+        "factor sampling)."),
     dropout: Optional[float] = typer.Option(
         None, "--dropout", help="Dropout in the head's transformer layers (default 0.1)."),
     freeze_text_encoder: bool = typer.Option(
@@ -89,7 +93,8 @@ def train_command(
                 raise InputError(f"--window-jitter must be in [0, 1], got {window_jitter}")
             data_cfg = dataclasses.replace(data_cfg, jitter=window_jitter)
         overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, lr_prompt=lr_prompt, lr_text=lr_text,
-                                           batch_size=batch_size, seed=seed, val_fraction=val_fraction).items()
+                                           batch_size=batch_size, seed=seed, val_fraction=val_fraction,
+                                           balance_classes=balance_classes).items()
                      if v is not None}
         if epochs is not None and epochs < 1 or batch_size is not None and batch_size < 1:
             raise InputError("--epochs and --batch-size must be at least 1")
