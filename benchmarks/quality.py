@@ -45,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -191,8 +192,9 @@ def ground_truth(ann_path: Path, subset: str) -> tuple[dict, list[str]]:
     return gt, classes
 
 
-def curve_detections(curves_of, feats_dir: Path, classes: list[str], cfg=DetectConfig()) -> dict:
-    """Detections from class-probability curves alone (training-free post-processing, masks = curves)."""
+def curve_detections(curves_of, feats_dir: Path, classes: list[str], cfg=DetectConfig(), masks_of=None) -> dict:
+    """Detections from class-probability curves: alone (training-free post-processing) or, with ``masks_of``,
+    with those masks (``cfg.mask_weight`` blends the two)."""
     data_cfg = preset("thumos14")
     preds = {}
     for npy in sorted(feats_dir.glob("*.npy")):
@@ -200,7 +202,8 @@ def curve_detections(curves_of, feats_dir: Path, classes: list[str], cfg=DetectC
         parts = []
         for w, xw in cut_windows(x.astype(np.float32), meta, data_cfg):
             probs = curves_of(xw, w.valid_len)  # (T, K+1)
-            parts.append(segments_from_window(probs, None, w.timeline, w.valid_len, cfg))
+            masks = masks_of(xw, w.valid_len) if masks_of else None  # (T, T)
+            parts.append(segments_from_window(probs, masks, w.timeline, w.valid_len, cfg))
         dets = finalize(parts, float(meta["duration"]), cfg)
         preds[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in dets]
     return preds
@@ -259,8 +262,19 @@ def model_analysis(ckpt: Path, feats_dir: Path, ann_path: Path, gt_classes: list
             valid = (torch.arange(len(xw)) < valid_len)[None].to(device)
             return model(x, valid, text)
 
-        preds = curve_detections(lambda xw, v: run(xw, v)["probs"][0].cpu().numpy(),
-                                 feats_dir, classes)
+        cache = {}
+
+        def outputs(xw: np.ndarray, valid_len: int) -> tuple[np.ndarray, np.ndarray]:
+            key = (xw.tobytes(), valid_len)
+            if key not in cache:
+                o = run(xw, valid_len)
+                cache.clear()  # one window at a time: probs and masks of the same window are read in turn
+                cache[key] = o["probs"][0].float().cpu().numpy(), o["masks"][0].float().cpu().numpy()
+            return cache[key]
+
+        preds = curve_detections(lambda xw, v: outputs(xw, v)[0], feats_dir, classes)
+        mask_preds = curve_detections(lambda xw, v: outputs(xw, v)[0], feats_dir, classes,
+                                      replace(info.detect_config, mask_weight=1.0), lambda xw, v: outputs(xw, v)[1])
         ann = load_annotations(ann_path).select_subset("test")
         index = {c: i for i, c in enumerate(classes)}
         ious = []
@@ -275,7 +289,9 @@ def model_analysis(ckpt: Path, feats_dir: Path, ann_path: Path, gt_classes: list
                     ious.append(_run_iou(m[:V, col] > 0.5, t["masks"][:V, col] > 0.5, col))
     gt, _ = ground_truth(ann_path, "test")
     curve_avg, _ = avg_map(gt, preds, gt_classes)
-    return {"curve_mask_avg_map": curve_avg, "mask_tiou": float(np.mean(ious)) if ious else 0.0}
+    mask_avg, _ = avg_map(gt, mask_preds, gt_classes)
+    return {"curve_mask_avg_map": curve_avg, "mask_only_avg_map": mask_avg,
+            "mask_tiou": float(np.mean(ious)) if ious else 0.0}
 
 
 def _run_iou(pred: np.ndarray, target: np.ndarray, at: int) -> float:

@@ -55,6 +55,9 @@ class DetectConfig:
     # of its curve); lower thresholds only add rows the mask calls outside, and with the contrast score below
     # they drew segments out by a row past the edge. The higher ones split instances that a mask merges.
     thetas: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+    # Weight of the mask head's column in a candidate's mask; the rest is the class's own probability curve relative
+    # to the candidate (what the training-free mode uses alone). 1 is the paper's inference (masks alone).
+    mask_weight: float = 0.5
     max_candidates: int = 100  # candidates per window, best first
     nms_sigma: float = 0.5  # Gaussian Soft-NMS: score *= exp(-tIoU^2 / sigma)
     pre_nms_top_n: int = 2000  # segments per video entering Soft-NMS (keeps it O(top_n * top_k))
@@ -135,10 +138,12 @@ def segments_from_window(
     t_idx, k_idx, cls_score = t_idx[best], k_idx[best], cls_score[best]
     N = t_idx.size
 
-    if masks is not None:
-        cand_masks = np.asarray(masks, dtype=np.float64)[:V, t_idx]  # (V, N): column t of M per candidate
-    else:  # training-free: the class's own curve relative to the candidate's confidence
-        cand_masks = np.minimum(fg_probs[:, k_idx] / cls_score[None, :], 1.0)  # (V, N)
+    curves = np.minimum(fg_probs[:, k_idx] / cls_score[None, :], 1.0)  # (V, N): relative to the candidate
+    if masks is None:  # training-free: the class's own curve
+        cand_masks = curves
+    else:  # column t of M per candidate, blended with the class curve
+        w = cfg.mask_weight
+        cand_masks = w * np.asarray(masks, dtype=np.float64)[:V, t_idx] + (1 - w) * curves  # (V, N)
 
     thetas = np.asarray(cfg.thetas, dtype=np.float64)  # (R,)
     fg = cand_masks[None, :, :] > thetas[:, None, None]  # (R, V, N)

@@ -1,6 +1,7 @@
 """Segment extraction, Soft-NMS and per-video finalisation on hand-made windows with known answers."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from stale_cli.postprocess import DetectConfig, Segments, finalize, segments_from_window, soft_nms
@@ -26,7 +27,7 @@ def test_window_with_known_answer_in_seconds():
     p = _probs(T, 2, {(3, 0): 0.8, (4, 0): 0.8, (5, 0): 0.8})
     m = np.zeros((T, T))
     m[2:6, 3:6] = 0.9
-    segs = segments_from_window(p, m, Timeline(10.0, 0.5, T), T)
+    segs = segments_from_window(p, m, Timeline(10.0, 0.5, T), T, DetectConfig(mask_weight=1.0))
     assert segs.labels.tolist() == [0]
     np.testing.assert_allclose(segs.starts, [11.0])
     np.testing.assert_allclose(segs.ends, [13.0])
@@ -44,7 +45,7 @@ def test_runs_touching_the_candidate_are_joined():
     m = np.zeros((T, T))
     m[2:5, 5] = 0.8
     m[6:8, 5] = 0.6
-    cfg = DetectConfig(thetas=(0.5, 0.7, 0.9))
+    cfg = DetectConfig(thetas=(0.5, 0.7, 0.9), mask_weight=1.0)
     segs = segments_from_window(p, m, Timeline(0.0, 1.0, T), T, cfg)
     got = sorted(zip(segs.labels.tolist(), segs.starts.tolist(), segs.ends.tolist(), segs.scores.tolist()))
     np.testing.assert_allclose(got, [(1, 2.0, 6.0, 0.15), (1, 2.0, 8.0, 0.3)])
@@ -61,7 +62,7 @@ def test_a_fragment_of_an_instance_scores_below_the_whole_instance():
     m[2:10, 5] = 0.6
     m[5:7, 5] = 0.95
     p[5, 0], p[5, 1] = 0.81, 0.19  # snippet 5 is the best candidate
-    cfg = DetectConfig(thetas=(0.5, 0.9), max_candidates=1)
+    cfg = DetectConfig(thetas=(0.5, 0.9), max_candidates=1, mask_weight=1.0)
     segs = segments_from_window(p, m, Timeline(0.0, 1.0, T), T, cfg)
     got = sorted(zip(segs.starts.tolist(), segs.ends.tolist(), segs.scores.tolist()), key=lambda s: -s[2])
     np.testing.assert_allclose(got, [(2.0, 10.0, 0.81 * 0.6875), (5.0, 7.0, 0.81 * 0.35)])
@@ -88,6 +89,25 @@ def test_training_free_mode_uses_the_class_curve_relative_to_the_candidate():
     segs = segments_from_window(p, None, Timeline(0.0, 2.0, T), T, cfg)
     assert segs.starts.tolist() == [6.0] and segs.ends.tolist() == [10.0]
     np.testing.assert_allclose(segs.scores, [0.4])
+
+
+def test_masks_blend_with_the_class_curve():
+    # Candidate snippet 4 (class 0, 0.8); class curve 0 0 .4 .6 .8 .6 .4 0 -> relative 0 0 .5 .75 1 .75 .5 0.
+    # Its mask column: 1 on 3..4, 0 elsewhere. mask_weight 0.5: 0 0 .25 .875 1 .375 .25 0.
+    # θ 0.6 -> [3, 5): inside 0.9375, flanks (rows 2 and 5) 0.3125 -> 0.8 * 0.625 = 0.5.
+    # θ 0.3 -> [3, 6): inside 0.75, flanks (rows 2 and 6) 0.25 -> 0.8 * 0.5 = 0.4.
+    # Masks alone (mask_weight 1): [3, 5) at both θ, flanks 0 -> 0.8 * 1.
+    T = 8
+    curve = [0, 0, 0.4, 0.6, 0.8, 0.6, 0.4, 0]
+    p = _probs(T, 1, {(t, 0): v for t, v in enumerate(curve)})
+    m = np.zeros((T, T))
+    m[3:5, 4] = 1.0
+    cfg = DetectConfig(theta_c=0.3, thetas=(0.3, 0.6), max_candidates=1, mask_weight=0.5)
+    segs = segments_from_window(p, m, Timeline(0.0, 1.0, T), T, cfg)
+    got = sorted(zip(segs.starts.tolist(), segs.ends.tolist(), segs.scores.tolist()))
+    np.testing.assert_allclose(got, [(3.0, 5.0, 0.5), (3.0, 6.0, 0.4)])
+    segs = segments_from_window(p, m, Timeline(0.0, 1.0, T), T, replace(cfg, mask_weight=1.0))
+    np.testing.assert_allclose(list(zip(segs.starts, segs.ends, segs.scores)), [(3.0, 5.0, 0.8)])
 
 
 def test_soft_nms_gaussian_decay_by_hand():

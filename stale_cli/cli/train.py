@@ -62,7 +62,7 @@ def train_command(
         "on all, keep the last epoch)."),
     balance_classes: Optional[bool] = typer.Option(
         None, "--balance-classes/--no-balance-classes", help="Draw windows of rare classes more often (repeat "
-        "factor sampling)."),
+        "factor sampling; default on)."),
     dropout: Optional[float] = typer.Option(
         None, "--dropout", help="Dropout in the head's transformer layers (default 0.1)."),
     freeze_text_encoder: bool = typer.Option(
