@@ -150,6 +150,16 @@ def test_cli_reports_videos_without_features_and_goes_on(tmp_path, tiny_clip_nam
     assert "1 annotated video(s) had no features" in r.stdout
 
 
+def test_cli_balances_classes_by_default_and_records_it(tmp_path, tiny_clip_name, tiny_clip_weights):
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    for sub, extra, balanced in (("on", [], True), ("off", ["--no-balance-classes"], False)):
+        r = run_cli(*cli_args(tmp_path / sub, feats, ann, tiny_clip_name, tiny_clip_weights, "--epochs", "1", *extra))
+        assert r.exit_code == 0, r.output
+        _, info = read_checkpoint(tmp_path / sub / "w" / "m.pt")
+        recorded = info.extra["train_config"]
+        assert recorded["balance_classes"] is balanced and recorded["epochs"] == 1
+
+
 def test_cli_bad_inputs_are_one_line_errors(tmp_path, tiny_clip_name, tiny_clip_weights):
     feats, ann = make_dataset(tmp_path, tiny_clip_name)
     args = lambda *extra, f=feats, a=ann: cli_args(tmp_path, f, a, tiny_clip_name, tiny_clip_weights, *extra)  # noqa: E731
