@@ -461,7 +461,13 @@ def detect_batch(
         if journal is not None:
             done = _resumable(journal, video_id, path, records, needs)
             if done is None:
-                lock = journal.claim(video_id, path)
+                try:
+                    lock = journal.claim(video_id, path)
+                except StaleError as e:  # its lock file cannot be made (a directory in the way, permissions)
+                    failure = Failure(path, f"{path}: {e}")
+                    failures.append(failure)
+                    on_error(failure)
+                    continue
                 if lock is None:
                     continue
                 done = _resumable(journal, video_id, path, None, needs)  # finished by another run meanwhile?

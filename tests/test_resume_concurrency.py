@@ -146,13 +146,17 @@ def test_two_concurrent_runs_split_the_work(videos, tmp_path):
     assert not list((tmp_path / "f").glob(".*.lock"))
 
 
-def test_detect_leaves_a_video_locked_by_another_run(tmp_path, tiny_clip_name, tiny_clip_weights):
+def _two_feature_files(folder: Path, clip_name: str) -> None:
     from stale_cli.fileio import write_features
 
     for i in range(2):
-        write_features(tmp_path / "feats" / f"v{i}.npy", np.random.default_rng(i).normal(size=(20, 32)),
+        write_features(folder / f"v{i}.npy", np.random.default_rng(i).normal(size=(20, 32)),
                        {"fps": 4.0, "timestamps": [k / 4 for k in range(20)], "duration": 5.0, "source": "x",
-                        "clip_model": tiny_clip_name, "clip_weights": "random", "num_frames": 20})
+                        "clip_model": clip_name, "clip_weights": "random", "num_frames": 20})
+
+
+def test_detect_leaves_a_video_locked_by_another_run(tmp_path, tiny_clip_name, tiny_clip_weights):
+    _two_feature_files(tmp_path / "feats", tiny_clip_name)
     out = tmp_path / "preds.json"
     holder = hold_lock(out.with_name("preds.json.v1"))
     try:
@@ -163,6 +167,18 @@ def test_detect_leaves_a_video_locked_by_another_run(tmp_path, tiny_clip_name, t
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_detect_goes_on_past_a_video_whose_lock_cannot_be_made(tmp_path, tiny_clip_name, tiny_clip_weights):
+    _two_feature_files(tmp_path / "feats", tiny_clip_name)
+    out = tmp_path / "preds.json"
+    lock_path(out.with_name("preds.json.v0")).mkdir(parents=True)  # a directory where v0's lock file goes
+    r = CliRunner().invoke(app, ["detect", str(tmp_path / "feats"), "-c", "a,b", "-o", str(out), "--clip-model",
+                                 tiny_clip_name, "--clip-weights", str(tiny_clip_weights), "--no-progress"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert list(json.loads(out.read_text())["results"]) == ["v1"]  # the batch went on
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert any("v0.npy" in e and "cannot write" in e for e in errors), r.stderr
 
 
 def test_detect_names_a_clash_across_runs_like_one_within_a_run(tmp_path, tiny_clip_name, tiny_clip_weights):
