@@ -79,7 +79,7 @@ class TrainConfig:
     # 70.2-79.1: that score saturates mid-run and noise decides.
     val_fraction: float = 0.0
     # Draw windows of rare classes more often (repeat factor sampling, data/dataset.py RepeatFactorSampler). Our
-    # addition; THUMOS14's classes range from 4 to 40 training instances in a 40-video set. On
+    # addition; in the benchmark's 40-video THUMOS14 sets a class has from 2 to about 40 training instances. On
     # benchmarks/quality.py, 12 seeds, paired: better on 9, +0.6 avg mAP on average (BENCHMARKS.md "Quality").
     balance_classes: bool = True
     amp: bool = True  # mixed precision, CUDA only
