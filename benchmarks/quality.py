@@ -192,20 +192,22 @@ def ground_truth(ann_path: Path, subset: str) -> tuple[dict, list[str]]:
     return gt, classes
 
 
-def curve_detections(curves_of, feats_dir: Path, classes: list[str], cfg=DetectConfig(), masks_of=None) -> dict:
-    """Detections from class-probability curves: alone (training-free post-processing) or, with ``masks_of``,
-    with those masks (``cfg.mask_weight`` blends the two)."""
+def window_detections(outputs_of, feats_dir: Path, classes: list[str], settings) -> list[dict]:
+    """Detections on every held-out window under each ``(DetectConfig, use_masks)`` of ``settings``, the window's
+    outputs computed once: ``outputs_of(xw, valid_len)`` -> probabilities (T, K+1) and masks (T, T) or None.
+    Without masks the class curves are the masks (training-free post-processing)."""
     data_cfg = preset("thumos14")
-    preds = {}
+    preds = [{} for _ in settings]
     for npy in sorted(feats_dir.glob("*.npy")):
         x, meta = read_features(npy)
-        parts = []
+        parts = [[] for _ in settings]
         for w, xw in cut_windows(x.astype(np.float32), meta, data_cfg):
-            probs = curves_of(xw, w.valid_len)  # (T, K+1)
-            masks = masks_of(xw, w.valid_len) if masks_of else None  # (T, T)
-            parts.append(segments_from_window(probs, masks, w.timeline, w.valid_len, cfg))
-        dets = finalize(parts, float(meta["duration"]), cfg)
-        preds[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in dets]
+            probs, masks = outputs_of(xw, w.valid_len)
+            for part, (cfg, use_masks) in zip(parts, settings):
+                part.append(segments_from_window(probs, masks if use_masks else None, w.timeline, w.valid_len, cfg))
+        for found, part, (cfg, _) in zip(preds, parts, settings):
+            dets = finalize(part, float(meta["duration"]), cfg)
+            found[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in dets]
     return preds
 
 
@@ -262,19 +264,14 @@ def model_analysis(ckpt: Path, feats_dir: Path, ann_path: Path, gt_classes: list
             valid = (torch.arange(len(xw)) < valid_len)[None].to(device)
             return model(x, valid, text)
 
-        cache = {}
-
         def outputs(xw: np.ndarray, valid_len: int) -> tuple[np.ndarray, np.ndarray]:
-            key = (xw.tobytes(), valid_len)
-            if key not in cache:
-                o = run(xw, valid_len)
-                cache.clear()  # one window at a time: probs and masks of the same window are read in turn
-                cache[key] = o["probs"][0].float().cpu().numpy(), o["masks"][0].float().cpu().numpy()
-            return cache[key]
+            o = run(xw, valid_len)
+            return o["probs"][0].float().cpu().numpy(), o["masks"][0].float().cpu().numpy()
 
-        preds = curve_detections(lambda xw, v: outputs(xw, v)[0], feats_dir, classes)
-        mask_preds = curve_detections(lambda xw, v: outputs(xw, v)[0], feats_dir, classes,
-                                      replace(info.detect_config, mask_weight=1.0), lambda xw, v: outputs(xw, v)[1])
+        preds, mask_preds = window_detections(outputs, feats_dir, classes, [
+            (DetectConfig(), False),  # the class curves as masks
+            (replace(info.detect_config, mask_weight=1.0), True),  # the masks alone (the paper's inference)
+        ])
         ann = load_annotations(ann_path).select_subset("test")
         index = {c: i for i, c in enumerate(classes)}
         ious = []
@@ -336,8 +333,10 @@ def main() -> None:
     gt, gt_classes = ground_truth(ann_path, "test")
     n_inst = sum(len(v) for v in gt.values())
     print(f"data: {len(classes)} classes, {n_inst} held-out instances, features under {feats}", flush=True)
-    oracle, oracle_per = avg_map(gt, curve_detections(oracle_curves(gen, classes), feats / "test", classes),
-                                 gt_classes)
+    oracle_of = oracle_curves(gen, classes)
+    (oracle_preds,) = window_detections(lambda xw, v: (oracle_of(xw, v), None), feats / "test", classes,
+                                        [(DetectConfig(), False)])
+    oracle, oracle_per = avg_map(gt, oracle_preds, gt_classes)
     res = {"attainable_avg_map": oracle, "attainable_per_tiou": oracle_per}
     print(f"attainable (knows the prototypes): avg mAP {100 * oracle:.1f}", flush=True)
     if not args.oracle_only:

@@ -444,15 +444,17 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
                   "seconds": time.perf_counter() - t0, "val_loss": None, "val_map50": None}
         if val_ids:
             record.update(validate(model, class_names, val_set, data_cfg, criterion, device, train_cfg.batch_size))
+            is_best = best is None or _score(record) > _score(best)
+        else:  # without validation the last epoch is kept
+            is_best = epoch + 1 == train_cfg.epochs
         history.append(record)
-        is_best = not val_ids or best is None or _score(record) > _score(best)
         if is_best:
             best = record
         if rank == 0:
             _log_epoch(record, train_cfg.epochs, is_best and bool(val_ids))
             save_checkpoint(last_path, model, epoch=epoch + 1, optimizer=optimizer.state_dict(),
                             history=history, train_config=dataclasses.asdict(train_cfg), **describe)
-            if is_best and (val_ids or epoch + 1 == train_cfg.epochs):  # without validation: the last epoch
+            if is_best:
                 save_checkpoint(out, model, epoch=epoch + 1, history=history,
                                 train_config=dataclasses.asdict(train_cfg), **describe)
     if world > 1:
