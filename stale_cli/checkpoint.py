@@ -174,8 +174,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
         d = ckpt["detect_config"]
         d = dict(d, thetas=tuple(d["thetas"])) if isinstance(d, dict) and isinstance(d.get("thetas"), list) else d
         detect_config = _config(DetectConfig, d, "detect config", path)
+    model_config = ckpt.get("model_config")
+    if isinstance(model_config, dict) and "context_init" not in model_config:
+        model_config = dict(model_config, context_init="")  # before 0.3 the context always started random
     info = CheckpointInfo(
-        model_config=_config(ModelConfig, ckpt.get("model_config"), "model config", path),
+        model_config=_config(ModelConfig, model_config, "model config", path),
         loss_config=_config(LossConfig, ckpt.get("loss_config"), "loss config", path),
         data_config=data_config,
         detect_config=detect_config,

@@ -2,26 +2,27 @@
 
 Needs nothing but the CLIP weights the features came from. Per video:
 
-1. **Prompt ensembling.** Each class name (normalised to words, ``vocab.class_to_text``) is put into every
-   template of :data:`TEMPLATES`; the text features of one class are L2-normalised, averaged and renormalised
-   (the ensembling of CLIP's zero-shot ImageNet classifier): ``text: (K, C)``, computed once per batch.
-2. **Similarity.** Snippet features are L2-normalised; ``sim = feats @ text.T``: ``(T, K)`` cosines.
-3. **Background estimate (adaptive, per video).** CLIP has no "no action" class, and its cosines have a
-   video-dependent offset (lighting, scene, camera), so a fixed threshold does not transfer between videos.
-   The background's similarity is the ``background_quantile`` (default 0.25) of each snippet's best class
-   similarity over the whole video, plus ``background_margin``: a snippet is foreground when its best class beats
-   what the least action-like quarter of the same video reaches by more than the margin. It assumes at least a
-   quarter of a video is background (true of untrimmed videos; a clip that is one action from start to end is
-   found only where CLIP is most sure). We do not use "background prompts" ("a video of nothing happening"):
-   zero-shot CLIP was never trained on a notion of "no action", so such a prompt's cosine is not a calibrated
-   null level; the video's own distribution is.
-4. **Probabilities.** ``softmax(logit_scale * [sim_1..sim_K, background])``: ``(T, K+1)``, with CLIP's own
-   logit scale 100 as temperature, column K the background, like STALE's classifier output (Eq. 7).
+1. **Prompt ensembling.** Each name (normalised to words, ``vocab.class_to_text``) is put into every template of
+   :data:`TEMPLATES`; the text features of one name are L2-normalised, averaged and renormalised (the ensembling of
+   CLIP's zero-shot ImageNet classifier): ``text: (K + M, C)``, computed once per batch. The rows are the K names
+   asked for, then M *distractors* (``vocab.distractors``: generic action names, and a checkpoint's training
+   names), so that a snippet showing some other action has a better name to go to than the ones asked for.
+2. **Video-mean removal.** Snippet features are L2-normalised and ``video_mean`` x their mean over the video is
+   subtracted, then renormalised: what every snippet of a video shares (scene, lighting, camera, and CLIP's
+   modality gap) says nothing about when an action happens, and it gives some names a higher cosine with every
+   frame of a video than others (the video-mean subtraction of T3AL, Liberatori et al. 2024, and FreeZAD).
+3. **Similarity.** ``sim = feats @ text.T``: ``(T, K + M)`` cosines.
+4. **Probabilities, calibrated across videos.** ``softmax(logit_scale * [sim_1..sim_{K+M}, background_level])``:
+   a snippet is foreground for a name when that name beats every other name *and* a fixed cosine level, the same
+   for every video. The earlier level, a quantile of each video's own similarities, made every video yield
+   foreground, so a video where the action never happens still got confident detections. Only the K names asked
+   for are kept: ``(T, K+1)``, column K the rest (background and distractors), like STALE's output.
 5. **Temporal smoothing.** A Gaussian of ``smooth_seconds`` (sigma, in seconds, so independent of the feature
    rate) along time on the probabilities: one frame is a noisy witness of an action that lasts seconds.
 
-These probabilities go through the same segment extraction as STALE (``postprocess.segments_from_window`` with
-``masks=None``: each class's own probability curve serves as its mask).
+Steps 2 and 4 were chosen on ``benchmarks/zero_shot.py`` (BENCHMARKS.md "Zero-shot"). These probabilities go
+through the same segment extraction as STALE (``postprocess.segments_from_window`` with ``masks=None``: each
+class's own probability curve serves as its mask).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class ClipModeConfig:
     templates: tuple[str, ...] = TEMPLATES
     logit_scale: float = 100.0  # CLIP's trained logit scale exp(4.6052); the softmax temperature of zero-shot CLIP
     smooth_seconds: float = 0.5  # sigma of the Gaussian along time, seconds; 0 turns smoothing off
-    background_quantile: float = 0.25  # which quantile of the per-snippet best-class similarity is "background"
-    background_margin: float = 0.02  # cosine by which a snippet must beat the background level (2 logits at 100)
+    video_mean: float = 1.0  # share of the video's mean (normalised) feature removed from every snippet
+    # Cosine (after video-mean removal) a name must beat to call a snippet foreground; the same for every video.
+    background_level: float = 0.0
 
 
 def check_prompt_lengths(tokenizer, classes: list[str], templates: tuple[str, ...], context_length: int = 77) -> None:
@@ -108,28 +110,37 @@ def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def snippet_probabilities(
-    features: np.ndarray, text: np.ndarray, fps: float, cfg: ClipModeConfig = ClipModeConfig()
+    features: np.ndarray, text: np.ndarray, fps: float, cfg: ClipModeConfig = ClipModeConfig(),
+    num_query: int | None = None,
 ) -> np.ndarray:
-    """Per-snippet class probabilities ``(T, K+1)`` (column K = background) for one whole video.
+    """Per-snippet class probabilities ``(T, K+1)`` (column K = background and distractors) for one whole video.
 
-    ``features`` (T, C) CLIP image embeddings (any scale), ``text`` (K, C) from :func:`class_text_features`,
-    ``fps`` the feature rate (snippets per second).
+    ``features`` (T, C) CLIP image embeddings (any scale), ``text`` (K + M, C) from :func:`class_text_features`
+    whose first ``num_query`` = K rows are the names asked for (None: all of them), ``fps`` the feature rate
+    (snippets per second).
     """
     T, C = features.shape
-    K, Ct = text.shape
+    R, Ct = text.shape
+    K = R if num_query is None else int(num_query)
     if C != Ct:
         raise DataError(
             f"features are {C}-wide but the CLIP text features are {Ct}-wide: the training-free mode needs CLIP "
             "features of the same --clip-model the text is encoded with"
         )
-    feats = features / np.linalg.norm(features, axis=-1, keepdims=True).clip(1e-12)  # (T, C)
-    sim = feats.astype(np.float32) @ text.T  # (T, K) cosines
-    background = np.quantile(sim.max(axis=1), cfg.background_quantile) + cfg.background_margin  # scalar
-    logits = cfg.logit_scale * np.concatenate([sim, np.full((T, 1), background, np.float32)], axis=1)  # (T, K+1)
+    feats = normalize_rows(features.astype(np.float32))  # (T, C)
+    if cfg.video_mean > 0 and T > 1:
+        feats = normalize_rows(feats - cfg.video_mean * feats.mean(axis=0, keepdims=True))  # (T, C)
+    sim = feats @ text.T.astype(np.float32)  # (T, K + M) cosines
+    logits = cfg.logit_scale * np.concatenate([sim, np.full((T, 1), cfg.background_level, np.float32)], axis=1)
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
-    probs /= probs.sum(axis=1, keepdims=True)  # (T, K+1)
+    probs /= probs.sum(axis=1, keepdims=True)  # (T, K + M + 1)
+    query = probs[:, :K]  # (T, K)
+    probs = np.concatenate([query, 1.0 - query.sum(axis=1, keepdims=True)], axis=1)  # (T, K+1)
     # Smoothing the probabilities (not the cosines) keeps rows summing to 1 and puts a segment's edge where the
     # curve crosses half its height; smoothing cosines before the steep softmax (scale 100) widens segments.
     return gaussian_smooth(probs, cfg.smooth_seconds * fps).astype(np.float32)  # (T, K+1)
 
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)

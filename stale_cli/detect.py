@@ -35,12 +35,14 @@ from typing import Callable, Optional
 import numpy as np
 
 from stale_cli.clipmode import MODE_NAME as CLIP_MODE
-from stale_cli.clipmode import ClipModeConfig, class_text_features, snippet_probabilities
+from stale_cli.clipmode import ClipModeConfig, class_text_features, normalize_rows, snippet_probabilities
 from stale_cli.data.windows import DataConfig, interpolate_rows
 from stale_cli.errors import CheckpointError, DataError, InputError, ResourceError, StaleError
-from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, read_features, source_mismatch, write_features
+from stale_cli.fileio import (MAX_FEATURE_FPS, MIN_FEATURE_FPS, read_features, source_identity, source_mismatch,
+                              write_features)
 from stale_cli.outputs import Segment, VideoDetections
 from stale_cli.postprocess import DetectConfig
+from stale_cli.vocab import class_to_text
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,14 @@ def _same_clip(a: Optional[str], b: Optional[str]) -> bool:
     return strip(a) == strip(b)
 
 
+def _weights_identity(weights) -> object:
+    """A pretrained tag as it is; a local weights file by path, size and mtime (a retrained file is new)."""
+    try:
+        return source_identity(weights) if weights and Path(str(weights)).is_file() else str(weights)
+    except OSError:
+        return str(weights)
+
+
 @dataclass
 class DetectSettings:
     """What a run of ``stale detect`` is asked for (besides its inputs)."""
@@ -154,6 +164,10 @@ class DetectSettings:
     weights_dir: Optional[Path] = None
     precision: str = "auto"  # CLIP's weights on videos: auto | fp32 | bf16 | fp16 (clip_backbone.resolve_precision)
     clip_cfg: ClipModeConfig = field(default_factory=ClipModeConfig)
+    # Score snippets against other names too (vocab.distractors: the checkpoint's training names and the shipped
+    # generic action names), reporting only the ones asked for. False: the names asked for are all there is.
+    distractors: bool = True
+    scoring: str = "open"  # STALE mode: "open" or "paper" (Eq. 7's softmax over K+1), see detection_probabilities
     # Inference settings before min_score/top_k; None: the checkpoint's preset (STALE mode), else DetectConfig().
     detect_config: Optional[DetectConfig] = None
 
@@ -217,11 +231,63 @@ class Detector:
                 f"with --clip-weights {self.clip.weights} runs {self.clip.activation}; video features would not "
                 "match the text: use the CLIP weights the checkpoint was trained with"
             )
+        from stale_cli.model.stale import SCORINGS
+        from stale_cli.vocab import distractors
+
+        if settings.scoring not in SCORINGS:
+            raise InputError(f"--scoring must be one of {', '.join(SCORINGS)}, not {settings.scoring!r}")
+        paper = self.mode == STALE_MODE and settings.scoring == "paper"
+        trained = list(self.info.class_names) if self.info is not None else []
+        # The names asked for come first: rows [0, K) of every text matrix and probability array below.
+        self.competitors = [] if paper else distractors(self.classes, trained, settings.distractors)
+        names = self.classes + self.competitors
+        self.prior_text = None  # (R, C) frozen CLIP's ensembled text of every name, STALE mode
         if self.mode == STALE_MODE:
-            with torch.inference_mode():
-                self.text = self.model.encode_classes(self.classes)  # (K+1, C)
+            self.text = self._stale_text(names)  # (R+1, C)
+            if not paper and self.detect_cfg.prior_weight > 0 and self.info.feature_dim == self.text.shape[1]:
+                self.prior_text = self._cached_text(
+                    {"prior": source_identity(self.checkpoint), "templates": list(settings.clip_cfg.templates)},
+                    names, self._prior_rows)
         else:
-            self.text = class_text_features(self.clip, self.classes, settings.clip_cfg)  # (K, C)
+            ident = {"clip": self.clip_model_name, "weights": _weights_identity(self.clip.weights),
+                     "activation": self.clip.activation, "templates": list(settings.clip_cfg.templates)}
+            self.text = self._cached_text(ident, names,
+                                          lambda ns: class_text_features(self.clip, ns, settings.clip_cfg))  # (R, C)
+        if self.competitors:
+            log.info("scoring against %d other action names too (--no-distractors turns this off)",
+                     len(self.competitors))
+
+    # ---- text ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _cached_text(identity: dict, names: list[str], encode) -> np.ndarray:
+        from stale_cli.textcache import cached_rows
+
+        return cached_rows(identity, names, encode)
+
+    def _stale_text(self, names: list[str]):
+        """Eq. (2) rows of ``names`` with the checkpoint's learned prompt, then its background row: (R+1, C)."""
+        import torch
+
+        def encode(ns: list[str]) -> np.ndarray:
+            with torch.inference_mode():
+                return self.model.encode_classes(ns)[:-1].float().cpu().numpy()  # (n, C)
+
+        rows = self._cached_text({"prompt": source_identity(self.checkpoint)}, names, encode)  # (R, C)
+        with torch.inference_mode():
+            background = self.model.encode_classes(names[:1])[-1:]  # (1, C): the same for any list
+        return torch.cat([torch.from_numpy(rows).to(background), background], dim=0)  # (R+1, C)
+
+    def _prior_rows(self, names: list[str]) -> np.ndarray:
+        """Frozen CLIP's prompt-ensembled text of ``names`` (as the training-free mode's), unit rows (n, C)."""
+        import torch
+
+        templates = self.settings.clip_cfg.templates
+        texts = [t.format(class_to_text(n)) for n in names for t in templates]
+        with torch.inference_mode():
+            e = torch.cat([self.model.text_encoder.encode_sentences(texts[i : i + 256])
+                           for i in range(0, len(texts), 256)]).cpu().numpy()  # (n * P, C)
+        e = normalize_rows(normalize_rows(e).reshape(len(names), len(templates), -1).mean(axis=1))
+        return e.astype(np.float32)  # (n, C)
 
     # ---- loading -------------------------------------------------------------------------------------------
     def _load_stale(self) -> None:
@@ -269,6 +335,8 @@ class Detector:
             or (self.info.clip_activation if self.info is not None else None),
             "precision": getattr(self.clip, "precision", None),
             "detect_config": dataclasses.asdict(self.detect_cfg),  # Soft-NMS sigma, top k, thresholds used
+            "scoring": "paper" if self.mode == STALE_MODE and self.settings.scoring == "paper" else "open",
+            "distractors": len(self.competitors),  # other names each snippet was scored against
             "stale_version": __version__,
         }
 
@@ -378,7 +446,8 @@ class Detector:
                 f"features are {feats.shape[1]}-wide but {self.clip_model_name} embeds in {self.text.shape[1]} "
                 "dimensions; the training-free mode needs CLIP features of the same --clip-model"
             )
-        probs = snippet_probabilities(feats, self.text, 1.0 / timeline.step, self.settings.clip_cfg)  # (N, K+1)
+        probs = snippet_probabilities(feats, self.text, 1.0 / timeline.step, self.settings.clip_cfg,
+                                      num_query=len(self.classes))  # (N, K+1)
         # Windows only bound the number of candidates per stretch of video (DetectConfig.max_candidates).
         candidates = [
             segments_from_window(
@@ -393,6 +462,7 @@ class Detector:
         import torch
 
         from stale_cli.data.windows import cut_windows, feature_timeline
+        from stale_cli.model.stale import detection_probabilities
         from stale_cli.postprocess import segments_from_window
 
         width = self.info.feature_dim
@@ -407,15 +477,27 @@ class Detector:
         row_cnt = np.zeros((N, 1), np.float64)
         src = feature_timeline(meta, N)
         windows = cut_windows(feats, meta, self.data_cfg)
+        prior_windows = None
+        if self.prior_text is not None:  # frozen CLIP's reading of the raw features, cut into the same windows
+            cfg = self.settings.clip_cfg
+            x = normalize_rows(feats)
+            if cfg.video_mean > 0 and N > 1:
+                x = normalize_rows(x - cfg.video_mean * x.mean(axis=0, keepdims=True))  # (N, D)
+            prior_windows = [w for _, w in cut_windows(x.astype(np.float32), meta, self.data_cfg)]
         candidates: list = []
         for i in range(0, len(windows), WINDOW_BATCH):
             chunk = windows[i : i + WINDOW_BATCH]
             x = torch.from_numpy(np.stack([w for _, w in chunk])).to(self.device)  # (B, T, D)
             T = x.shape[1]
             valid = torch.stack([torch.arange(T) < win.valid_len for win, _ in chunk]).to(self.device)  # (B, T)
+            prior = None
+            if prior_windows is not None:
+                xw = normalize_rows(np.stack(prior_windows[i : i + WINDOW_BATCH]))  # (B, T, D)
+                prior = torch.from_numpy(xw @ self.prior_text.T * self.settings.clip_cfg.logit_scale).softmax(-1)
             with torch.inference_mode():
                 out = self.model(x, valid, self.text)
-            probs = out["probs"].cpu().numpy()  # (B, T, K+1)
+                probs = detection_probabilities(out["logits"], out["fg"], K, prior, self.detect_cfg.prior_weight,
+                                                self.settings.scoring).cpu().numpy()  # (B, T, K+1)
             masks = out["masks"].float().cpu().numpy()  # (B, T, T)
             for b, (win, _) in enumerate(chunk):
                 candidates.append(segments_from_window(probs[b], masks[b], win.timeline, win.valid_len, self.detect_cfg))

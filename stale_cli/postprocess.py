@@ -61,6 +61,10 @@ class DetectConfig:
     # Weight of the mask head's column in a candidate's mask; the rest is the class's own probability curve relative
     # to the candidate (what the training-free mode uses alone). 1 is the paper's inference (masks alone).
     mask_weight: float = 0.5
+    # STALE mode: share of frozen CLIP's posterior over the names (from the raw snippet features, as in the
+    # training-free mode) in the class posterior, a weighted geometric mean with the classifier's (Eq. 7);
+    # model.stale.detection_probabilities. 0 is the classifier alone.
+    prior_weight: float = 0.5
     max_candidates: int = 100  # candidates per window, best first
     nms_sigma: float = 0.5  # Gaussian Soft-NMS: score *= exp(-tIoU^2 / sigma)
     pre_nms_top_n: int = 2000  # segments per video entering Soft-NMS (keeps it O(top_n * top_k))

@@ -51,3 +51,41 @@ def read_classes_file(path: str | Path) -> list[str]:
         raise InputError(f"{path}: cannot read classes file ({e})") from e
     names = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     return check_classes(names, str(path))
+
+
+def name_key(name: str) -> str:
+    """Spelling-insensitive key: ``BatonTwirling``, ``Baton twirling``, ``baton-twirling`` -> "batontwirling"."""
+    return re.sub(r"[^a-z0-9]", "", class_to_text(name))
+
+
+def generic_action_names() -> list[str]:
+    """The 220 action names shipped with stale (THUMOS14's 20 and ActivityNet's 200, from the split files), each
+    once: the generic competitors of a query (:func:`distractors`)."""
+    from importlib import resources
+
+    names: dict[str, str] = {}
+    root = resources.files("stale_cli").joinpath("splits")
+    for dataset in ("thumos14", "activitynet13"):
+        for part in ("train", "test"):
+            text = root.joinpath(dataset, "75_25", part, "split_0.list").read_text(encoding="utf-8")
+            for line in text.splitlines():
+                if line.strip():
+                    names.setdefault(name_key(line), line.strip())
+    return list(names.values())
+
+
+def distractors(query: list[str], extra: list[str] | tuple[str, ...] = (), generic: bool = True) -> list[str]:
+    """The names a snippet may go to instead of the ones asked for: ``extra`` (a checkpoint's training names),
+    then the generic action names, without any that match a query name (or each other) after normalisation.
+
+    Detection scores a snippet against the query *and* these, and reports only the query: asked "when does
+    high jump happen?" of a video of pole vaulting, the snippets go to "pole vault", not to the only name asked.
+    """
+    taken = {name_key(n) for n in query}
+    out = []
+    for n in list(extra) + (generic_action_names() if generic else []):
+        key = name_key(n)
+        if key and key not in taken:
+            taken.add(key)
+            out.append(n)
+    return out

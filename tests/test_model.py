@@ -20,7 +20,7 @@ CLASSES = ["BaseballPitch", "high_jump", "Pole Vault"]  # K = 3
 def cfg(tiny_clip_name) -> ModelConfig:
     return ModelConfig(feature_dim=32, embed_dim=32, num_snippets=16, clip_model=tiny_clip_name, encoder_layers=1,
                        num_heads=4, ffn_dim=64, context_tokens=4, num_queries=4, decoder_layers=1,
-                       consistency_topk=4)
+                       consistency_topk=4, context_init="")
 
 
 def _build(cfg, clip, seed=0) -> STALE:
@@ -82,7 +82,7 @@ def test_appended_padding_leaves_valid_outputs_unchanged(cfg, tiny_clip):
 def test_gradients_reach_prompt_and_text_encoder(cfg, tiny_clip):
     # every valid snippet foreground, so Eqs. (5)-(6) are on the gradient path; every probability and mask value
     # passes its threshold, so Eq. (12) has snippets to compare whatever the initial outputs
-    cfg = replace(cfg, theta_bin=0.0, theta_c=0.0, theta_m=0.0)
+    cfg = replace(cfg, theta_bin=0.0, theta_c=0.0, theta_m=0.0, freeze_text_encoder=False)
     model = _build(cfg, tiny_clip).train()
     valid = torch.ones(2, 16, dtype=torch.bool)
     valid[0, 12:] = False
@@ -98,6 +98,22 @@ def test_gradients_reach_prompt_and_text_encoder(cfg, tiny_clip):
     # the caller's CLIP is not modified or connected: the text tower is a copy
     assert tiny_clip.token_embedding.weight.grad is None
     assert enc.token_embedding.weight is not tiny_clip.token_embedding.weight
+
+
+def test_prompt_context_starts_as_the_hand_made_prompt(cfg, tiny_clip):
+    import open_clip
+
+    model = _build(replace(cfg, context_init="a video of a person"), tiny_clip)
+    enc = model.text_encoder
+    ids = open_clip.get_tokenizer(cfg.clip_model)(["a video of a person"])[0]
+    words = ids[1 : int((ids != 0).sum()) - 1]
+    assert enc.context.shape[0] == len(words) == 5
+    torch.testing.assert_close(enc.context.detach(), tiny_clip.token_embedding.weight[words].detach())
+    # the untrained prompt of a class is CLIP's own encoding of the hand-made sentence
+    with torch.no_grad():
+        prompted = model.encode_classes(["HighJump"])[0]
+        plain = tiny_clip.encode_text(open_clip.get_tokenizer(cfg.clip_model)(["a video of a person high jump."]))[0]
+    torch.testing.assert_close(prompted, plain.float(), atol=1e-4, rtol=1e-4)
 
 
 def test_frozen_text_encoder_gets_no_gradients(cfg, tiny_clip):

@@ -70,7 +70,12 @@ def zero_shot_command(
     num_snippets: Optional[int] = typer.Option(
         None, "--num-snippets", help="T, snippets per window (default: the dataset preset's, 256 / 100)."
     ),
-    freeze_text_encoder: bool = typer.Option(False, "--freeze-text-encoder", help="Keep CLIP's text encoder fixed."),
+    freeze_text_encoder: bool = typer.Option(
+        True, "--freeze-text-encoder/--tune-text-encoder", help="Keep CLIP's text encoder fixed (default; the prompt "
+        "context still learns), or fine-tune it as the paper does."),
+    prompt_init: str = typer.Option(
+        "a video of a person", "--prompt-init", help="Hand-made prompt the learned context starts from; '' for the "
+        "paper's 16 random vectors."),
     clip_model: str = ClipModelOption,
     clip_weights: str = ClipWeightsOption,
     device: str = DeviceOption,
@@ -107,7 +112,7 @@ def zero_shot_command(
             data_cfg = replace(data_cfg, num_snippets=num_snippets)
         overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed).items() if v is not None}
         train_cfg = replace(TRAIN_PRESETS[preset], **overrides)
-        model_cfg = replace(ModelConfig(), freeze_text_encoder=freeze_text_encoder)
+        model_cfg = replace(ModelConfig(), freeze_text_encoder=freeze_text_encoder, context_init=prompt_init)
         dev = resolve_device(device)
         clip = load_clip(clip_model, clip_weights, device=dev)
         summary = run_protocol(

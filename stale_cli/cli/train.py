@@ -66,7 +66,11 @@ def train_command(
     dropout: Optional[float] = typer.Option(
         None, "--dropout", help="Dropout in the head's transformer layers (default 0.1)."),
     freeze_text_encoder: bool = typer.Option(
-        False, "--freeze-text-encoder", help="Keep CLIP's text encoder fixed (prompt context still learns)."),
+        True, "--freeze-text-encoder/--tune-text-encoder", help="Keep CLIP's text encoder fixed (default; the prompt "
+        "context still learns), or fine-tune it as the paper does."),
+    prompt_init: str = typer.Option(
+        "a video of a person", "--prompt-init", help="Hand-made prompt the learned context starts from; '' for the "
+        "paper's 16 random vectors."),
     clip_model: str = ClipModelOption,
     clip_weights: str = ClipWeightsOption,
     device: str = DeviceOption,
@@ -119,7 +123,7 @@ def train_command(
 
             backbone = load_clip(clip_model, clip_weights, "cpu")
             clip, recorded = backbone.model, backbone.weights
-        model_cfg = ModelConfig(freeze_text_encoder=freeze_text_encoder)
+        model_cfg = ModelConfig(freeze_text_encoder=freeze_text_encoder, context_init=prompt_init)
         if dropout is not None:
             model_cfg = dataclasses.replace(model_cfg, dropout=dropout)
         result = train(

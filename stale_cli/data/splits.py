@@ -14,7 +14,7 @@ import re
 from importlib import resources
 
 from stale_cli.errors import DataError, InputError
-from stale_cli.vocab import class_to_text
+from stale_cli.vocab import class_to_text, name_key
 
 DATASETS = ("thumos14", "activitynet13")
 RATIOS = ("75_25", "50_50")
@@ -45,9 +45,7 @@ def load_split(name: str) -> tuple[list[str], list[str]]:
     return _read_list(dataset, ratio, "train", k), _read_list(dataset, ratio, "test", k)
 
 
-def class_key(name: str) -> str:
-    """Spelling-insensitive key: ``BatonTwirling``, ``Baton twirling``, ``baton-twirling`` -> "batontwirling"."""
-    return re.sub(r"[^a-z0-9]", "", class_to_text(name))
+class_key = name_key  # spelling-insensitive: BatonTwirling, Baton twirling, baton-twirling -> "batontwirling"
 
 
 def match_classes(names: list[str], available: list[str] | tuple[str, ...], source: str) -> list[str]:

@@ -193,23 +193,48 @@ class ConsistencyProjections(nn.Module):
         return self.clf(x).transpose(1, 2), self.mask(x).transpose(1, 2)  # E_p, E_m: (B, T, C) each
 
 
-def detection_probabilities(logits: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
-    """Per-snippet class probabilities for detection: (B, T, K+1) logits, (B, T) L_hat -> (B, T, K+1).
+SCORINGS = ("open", "paper")  # detection_probabilities: the open-vocabulary product / the paper's K+1 softmax
 
-    P(k) = softmax over the K action classes (k) x max(1 - P(background), L_hat); the last column is the rest.
-    Which action a snippet shows comes from the classifier (Eq. 7); whether it shows one at all is the more
-    confident of the classifier's background column and the class-agnostic foreground of representation masking
-    (Eq. 4). The latter is trained on every class alike, so it holds up on instances unlike the training ones
-    (and on unseen classes), where the learned background prompt tends to win the softmax. Our departure: the
-    paper's inference reads the classifier's softmax alone (on benchmarks/quality.py: 73.5 -> 77.8 avg mAP on
-    one seed, 76.8 -> 76.7 on another; BENCHMARKS.md "Quality").
+
+def detection_probabilities(logits: torch.Tensor, fg: torch.Tensor, num_query: int | None = None,
+                            prior: torch.Tensor | None = None, prior_weight: float = 0.0,
+                            scoring: str = "open") -> torch.Tensor:
+    """Per-snippet probabilities of the names asked for, what detection reads.
+
+    Args:
+        logits: (B, T, R+1) of Eq. (7) over R = K + M names (the K asked for first, then M distractors: other
+            names a snippet may show, see ``vocab.distractors``) and the background (last).
+        fg: (B, T) L_hat of Eq. (4).
+        num_query: K (None: every row is asked for, M = 0).
+        prior: (B, T, R) frozen CLIP's posterior over the same R names from the raw snippet features, or None.
+        prior_weight: w in [0, 1], its share of the fused class posterior (below).
+        scoring: "open" (ours, below) or "paper": the softmax of Eq. (7) over the K names and the background
+            alone, as the paper's inference reads it (distractors and prior unused).
+
+    Returns (B, T, K+1): column k < K the probability that the snippet shows name k, column K the rest.
+
+    "open": P(k) = class(k) x max(1 - P(background), L_hat), with class() the softmax over all R names, fused
+    with the prior as a weighted geometric mean, renormalised: class ∝ softmax(logits)^(1-w) x prior^w.
+    Which action a snippet shows is decided among every name it could show, so one name asked alone is not given
+    every foreground snippet (the text has a say even at K = 1); whether it shows an action at all is the more
+    confident of the classifier's background and the class-agnostic L_hat, trained on every class alike. The
+    prior keeps CLIP's own reading of names the head never trained on: the classifier and prompt learned on the
+    seen names do not fully carry to new ones (benchmarks/zero_shot.py, BENCHMARKS.md "Zero-shot").
     """
     logits = logits.float()
-    K = logits.shape[-1] - 1
-    actions = logits[..., :K].softmax(dim=-1)  # (B, T, K)
-    foreground = torch.maximum(1 - logits.softmax(dim=-1)[..., K], fg.float())  # (B, T)
-    p = actions * foreground[..., None]  # (B, T, K)
-    return torch.cat([p, 1 - foreground[..., None]], dim=-1)  # (B, T, K+1)
+    R = logits.shape[-1] - 1
+    K = R if num_query is None else int(num_query)
+    if scoring == "paper":
+        return torch.cat([logits[..., :K], logits[..., R:]], dim=-1).softmax(dim=-1)  # (B, T, K+1)
+    if scoring != "open":
+        raise InputError(f"scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
+    actions = logits[..., :R].softmax(dim=-1)  # (B, T, R)
+    if prior is not None and prior_weight > 0:
+        mixed = (1 - prior_weight) * actions.clamp_min(1e-12).log() + prior_weight * prior.float().clamp_min(1e-12).log()
+        actions = mixed.softmax(dim=-1)  # (B, T, R)
+    foreground = torch.maximum(1 - logits.softmax(dim=-1)[..., R], fg.float())  # (B, T)
+    p = actions[..., :K] * foreground[..., None]  # (B, T, K)
+    return torch.cat([p, 1 - p.sum(dim=-1, keepdim=True)], dim=-1)  # (B, T, K+1)
 
 
 class STALE(nn.Module):
@@ -224,7 +249,7 @@ class STALE(nn.Module):
     def __init__(self, cfg: ModelConfig, clip_model: nn.Module):
         super().__init__()
         self.text_encoder = PromptedTextEncoder(clip_model, cfg.clip_model, cfg.context_tokens,
-                                                cfg.context_init_std, cfg.freeze_text_encoder)
+                                                cfg.context_init_std, cfg.freeze_text_encoder, cfg.context_init)
         clip_dim = self.text_encoder.embed_dim
         if clip_dim != cfg.embed_dim:
             raise InputError(

@@ -36,13 +36,15 @@ class PromptedTextEncoder(nn.Module):
     Args:
         clip_model: an open_clip ``CLIP`` whose text tower uses ``argmax`` (EOT) pooling, e.g. ``ViT-B-16``.
         clip_model_name: the open_clip architecture name, for ``open_clip.get_tokenizer``.
-        context_tokens: N, the number of learnable context vectors.
+        context_tokens: N, the number of learnable context vectors (when ``context_init`` is empty).
         context_init_std: their init std (CoOp: 0.02), also used for the background embedding.
+        context_init: a hand-made prompt whose token embeddings initialise the context (N = its token count);
+            "" for N random vectors.
         freeze: keep CLIP's text weights fixed (context and background still learn).
     """
 
     def __init__(self, clip_model: nn.Module, clip_model_name: str, context_tokens: int, context_init_std: float,
-                 freeze: bool):
+                 freeze: bool, context_init: str = ""):
         super().__init__()
         required = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
         if not all(hasattr(clip_model, a) for a in required) or getattr(clip_model, "text_pool_type", "") != "argmax":
@@ -67,9 +69,16 @@ class PromptedTextEncoder(nn.Module):
                 p.requires_grad_(False)
 
         width = self.token_embedding.weight.shape[1]  # C'
-        self.context = nn.Parameter(torch.randn(context_tokens, width) * context_init_std)  # G_p: (N, C')
-        self.background = nn.Parameter(torch.randn(1, width) * context_init_std)  # G_e^bg: (1, C')
         self._tokenizer = open_clip.get_tokenizer(clip_model_name)
+        if context_init.strip():
+            ids = self._tokenizer([context_init.strip()], context_length=_TOKENIZE_LENGTH)[0]  # SOT words EOT 0...
+            words = ids[1 : int((ids != 0).sum()) - 1]  # (N,) the prompt's own tokens, without SOT and EOT
+            with torch.no_grad():
+                init = self.token_embedding.weight[words].detach().clone().float()  # (N, C')
+        else:
+            init = torch.randn(context_tokens, width) * context_init_std  # (N, C')
+        self.context = nn.Parameter(init)  # G_p: (N, C')
+        self.background = nn.Parameter(torch.randn(1, width) * context_init_std)  # G_e^bg: (1, C')
 
     @property
     def embed_dim(self) -> int:
@@ -115,6 +124,12 @@ class PromptedTextEncoder(nn.Module):
         elif self.text_projection is not None:
             x = x @ self.text_projection  # (K, C)
         return x.float()
+
+    def encode_sentences(self, texts: list[str]) -> torch.Tensor:
+        """Plain CLIP text features (len(texts), C) of whole sentences, without the learned context: with the
+        tower frozen (the default) exactly CLIP's own, for the frozen-CLIP posterior at detection."""
+        tokens = self._tokenizer(texts, context_length=self.context_length)  # (S, L)
+        return self._encode_prompts(tokens, torch.zeros(len(texts), 0, self.context.shape[1]))  # (S, C)
 
     def forward(self, class_names: list[str]) -> torch.Tensor:
         """Eq. (2) through CLIP's text transformer: ``class_names`` (K) -> F_lan (K+1, C), row K = background."""
