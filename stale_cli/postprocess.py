@@ -30,6 +30,12 @@ Per window (:func:`segments_from_window`):
 5. **Seconds** through the window's :class:`~stale_cli.timeline.Timeline` only: a run of snippets ``[a, b)`` is
    ``[to_seconds(a), to_seconds(b)]`` (edges).
 
+A video of several overlapping windows (:class:`WindowedVideo`, the trained mode): a segment ending on an
+internal window edge is a fragment, demoted (``fragment_weight``); fragments of one class are chained across
+window edges into segments longer than a window, scored from the whole-video class curve. The training-free mode
+(:func:`segments_from_curve`) runs the steps above on the whole video's curves at once, candidates at the curves'
+local peaks, with no window and so no cap on a segment's length.
+
 Per video (:func:`finalize`): the segments of all windows are pooled, clipped to ``[0, duration]``, zero-length
 ones dropped, duplicates kept once, the ``pre_nms_top_n`` best kept, then Gaussian Soft-NMS (Bodla et al. 2017)
 per class with the standard tIoU, and finally the ``top_k`` best of the video.
