@@ -8,13 +8,14 @@ per-input failures so a batch goes on past a bad file.
 Two modes:
 
 - ``stale``: a trained STALE checkpoint. Features are cut into windows with the checkpoint's own ``DataConfig``
-  (``data.windows``), the model gives per-snippet probabilities (T, K+1)
-  (``model.stale.detection_probabilities``) and masks (T, T) per window, ``postprocess.segments_from_window``
-  turns each window into candidates in seconds, and ``postprocess.finalize`` merges the windows of a video
-  (Soft-NMS, top-k, clipped to the video).
+  (``data.windows.cut_windows``; a long video in resize mode gets several windows of short snippets), the model
+  gives per-snippet probabilities (T, K+1) (``model.stale.detection_probabilities``) and masks (T, T) per window,
+  ``postprocess.WindowedVideo`` turns the windows into candidates in seconds (runs longer than a window joined
+  across window edges, fragments cut by an edge demoted), and ``postprocess.finalize`` merges them (Soft-NMS,
+  top-k, clipped to the video).
 - ``clip``: the training-free mode of :mod:`stale_cli.clipmode`: probabilities on the whole video at once (one
-  background level per video), then the same ``segments_from_window`` (``masks=None``) on sliding windows of 256
-  snippets and the same ``finalize``.
+  background level per video), then ``postprocess.segments_from_curve`` on the whole video (no window, so no cap
+  on a segment's length) and the same ``finalize``.
 
 Feature rate: a checkpoint was trained on features at ``feature_fps``; features at another rate (a feature file
 extracted at another ``--fps``) are **resampled** to it by linear interpolation along time, with a log line,
@@ -51,8 +52,8 @@ MODES = (STALE_MODE, CLIP_MODE)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 WINDOW_BATCH = 8  # STALE windows per forward pass
 DEFAULT_CLIP_MODEL = "ViT-B-16"
-# The training-free mode computes probabilities on the whole video, then takes candidates window by window so
-# that DetectConfig.max_candidates applies per stretch of video, not per video.
+# The training-free mode computes probabilities and segments on the whole video; DetectConfig.max_candidates
+# applies per stretch of num_snippets snippets, not per video.
 CLIP_WINDOWS = DataConfig(mode="window", num_snippets=256, overlap=0.5)
 
 
@@ -437,9 +438,8 @@ class Detector:
         )
 
     def _clip_candidates(self, feats: np.ndarray, meta: dict, timeline) -> tuple[list, np.ndarray]:
-        """Probabilities on the whole video (one background level per video), segments per window."""
-        from stale_cli.data.windows import plan_windows
-        from stale_cli.postprocess import segments_from_window
+        """Probabilities on the whole video (one background level per video), segments from its whole curves."""
+        from stale_cli.postprocess import segments_from_curve
 
         if feats.shape[1] != self.text.shape[1]:
             raise InputError(
@@ -448,22 +448,17 @@ class Detector:
             )
         probs = snippet_probabilities(feats, self.text, 1.0 / timeline.step, self.settings.clip_cfg,
                                       num_query=len(self.classes))  # (N, K+1)
-        # Windows only bound the number of candidates per stretch of video (DetectConfig.max_candidates).
-        candidates = [
-            segments_from_window(
-                probs[w.start_row : w.start_row + w.valid_len], None, w.timeline, w.valid_len, self.detect_cfg
-            )
-            for w in plan_windows(feats.shape[0], meta, self.data_cfg)
-        ]
+        # DetectConfig.max_candidates applies per stretch of a window's length, as when this mode cut windows.
+        candidates = [segments_from_curve(probs, timeline, self.detect_cfg, block=self.data_cfg.num_snippets)]
         return candidates, probs[:, :-1]
 
     def _stale_candidates(self, feats: np.ndarray, meta: dict) -> tuple[list, np.ndarray]:
         """Candidates of every window, and per-row class probabilities (T_total, K) averaged over windows."""
         import torch
 
-        from stale_cli.data.windows import cut_windows, feature_timeline
+        from stale_cli.data.windows import cut_windows, detection_grid, feature_timeline
         from stale_cli.model.stale import detection_probabilities
-        from stale_cli.postprocess import segments_from_window
+        from stale_cli.postprocess import WindowedVideo
 
         width = self.info.feature_dim
         if feats.shape[1] != width:
@@ -484,7 +479,7 @@ class Detector:
             if cfg.video_mean > 0 and N > 1:
                 x = normalize_rows(x - cfg.video_mean * x.mean(axis=0, keepdims=True))  # (N, D)
             prior_windows = [w for _, w in cut_windows(x.astype(np.float32), meta, self.data_cfg)]
-        candidates: list = []
+        video = WindowedVideo(detection_grid(N, meta, self.data_cfg).num, self.detect_cfg)
         for i in range(0, len(windows), WINDOW_BATCH):
             chunk = windows[i : i + WINDOW_BATCH]
             x = torch.from_numpy(np.stack([w for _, w in chunk])).to(self.device)  # (B, T, D)
@@ -500,13 +495,13 @@ class Detector:
                                                 self.settings.scoring).cpu().numpy()  # (B, T, K+1)
             masks = out["masks"].float().cpu().numpy()  # (B, T, T)
             for b, (win, _) in enumerate(chunk):
-                candidates.append(segments_from_window(probs[b], masks[b], win.timeline, win.valid_len, self.detect_cfg))
+                video.add(probs[b], masks[b], win.timeline, win.start_row, win.valid_len)
                 # Per-row curves for the plot: each window snippet's probability goes to the rows it covers.
                 rows = np.clip(np.floor(src.to_index(win.timeline.centres()[: win.valid_len])).astype(int), 0, N - 1)
                 np.add.at(row_sum, rows, probs[b, : win.valid_len, :K])
                 np.add.at(row_cnt, rows, 1.0)
         scores = (row_sum / np.maximum(row_cnt, 1.0)).astype(np.float32)  # (N, K)
-        return candidates, scores
+        return [video.segments()], scores
 
 
 @dataclass

@@ -30,6 +30,12 @@ Per window (:func:`segments_from_window`):
 5. **Seconds** through the window's :class:`~stale_cli.timeline.Timeline` only: a run of snippets ``[a, b)`` is
    ``[to_seconds(a), to_seconds(b)]`` (edges).
 
+A video of several overlapping windows (:class:`WindowedVideo`, the trained mode): a segment ending on an
+internal window edge is a fragment, demoted (``fragment_weight``); fragments of one class are chained across
+window edges into segments longer than a window, scored from the whole-video class curve. The training-free mode
+(:func:`segments_from_curve`) runs the steps above on the whole video's curves at once, candidates at the curves'
+local peaks, with no window and so no cap on a segment's length.
+
 Per video (:func:`finalize`): the segments of all windows are pooled, clipped to ``[0, duration]``, zero-length
 ones dropped, duplicates kept once, the ``pre_nms_top_n`` best kept, then Gaussian Soft-NMS (Bodla et al. 2017)
 per class with the standard tIoU, and finally the ``top_k`` best of the video.
@@ -70,6 +76,14 @@ class DetectConfig:
     pre_nms_top_n: int = 2000  # segments per video entering Soft-NMS (keeps it O(top_n * top_k))
     top_k: int = 200  # segments per video in the output (THUMOS14 convention; ActivityNet uses 100)
     min_score: float = 0.001  # segments scoring below this (after Soft-NMS decay) are dropped
+    # A video cut into overlapping windows (WindowedVideo): a segment that ends on an internal window edge is a
+    # fragment of a run the window cannot see whole; its score is multiplied by this (0 drops it). Windows overlap
+    # by half, so an instance shorter than half a window is whole in some window, and a longer one is rebuilt by
+    # joining fragments; a fragment kept at full score would rank like a whole instance (its cut side has no
+    # outer flank). 0.1 rather than 0: a long run whose fragments fail to chain keeps some evidence (on
+    # benchmarks/quality.py's attainable detector, seeds 0-2: 91.0 / 91.1 / 91.2 avg mAP with 0.1, 91.0 / 91.1 /
+    # 90.8 with 0, 89.6 / 88.7 / 90.3 keeping fragments at full score without joining; BENCHMARKS.md "Long segments").
+    fragment_weight: float = 0.1
 
 
 # Dataset presets, same names as the training presets.
@@ -133,13 +147,30 @@ def segments_from_window(
     ``probs``: (T, K+1) softmax probabilities, background last; ``masks``: (T, T) with ``masks[i, t]`` the
     foreground probability of snippet i in the mask predicted by snippet t, or None for the training-free mode;
     ``timeline``: the window's snippets in seconds; ``valid_len``: V, the real snippets (the rest is padding).
+    The window is taken alone: a segment cut by its edges is kept as it is (see :class:`WindowedVideo` for a video
+    cut into several windows).
     """
+    assert int(valid_len) <= timeline.num, (valid_len, timeline.num)
+    labels, start, end, score = _window_runs(probs, masks, valid_len, cfg)
+    return Segments(
+        labels=labels,
+        starts=np.asarray(timeline.to_seconds(start), dtype=np.float64),
+        ends=np.asarray(timeline.to_seconds(end), dtype=np.float64),
+        scores=score,
+    )
+
+
+def _window_runs(
+    probs: np.ndarray, masks: Optional[np.ndarray], valid_len: int, cfg: DetectConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 1-4 of the module docstring on one window: (labels, start, end, score), each (S,), with ``[start, end)``
+    in snippets of the window (int64, end exclusive) and scores float64; arguments as :func:`segments_from_window`."""
     V = int(valid_len)
-    assert 0 < V <= probs.shape[0] and V <= timeline.num, (V, probs.shape, timeline.num)
+    assert 0 < V <= probs.shape[0], (V, probs.shape)
     fg_probs = np.asarray(probs, dtype=np.float64)[:V, :-1]  # (V, K)
     t_idx, k_idx = np.nonzero(fg_probs > cfg.theta_c)  # (N,), (N,)
     if t_idx.size == 0:
-        return Segments.empty()
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     cls_score = fg_probs[t_idx, k_idx]  # (N,)
     best = np.argsort(-cls_score, kind="stable")[: cfg.max_candidates]
     t_idx, k_idx, cls_score = t_idx[best], k_idx[best], cls_score[best]
@@ -182,12 +213,259 @@ def segments_from_window(
     first = np.ones(len(key), dtype=bool)
     first[1:] = np.any(key[1:] != key[:-1], axis=1)
     key, score = key[first], score[first]
-    return Segments(
-        labels=key[:, 0].astype(np.int64),
-        starts=np.asarray(timeline.to_seconds(key[:, 1]), dtype=np.float64),
-        ends=np.asarray(timeline.to_seconds(key[:, 2]), dtype=np.float64),
-        scores=score.astype(np.float64),
-    )
+    key = key.astype(np.int64)
+    return key[:, 0], key[:, 1], key[:, 2], score.astype(np.float64)
+
+
+def _contrast(curve: np.ndarray, start: np.ndarray, end: np.ndarray, level: float) -> np.ndarray:
+    """Step 4's score of runs of one class curve, with the candidate's probability ``level`` as the reference.
+
+    ``curve``: (N,) probabilities of one class over the video's snippets; ``start``, ``end``: (R,) int runs
+    ``[start, end)`` in snippets; ``level``: the candidate's probability p. Returns (R,) float64: the score of
+    step 4 with the curve relative to p (clipped at 1) as the mask, ``p * (inner - outer)``, which is
+    ``mean(min(curve, p))`` inside minus the same over the flanks (a quarter of the run, at least one snippet, each
+    side within ``[0, N)``), clipped to [0, 1]. Only the stretch the widest run and its flanks span is read.
+    """
+    N = curve.shape[0]
+    flank = np.maximum(1, (end - start) // 4)  # (R,)
+    lo, hi = np.maximum(start - flank, 0), np.minimum(end + flank, N)  # flanks [lo, start) and [end, hi)
+    a, b = int(lo.min()), int(hi.max())
+    csum = np.concatenate([[0.0], np.cumsum(np.minimum(curve[a:b], level))])  # (b - a + 1,)
+    lo, start, end, hi = lo - a, start - a, end - a, hi - a
+    inner = (csum[end] - csum[start]) / (end - start)
+    n_out = (start - lo) + (hi - end)
+    out_sum = csum[start] - csum[lo] + csum[hi] - csum[end]
+    outer = np.divide(out_sum, n_out, out=np.zeros_like(out_sum), where=n_out > 0)
+    return np.clip(inner - outer, 0.0, 1.0)
+
+
+def _min_table(curve: np.ndarray) -> list[np.ndarray]:
+    """Sparse table of range minima of a (N,) curve: entry j is (N - 2**j + 1,) with ``[j][i] = min(curve[i:i +
+    2**j])``, for every 2**j <= N (N log N floats in all)."""
+    table = [np.asarray(curve, dtype=np.float64)]
+    w = 1
+    while 2 * w <= curve.shape[0]:
+        prev = table[-1]
+        table.append(np.minimum(prev[:-w], prev[w:]))
+        w *= 2
+    return table
+
+
+def _runs_above(table: list[np.ndarray], at: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The run ``[start, end)`` around snippet ``at[i]`` (which counts as inside whatever its value) of snippets
+    whose curve value exceeds ``level[i]``: ``at``, ``level`` (Q,) -> start, end (Q,) int64.
+
+    The same runs as :func:`_runs_around` on ``curve > level``, found by binary lifting on the range-minimum
+    ``table`` of :func:`_min_table`: O(Q log N) time, no (N, Q) array.
+    """
+    N = table[0].shape[0]
+    start = np.asarray(at, dtype=np.int64).copy()  # the run is [start, at]: extend left while the minimum > level
+    end = start + 1  # [at, end): extend right likewise
+    for j in range(len(table) - 1, -1, -1):
+        w = 1 << j
+        step = table[j]
+        ok = start - w >= 0
+        ok &= step[np.where(ok, start - w, 0)] > level  # min(curve[start - w : start]) > level
+        start = np.where(ok, start - w, start)
+        ok = end + w <= N
+        ok &= step[np.where(ok, end, 0)] > level  # min(curve[end : end + w]) > level
+        end = np.where(ok, end + w, end)
+    return start, end
+
+
+def _keep_best(labels: np.ndarray, start: np.ndarray, end: np.ndarray, score: np.ndarray):
+    """Each (label, start, end) once, with its best score: four (S,) arrays -> four (S',) arrays."""
+    order = np.lexsort((-score, end, start, labels))
+    labels, start, end, score = labels[order], start[order], end[order], score[order]
+    first = np.ones(len(labels), dtype=bool)
+    first[1:] = (labels[1:] != labels[:-1]) | (start[1:] != start[:-1]) | (end[1:] != end[:-1])
+    return labels[first], start[first], end[first], score[first]
+
+
+def segments_from_curve(probs: np.ndarray, timeline: Timeline, cfg: DetectConfig = DetectConfig(),
+                        block: int = 256) -> Segments:
+    """Training-free segments from a whole video's class curves, with no window and so no cap on their length.
+
+    ``probs``: (N, K+1) probabilities of the video's N snippets, background last; ``timeline``: those snippets in
+    seconds (``timeline.num`` >= N); ``block``: snippets per stretch of video over which ``cfg.max_candidates``
+    applies (the windows of the former windowed path). The steps of :func:`segments_from_window` with
+    ``masks=None``, changed only where a whole video would cost too much:
+
+    - candidates are the local peaks of each class curve above ``theta_c`` (a value above its left neighbour and
+      not below its right one), the ``max_candidates`` best of each block of ``block`` snippets. Another snippet of
+      the same rise only repeats a peak's runs at other thresholds (its run at any θ holds the peak);
+    - the run of candidate (t, k) at θ is the run of ``curve_k > θ * p`` around t (the relative curve
+      ``min(curve_k / p, 1) > θ``), found by binary lifting (:func:`_runs_above`), and scored by the same
+      outer-inner contrast (:func:`_contrast`) over the whole video: no (N, candidates) array is made.
+
+    Memory is O(N log N) floats for one class at a time, time O(candidates x (log N + run length)).
+    """
+    fg = np.asarray(probs)[:, :-1]  # (N, K) view
+    N, K = fg.shape
+    assert N <= timeline.num, (N, timeline.num)
+    if N == 0:
+        return Segments.empty()
+    thetas = np.asarray(cfg.thetas, dtype=np.float64)  # (R,)
+    # Candidates: local peaks above θ_c, per class.
+    t_all, k_all, p_all = [], [], []
+    for k in range(K):
+        c = np.asarray(fg[:, k], dtype=np.float64)
+        left = np.concatenate([[-np.inf], c[:-1]])
+        right = np.concatenate([c[1:], [-np.inf]])
+        t = np.flatnonzero((c > cfg.theta_c) & (c > left) & (c >= right))
+        t_all.append(t)
+        k_all.append(np.full(t.size, k, np.int64))
+        p_all.append(c[t])
+    t_idx, k_idx, cls_score = np.concatenate(t_all), np.concatenate(k_all), np.concatenate(p_all)
+    if t_idx.size == 0:
+        return Segments.empty()
+    # The best max_candidates of each block of snippets.
+    blk = t_idx // max(1, int(block))
+    order = np.lexsort((-cls_score, blk))
+    blk_sorted = blk[order]
+    first_of_blk = np.searchsorted(blk_sorted, blk_sorted, side="left")
+    keep = order[np.arange(order.size) - first_of_blk < cfg.max_candidates]
+    t_idx, k_idx, cls_score = t_idx[keep], k_idx[keep], cls_score[keep]
+
+    labels, starts, ends, scores = [], [], [], []
+    R = thetas.size
+    for k in np.unique(k_idx):
+        sel = np.flatnonzero(k_idx == k)
+        c = np.asarray(fg[:, k], dtype=np.float64)
+        table = _min_table(c)
+        t = np.repeat(t_idx[sel], R)  # (n * R,): candidate-major, θ-minor
+        p = np.repeat(cls_score[sel], R)
+        start, end = _runs_above(table, t, np.tile(thetas, sel.size) * p)
+        # A θ at which the candidate's own relative value and both neighbours' are below θ gives no segment.
+        own = np.minimum(c[t] / p, 1.0)
+        ok = (own > np.tile(thetas, sel.size)) | (end - start > 1)
+        score = np.zeros(t.size)
+        for i in range(sel.size):  # one candidate at a time, its R runs together
+            r = slice(i * R, (i + 1) * R)
+            score[r] = _contrast(c, start[r], end[r], p[i * R])
+        labels.append(np.full(int(ok.sum()), k, np.int64))
+        starts.append(start[ok])
+        ends.append(end[ok])
+        scores.append(score[ok])
+    labels, start, end, score = _keep_best(*(np.concatenate(x) for x in (labels, starts, ends, scores)))
+    return Segments(labels, np.asarray(timeline.to_seconds(start), dtype=np.float64),
+                    np.asarray(timeline.to_seconds(end), dtype=np.float64), score)
+
+
+class WindowedVideo:
+    """A video's segments from overlapping windows, with runs longer than a window joined across window edges.
+
+    All windows lie on one grid of ``num_rows`` snippets (window mode: the feature rows; resize mode: the video's
+    resized snippets, :func:`stale_cli.data.windows.detection_grid`); window j covers grid snippets
+    ``[start_row_j, start_row_j + valid_len_j)``. :meth:`add` takes one window's outputs (the windows of a video
+    in any order), :meth:`segments` gives the video's segments:
+
+    - a segment that ends on an *internal* window edge (an edge that is not the video's start or end) is a
+      **fragment**: the window saw only part of the run, and its contrast score has no outer flank on the cut
+      side, so it would rank like a whole instance. Its score is multiplied by ``cfg.fragment_weight`` (0 drops
+      it). Windows overlap by half, so an instance shorter than half a window is whole in some other window.
+    - fragments of one class are **joined** across windows: a fragment cut at its window's end joins a later
+      fragment cut at its own window's start when the second starts inside the first or where it ends, and runs
+      on past it; chains of such joins go through windows that the run fills entirely, so a 150 s action comes
+      out as one segment ``[start of the first piece, end of the last]``.
+    - a joined segment is **scored from the whole-video class curve**: the windows' probabilities averaged per grid
+      snippet, scored as the training-free mode scores a segment (:func:`_contrast` relative to the curve's peak
+      inside it, flanks a quarter of its length on both sides in the whole video). The pieces' own scores cannot be
+      used: each lacks a flank, and the mask columns they come from belong to different windows. The class curve
+      is the one per-snippet evidence that exists over the whole video, and its contrast ranks the joined
+      segment whose edges lie where the curve falls above one that stops short or runs past them.
+    """
+
+    def __init__(self, num_rows: int, cfg: DetectConfig = DetectConfig()):
+        self.N = int(num_rows)
+        self.cfg = cfg
+        self.grid: Optional[Timeline] = None  # the grid's timeline, from the first window
+        self.curve_sum: Optional[np.ndarray] = None  # (N, K) sum of window probabilities per grid snippet
+        self.curve_cnt = np.zeros(self.N)  # (N,) windows that saw each snippet
+        self.parts: list[tuple[np.ndarray, ...]] = []  # per window: labels, start, end, score (grid), window edges
+
+    def add(self, probs: np.ndarray, masks: Optional[np.ndarray], timeline: Timeline, start_row: int,
+            valid_len: int) -> None:
+        """One window: ``probs`` (T, K+1), ``masks`` (T, T) or None (class curves as masks), ``timeline`` its T
+        snippets in seconds, ``start_row`` its first snippet on the video's grid, ``valid_len`` its real snippets."""
+        V, w = int(valid_len), int(start_row)
+        assert 0 <= w and w + V <= self.N, (w, V, self.N)
+        grid = Timeline(timeline.origin - w * timeline.step, timeline.step, self.N)
+        if self.grid is None:
+            self.grid = grid
+        else:
+            assert np.isclose(grid.step, self.grid.step) and np.isclose(grid.origin, self.grid.origin,
+                                                                         atol=1e-6 * max(1.0, abs(grid.origin))), \
+                "windows of one video must lie on one grid"
+        probs = np.asarray(probs, dtype=np.float64)
+        if self.curve_sum is None:
+            self.curve_sum = np.zeros((self.N, probs.shape[1] - 1))
+        self.curve_sum[w : w + V] += probs[:V, :-1]
+        self.curve_cnt[w : w + V] += 1.0
+        labels, start, end, score = _window_runs(probs, masks, V, self.cfg)
+        self.parts.append((labels, start + w, end + w, score, np.full(labels.size, w), np.full(labels.size, w + V)))
+
+    def curve(self) -> np.ndarray:
+        """(N, K) the windows' class probabilities averaged per grid snippet (0 where no window reached)."""
+        return self.curve_sum / np.maximum(self.curve_cnt, 1.0)[:, None]
+
+    def segments(self) -> Segments:
+        """The video's segments in seconds: whole ones, fragments weighted by ``fragment_weight``, joined ones."""
+        if not self.parts:
+            return Segments.empty()
+        labels, start, end, score, w0, w1 = (np.concatenate(x) for x in zip(*self.parts))
+        cut_lo = (start == w0) & (w0 > 0)  # starts on an internal window edge
+        cut_hi = (end == w1) & (w1 < self.N)  # ends on an internal window edge
+        frag = cut_lo | cut_hi
+        j_labels, j_start, j_end = _join_fragments(labels[frag], start[frag], end[frag], cut_lo[frag], cut_hi[frag])
+        curves = self.curve()
+        j_score = np.zeros(j_labels.size)
+        for i, (k, s, e) in enumerate(zip(j_labels, j_start, j_end)):
+            c = curves[:, k]
+            peak = float(c[s:e].max())
+            if peak > 0:
+                j_score[i] = _contrast(c, np.array([s]), np.array([e]), peak)[0]
+        score = np.where(frag, score * self.cfg.fragment_weight, score)
+        keep = score > 0
+        labels, start, end, score = _keep_best(
+            np.concatenate([labels[keep], j_labels]), np.concatenate([start[keep], j_start]),
+            np.concatenate([end[keep], j_end]), np.concatenate([score[keep], j_score]))
+        return Segments(labels, np.asarray(self.grid.to_seconds(start), dtype=np.float64),
+                        np.asarray(self.grid.to_seconds(end), dtype=np.float64), score)
+
+
+def _join_fragments(labels, start, end, cut_lo, cut_hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chains of fragments across window edges -> joined segments (labels, start, end), each (J,) int64.
+
+    Inputs (F,) over fragments on the video's grid: class, ``[start, end)``, and whether each starts / ends on an
+    internal window edge. Fragment f leads to g (same class) when f is cut at its end, g at its start, and
+    ``start_f <= start_g <= end_f < end_g``: g begins inside f (or where f ends) and runs past it. A chain goes
+    from a *first piece* (cut at its end only) through *middle pieces* (cut at both ends: the run fills their
+    window) to a *last piece* (cut at its start only), and gives ``[start of the first, end of the last)``. Only
+    fragments of overlapping or touching windows can lead to each other, so the chains found are few; each
+    (start, end) is given once.
+    """
+    out = set()
+    for k in np.unique(labels):
+        idx = np.flatnonzero(labels == k)
+        heads = idx[cut_hi[idx]]  # may lead somewhere
+        tails = idx[cut_lo[idx]]  # may be led to
+        if heads.size == 0 or tails.size == 0:
+            continue
+        reach: dict[int, set] = {}  # tail -> starts of the first pieces that chain to it
+        for g in tails[np.argsort(end[tails], kind="stable")]:  # a predecessor ends before g: done first
+            f = heads[(start[heads] <= start[g]) & (start[g] <= end[heads]) & (end[heads] < end[g])]
+            starts = set(start[f[~cut_lo[f]]].tolist())  # first pieces
+            for m in f[cut_lo[f]]:  # middle pieces
+                starts |= reach.get(int(m), set())
+            reach[int(g)] = starts
+            if not cut_hi[g]:  # a last piece
+                out.update((int(k), s, int(end[g])) for s in starts)
+    if not out:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    arr = np.array(sorted(out), dtype=np.int64)  # (J, 3)
+    return arr[:, 0], arr[:, 1], arr[:, 2]
 
 
 def segment_tiou(start: float, end: float, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

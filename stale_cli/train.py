@@ -42,7 +42,7 @@ from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
 from stale_cli.evaluate import evaluate_detection
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.model.losses import STALELoss
-from stale_cli.postprocess import finalize, segments_from_window
+from stale_cli.postprocess import WindowedVideo, finalize
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,11 @@ def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, d
     model.eval()
     ds = WindowDataset(vs, class_names, data_cfg, training=False)
     text = model.encode_classes(class_names)  # (K+1, C)
-    segments: dict[str, list] = {v.video_id: [] for v in vs.videos}
     detect_cfg = detect_config_for(data_cfg)  # what `stale detect` will use with this checkpoint
+    # Each video's windows on its grid (feature rows; resize mode: the T snippets of the whole video), joined
+    # across window edges as `stale detect` joins them.
+    videos = {v.video_id: WindowedVideo(vs.features[v.video_id].shape[0] if data_cfg.mode == "window"
+                                        else data_cfg.num_snippets, detect_cfg) for v in vs.videos}
     total, n = 0.0, 0
     for batch in DataLoader(ds, batch_size=batch_size, collate_fn=collate_windows):
         x, valid = batch["features"].to(device), batch["valid"].to(device)
@@ -222,10 +225,10 @@ def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, d
         masks = out["masks"].float().cpu().numpy()  # (B, T, T)
         for b, i in enumerate(batch["index"].tolist()):
             vid, w = ds.items[i][:2]
-            segments[vid].append(segments_from_window(probs[b], masks[b], w.timeline, w.valid_len, detect_cfg))
+            videos[vid].add(probs[b], masks[b], w.timeline, w.start_row, w.valid_len)
     preds = {}
     for v in vs.videos:
-        dets = finalize(segments[v.video_id], v.duration, detect_cfg)
+        dets = finalize(videos[v.video_id].segments(), v.duration, detect_cfg)
         preds[v.video_id] = [(class_names[k], s, e, c) for k, s, e, c in dets]
     model.train(was_training)
     return preds, total / max(n, 1)

@@ -6,7 +6,10 @@ Two temporal modes (:class:`DataConfig`):
   Used for THUMOS14 (T=256) and for users' long videos. The last window is shifted back to end at the last row,
   a video shorter than T gives one zero-padded window with ``valid_len < T``.
 - ``"resize"``: the whole video linearly interpolated to T snippets of ``duration / T`` seconds each
-  (ActivityNet, T=100); no padding.
+  (ActivityNet, T=100); no padding. At detection only (:func:`cut_windows`), a video so long that its snippets
+  would exceed ``max_snippet_seconds`` is instead interpolated to M > T snippets of at most that length and cut
+  into overlapping windows of T of them (:func:`plan_detection_windows`): a 2-hour video is not 100 snippets of
+  72 s. Segments then join across windows (``postprocess.WindowedVideo``).
 
 Each window carries its :class:`~stale_cli.timeline.Timeline`, the only way between its snippet indices and
 seconds. Used by training and by detection alike, so both see the same snippets.
@@ -46,6 +49,12 @@ class DataConfig:
     # up to this fraction of the stride either way (within the video). A small dataset (THUMOS14 has 200 training
     # videos) otherwise shows the model the same few hundred windows every epoch, and it memorises them.
     jitter: float = 0.5
+    # Resize mode, detection only: the longest snippet, in seconds. A video longer than T times this is resampled
+    # to snippets of at most this length and cut into windows of T snippets overlapping by half (LONG_OVERLAP)
+    # instead of being squeezed into T. 3 s: with T=100, videos up to 5 minutes are resized whole exactly as in
+    # training (ActivityNet's videos average about 2 minutes, 1.2 s snippets);
+    # longer ones get windows of 5 minutes, which hold an instance of up to 2.5 minutes whole.
+    max_snippet_seconds: float = 3.0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -58,6 +67,8 @@ class DataConfig:
             raise InputError(f"jitter must be in [0, 1], got {self.jitter}")
         if not 0.0 <= self.empty_window_keep <= 1.0:
             raise InputError(f"empty_window_keep must be in [0, 1], got {self.empty_window_keep}")
+        if not self.max_snippet_seconds > 0:
+            raise InputError(f"max_snippet_seconds must be positive, got {self.max_snippet_seconds}")
 
     @property
     def stride(self) -> int:
@@ -76,9 +87,16 @@ def preset(name: str) -> DataConfig:
     return PRESETS[name]
 
 
+# Overlap of the windows of a long video in resize mode (detection): half, so that every instance shorter than
+# half a window is whole in one of them.
+LONG_OVERLAP = 0.5
+
+
 @dataclass(frozen=True)
 class Window:
-    start_row: int  # window mode: first feature row of the window; resize mode: 0
+    # Window mode: first feature row of the window. Resize mode: first snippet of the window on the video's
+    # resized snippets (detection_grid), 0 for a video resized whole.
+    start_row: int
     valid_len: int  # snippets [0, valid_len) are real, the rest padding
     timeline: Timeline  # the window's T snippets (padding included) in seconds
 
@@ -121,6 +139,34 @@ def plan_windows(num_rows: int, meta: dict, cfg: DataConfig) -> list[Window]:
     ]
 
 
+def detection_grid(num_rows: int, meta: dict, cfg: DataConfig) -> Timeline:
+    """The snippets, in seconds, on which :func:`plan_detection_windows` lays its windows: the feature rows (window
+    mode); the T snippets of the whole video (resize mode), or for a video longer than ``T *
+    max_snippet_seconds`` its M = ceil(duration / max_snippet_seconds) snippets of ``duration / M`` s."""
+    if cfg.mode != "resize":
+        return feature_timeline(meta, num_rows)
+    duration = video_duration(meta, num_rows)
+    T = cfg.num_snippets
+    M = T if duration <= T * cfg.max_snippet_seconds else int(np.ceil(duration / cfg.max_snippet_seconds))
+    return Timeline(origin=0.0, step=duration / M, num=M)
+
+
+def plan_detection_windows(num_rows: int, meta: dict, cfg: DataConfig) -> list[Window]:
+    """The windows of a video at detection, in time order, on :func:`detection_grid`. Window mode and a video that
+    fits resize mode's bound: those of :func:`plan_windows` (training's). A longer video in resize mode: windows of
+    T grid snippets (each interpolated from the features like a whole video), overlapping by ``LONG_OVERLAP``, the
+    last shifted back to end at the video's end."""
+    grid = detection_grid(num_rows, meta, cfg)
+    T = cfg.num_snippets
+    if cfg.mode != "resize" or grid.num == T:
+        return plan_windows(num_rows, meta, cfg)
+    stride = max(1, round(T * (1.0 - LONG_OVERLAP)))
+    starts = list(range(0, grid.num - T + 1, stride))
+    if starts[-1] + T < grid.num:
+        starts.append(grid.num - T)
+    return [Window(w, T, Timeline(origin=float(grid.to_seconds(w)), step=grid.step, num=T)) for w in starts]
+
+
 def shifted(window: Window, num_rows: int, shift: int, cfg: DataConfig) -> Window:
     """``window`` moved by ``shift`` rows (window mode), kept inside the video's rows."""
     T = cfg.num_snippets
@@ -157,8 +203,9 @@ def window_features(features: np.ndarray, meta: dict, window: Window, cfg: DataC
 
 
 def cut_windows(features: np.ndarray, meta: dict, cfg: DataConfig) -> list[tuple[Window, np.ndarray]]:
-    """Every window of a (T_total, D) feature array with its (T, D) input; for detection."""
-    return [(w, window_features(features, meta, w, cfg)) for w in plan_windows(features.shape[0], meta, cfg)]
+    """Every window of a (T_total, D) feature array with its (T, D) input; for detection
+    (:func:`plan_detection_windows`)."""
+    return [(w, window_features(features, meta, w, cfg)) for w in plan_detection_windows(features.shape[0], meta, cfg)]
 
 
 def _inside(timeline: Timeline, valid: np.ndarray, start: float, end: float) -> np.ndarray:
