@@ -9,11 +9,12 @@ from typing import Optional
 import typer
 
 from stale_cli.cli.app import app, stdout, user_errors
-from stale_cli.outputs import TextTable
 
 
-def results_table(result: dict, title: str) -> TextTable:
-    """mAP per tIoU and the average, then AP per class, in percent."""
+def results_table(result: dict, title: str):
+    """mAP per tIoU and the average, then AP per class, in percent (a TextTable)."""
+    from stale_cli.outputs import TextTable
+
     n = len(result["tiou"])
     table = TextTable(title, ["class", *(f"@{t:g}" for t in result["tiou"]), "avg"], [False] + [True] * (n + 1))
     for name, aps in result["per_class"].items():

@@ -22,7 +22,7 @@ from stale_cli.cli.app import (
     user_errors,
     warning,
 )
-from stale_cli.extract import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers
+from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers
 
 
 @app.command("extract-features")

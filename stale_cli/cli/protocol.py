@@ -21,10 +21,11 @@ from stale_cli.cli.app import (
     user_errors,
 )
 from stale_cli.cli.train import check_training_options
-from stale_cli.outputs import TextTable
 
 
-def summary_table(summary: dict) -> TextTable:
+def summary_table(summary: dict):
+    from stale_cli.outputs import TextTable
+
     setting = summary["setting"].replace("_", "/")
     n = len(summary["tiou"])
     table = TextTable(
