@@ -242,6 +242,18 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def weights_label(model_name: str, weights: Optional[str | os.PathLike]) -> str:
+    """What :func:`load_clip` records as ``ClipBackbone.weights`` for these arguments, without loading anything:
+    the pretrained tag, else the resolved path of the file ("random" for None)."""
+    import open_clip
+
+    if weights is None:
+        return "random"
+    if model_name in open_clip.list_models() and open_clip.get_pretrained_cfg(model_name, str(weights)):
+        return str(weights)
+    return str(Path(weights).expanduser().resolve())
+
+
 def load_clip(
     model_name: str = "ViT-B-16",
     weights: Optional[str | os.PathLike] = "openai",
