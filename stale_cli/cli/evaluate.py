@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from stale_cli.cli.app import app, stdout, user_errors
+from stale_cli.cli.app import app, stdout, user_errors, wrote
 
 
 def results_table(result: dict, title: str):
@@ -83,3 +83,4 @@ def evaluate_command(
         stdout.print(f"average mAP: {100 * result['average_mAP']:.2f}")
         if output is not None:
             write_json_atomic(output, result)
+            wrote(output)

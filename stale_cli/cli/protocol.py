@@ -15,10 +15,12 @@ from stale_cli.cli.app import (
     MAX_COUNT,
     app,
     check_range,
+    info,
     resolve_device,
-    stderr,
+    show_progress,
     stdout,
     user_errors,
+    wrote,
 )
 from stale_cli.cli.train import check_training_options
 
@@ -113,7 +115,8 @@ def zero_shot_command(
         clip = load_clip(clip_model, clip_weights, device=dev)
         summary = run_protocol(
             cfg, features, annotations, work_dir, clip, model_cfg=model_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
-            device=dev, progress=progress, report=lambda line: stderr.print(line, highlight=False),
+            device=dev, progress=show_progress(progress), report=info,
         )
         summary_table(summary).print(stdout)
-        stdout.print(f"written: {work_dir / 'results.json'}, {work_dir / 'results.md'}")
+        wrote(work_dir / "results.json")
+        wrote(work_dir / "results.md")
