@@ -102,3 +102,19 @@ def test_no_random_init_warning_where_weights_are_loaded_after(caplog, tiny_clip
     assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
     assert looks_like_openai_weights(Path("/hub/models--timm--vit_base_patch16_clip_224.openai/x.bin"))
     assert not looks_like_openai_weights(Path(__file__))
+
+
+def test_models_lists_tags_and_finds_cached_weights(tmp_path):
+    from stale_cli.cli.models import is_cached
+
+    r = invoke("models")
+    assert r.exit_code == 0
+    line = next(ln for ln in r.stdout.splitlines() if ln.split()[0] == "ViT-B-16")
+    assert "openai" in line.split()[1:] or "openai*" in line.split()[1:]
+    assert not is_cached("ViT-B-16", "openai", cache_dir=tmp_path)
+    repo = tmp_path / "models--timm--vit_base_patch16_clip_224.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc")
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "snapshots" / "abc" / "open_clip_pytorch_model.bin").write_bytes(b"x")
+    assert is_cached("ViT-B-16", "openai", cache_dir=tmp_path)

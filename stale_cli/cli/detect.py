@@ -128,6 +128,8 @@ def detect(
 
     Bad inputs are reported and skipped; the command exits with status 1 at the end if any failed, keeping the
     outputs of the others.
+
+    Example: stale detect match.mp4 --classes "high jump,pole vault" -o match.srt
     """
     with user_errors():
         from stale_cli.clip_backbone import resolve_precision

@@ -54,6 +54,8 @@ def evaluate_command(
 
     Numbers are those of the official ActivityNet evaluator (eval_detection.py): predictions of videos without
     ground truth count as false positives, classes without predictions as AP 0.
+
+    Example: stale evaluate preds.json --annotations thumos14.json --split thumos14/75_25/0
     """
     from stale_cli.errors import InputError
     from stale_cli.evaluate import evaluate_files, parse_tious

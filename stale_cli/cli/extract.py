@@ -61,6 +61,8 @@ def extract_features(
 
     A rerun skips videos whose files exist with the same settings; bad files are reported and skipped, and the
     command exits with status 1 at the end if any failed.
+
+    Example: stale extract-features videos/ --out feats/
     """
     with user_errors():
         from stale_cli.clip_backbone import load_clip

@@ -81,7 +81,10 @@ def zero_shot_command(
 ) -> None:
     """Reproduce (or beat) the paper's zero-shot Table 1 row: for each split train on the seen classes, detect
     the unseen classes on the test subset, evaluate; print mean ± std over the splits, with the training-free
-    baseline. Writes results.json and results.md into the work dir."""
+    baseline. Writes results.json and results.md into the work dir.
+
+    Example: stale zero-shot --dataset thumos14 --features feats/ --annotations thumos14.json --work-dir zs/
+    """
     from dataclasses import replace
 
     with user_errors():

@@ -84,6 +84,8 @@ def train_command(
     Rerunning the same command resumes from <out>.last.pt (an interrupted run goes on where it stopped); a rerun
     with other settings is refused: pass --fresh to start over, or another --out. Under
     `torchrun --nproc-per-node N stale train ...` it trains on N GPUs (or N CPU processes).
+
+    Example: stale train --features feats/ --annotations thumos14.json --split thumos14/75_25/0 --out th75_0.pt
     """
     with user_errors():
         from stale_cli.checkpoint import check_checkpoint_path
