@@ -201,12 +201,13 @@ def build_model(model_cfg: ModelConfig, clip_activation: str = "gelu") -> torch.
     with ``clip_activation`` (the checkpoint's ``clip_activation``)."""
     import open_clip
 
-    from stale_cli.clip_backbone import QUICK_GELU
+    from stale_cli.clip_backbone import QUICK_GELU, random_init_warning_silenced
     from stale_cli.model.stale import STALE
 
     try:
-        clip = open_clip.create_model(model_cfg.clip_model, pretrained=None,
-                                      force_quick_gelu=clip_activation == QUICK_GELU)
+        with random_init_warning_silenced():  # the state dict is loaded right after
+            clip = open_clip.create_model(model_cfg.clip_model, pretrained=None,
+                                          force_quick_gelu=clip_activation == QUICK_GELU)
     except RuntimeError as e:
         raise CheckpointError(f"unknown open_clip model {model_cfg.clip_model!r} in the checkpoint ({e})") from None
     return STALE(model_cfg, clip)

@@ -11,6 +11,7 @@ Nothing is loaded or downloaded at import time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -242,6 +243,49 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def looks_like_openai_weights(path: Path) -> bool:
+    """Whether a local weights file looks like OpenAI's CLIP: "openai" in its path (OpenAI's files on the Hugging
+    Face hub, e.g. ``timm/vit_base_patch16_clip_224.openai``) or a TorchScript archive, the form OpenAI ships."""
+    import zipfile
+
+    if "openai" in str(path).lower():
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist()[:200])
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def random_init_warning_silenced():
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" (a root-logger warning) while a
+    model is built whose weights stale loads right after (a checkpoint): there it is untrue."""
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "initialized randomly" not in record.getMessage()
+
+    drop, root = _Drop(), logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def weights_label(model_name: str, weights: Optional[str | os.PathLike]) -> str:
+    """What :func:`load_clip` records as ``ClipBackbone.weights`` for these arguments, without loading anything:
+    the pretrained tag, else the resolved path of the file ("random" for None)."""
+    import open_clip
+
+    if weights is None:
+        return "random"
+    if model_name in open_clip.list_models() and open_clip.get_pretrained_cfg(model_name, str(weights)):
+        return str(weights)
+    return str(Path(weights).expanduser().resolve())
+
+
 def load_clip(
     model_name: str = "ViT-B-16",
     weights: Optional[str | os.PathLike] = "openai",
@@ -293,7 +337,9 @@ def load_clip(
             pretrained, recorded = str(path), str(path.resolve())
             openai_cfg = open_clip.get_pretrained_cfg(model_name, "openai")
             if openai_cfg.get("quick_gelu") and not _model_quick_gelu(model_name):
-                log.info(
+                # Said where the file looks like OpenAI's (else it is noise on every run with a local file).
+                log.log(
+                    logging.INFO if looks_like_openai_weights(path) else logging.DEBUG,
                     "%s: if %s holds OpenAI's weights, use --clip-model %s-quickgelu (OpenAI's models use QuickGELU)",
                     model_name, path, model_name,
                 )

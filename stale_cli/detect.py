@@ -519,6 +519,7 @@ def detect_batch(
     ids: Optional[list[str]] = None,
     journal=None,
     needs: Callable[[str], list] = lambda video_id: [],
+    on_start: Callable[[Path, str], None] = lambda path, video_id: None,
 ) -> list[Failure]:
     """Detect every input in turn; a StaleError on one input is recorded and the batch goes on.
 
@@ -526,7 +527,8 @@ def detect_batch(
     (:class:`stale_cli.resume.DetectJournal`) a video it holds for the same input and settings is not detected
     again (its recorded detections go to ``on_result``, marked ``extra["resumed"]``) provided the files
     ``needs(video_id)`` exist; every other video is detected under its lock (skipped while another run holds it)
-    and recorded in the journal before ``on_result`` sees it.
+    and recorded in the journal before ``on_result`` sees it. ``on_start(path, video_id)`` is called just before an
+    input is detected (not for one resumed or left to another run), then ``progress(n)`` as its frames are encoded.
     """
     from stale_cli.extract import video_ids
 
@@ -555,6 +557,7 @@ def detect_batch(
                 on_result(done)
                 continue
         try:
+            on_start(path, video_id)
             result = detector.detect(path, video_id, progress)
             if journal is not None:
                 journal.append(result, path)

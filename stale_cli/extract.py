@@ -36,6 +36,7 @@ import torch
 
 from stale_cli import __version__
 from stale_cli.clip_backbone import resize_and_crop
+from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers  # noqa: F401 (re-exported)
 from stale_cli.errors import DecodeError, InputError, ResourceError, StaleError
 from stale_cli.fileio import (MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable, source_identity, source_mismatch,
                               write_features)
@@ -44,19 +45,12 @@ from stale_cli.video import FrameSampler, VideoInfo, num_samples, probe_header
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FEATURE_FPS = 4.0  # frames/s sampled for features; detect and train default to it too
-DEFAULT_BATCH_SIZE = 32
 FEATURE_FORMAT = 1  # version of the sidecar layout
 QUEUE_CHUNKS = 3  # decoded chunks waiting for the encoder (bounds memory: 3 x batch x S x S x 3 bytes)
 # With decoding processes: videos started ahead of the oldest unfinished one, per worker. Bounds the features
 # held back for in-order output however many videos there are.
 AHEAD_PER_WORKER = 2
 WORKER_POLL_S = 0.5  # longest wait for a message from the decoding processes before handing out work again
-
-
-def default_workers() -> int:
-    """Decoding processes by default: half the CPUs (the encoder's threads need the rest), 1 to 8."""
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
 @dataclass

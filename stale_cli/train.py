@@ -17,6 +17,8 @@ environment (NCCL on CUDA, gloo on CPU), each rank reads its share of windows, r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -112,6 +114,54 @@ def default_epochs(steps_per_epoch: int) -> int:
 
 def last_path_for(out: Path) -> Path:
     return out.with_name(f"{out.stem}.last{out.suffix or '.pt'}")
+
+
+def run_key(features_dir, annotations: Annotations, class_names, model_cfg, loss_cfg, data_cfg, train_cfg,
+            clip_name: str, clip_weights: str) -> dict:
+    """What makes two ``stale train`` runs the same run: the features (directory), the training annotations (a
+    digest of their videos and instances), the classes, every configuration but the number of epochs (a rerun
+    may go on further), and the CLIP weights. Recorded in every checkpoint; a rerun resumes only when it matches."""
+    videos = [[v.video_id, v.subset, v.duration, [[i.label, i.start, i.end] for i in v.instances]]
+              for v in annotations.videos.values()]
+    train = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k != "epochs"}
+    key = {
+        "features": str(Path(features_dir).resolve()),
+        "annotations": hashlib.sha256(json.dumps(videos).encode()).hexdigest()[:16],
+        "classes": list(class_names),
+        "model": dataclasses.asdict(model_cfg),
+        "loss": dataclasses.asdict(loss_cfg),
+        "data": dataclasses.asdict(data_cfg),
+        "train": train,
+        "clip_model": clip_name,
+        "clip_weights": clip_weights,
+    }
+    return json.loads(json.dumps(key))  # plain lists, as it reads back from a checkpoint
+
+
+def run_key_differences(ours: dict, theirs) -> list[str]:
+    """Names of the settings in which two run keys differ (``model.dropout``, ``annotations``, ...)."""
+    if not isinstance(theirs, dict):
+        return ["(the checkpoint records no settings: written by an older stale)"]
+    out = []
+    for name in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(name), theirs.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{name}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(name)
+    return out
+
+
+def saved_epoch(path: Path) -> int:
+    """Epochs completed in the checkpoint at ``path`` (0 when there is none or it cannot be read); cheap: the
+    tensors are memory-mapped, not read."""
+    if not path.is_file():
+        return 0
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt.get("epoch", 0)) if isinstance(ckpt, dict) else 0
+    except Exception:  # torch raises many types for a file that is not a checkpoint
+        return 0
 
 
 def split_videos(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -274,9 +324,10 @@ class _NonFinite(Exception):
         self.step, self.terms = step, terms
 
 
-def _run_epoch(batches, step_module, criterion, optimizer, scaler, schedule, grad_clip: float, device,
+def _run_epoch(batches, bar, step_module, criterion, optimizer, scaler, schedule, grad_clip: float, device,
                amp_dtype, world: int) -> dict[str, float]:
-    """One pass over ``batches`` (a tqdm bar); returns the sum of each loss term. NaN/inf loss -> _NonFinite.
+    """One pass over ``batches``, a step of ``bar`` (the run's tqdm bar) each; returns the sum of each loss term.
+    NaN/inf loss -> _NonFinite.
 
     ``schedule(step_in_epoch)`` gives the learning-rate factor of each step.
     """
@@ -302,7 +353,8 @@ def _run_epoch(batches, step_module, criterion, optimizer, scaler, schedule, gra
         scaler.update()
         for k in sums:
             sums[k] += float(losses[k].detach())
-        batches.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
+        bar.set_postfix({k: f"{v / (step + 1):.3f}" for k, v in sums.items()}, refresh=False)
+        bar.update(1)
     return sums
 
 
@@ -321,6 +373,8 @@ def train(
     device: torch.device | str = "cpu",
     resume: str | Path | None = None,
     progress: bool = True,
+    rerun: bool = False,
+    fresh: bool = False,
 ) -> TrainResult:
     """Train on the videos of ``annotations`` (already restricted to the training subset) that have features.
 
@@ -329,6 +383,11 @@ def train(
     text encoder (``clip_weights`` says which weights it holds, for the checkpoint); ignored with ``resume``, which
     takes model, configs and classes from that checkpoint and continues after its last epoch up to
     ``train_cfg.epochs``. Writes the best epoch to ``out`` and the last to ``<out>.last.pt``.
+
+    ``rerun``: ``resume`` is ``<out>.last.pt`` found by rerunning the same command; it is resumed only if its
+    settings (:func:`run_key`) are these, else CheckpointError. A later epoch is never replaced by an earlier
+    one: resuming from a checkpoint older than ``<out>.last.pt``, or another run writing a later epoch there
+    meanwhile, is a CheckpointError, unless ``fresh`` (the user asked to start over).
     """
     out, device = Path(out), torch.device(device)
     check_checkpoint_path(out)
@@ -336,20 +395,30 @@ def train(
     rank, world, device, started = _distributed(device)
     try:
         return _train(features_dir, annotations, list(class_names), out, clip_model, clip_name, clip_weights,
-                      model_cfg, loss_cfg, data_cfg, train_cfg, device, resume, progress, rank, world)
+                      model_cfg, loss_cfg, data_cfg, train_cfg, device, resume, progress, rank, world, rerun, fresh)
     finally:
         if started:
             dist.destroy_process_group()
 
 
 def _train(features_dir, annotations, class_names, out, clip_model, clip_name, clip_weights, model_cfg, loss_cfg,
-           data_cfg, train_cfg, device, resume, progress, rank, world) -> TrainResult:
+           data_cfg, train_cfg, device, resume, progress, rank, world, rerun=False, fresh=False) -> TrainResult:
     torch.manual_seed(train_cfg.seed)
     if not class_names:
         raise InputError("no training classes given")
     ckpt, start_epoch, history = None, 0, []
+    key = run_key(features_dir, annotations, class_names, model_cfg, loss_cfg, data_cfg, train_cfg, clip_name,
+                  clip_weights)
+    last_path = last_path_for(out)
     if resume is not None:
         ckpt, info = read_checkpoint(resume)
+        if rerun:
+            differ = run_key_differences(key, info.extra.get("run_key"))
+            if differ:
+                raise CheckpointError(
+                    f"{resume} holds a training run with other settings ({', '.join(differ)}); rerun with its "
+                    "settings to resume it, pass --fresh (or --restart) to start over, or give another --out")
+        key = info.extra.get("run_key") or key  # --resume: the run goes on as it was set up
         data_cfg = info.data_config
     vs = load_video_set(features_dir, list(annotations.videos.values()), data_cfg)
     if resume is not None:
@@ -365,6 +434,12 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         model_cfg, loss_cfg, data_cfg = info.model_config, info.loss_config, info.data_config
         clip_name, clip_weights = info.clip_model, info.clip_weights
         start_epoch, history = info.epoch, list(info.extra.get("history", []))
+        later = saved_epoch(last_path)
+        if not fresh and later > start_epoch:
+            raise CheckpointError(
+                f"{last_path} holds epoch {later}, later than epoch {start_epoch} of {resume}: resuming would "
+                f"overwrite it with an earlier one; resume from {last_path} (or rerun the same command), pass "
+                "--fresh (or --restart) to start over, or give another --out")
     else:
         import open_clip
 
@@ -421,45 +496,64 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         if train_cfg.epochs != DEFAULT_EPOCHS and rank == 0:
             log.info("%d epochs of %d steps (at least %d steps on a small training set)", train_cfg.epochs,
                      len(loader), MIN_STEPS)
-    last_path = last_path_for(out)
     describe = dict(model_cfg=model_cfg, loss_cfg=loss_cfg, data_cfg=data_cfg, class_names=class_names,
-                    feature_fps=vs.feature_fps(), clip_model=clip_name, clip_weights=clip_weights)
+                    feature_fps=vs.feature_fps(), clip_model=clip_name, clip_weights=clip_weights, run_key=key)
+    if resume is not None and rank == 0:
+        if start_epoch >= train_cfg.epochs:
+            log.info("%s: already trained %d of %d epochs; nothing to do (--epochs N goes on further, --fresh "
+                     "starts over)", resume, start_epoch, train_cfg.epochs)
+        else:
+            log.info("resuming from %s at epoch %d of %d", resume, start_epoch + 1, train_cfg.epochs)
+    known = saved_epoch(last_path)  # the epoch in <out>.last.pt as this run last saw it
     best = max(history, key=_score) if val_ids and history else None
     total_steps = train_cfg.epochs * len(loader)  # the schedule spans the whole run, resumed or not
-    for epoch in range(start_epoch, train_cfg.epochs):
-        sampler.set_epoch(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{train_cfg.epochs}", unit="batch", file=sys.stderr,
-                   disable=not progress or rank != 0, dynamic_ncols=True, leave=True)
-        t0 = time.perf_counter()
-        try:
-            first = epoch * len(loader)
-            schedule = lambda i: lr_factor(first + i, total_steps, train_cfg.warmup)  # noqa: E731
-            sums = _run_epoch(bar, step_module, criterion, optimizer, scaler, schedule, train_cfg.grad_clip, device,
-                              amp_dtype, world)
-        except _NonFinite as e:
-            if epoch > start_epoch:
-                kept = f"the last good checkpoint is {last_path} (epoch {epoch})"
-            else:
-                kept = f"{last_path} is left as it was" if last_path.exists() else "no checkpoint was written"
-            raise TrainingError(f"loss became NaN/inf at epoch {epoch + 1} step {e.step} ({e.terms}); stopped, "
-                                f"{kept}; try a lower --lr") from None
-        record = {"epoch": epoch + 1, **{k: v / max(len(loader), 1) for k, v in sums.items()},
-                  "seconds": time.perf_counter() - t0, "val_loss": None, "val_map50": None}
-        if val_ids:
-            record.update(validate(model, class_names, val_set, data_cfg, criterion, device, train_cfg.batch_size))
-            is_best = best is None or _score(record) > _score(best)
-        else:  # without validation the last epoch is kept
-            is_best = epoch + 1 == train_cfg.epochs
-        history.append(record)
-        if is_best:
-            best = record
-        if rank == 0:
-            _log_epoch(record, train_cfg.epochs, is_best and bool(val_ids))
-            save_checkpoint(last_path, model, epoch=epoch + 1, optimizer=optimizer.state_dict(),
-                            history=history, train_config=dataclasses.asdict(train_cfg), **describe)
+    # One bar for the whole run (its ETA covers every epoch left), not one per epoch.
+    bar = tqdm(total=max(0, train_cfg.epochs - start_epoch) * len(loader), unit="step", file=sys.stderr,
+               disable=not progress or rank != 0, dynamic_ncols=True, leave=False)
+    try:
+        for epoch in range(start_epoch, train_cfg.epochs):
+            sampler.set_epoch(epoch)
+            bar.set_description(f"epoch {epoch + 1}/{train_cfg.epochs}", refresh=False)
+            t0 = time.perf_counter()
+            try:
+                first = epoch * len(loader)
+                schedule = lambda i: lr_factor(first + i, total_steps, train_cfg.warmup)  # noqa: E731
+                sums = _run_epoch(loader, bar, step_module, criterion, optimizer, scaler, schedule,
+                                  train_cfg.grad_clip, device, amp_dtype, world)
+            except _NonFinite as e:
+                if epoch > start_epoch:
+                    kept = f"the last good checkpoint is {last_path} (epoch {epoch})"
+                else:
+                    kept = f"{last_path} is left as it was" if last_path.exists() else "no checkpoint was written"
+                raise TrainingError(f"loss became NaN/inf at epoch {epoch + 1} step {e.step} ({e.terms}); stopped, "
+                                    f"{kept}; try a lower --lr") from None
+            record = {"epoch": epoch + 1, **{k: v / max(len(loader), 1) for k, v in sums.items()},
+                      "seconds": time.perf_counter() - t0, "val_loss": None, "val_map50": None}
+            if val_ids:
+                record.update(validate(model, class_names, val_set, data_cfg, criterion, device, train_cfg.batch_size))
+                is_best = best is None or _score(record) > _score(best)
+            else:  # without validation the last epoch is kept
+                is_best = epoch + 1 == train_cfg.epochs
+            history.append(record)
             if is_best:
-                save_checkpoint(out, model, epoch=epoch + 1, history=history,
-                                train_config=dataclasses.asdict(train_cfg), **describe)
+                best = record
+            if rank == 0:
+                bar.clear()
+                _log_epoch(record, train_cfg.epochs, is_best and bool(val_ids))
+                bar.refresh()
+                now = saved_epoch(last_path)
+                if now != known and now > epoch + 1:  # another run wrote a later epoch meanwhile: keep it
+                    raise CheckpointError(
+                        f"{last_path} now holds epoch {now}, written by another run meanwhile; not overwriting it "
+                        f"with epoch {epoch + 1}. Give each run its own --out")
+                save_checkpoint(last_path, model, epoch=epoch + 1, optimizer=optimizer.state_dict(),
+                                history=history, train_config=dataclasses.asdict(train_cfg), **describe)
+                known = epoch + 1
+                if is_best:
+                    save_checkpoint(out, model, epoch=epoch + 1, history=history,
+                                    train_config=dataclasses.asdict(train_cfg), **describe)
+    finally:
+        bar.close()
     if world > 1:
         dist.barrier()
     return TrainResult(

@@ -142,12 +142,87 @@ def test_cli_trains_on_a_split_writes_checkpoints_and_resumes(tmp_path, tiny_cli
     assert resumed.epoch == 3 and [h["epoch"] for h in resumed.extra["history"]] == [1, 2, 3]
 
 
+def test_cli_rerun_resumes_and_refuses_other_settings(tmp_path, tiny_clip_name, tiny_clip_weights):
+    """The same command again continues from <out>.last.pt; other settings are one error line; --fresh restarts."""
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    last = tmp_path / "w" / "m.last.pt"
+    args = cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--split", "thumos14/75_25/0")
+    args[args.index("--epochs") + 1] = "1"
+    assert run_cli(*args).exit_code == 0
+    assert read_checkpoint(last)[1].epoch == 1
+    args[args.index("--epochs") + 1] = "2"
+    r = run_cli(*args)  # an interrupted run, rerun: it goes on at epoch 2 (the --epochs given now)
+    assert r.exit_code == 0, r.output
+    _, info = read_checkpoint(last)
+    assert info.epoch == 2 and [h["epoch"] for h in info.extra["history"]] == [1, 2]
+    assert "resuming from" in r.stderr
+    r = run_cli(*args)  # finished: nothing to do, nothing rewritten
+    assert r.exit_code == 0 and "nothing to do" in r.stderr and read_checkpoint(last)[1].epoch == 2
+
+    r = run_cli(*args, "--dropout", "0.3")
+    assert_one_line_error(r, r"m\.last\.pt holds a training run with other settings \(model\.dropout\).*--fresh.*--out")
+    other = tmp_path / "other.json"
+    db = json.loads(ann.read_text())
+    db["database"]["v0"]["annotations"][0]["segment"] = [3, 9]
+    other.write_text(json.dumps(db))
+    r = run_cli(*[other if a == ann else a for a in args])
+    assert_one_line_error(r, r"other settings \(annotations\)")
+    assert read_checkpoint(last)[1].epoch == 2  # refused runs leave it alone
+
+    args[args.index("--epochs") + 1] = "1"
+    r = run_cli(*args, "--fresh")
+    assert r.exit_code == 0, r.output
+    assert read_checkpoint(last)[1].epoch == 1
+
+
+def test_cli_never_replaces_a_later_epoch_with_an_earlier_one(tmp_path, tiny_clip_name, tiny_clip_weights):
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    last = tmp_path / "w" / "m.last.pt"
+    args = cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--split", "thumos14/75_25/0")
+    args[args.index("--epochs") + 1] = "1"
+    assert run_cli(*args).exit_code == 0
+    early = tmp_path / "early.pt"
+    early.write_bytes(last.read_bytes())  # epoch 1
+    args[args.index("--epochs") + 1] = "2"
+    assert run_cli(*args).exit_code == 0 and read_checkpoint(last)[1].epoch == 2
+    before = last.read_bytes()
+    r = run_cli(*args, "--resume", early, "--epochs", "3")  # would write epoch 2 over epoch 2, then go on
+    assert_one_line_error(r, r"holds epoch 2, later than epoch 1 of .*early\.pt")
+    assert last.read_bytes() == before
+
+
+def test_other_run_writing_a_later_epoch_is_not_overwritten(tmp_path, tiny_clip, tiny_clip_name, monkeypatch):
+    """Two runs on one --out: when the other has written a later epoch, this one stops instead of replacing it."""
+    import stale_cli.train as train_module
+    from stale_cli.errors import CheckpointError
+
+    feats, ann_path = make_dataset(tmp_path, tiny_clip_name)
+    ann = parse_annotations(json.loads(ann_path.read_text())).select_subset("val")
+    common = dict(model_cfg=ModelConfig(**TINY), data_cfg=DataConfig(num_snippets=32), progress=False)
+    out = tmp_path / "m.pt"
+    train(feats, ann, ["HighJump", "Diving"], out, tiny_clip, tiny_clip_name,
+          train_cfg=TrainConfig(epochs=3, batch_size=2), **common)
+    later = out.with_name("m.last.pt").read_bytes()  # epoch 3, as if another run had written it meanwhile
+    real_save = train_module.save_checkpoint
+
+    def save_then_other_run_writes(path, *a, **kw):
+        real_save(path, *a, **kw)
+        if Path(path).name == "m.last.pt":
+            Path(path).write_bytes(later)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_other_run_writes)
+    with pytest.raises(CheckpointError, match="now holds epoch 3, written by another run"):
+        train(feats, ann, ["HighJump", "Diving"], out, tiny_clip, tiny_clip_name,
+              train_cfg=TrainConfig(epochs=2, batch_size=2), fresh=True, **common)
+    assert train_module.saved_epoch(out.with_name("m.last.pt")) == 3
+
+
 def test_cli_reports_videos_without_features_and_goes_on(tmp_path, tiny_clip_name, tiny_clip_weights):
     feats, ann = make_dataset(tmp_path, tiny_clip_name)
     (feats / "v3.npy").unlink()
     r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--epochs", "1"))
     assert r.exit_code == 0, r.output
-    assert "1 annotated video(s) had no features" in r.stdout
+    assert "warning: 1 annotated video(s) had no features" in r.stderr  # a note on stderr, not a result
 
 
 def test_cli_balances_classes_by_default_and_records_it(tmp_path, tiny_clip_name, tiny_clip_weights):

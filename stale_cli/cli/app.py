@@ -16,13 +16,57 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.text import Text
+from typer.core import TyperGroup
 
 from stale_cli import CLIP_WEIGHTS_ENV, __version__
 from stale_cli.errors import StaleError
 
+# click's exceptions, wherever this Typer takes click from (its own vendored copy, or the click package)
+_click_errors = sys.modules[typer.BadParameter.__module__]
+
+# Exit status of a usage error (an unknown option, a missing argument): 2, as click, argparse and getopt tools use.
+STATUS_USAGE = 2
+
+
+class _Group(TyperGroup):
+    """The ``stale`` command group: a usage error is one ``error:`` line (status 2) instead of Typer's box, and
+    the counting ``-v`` is shown in ``-h`` as ``-v, -vv`` rather than with a type label."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click_errors.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # `stale` alone: the help
+                text = e.ctx.get_help()  # Typer's rich help prints itself and returns ""
+                if text:
+                    print(text)
+                sys.exit(e.exit_code)
+            message = e.format_message()
+            message = message[:1].lower() + message[1:]
+            where = e.ctx.command_path if e.ctx is not None else "stale"
+            error(f"{message.rstrip('.')} (see {where} -h)")
+            sys.exit(STATUS_USAGE)
+        except _click_errors.ClickException as e:  # a bad file argument and the like: still one line
+            error(e.format_message())
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            error("aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "count", False):
+                param.display_type_rich = lambda ctx: None  # a counter takes no value: no "<int>"
+        return params
+
+
 app = typer.Typer(
+    cls=_Group,
     name="stale",
     help="Zero-shot temporal action detection (STALE, ECCV 2022): when does each named action happen in a video?",
     no_args_is_help=True,
@@ -67,12 +111,38 @@ PrecisionOption = typer.Option(
 ProgressOption = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 
 
+QUIET = False  # -q: only error lines on stderr (results still go to stdout)
+
+
 def error(message: str) -> None:
     stderr.print(Text.assemble(("error:", "bold red"), " ", str(message)))
 
 
 def warning(message: str) -> None:
-    stderr.print(Text.assemble(("warning:", "yellow"), " ", str(message)))
+    if not QUIET:
+        stderr.print(Text.assemble(("warning:", "yellow"), " ", str(message)))
+
+
+def info(message: str) -> None:
+    """A line for the person at the terminal (a summary, where outputs went) on stderr; none under ``-q``."""
+    if not QUIET:
+        stderr.print(str(message), highlight=False)
+
+
+def wrote(path, what: str = "") -> None:
+    """Name a file (or folder) a command wrote, once, on stderr: ``wrote PATH`` (``-q``: nothing)."""
+    info(f"wrote {what}{' to ' if what else ''}{path}")
+
+
+def show_progress(flag: bool) -> bool:
+    """Whether to draw progress bars: asked for (``--progress``, the default), not ``-q``, and stderr a terminal
+    (bars in a batch log or a pipe are only noise)."""
+    if not flag or QUIET:
+        return False
+    try:
+        return stderr.file.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 class Terminated(BaseException):
@@ -169,12 +239,27 @@ def resolve_device(name: str):
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    """stale's log: info by default, debug with ``-v``, errors only with ``-q``. Libraries (open_clip logs to
+    the root logger): warnings by default, errors only with ``-q``, everything with ``-vv``."""
+    from rich.logging import RichHandler
+
+    global QUIET
+    QUIET = quiet
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False, rich_tracebacks=False)
-    root = logging.getLogger("stale_cli")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    ours = logging.getLogger("stale_cli")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level)
+    ours.propagate = False
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(RichHandler(console=stderr, show_time=False, show_path=True, markup=False,
+                                    rich_tracebacks=False))
+    root.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose >= 2 else logging.WARNING)
+    if quiet:
+        import warnings
+
+        warnings.simplefilter("ignore")  # Python warnings of libraries (deprecations) are not errors
 
 
 def _version(value: bool) -> None:
@@ -185,8 +270,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, show_default=False,
+        help="More log output on stderr: -v stale's debug messages, -vv also those of the libraries it uses "
+        "(open_clip, ...).",
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Only errors on stderr: no summaries, progress or 'wrote' lines (results "
+        "still go to stdout).",
+    ),
     version: Optional[bool] = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),

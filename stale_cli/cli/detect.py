@@ -17,12 +17,61 @@ from stale_cli.cli.app import (
     app,
     check_range,
     error,
+    info,
     resolve_device,
+    show_progress,
     stderr,
     stdout,
     user_errors,
     warning,
+    wrote,
 )
+
+
+class _Progress:
+    """One progress bar at a time on stderr, never one inside another: while a video is being detected, its
+    frames (decoded and encoded by CLIP) with their rate and ETA, named "video 2/5 NAME" in a batch; for a batch
+    of feature files only (nothing to decode), the videos done."""
+
+    def __init__(self, paths: list, fps: float):
+        self.position = {p: i for i, p in enumerate(paths)}
+        self.count, self.fps, self.bar = len(paths), fps, None
+        self.by_video = any(p.suffix.lower() != ".npy" for p in paths)
+        if not self.by_video and self.count > 1:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.count, unit="video", file=stderr.file, dynamic_ncols=True, leave=False)
+
+    def start(self, path: Path, video_id: str) -> None:
+        if not self.by_video:
+            return
+        self.close()
+        if path.suffix.lower() == ".npy":
+            return
+        from tqdm import tqdm
+
+        from stale_cli.video import num_samples, probe_header
+
+        _, end = probe_header(path)
+        name = path.name if self.count == 1 else f"video {self.position.get(path, 0) + 1}/{self.count} {path.name}"
+        self.bar = tqdm(total=num_samples(end, self.fps) if end else None, desc=name, unit="frame",
+                        file=stderr.file, dynamic_ncols=True, leave=False)
+
+    def frames(self, n: int) -> None:
+        if self.by_video and self.bar is not None:
+            self.bar.update(n)
+
+    def done(self) -> None:
+        """An input finished (or failed): its frame bar goes before anything is printed, the video bar moves."""
+        if self.by_video:
+            self.close()
+        elif self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @app.command("detect")
@@ -79,6 +128,8 @@ def detect(
 
     Bad inputs are reported and skipped; the command exits with status 1 at the end if any failed, keeping the
     outputs of the others.
+
+    Example: stale detect match.mp4 --classes "high jump,pole vault" -o match.srt
     """
     with user_errors():
         from stale_cli.clip_backbone import resolve_precision
@@ -140,27 +191,31 @@ def detect(
             report = ReportWriter(html, detector.metadata())
 
         def on_result(video) -> None:
+            if bar is not None:
+                bar.done()
             writer.add(video)
             if report is not None:
                 report.add(video)  # a video resumed from the journal has segments but no score curves
             if plot is not None and not video.extra.get("resumed"):
                 plot_detections(video, names, plots[video.video_id])
-            if bar is not None:
-                bar.update(1)
+                plotted.append(plots[video.video_id])
 
         def on_error(failure) -> None:
-            error(failure.message)
             if bar is not None:
-                bar.update(1)
+                bar.done()
+            error(failure.message)
 
+        plotted: list = []
         bar = None
-        if progress and len(paths) > 1:
-            from tqdm import tqdm
+        if show_progress(progress):
+            from stale_cli.defaults import DEFAULT_FEATURE_FPS
 
-            bar = tqdm(total=len(paths), unit="video", file=stderr.file, dynamic_ncols=True, leave=False)
+            bar = _Progress(paths, detector.fps or DEFAULT_FEATURE_FPS)
         try:
             failures = detect_batch(detector, paths, on_result, on_error, ids=ids, journal=journal,
-                                    needs=lambda v: [plots[v]] if plot is not None else [])
+                                    needs=lambda v: [plots[v]] if plot is not None else [],
+                                    progress=bar.frames if bar is not None else None,
+                                    on_start=bar.start if bar is not None else lambda path, video_id: None)
         finally:
             if bar is not None:
                 bar.close()
@@ -170,8 +225,8 @@ def detect(
             writer.close()
             if report is not None:
                 report.close()
-        for path in writer.written + (report.written if report is not None else []):
-            stderr.print(f"wrote {path}", highlight=False)
+        for path in writer.written + plotted + (report.written if report is not None else []):
+            wrote(path)
         resumed = journal.resumed if journal is not None else 0
         busy = journal.busy if journal is not None else []
         if busy:
@@ -179,14 +234,11 @@ def detect(
             warning(f"{len(busy)} video(s) left to another run that is detecting them ({holders}); it writes "
                     "them when it ends")
         done = len(paths) - len(failures) - resumed - len(busy)
-        stderr.print(
-            f"{detector.mode} mode: {done} video(s) done, {resumed} resumed from an earlier run, "
-            f"{len(failures) + len(bad_inputs)} failed",
-            highlight=False,
-        )
+        info(f"{detector.mode} mode: {done} video(s) done, {resumed} resumed from an earlier run, "
+             f"{len(failures) + len(bad_inputs)} failed")
         failed = bad_inputs + [str(f.path) for f in failures]
         if failed:
             error(f"{len(failed)} input(s) failed:")
             for path in failed:
-                stderr.print(f"  {path}", highlight=False)
+                stderr.print(f"  {path}", highlight=False)  # part of the error, shown under -q too
             raise typer.Exit(1)

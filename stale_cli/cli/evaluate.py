@@ -8,12 +8,13 @@ from typing import Optional
 
 import typer
 
-from stale_cli.cli.app import app, stdout, user_errors
-from stale_cli.outputs import TextTable
+from stale_cli.cli.app import app, stdout, user_errors, wrote
 
 
-def results_table(result: dict, title: str) -> TextTable:
-    """mAP per tIoU and the average, then AP per class, in percent."""
+def results_table(result: dict, title: str):
+    """mAP per tIoU and the average, then AP per class, in percent (a TextTable)."""
+    from stale_cli.outputs import TextTable
+
     n = len(result["tiou"])
     table = TextTable(title, ["class", *(f"@{t:g}" for t in result["tiou"]), "avg"], [False] + [True] * (n + 1))
     for name, aps in result["per_class"].items():
@@ -53,6 +54,8 @@ def evaluate_command(
 
     Numbers are those of the official ActivityNet evaluator (eval_detection.py): predictions of videos without
     ground truth count as false positives, classes without predictions as AP 0.
+
+    Example: stale evaluate preds.json --annotations thumos14.json --split thumos14/75_25/0
     """
     from stale_cli.errors import InputError
     from stale_cli.evaluate import evaluate_files, parse_tious
@@ -82,3 +85,4 @@ def evaluate_command(
         stdout.print(f"average mAP: {100 * result['average_mAP']:.2f}")
         if output is not None:
             write_json_atomic(output, result)
+            wrote(output)

@@ -17,12 +17,15 @@ from stale_cli.cli.app import (
     app,
     check_range,
     error,
+    info,
     resolve_device,
+    show_progress,
     stderr,
     user_errors,
     warning,
+    wrote,
 )
-from stale_cli.extract import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers
+from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers
 
 
 @app.command("extract-features")
@@ -58,6 +61,8 @@ def extract_features(
 
     A rerun skips videos whose files exist with the same settings; bad files are reported and skipped, and the
     command exits with status 1 at the end if any failed.
+
+    Example: stale extract-features videos/ --out feats/
     """
     with user_errors():
         from stale_cli.clip_backbone import load_clip
@@ -82,22 +87,21 @@ def extract_features(
             keep = set(select_shard(paths, index, count))
             ids = [v for p, v in zip(paths, ids) if p in keep]
             paths = [p for p in paths if p in keep]
-            stderr.print(f"shard {index}/{count}: {len(paths)} video(s)", highlight=False)
+            info(f"shard {index}/{count}: {len(paths)} video(s)")
         check_writable(out, f"--out {out}")
         clip = load_clip(clip_model, clip_weights, resolve_device(device), precision=precision)
         summary = extract_many(
-            paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=progress, ids=ids,
+            paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=show_progress(progress), ids=ids,
             decoder=decoder, on_warning=warning, on_error=error, workers=workers,
         )
         if summary.busy:
             holders = ", ".join(sorted({holder for _, holder in summary.busy}))
             warning(f"{len(summary.busy)} video(s) left to another run that is extracting them ({holders}); "
                     "rerun when it has finished to check")
-        stderr.print(
-            f"done {summary.done}, skipped {summary.skipped} (already extracted), failed {len(summary.failed)}; "
-            f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s)",
-            highlight=False,
-        )
+        if summary.done:
+            wrote(out, f"{summary.done} feature file(s) (.npy + .json)")
+        info(f"done {summary.done}, skipped {summary.skipped} (already extracted), failed {len(summary.failed)}; "
+             f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s)")
         failed = bad_inputs + [str(path) for path, _ in summary.failed]
         if failed:
             error(f"{len(failed)} input(s) failed:")

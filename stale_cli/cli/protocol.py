@@ -15,16 +15,19 @@ from stale_cli.cli.app import (
     MAX_COUNT,
     app,
     check_range,
+    info,
     resolve_device,
-    stderr,
+    show_progress,
     stdout,
     user_errors,
+    wrote,
 )
 from stale_cli.cli.train import check_training_options
-from stale_cli.outputs import TextTable
 
 
-def summary_table(summary: dict) -> TextTable:
+def summary_table(summary: dict):
+    from stale_cli.outputs import TextTable
+
     setting = summary["setting"].replace("_", "/")
     n = len(summary["tiou"])
     table = TextTable(
@@ -83,7 +86,10 @@ def zero_shot_command(
 ) -> None:
     """Reproduce (or beat) the paper's zero-shot Table 1 row: for each split train on the seen classes, detect
     the unseen classes on the test subset, evaluate; print mean ± std over the splits, with the training-free
-    baseline. Writes results.json and results.md into the work dir."""
+    baseline. Writes results.json and results.md into the work dir.
+
+    Example: stale zero-shot --dataset thumos14 --features feats/ --annotations thumos14.json --work-dir zs/
+    """
     from dataclasses import replace
 
     with user_errors():
@@ -117,7 +123,8 @@ def zero_shot_command(
         clip = load_clip(clip_model, clip_weights, device=dev)
         summary = run_protocol(
             cfg, features, annotations, work_dir, clip, model_cfg=model_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
-            device=dev, progress=progress, report=lambda line: stderr.print(line, highlight=False),
+            device=dev, progress=show_progress(progress), report=info,
         )
         summary_table(summary).print(stdout)
-        stdout.print(f"written: {work_dir / 'results.json'}, {work_dir / 'results.md'}")
+        wrote(work_dir / "results.json")
+        wrote(work_dir / "results.md")

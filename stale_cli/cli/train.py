@@ -19,8 +19,10 @@ from stale_cli.cli.app import (
     app,
     check_range,
     resolve_device,
+    show_progress,
     stdout,
     user_errors,
+    warning,
 )
 
 
@@ -75,12 +77,19 @@ def train_command(
     clip_weights: str = ClipWeightsOption,
     device: str = DeviceOption,
     resume: Optional[Path] = typer.Option(
-        None, "--resume", help="Continue from this checkpoint (usually <out>.last.pt) up to --epochs."),
+        None, "--resume", help="Continue from this checkpoint up to --epochs. Rerunning the same command does this "
+        "by itself from <out>.last.pt."),
+    fresh: bool = typer.Option(
+        False, "--fresh", "--restart", help="Start over even if <out>.last.pt holds a run (it is replaced)."),
     progress: bool = ProgressOption,
 ) -> None:
     """Train the STALE head (and CLIP's prompted text encoder) on features of annotated videos.
 
-    Under `torchrun --nproc-per-node N stale train ...` it trains on N GPUs (or N CPU processes).
+    Rerunning the same command resumes from <out>.last.pt (an interrupted run goes on where it stopped); a rerun
+    with other settings is refused: pass --fresh to start over, or another --out. Under
+    `torchrun --nproc-per-node N stale train ...` it trains on N GPUs (or N CPU processes).
+
+    Example: stale train --features feats/ --annotations thumos14.json --split thumos14/75_25/0 --out th75_0.pt
     """
     with user_errors():
         from stale_cli.checkpoint import check_checkpoint_path
@@ -117,8 +126,17 @@ def train_command(
         class_names = select_classes(ann, split, names)
         ann = ann.select_subset(subset if subset is not None else default_training_subset(ann))
         dev = resolve_device(device)
+        from stale_cli.train import last_path_for
+
+        if resume is not None and fresh:
+            raise InputError("give either --resume PATH (go on) or --fresh (start over), not both")
+        rerun = resume is None and not fresh and last_path_for(out).is_file()
         clip, recorded = None, "random"
-        if resume is None:
+        if rerun:  # the same command again: resume from <out>.last.pt if its settings are these (train() checks)
+            from stale_cli.clip_backbone import weights_label
+
+            resume, recorded = last_path_for(out), weights_label(clip_model, clip_weights)
+        elif resume is None:
             from stale_cli.clip_backbone import load_clip
 
             backbone = load_clip(clip_model, clip_weights, "cpu")
@@ -129,11 +147,10 @@ def train_command(
         result = train(
             features, ann, class_names, out, clip, clip_model, recorded,
             model_cfg=model_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
-            device=dev, resume=resume, progress=progress,
+            device=dev, resume=resume, progress=show_progress(progress), rerun=rerun, fresh=fresh,
         )
         if result.missing_videos:
-            stdout.print(f"{result.missing_videos} annotated video(s) had no features and were skipped",
-                         highlight=False)
+            warning(f"{result.missing_videos} annotated video(s) had no features and were skipped")
         best = next((h for h in result.history if h["epoch"] == result.best_epoch), None)
         score = ""
         if best is not None and best.get("val_map50") is not None:

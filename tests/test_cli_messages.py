@@ -1,0 +1,120 @@
+"""What the commands say on stderr: -q (errors only), one `wrote X` per file written, usage errors as one line,
+-v shown as a counter, and a CLI that builds without importing torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from stale_cli.cli import app
+from test_detect_cli import feature_dir  # noqa: F401  (a fixture: a feature file of constructed features)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def detect_args(feature_dir, tiny_clip_name, tiny_clip_weights, *extra):
+    return ["detect", feature_dir / "game.npy", "--classes", "high jump,pole vault", "--clip-model", tiny_clip_name,
+            "--clip-weights", tiny_clip_weights, *extra]
+
+
+def test_every_written_file_is_named_once(feature_dir, tiny_clip_name, tiny_clip_weights, tmp_path):  # noqa: F811
+    out, plot, html = tmp_path / "p.json", tmp_path / "p.png", tmp_path / "r.html"
+    r = invoke(*detect_args(feature_dir, tiny_clip_name, tiny_clip_weights, "-o", out, "--plot", plot, "--html", html))
+    assert r.exit_code == 0, r.output
+    for path in (out, plot, html):
+        assert path.is_file() and r.stderr.count(f"wrote {path}") == 1, r.stderr
+
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"database": {"game": {"subset": "test", "duration": 60.0, "annotations": [
+        {"segment": [10.0, 20.0], "label": "high jump"}]}}}))
+    r = invoke("evaluate", out, "-a", gt, "-o", tmp_path / "ev.json")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count(f"wrote {tmp_path / 'ev.json'}") == 1 and "average mAP" in r.stdout
+
+
+def test_extract_features_names_its_folder_once(videos, tiny_clip_name, tiny_clip_weights, tmp_path):
+    out = tmp_path / "feats"
+    r = invoke("extract-features", videos["cfr25"]["path"], videos["late"]["path"], "--out", out, "--clip-model",
+               tiny_clip_name, "--clip-weights", tiny_clip_weights, "--workers", "1")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("wrote ") == 1 and f"wrote 2 feature file(s) (.npy + .json) to {out}" in r.stderr
+    r = invoke("extract-features", videos["cfr25"]["path"], "--out", out, "--clip-model", tiny_clip_name,
+               "--clip-weights", tiny_clip_weights, "--workers", "1")
+    assert r.exit_code == 0 and "wrote" not in r.stderr  # nothing new: nothing written
+
+
+def test_quiet_is_errors_only_and_results_still_on_stdout(feature_dir, tiny_clip_name, tiny_clip_weights,  # noqa: F811
+                                                          tmp_path):
+    r = invoke("-q", *detect_args(feature_dir, tiny_clip_name, tiny_clip_weights, "-o", tmp_path / "p.json"))
+    assert r.exit_code == 0 and r.stderr == "" and (tmp_path / "p.json").is_file(), r.stderr
+    r = invoke("-q", *detect_args(feature_dir, tiny_clip_name, tiny_clip_weights))
+    assert r.exit_code == 0 and r.stderr == "" and "high jump" in r.stdout
+    r = invoke("-q", *detect_args(feature_dir, tiny_clip_name, tiny_clip_weights, "--mode", "fast"))
+    assert r.exit_code == 1 and r.stderr.startswith("error:") and len(r.stderr.splitlines()) == 1
+
+
+def test_unknown_option_is_one_error_line_with_status_2():
+    for args in (["detect", "x.mp4", "--bogus"], ["--bogus"], ["detct"], ["detect"]):
+        r = invoke(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("error: "), (args, r.stderr)
+        assert "╭" not in r.output and "Traceback" not in r.output
+    assert "no such option: --bogus" in invoke("detect", "x.mp4", "--bogus").stderr
+
+
+def test_verbose_is_shown_as_a_counter():
+    r = invoke("-h")
+    line = next(ln for ln in r.stdout.splitlines() if "--verbose" in ln)
+    assert "<int>" not in line and "-vv" in r.stdout
+
+
+def test_the_cli_builds_without_torch():
+    """`stale --version` and `stale -h` stay fast: building the app imports neither torch nor numpy."""
+    code = ("import sys\nsys.argv = ['stale', '--version']\nfrom stale_cli.cli import main\ntry:\n    main()\n"
+            "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'numpy', 'open_clip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "[]", out
+
+
+def test_no_random_init_warning_where_weights_are_loaded_after(caplog, tiny_clip_name):
+    """open_clip's "initialized randomly" is untrue when a checkpoint's weights are loaded into the model next;
+    the QuickGELU hint for a local file is debug-level unless the file looks like OpenAI's."""
+    import logging
+
+    from stale_cli.checkpoint import build_model
+    from stale_cli.clip_backbone import looks_like_openai_weights
+    from stale_cli.model.config import ModelConfig
+
+    with caplog.at_level(logging.INFO):
+        build_model(ModelConfig(feature_dim=32, embed_dim=32, num_snippets=16, clip_model=tiny_clip_name,
+                                encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=64, num_queries=4,
+                                context_tokens=4))
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    assert looks_like_openai_weights(Path("/hub/models--timm--vit_base_patch16_clip_224.openai/x.bin"))
+    assert not looks_like_openai_weights(Path(__file__))
+
+
+def test_models_lists_tags_and_finds_cached_weights(tmp_path):
+    from stale_cli.cli.models import is_cached
+
+    r = invoke("models")
+    assert r.exit_code == 0
+    line = next(ln for ln in r.stdout.splitlines() if ln.split()[0] == "ViT-B-16")
+    assert "openai" in line.split()[1:] or "openai*" in line.split()[1:]
+    assert not is_cached("ViT-B-16", "openai", cache_dir=tmp_path)
+    repo = tmp_path / "models--timm--vit_base_patch16_clip_224.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc")
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "snapshots" / "abc" / "open_clip_pytorch_model.bin").write_bytes(b"x")
+    assert is_cached("ViT-B-16", "openai", cache_dir=tmp_path)
