@@ -169,6 +169,7 @@ class DetectSettings:
     # generic action names), reporting only the ones asked for. False: the names asked for are all there is.
     distractors: bool = True
     scoring: str = "open"  # STALE mode: "open" or "paper" (Eq. 7's softmax over K+1), see detection_probabilities
+    prior_weight: Optional[float] = None  # None: the detect config's (DetectConfig.prior_weight)
     # Inference settings before min_score/top_k; None: the checkpoint's preset (STALE mode), else DetectConfig().
     detect_config: Optional[DetectConfig] = None
 
@@ -212,6 +213,8 @@ class Detector:
             overrides["min_score"] = float(settings.min_score)
         if settings.top_k is not None:
             overrides["top_k"] = int(settings.top_k)
+        if settings.prior_weight is not None:
+            overrides["prior_weight"] = float(settings.prior_weight)
         if overrides:
             self.detect_cfg = dataclasses.replace(self.detect_cfg, **overrides)
         log.info(

@@ -13,6 +13,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _text_cache(tmp_path_factory):
+    """Detection's text-feature cache (stale_cli/textcache.py) in a temporary folder, not the user's ~/.cache."""
+    os.environ["STALE_CACHE_DIR"] = str(tmp_path_factory.mktemp("stale-cache"))
+
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """The test models are tiny: on 2 cores, more torch threads only contend (steps measured 10x slower)."""

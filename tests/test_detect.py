@@ -137,3 +137,23 @@ def test_resample_features_linear():
     up, _ = resample_features(feats, meta, 8.0)
     assert up.shape == (16, 3)
     np.testing.assert_allclose(up[:3, 0], [0, 0.5, 1.0])
+
+
+def test_clip_mode_one_wrong_name_and_absent_action_score_low(clip, tiny_clip_name):
+    """Asked "pole vault" alone on a video where only "high jump" happens (10-20 s), or on a video of no action at
+    all, no detection reaches a score a user would trust; asked "high jump", the action is found."""
+    det = Detector(DetectSettings(classes=CLASSES, mode="clip", clip_model=tiny_clip_name), clip=clip)
+    text = det.text[: len(CLASSES)]
+    feats, meta = constructed_features(text)
+    only_jump = feats.copy()
+    s, e = TRUTH["pole vault"]
+    only_jump[int(s * FPS) : int(e * FPS)] -= 7.0 * 0.4 * text[1]  # remove the pole vault instance
+    ask = lambda name, x: Detector(DetectSettings(classes=[name], mode="clip", clip_model=tiny_clip_name),  # noqa: E731
+                                   clip=clip).detect_features(x, meta, "v", "v")
+    assert max((seg.score for seg in ask("pole vault", only_jump).segments), default=0.0) < 0.3
+    nothing, _ = constructed_features(text)
+    for name, (s, e) in TRUTH.items():
+        nothing[int(s * FPS) : int(e * FPS)] -= 7.0 * 0.4 * text[CLASSES.index(name)]
+    assert max((seg.score for seg in ask("high jump", nothing).segments), default=0.0) < 0.3
+    best = max(ask("high jump", only_jump).segments, key=lambda seg: seg.score)
+    assert best.score > 0.3 and abs(best.start - 10.0) <= 1.0 and abs(best.end - 20.0) <= 1.0

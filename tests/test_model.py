@@ -231,3 +231,23 @@ def test_detection_probabilities_by_hand():
     fg = torch.tensor([[0.2, 0.96]])
     p = detection_probabilities(logits, fg)
     torch.testing.assert_close(p, torch.tensor([[[0.6, 0.2, 0.2], [0.72, 0.24, 0.04]]]))
+
+
+def test_detection_probabilities_one_name_depends_on_the_name():
+    # One snippet, rows: the name asked (K = 1), one distractor, background. Logits (0, ln 9, 0): softmax over
+    # all three (0.1, 0.9, ... ) -> background 1/11; over the two names (0.1, 0.9). L_hat 0.5, so foreground
+    # max(1 - 1/11, 0.5) = 10/11, and P(name) = 0.1 x 10/11 = 1/11: the distractor takes the snippet.
+    logits = torch.tensor([[[0.0, math.log(9.0), 0.0]]])
+    fg = torch.tensor([[0.5]])
+    p = detection_probabilities(logits, fg, num_query=1)
+    torch.testing.assert_close(p, torch.tensor([[[1 / 11, 10 / 11]]]))
+    # Without the distractor (the old inference, K = 1 alone) the name would get all the foreground.
+    alone = detection_probabilities(logits[..., [0, 2]], fg)
+    torch.testing.assert_close(alone[..., 0], torch.tensor([[0.5]]))  # max(1 - 1/2, 0.5) x 1
+    # The paper's scoring: softmax over the name and the background only.
+    torch.testing.assert_close(detection_probabilities(logits, fg, 1, scoring="paper"), torch.tensor([[[0.5, 0.5]]]))
+    # A prior that agrees with the classifier changes nothing; one that disagrees pulls half way (geometric mean).
+    prior = torch.tensor([[[0.5, 0.5]]])
+    mixed = detection_probabilities(logits, fg, 1, prior=prior, prior_weight=0.5)
+    expected = (0.1 ** 0.5 * 0.5 ** 0.5) / (0.1 ** 0.5 * 0.5 ** 0.5 + 0.9 ** 0.5 * 0.5 ** 0.5) * 10 / 11
+    torch.testing.assert_close(mixed[..., 0], torch.tensor([[expected]]))

@@ -122,6 +122,16 @@ def detect(
     device: str = DeviceOption,
     precision: str = PrecisionOption,
     batch_size: int = typer.Option(32, "--batch-size", help="Video frames per CLIP forward pass."),
+    distractors: bool = typer.Option(
+        True, "--distractors/--no-distractors", help="Score each snippet against ~220 generic action names and a "
+        "checkpoint's training names too, reporting only yours (default), so that a name is not given to every "
+        "action in the video; --no-distractors: your names are all the actions there are."),
+    scoring: str = typer.Option(
+        "open", "--scoring", help="STALE mode: open (default: names, distractors, frozen CLIP's reading fused in) | "
+        "paper (the paper's softmax over your names and the background)."),
+    prior_weight: Optional[float] = typer.Option(
+        None, "--prior-weight", help="STALE mode, open scoring: share of frozen CLIP's own reading of the names in "
+        "the class posterior, 0-1 (default 0.5; 0: the trained classifier alone)."),
     progress: bool = ProgressOption,
 ) -> None:
     """Detect the named actions in each input and write or print the segments (seconds, label, score).
@@ -148,6 +158,7 @@ def detect(
         check_range("--batch-size", batch_size, 1, MAX_BATCH)
         check_range("--top-k", top_k, 1, MAX_COUNT)
         check_range("--min-score", min_score, 0.0, 1.0)
+        check_range("--prior-weight", prior_weight, 0.0, 1.0)
         if plot is not None:
             require_matplotlib()
         to_stdout = output is not None and str(output) == "-"
@@ -171,7 +182,7 @@ def detect(
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
             fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
-            precision=precision,
+            precision=precision, distractors=distractors, scoring=scoring, prior_weight=prior_weight,
         )
         dev = resolve_device(device)
         resolve_precision(precision, dev)  # a bad --precision is an error before any model loads
