@@ -14,6 +14,10 @@ class InputError(StaleError):
     """A path, option or list given by the user is unusable."""
 
 
+class StdoutError(InputError):
+    """Standard output cannot be written (a full disk behind a redirection, ``> /dev/full``)."""
+
+
 class DecodeError(InputError):
     """A video file cannot be opened or yields no frames."""
 
