@@ -14,10 +14,6 @@ class InputError(StaleError):
     """A path, option or list given by the user is unusable."""
 
 
-class StdoutError(InputError):
-    """Standard output cannot be written (a full disk behind a redirection, ``> /dev/full``)."""
-
-
 class DecodeError(InputError):
     """A video file cannot be opened or yields no frames."""
 
@@ -36,3 +32,8 @@ class CheckpointError(StaleError):
 
 class ResourceError(StaleError):
     """The machine ran out of something every further input needs too (GPU memory): the whole run stops."""
+
+
+class StdoutError(ResourceError):
+    """Standard output cannot take what is printed (a full disk behind a redirection, ``> /dev/full``): every
+    further input would fail the same way, so the run stops."""
