@@ -351,40 +351,25 @@ class Detector:
         """Features ``(N, D)`` float32 and their sidecar meta for a feature file or a video (extracted in memory)."""
         if path.suffix.lower() == ".npy":
             return read_features(path)
-        cache = self.settings.cache_features
-        if cache is not None:
-            cached = Path(cache) / f"{video_id}.npy"
-            if cached.is_file() and cached.with_suffix(".json").is_file():
-                try:
-                    feats, meta = read_features(cached)
-                except DataError as e:  # a damaged cache entry is redone, not a failed input
-                    log.warning("%s: cached features unusable (%s); extracting again", path.name, e)
-                    feats, meta = None, {}
-                if feats is not None and self._cache_fits(meta, path):
-                    log.info("%s: reusing cached features %s", path.name, cached)
-                    return feats, meta
         if self.clip is None:
             raise InputError(f"{path}: a video, but the CLIP image encoder was not loaded")
-        from stale_cli.extract import DEFAULT_FEATURE_FPS, extract_video
+        from stale_cli.extract import DEFAULT_FEATURE_FPS, cache_entry, extract_video
 
         fps = self.fps or DEFAULT_FEATURE_FPS
+        cached = None
+        if self.settings.cache_features is not None:  # the rule of extract-features: never replace others' files
+            cached, state = cache_entry(Path(self.settings.cache_features), path, video_id, fps, self.clip, log.warning)
+            if state == "done":
+                try:
+                    feats, meta = read_features(cached)
+                    log.info("%s: reusing cached features %s", path.name, cached)
+                    return feats, meta
+                except DataError as e:  # a damaged cache entry of this video is redone, not a failed input
+                    log.warning("%s: cached features unusable (%s); extracting again", path.name, e)
         feats, meta = extract_video(path, self.clip, fps=fps, batch_size=self.settings.batch_size, on_frames=progress)
-        if cache is not None:
-            write_features(Path(cache) / f"{video_id}.npy", feats, meta)
+        if cached is not None:
+            write_features(cached, feats, meta)
         return np.asarray(feats, dtype=np.float32), meta
-
-    def _cache_fits(self, meta: dict, path: Path) -> bool:
-        fps = self.fps or meta.get("fps")
-        same = (
-            _same_clip(meta.get("clip_model"), self.clip_model_name)
-            and str(meta.get("clip_weights")) == str(getattr(self.clip, "weights", meta.get("clip_weights")))
-            and meta.get("clip_activation") == getattr(self.clip, "activation", None)
-            and math.isclose(float(meta.get("fps", -1)), float(fps))
-            and source_mismatch(meta, path) is None
-        )
-        if not same:
-            log.info("%s: cached features were made with other settings; extracting again", path.name)
-        return same
 
     def detect(
         self, path: Path, video_id: Optional[str] = None, progress: Optional[Callable[[int], None]] = None

@@ -32,3 +32,8 @@ class CheckpointError(StaleError):
 
 class ResourceError(StaleError):
     """The machine ran out of something every further input needs too (GPU memory): the whole run stops."""
+
+
+class StdoutError(ResourceError):
+    """Standard output cannot take what is printed (a full disk behind a redirection, ``> /dev/full``): every
+    further input would fail the same way, so the run stops."""

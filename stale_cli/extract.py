@@ -410,8 +410,10 @@ def hashed_id(path: Path) -> str:
 
 def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
     """Whether ``npy`` + sidecar hold this video's features with these settings: ``(state, why)`` with state
-    "done", "absent" (or unreadable), "other-source" (another video of that name), "changed" (this video, since
-    modified) or "other-settings"."""
+    "done", "absent" (or unreadable), "damaged" (a sidecar with impossible values: redone), "other-source" (another
+    video of that name), "changed" (this video, since modified) or "other-settings"."""
+    from stale_cli.fileio import check_sidecar
+
     meta_path = npy.with_suffix(".json")
     if not (npy.is_file() and meta_path.is_file()):
         return "absent", ""
@@ -421,6 +423,10 @@ def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
         return "absent", ""  # an unreadable sidecar is redone
     if not isinstance(meta, dict):
         return "absent", ""
+    try:
+        check_sidecar(meta, str(meta_path))
+    except StaleError as e:
+        return "damaged", str(e)
     if str(meta.get("source", "")) != str(path.resolve()):
         return "other-source", f"made from {meta.get('source')!r}"
     changed = source_mismatch(meta, path)
@@ -434,9 +440,14 @@ def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
     return ("other-settings", "; ".join(diff)) if diff else ("done", "")
 
 
-def _plan(path: Path, vid: str, out_dir: Path, fps: float, clip, overwrite: bool, warn) -> tuple[str, str, str]:
-    """``(id, state, why)`` of one video (see :func:`_finished`); a name taken by another video's features in
-    ``out_dir`` (from an earlier run) moves this one to ``stem-<8 hex>``, as a name clash within a run does."""
+def plan_features(path: Path, vid: str, out_dir: Path, fps: float, clip, overwrite: bool, warn) -> tuple[str, str, str]:
+    """``(id, state, why)`` of one video's feature files in ``out_dir`` (see :func:`_finished`): the one rule of
+    both ``extract-features --out`` and ``detect --cache-features``.
+
+    A name taken by another video's features (from an earlier run) moves this one to ``stem-<8 hex>``, as a name
+    clash within a run does, with a ``warn`` line. "damaged" and "changed" files are this video's to redo (state
+    "absent", with a ``warn`` line); "other-settings" files are never replaced unless ``overwrite``.
+    """
     state, why = _finished(out_dir / f"{vid}.npy", path, fps, clip)
     if state == "other-source" and vid == path.stem:
         warn(f"{path}: {vid}.npy in {out_dir} holds another video's features ({why}); writing this one as "
@@ -445,10 +456,23 @@ def _plan(path: Path, vid: str, out_dir: Path, fps: float, clip, overwrite: bool
         state, why = _finished(out_dir / f"{vid}.npy", path, fps, clip)
     if overwrite and state != "absent":
         return vid, "absent", ""
-    if state == "changed":
-        warn(f"{path}: {why}; extracting it again")
+    if state in ("changed", "damaged"):
+        warn(f"{path}: {out_dir / vid}.npy: {why}; extracting again")
         return vid, "absent", ""
     return vid, state, why
+
+
+def cache_entry(cache_dir: Path, path: Path, vid: str, fps: float, clip, warn) -> tuple[Optional[Path], str]:
+    """Where ``detect --cache-features`` keeps this video's features, by :func:`plan_features`:
+    ``(npy path, "done" | "absent")``, or ``(None, state)`` when the name holds features this run must not
+    replace (other settings; another video's under both names): the video is then not cached, with a ``warn``."""
+    vid, state, why = plan_features(path, vid, cache_dir, fps, clip, False, warn)
+    npy = cache_dir / f"{vid}.npy"
+    if state in ("done", "absent"):
+        return npy, state
+    warn(f"{path}: {npy} holds features made otherwise ({why}); they are kept and this video's features are not "
+         "cached: give another --cache-features to cache both")
+    return None, state
 
 
 @dataclass
@@ -478,8 +502,12 @@ def extract_many(
     on_warning: Callable[[str], None] = log.warning,
     on_error: Callable[[str], None] = log.error,
     workers: int = 1,
+    guard=None,
 ) -> ExtractSummary:
     """Write ``<id>.npy`` + ``<id>.json`` into ``out_dir`` for every video; go on past bad files.
+
+    ``guard``: a :class:`stale_cli.guard.OutputGuard` holding the run's inputs; every file to be written is
+    declared to it before any video is decoded, so a clash with an input ends the run before any work.
 
     ``ids``: output names (default :func:`video_ids` of ``paths``; pass those of the whole batch when ``paths``
     is a shard of it, so names do not depend on the shard). A video whose files exist, made from the same source
@@ -502,7 +530,10 @@ def extract_many(
     for path, vid in zip(paths, ids):
         if vid != path.stem:
             on_warning(f"{path}: another input has the same name; writing it as {vid}.npy")
-        vid, state, why = _plan(path, vid, out_dir, fps, clip, overwrite, on_warning)
+        vid, state, why = plan_features(path, vid, out_dir, fps, clip, overwrite, on_warning)
+        if guard is not None and state == "absent":
+            guard.output(out_dir / f"{vid}.npy", "--out", f"the features of {path}", features=True)
+            guard.output(out_dir / f"{vid}.json", "--out", f"the sidecar of {path}", features=True)
         if state == "done":
             summary.skipped += 1
         elif state == "absent":

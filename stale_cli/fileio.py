@@ -15,6 +15,7 @@ import math
 import os
 import re
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -93,37 +94,105 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def write_target(path: str | os.PathLike) -> tuple[Path, str]:
+    """Where a write of ``path`` lands, and how: ``(file, "replace")`` for a regular file or a path with nothing
+    there yet, ``(node, "stream")`` for a FIFO or a character device (``/dev/null``, a terminal), which are
+    written into and never replaced by a file.
+
+    A symbolic link is followed to what it names, so the link stays and its target gets the new content. A block
+    device, a socket or a directory is refused with an InputError: nothing sensible can replace it.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target, "replace"
+    except OSError as e:  # a link loop, a component that is a file
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from e
+    if stat.S_ISREG(st.st_mode):
+        return target, "replace"
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode):
+        return target, "stream"
+    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
+            else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+    raise InputError(f"cannot write {path}: it is {kind}, which a file must not replace; give a file path")
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """Whether writes of ``path`` go into a FIFO or character device (see :func:`write_target`)."""
+    try:
+        return write_target(path)[1] == "stream"
+    except InputError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success flush it to disk and rename it onto ``path``, on failure
     remove it. The result has the mode ``open(path, "w")`` would give: the old file's, else 0666 less the umask.
 
-    An OSError while writing (a full disk) becomes one InputError line; ``path`` is then left as it was.
+    What is at ``path`` decides where the content goes (:func:`write_target`): a symbolic link's target is replaced
+    (the link stays); a FIFO or character device gets the content written into it once it is complete (the
+    temporary file then lives in the system's temporary directory); a block device or socket is refused.
+    An OSError while writing (a full disk, ``/dev/full``) becomes one InputError line; ``path`` is then left as it
+    was (a FIFO or device may have received part of it).
     """
     path = Path(path)
+    target, how = write_target(path)
+    if how == "stream":
+        yield from _streamed(path, target)
+        return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent)
     except OSError as e:
-        raise InputError(f"cannot write to {path.parent}: {e.strerror or e}") from e
+        raise InputError(f"cannot write to {target.parent}: {e.strerror or e}") from e
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         try:
-            mode = path.stat().st_mode & 0o7777
+            mode = target.stat().st_mode & 0o7777
         except OSError:
             mode = 0o666 & ~_umask()
         os.chmod(tmp, mode)
         _fsync(tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise write_error(path, e) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _streamed(path: Path, node: Path) -> Iterator[Path]:
+    """The body of :func:`atomic_path` for a FIFO or character device: the caller writes a temporary file, whose
+    content is then written into ``node`` (opened without creating or truncating anything; a FIFO waits for its
+    reader, as ``cat > fifo`` does)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".stale-stream.", suffix=".tmp")
+    except OSError as e:
+        raise InputError(f"cannot write {path}: no temporary file ({e.strerror or e})") from e
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb") as src:
+            out = os.open(node, os.O_WRONLY)
+            try:
+                while chunk := src.read(1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view):]
+            finally:
+                os.close(out)
+    except OSError as e:
+        raise write_error(path, e) from e
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_writable(directory: Path, label: str) -> None:
@@ -134,6 +203,17 @@ def check_writable(directory: Path, label: str) -> None:
             pass
     except OSError as e:
         raise InputError(f"{label}: cannot write there ({e.strerror or e})") from e
+
+
+def check_file_writable(path: Path, label: str) -> None:
+    """Raise InputError unless the file ``path`` can be written (checked before any work): a FIFO or device must
+    be writable itself, a file's directory (made if missing) must take new files."""
+    target, how = write_target(path)
+    if how == "stream":
+        if not os.access(target, os.W_OK):
+            raise InputError(f"{label}: cannot write there (permission denied)")
+        return
+    check_writable(target.parent, label)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

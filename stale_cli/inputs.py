@@ -61,7 +61,8 @@ def _read_list(list_file: Path) -> list[str]:
 
 
 def collect_inputs(
-    items: Iterable[str], kinds: Sequence[str] = ("video",), bad: Optional[list] = None
+    items: Iterable[str], kinds: Sequence[str] = ("video",), bad: Optional[list] = None,
+    lists: Optional[list] = None,
 ) -> list[Path]:
     """Expand command-line inputs into a list of files, in the order given, without duplicates.
 
@@ -70,7 +71,8 @@ def collect_inputs(
     relative paths relative to the list file; may name directories and other lists).
     Raises :class:`InputError` for a missing path, a directory with nothing of ``kinds`` in it, or no input.
     With ``bad`` given, a bad entry of an @list file and a broken link in a directory are appended to it as
-    ``(entry, message)`` and the rest is still collected; without it they raise.
+    ``(entry, message)`` and the rest is still collected; without it they raise. With ``lists`` given, the path
+    of every @list file read is appended to it (they are inputs too: no output may replace them).
     """
     unknown = [k for k in kinds if k not in _EXTENSIONS]
     assert not unknown, unknown
@@ -90,6 +92,8 @@ def collect_inputs(
             list_file = Path(item[1:]).expanduser()
             if not list_file.is_file():
                 raise InputError(f"{item}: list file {list_file} does not exist")
+            if lists is not None:
+                lists.append(list_file)
             for entry in _read_list(list_file):
                 if bad is None:
                     visit(entry, depth + 1)
@@ -126,6 +130,50 @@ def collect_inputs(
     if not found:
         raise InputError("no inputs given")
     return found
+
+
+def _sidecar_source(npy: Path) -> Optional[tuple[str, dict]]:
+    """``(resolved source video, sidecar)`` a feature file's sidecar records, or None (no or unreadable sidecar)."""
+    import json
+
+    sidecar = npy.with_suffix(".json")
+    try:
+        if sidecar.stat().st_size > 64 << 20:
+            return None
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("source"), str):
+        return None
+    return meta["source"], meta
+
+
+def one_per_video(paths: Sequence[Path], note: Callable[[str], None]) -> list[Path]:
+    """``paths`` with each video given twice, as itself and as its extracted features (a folder holding both, after
+    ``extract-features sb --out sb``), kept once, in the place of the first of the two.
+
+    The feature file is kept when its sidecar matches the video as it is now (same resolved path, size and mtime):
+    it holds that video's features and spares decoding it. Otherwise the features are out of date and the video is
+    kept. ``note(message)`` says which was dropped.
+    """
+    from stale_cli.fileio import source_mismatch
+
+    videos = {str(Path(p).resolve()): p for p in paths if Path(p).suffix.lower() not in FEATURE_EXTENSIONS}
+    drop: set = set()
+    for p in paths:
+        if Path(p).suffix.lower() not in FEATURE_EXTENSIONS:
+            continue
+        found = _sidecar_source(Path(p))
+        if found is None or found[0] not in videos:
+            continue
+        video = videos[found[0]]
+        if source_mismatch(found[1], video) is None:
+            drop.add(id(video))
+            note(f"{video}: its features {p} are an input too; detecting it once, from the features")
+        else:
+            drop.add(id(p))
+            note(f"{p}: features of {video}, also an input, which changed since; detecting it once, from the video")
+    return [p for p in paths if id(p) not in drop]
 
 
 def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:

@@ -14,7 +14,7 @@ Formats (DESIGN.md §3):
 when the batch ends (or is interrupted): what a batch finished meanwhile is kept by :mod:`stale_cli.resume`'s
 journal, not by rewriting the file after every video. ``-`` prints the file's content on stdout at the end. With
 no ``--output`` every video's segments are printed as a table on stdout. No output may be one of the inputs, a
-sidecar of one, or a cached feature file (:func:`check_not_clobbering`).
+sidecar of one, a cached feature file or another output (:mod:`stale_cli.guard`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Optional
 
 import numpy as np
 
-from stale_cli.errors import InputError
-from stale_cli.fileio import atomic_path, check_writable, write_text_atomic
+from stale_cli.errors import InputError, StdoutError
+from stale_cli.fileio import atomic_path, check_file_writable, check_writable, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +82,17 @@ def resolve_format(output: Optional[str | os.PathLike], fmt: Optional[str]) -> s
 STDOUT = "-"
 
 
-def check_not_clobbering(outputs: dict, protected: dict) -> None:
-    """Raise InputError when a path to be written is one the command reads. Both map path -> what it is (for the
-    message); paths are compared resolved, so a link or ``./x`` is caught too."""
-    def key(p) -> str:
-        return os.path.normcase(os.path.realpath(p))
-
-    keep = {key(p): what for p, what in protected.items()}
-    for path, what in outputs.items():
-        hit = keep.get(key(path))
-        if hit is not None:
-            raise InputError(f"{what} {path} is {hit}: writing it would destroy it; choose another output path")
+def write_stdout(text: str, file=None) -> None:
+    """Write ``text`` to ``file`` (default: sys.stdout) and flush it; a failure (a full disk behind ``> out.json``,
+    ``> /dev/full``) is one StdoutError line. A reader that went away (BrokenPipeError) is left to the caller."""
+    file = file if file is not None else sys.stdout
+    try:
+        file.write(text)
+        file.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise StdoutError(f"cannot write to stdout: {e.strerror or e}; free some space or redirect it elsewhere") from e
 
 
 def output_is_directory(output: str | os.PathLike) -> bool:
@@ -190,7 +190,7 @@ class ResultWriter:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise InputError(f"--output {output}: cannot create {self.file.parent} ({e.strerror or e})") from e
-            check_writable(self.file.parent, f"--output {output}")
+            check_file_writable(self.file, f"--output {output}")
 
     def path_of(self, video_id: str) -> Optional[Path]:
         """Where a video's detections go: its own file (directory output), the one file, or None (stdout)."""
@@ -219,8 +219,7 @@ class ResultWriter:
             return
         videos = sorted(self.videos, key=lambda v: self.order.get(v.video_id, len(self.order)))
         if self.to_stdout:
-            text = render(videos, self.fmt, self.meta)
-            (self.console.file if self.console is not None else sys.stdout).write(text)
+            write_stdout(render(videos, self.fmt, self.meta), self.console.file if self.console is not None else None)
         elif videos:
             self._write(self.file, videos)
 

@@ -126,6 +126,17 @@ def parse_splits(text: str) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------------- one split
 
 
+def planned_outputs(cfg: ProtocolConfig, work_dir: str | Path) -> list[Path]:
+    """Every file a run of ``cfg`` may write in ``work_dir`` (checked against the inputs before any work)."""
+    work_dir = Path(work_dir)
+    out = [work_dir / name for name in ("protocol.json", "results.json", "results.md")]
+    for k in cfg.splits:
+        split_dir = work_dir / f"split_{k}"
+        out += [split_dir / name for name in ("model.pt", "model.last.pt", "train.json")]
+        out += [split_dir / f"{m}_{what}.json" for m in (CLIP_METHOD, STALE_METHOD) for what in ("predictions", "eval")]
+    return out
+
+
 def _detect_and_evaluate(
     detector,
     method: str,

@@ -252,6 +252,14 @@ class ReportWriter:
 
     INDEX = "index.html"
 
+    @classmethod
+    def planned(cls, target: str | os.PathLike, video_ids: list[str]) -> list[Path]:
+        """Every page a report of ``video_ids`` at ``target`` writes, for the output check before any work."""
+        if not output_is_directory(target):
+            return [Path(target)]
+        pages = [Path(target) / f"{v}.html" for v in video_ids]
+        return pages + ([] if cls.INDEX in (p.name for p in pages) else [Path(target) / cls.INDEX])
+
     def __init__(self, target: str | os.PathLike, meta: dict, generated: Optional[datetime] = None,
                  rewrite_seconds: float = REWRITE_SECONDS):
         self.meta = meta

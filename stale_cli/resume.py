@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from stale_cli.errors import InputError
-from stale_cli.fileio import source_identity
+from stale_cli.fileio import is_stream, source_identity
 from stale_cli.locks import OutputLock
 from stale_cli.outputs import Segment, VideoDetections
 
@@ -52,11 +52,12 @@ class DetectJournal:
 
     @classmethod
     def for_writer(cls, writer, run: dict) -> Optional["DetectJournal"]:
-        """The journal of a :class:`~stale_cli.outputs.ResultWriter`'s output (None for tables and stdout); locks
-        are taken on each video's file (directory output) or on ``<file>.<video_id>`` beside the one file."""
+        """The journal of a :class:`~stale_cli.outputs.ResultWriter`'s output (None for tables, stdout, a FIFO or a
+        device); locks are taken on each video's file (directory output) or on ``<file>.<video_id>`` beside the
+        one file."""
         if writer.directory is not None:
             return cls(writer.directory / DIRECTORY_JOURNAL, run, target=writer.path_of)
-        if writer.file is not None:
+        if writer.file is not None and not is_stream(writer.file):  # a FIFO or /dev/null: nothing to resume
             file = writer.file
             return cls(file.with_name(f".{file.name}.journal"), run, target=lambda v: file.with_name(f"{file.name}.{v}"))
         return None
@@ -171,16 +172,3 @@ def finished_outputs(journal: DetectJournal, paths: Sequence[Path], ids: Sequenc
     records = journal.records()
     found = (journal.finished(v, p, records) for p, v in zip(paths, ids) if v not in have)
     return [v for v in found if v is not None]
-
-
-def protected_paths(paths: Sequence[Path], ids: Sequence[str], cache: Optional[Path]) -> dict:
-    """What a detect batch reads and must never write: path -> what it is."""
-    out = {}
-    for path, vid in zip(paths, ids):
-        out[path] = f"the input {path}"
-        if path.suffix.lower() == ".npy":
-            out[path.with_suffix(".json")] = f"the sidecar of the input {path.name}"
-        elif cache is not None:
-            out[Path(cache) / f"{vid}.npy"] = f"a cached feature file of {path.name}"
-            out[Path(cache) / f"{vid}.json"] = f"a cached feature sidecar of {path.name}"
-    return out

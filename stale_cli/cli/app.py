@@ -85,6 +85,21 @@ class _Console(Console):
         _quiet_broken_pipe()
         raise SystemExit(STATUS_BROKEN_PIPE)
 
+    def _check_buffer(self) -> None:
+        """A stream that cannot take the text (a full disk behind ``> out.txt``, ``> /dev/full``) is one
+        StdoutError line, not a traceback; rich handles a broken pipe itself."""
+        try:
+            super()._check_buffer()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            from stale_cli.errors import StdoutError
+
+            del self._buffer[:]
+            name = "stderr" if self.stderr else "stdout"
+            raise StdoutError(f"cannot write to {name}: {e.strerror or e}; free some space or redirect it "
+                              "elsewhere") from e
+
 
 # Results go to stdout, logs and progress to stderr, so `stale ... > out.json` stays clean. Markup is off: file
 # names, class names and labels are user text (`race [final].npy`), so styles are given as Text objects only.
@@ -165,8 +180,16 @@ STATUS_TERMINATED = 128 + signal.SIGTERM
 def user_errors() -> Iterator[None]:
     """Turn a StaleError, Ctrl-C, SIGTERM (or an operation Apple's GPU lacks) into one line on stderr and a
     non-zero exit."""
+    from stale_cli.errors import StdoutError
+
     try:
         yield
+        _flush_stdout()  # what Python buffered: a full stdout fails here, inside the command, not at exit
+    except StdoutError as e:
+        _quiet_broken_pipe()  # the unwritable stdout is replaced, so Python's flush at exit does not complain
+        stdout.quiet = True
+        error(str(e))
+        raise typer.Exit(1) from None
     except StaleError as e:
         error(str(e))
         raise typer.Exit(1) from None
@@ -184,6 +207,23 @@ def user_errors() -> Iterator[None]:
     except BrokenPipeError:  # click would turn it into status 1, the status of a user error
         _quiet_broken_pipe()
         raise typer.Exit(STATUS_BROKEN_PIPE) from None
+
+
+def _flush_stdout() -> None:
+    """Flush stdout; one that cannot take what is buffered (a full disk, ``> /dev/full``) is a StdoutError."""
+    from stale_cli.errors import StdoutError
+
+    if stdout.quiet:
+        return
+    try:
+        stdout.file.flush()
+    except BrokenPipeError:
+        raise
+    except ValueError:  # closed (embedded use): nothing was left to write
+        pass
+    except OSError as e:
+        raise StdoutError(f"cannot write to stdout: {e.strerror or e}; free some space or redirect it "
+                          "elsewhere") from e
 
 
 # Upper bounds of numeric options: far beyond any real use, low enough that no loop or allocation runs away.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import List, Optional
 
@@ -72,6 +73,11 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def note(message: str) -> None:
+    """An informational line on stderr (hidden by -q)."""
+    logging.getLogger("stale_cli.cli").info(message)
 
 
 @app.command("detect")
@@ -146,9 +152,7 @@ def detect(
         from stale_cli.detect import DetectSettings, Detector, detect_batch
         from stale_cli.errors import InputError
         from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS
-        from stale_cli.outputs import (
-            ResultWriter, check_not_clobbering, plot_detections, plot_paths, require_matplotlib, resolve_format,
-        )
+        from stale_cli.outputs import ResultWriter, plot_detections, plot_paths, require_matplotlib, resolve_format
         from stale_cli.vocab import parse_classes, read_classes_file
 
         if (classes is None) == (classes_file is None):
@@ -166,18 +170,45 @@ def detect(
 
         from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
         from stale_cli.extract import video_ids
-        from stale_cli.resume import DetectJournal, assign_ids, finished_outputs, protected_paths
+        from stale_cli.guard import OutputGuard
+        from stale_cli.inputs import one_per_video
+        from stale_cli.report import ReportWriter
+        from stale_cli.resume import DetectJournal, assign_ids, finished_outputs
 
-        paths, bad_inputs = _collect(inputs, kinds=("video", "features"), nothing="no videos or feature files to detect in")
+        list_files: list = []
+        paths, bad_inputs = _collect(inputs, kinds=("video", "features"), lists=list_files,
+                                     nothing="no videos or feature files to detect in")
+        paths = one_per_video(paths, note)
         ids = video_ids(paths)
+        for path, vid in zip(paths, ids):
+            if vid != path.stem:
+                warning(f"{path}: another input has the same name; its detections are named {vid}")
         writer = ResultWriter(output, out_format, {}, console=stdout, num_inputs=len(paths), order=ids)
 
-        def planned() -> dict:
-            out = {writer.path_of(v): "--output" for v in ids if writer.path_of(v) is not None}
-            out.update({p: "--plot" for p in plot_paths(plot, ids).values()} if plot is not None else {})
-            return out
+        def check_outputs(checkpoint_path) -> None:
+            """The outputs of the batch (as ids name them now) against its inputs and each other: before any work."""
+            guard = OutputGuard()
+            guard.inputs(paths)
+            guard.input(classes_file, f"the classes file {classes_file}")
+            for list_file in list_files:
+                guard.input(list_file, f"the list file {list_file}")
+            guard.input(checkpoint_path, f"the checkpoint {checkpoint_path}")
+            guard.input_if_file(clip_weights, f"the CLIP weights {clip_weights}")
+            if cache_features is not None:
+                for path, vid in zip(paths, ids):
+                    if path.suffix.lower() != ".npy":
+                        for ext, what in ((".npy", "file"), (".json", "sidecar")):
+                            guard.output(cache_features / f"{vid}{ext}", "--cache-features",
+                                         f"a cached feature {what} of {path.name}", features=True)
+            for vid in ids:
+                if writer.path_of(vid) is not None:
+                    guard.output(writer.path_of(vid), "--output", "the detections file")
+            for path in (plot_paths(plot, ids).values() if plot is not None else ()):
+                guard.output(path, "--plot", "a plot")
+            for path in (ReportWriter.planned(html, ids) if html is not None else ()):
+                guard.output(path, "--html", "the HTML report")
 
-        check_not_clobbering(planned(), protected_paths(paths, ids, cache_features))  # before any work
+        check_outputs(checkpoint)
         need_video = any(p.suffix.lower() != ".npy" for p in paths)
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
@@ -189,16 +220,14 @@ def detect(
         detector = Detector(settings, device=dev, need_video=need_video)
         writer.meta = detector.metadata()
         journal = DetectJournal.for_writer(writer, detector.run_key())
-        if journal is not None:
-            if writer.directory is not None:
-                ids = assign_ids(journal, paths, ids, lambda v: writer.path_of(v).is_file(), warning)
-                writer.order = {v: i for i, v in enumerate(ids)}
-                check_not_clobbering(planned(), protected_paths(paths, ids, cache_features))
+        if journal is not None and writer.directory is not None:
+            ids = assign_ids(journal, paths, ids, lambda v: writer.path_of(v).is_file(), warning)
+            writer.order = {v: i for i, v in enumerate(ids)}
+        check_outputs(detector.checkpoint)  # again: the checkpoint found in weights/, ids renamed by the journal
         plots = plot_paths(plot, ids) if plot is not None else {}
+        plotted: list = []
         report = None
         if html is not None:
-            from stale_cli.report import ReportWriter
-
             report = ReportWriter(html, detector.metadata())
 
         def on_result(video) -> None:

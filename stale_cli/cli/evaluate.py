@@ -60,7 +60,8 @@ def evaluate_command(
     from stale_cli.errors import InputError
     from stale_cli.evaluate import evaluate_files, parse_tious
     from stale_cli.fileio import write_json_atomic
-    from stale_cli.outputs import check_not_clobbering
+    from stale_cli.guard import OutputGuard
+    from stale_cli.outputs import write_stdout
     from stale_cli.vocab import read_classes_file
 
     with user_errors():
@@ -68,18 +69,18 @@ def evaluate_command(
             raise InputError("give either --split or --classes-file, not both")
         to_stdout = output is not None and str(output) == "-"
         if output is not None and not to_stdout:
-            check_not_clobbering(
-                {output: "--output"},
-                {predictions: "the predictions file", annotations: "the annotations file",
-                 **({classes_file: "the classes file"} if classes_file is not None else {})},
-            )
+            guard = OutputGuard()
+            guard.input(predictions, f"the predictions file {predictions}")
+            guard.input(annotations, f"the annotations file {annotations}")
+            guard.input(classes_file, f"the classes file {classes_file}")
+            guard.output(output, "--output")
         classes = read_classes_file(classes_file) if classes_file is not None else None
         tious = parse_tious(tiou) if tiou is not None else None
         result = evaluate_files(predictions, annotations, subset, split, classes, tious)
         what = f"split {split}, unseen classes" if split else ("listed classes" if classes else "all classes")
         title = f"{predictions.name}: {result['subset']} subset, {what} ({len(result['per_class'])}), AP %"
         if to_stdout:
-            stdout.file.write(json.dumps(result, indent=2) + "\n")
+            write_stdout(json.dumps(result, indent=2) + "\n", stdout.file)
             return
         results_table(result, title).print(stdout)
         stdout.print(f"average mAP: {100 * result['average_mAP']:.2f}")

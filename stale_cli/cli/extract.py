@@ -69,6 +69,7 @@ def extract_features(
         from stale_cli.errors import InputError
         from stale_cli.extract import extract_many, video_ids
         from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable
+        from stale_cli.guard import OutputGuard
         from stale_cli.inputs import parse_shard, select_shard
 
         if str(out) == "-":
@@ -80,7 +81,8 @@ def extract_features(
         if decoder not in ("auto", "pyav", "decord"):
             raise InputError(f"--decoder must be auto, pyav or decord, not {decoder!r}")
         shard_spec = parse_shard(shard)
-        paths, bad_inputs = _collect(inputs)
+        list_files: list = []
+        paths, bad_inputs = _collect(inputs, lists=list_files)
         ids = video_ids(paths)  # over the whole batch, so names do not depend on the shard
         if shard_spec is not None:
             index, count = shard_spec
@@ -89,10 +91,15 @@ def extract_features(
             paths = [p for p in paths if p in keep]
             info(f"shard {index}/{count}: {len(paths)} video(s)")
         check_writable(out, f"--out {out}")
+        guard = OutputGuard()  # extract_many declares each file it will write to it, before any video is decoded
+        guard.inputs(paths)
+        for list_file in list_files:
+            guard.input(list_file, f"the list file {list_file}")
+        guard.input_if_file(clip_weights, f"the CLIP weights {clip_weights}")
         clip = load_clip(clip_model, clip_weights, resolve_device(device), precision=precision)
         summary = extract_many(
             paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=show_progress(progress), ids=ids,
-            decoder=decoder, on_warning=warning, on_error=error, workers=workers,
+            decoder=decoder, on_warning=warning, on_error=error, workers=workers, guard=guard,
         )
         if summary.busy:
             holders = ", ".join(sorted({holder for _, holder in summary.busy}))
@@ -110,9 +117,9 @@ def extract_features(
             raise typer.Exit(1)
 
 
-def _collect(inputs, kinds=("video",), nothing: str = "no videos to extract"):
+def _collect(inputs, kinds=("video",), nothing: str = "no videos to extract", lists: Optional[list] = None):
     """Collect the inputs item by item, so that one bad INPUT (or one bad line of an @list, or a broken link in a
-    directory) is reported and the others still run.
+    directory) is reported and the others still run. ``lists``: receives the @list files read.
 
     When no input is usable the command stops with one error line that names them all.
     """
@@ -123,7 +130,7 @@ def _collect(inputs, kinds=("video",), nothing: str = "no videos to extract"):
     for item in inputs:
         problems: list = []
         try:
-            found = collect_inputs([item], kinds=kinds, bad=problems)
+            found = collect_inputs([item], kinds=kinds, bad=problems, lists=lists)
         except StaleError as e:
             found = []
             problems.append((item, str(e)))

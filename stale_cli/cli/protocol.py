@@ -97,7 +97,8 @@ def zero_shot_command(
         from stale_cli.data.windows import preset as data_preset
         from stale_cli.evaluate import parse_tious
         from stale_cli.model.config import ModelConfig
-        from stale_cli.protocol import DATASETS, ProtocolConfig, parse_splits, run_protocol
+        from stale_cli.guard import OutputGuard
+        from stale_cli.protocol import DATASETS, ProtocolConfig, parse_splits, planned_outputs, run_protocol
         from stale_cli.train import TRAIN_PRESETS
 
         check_training_options(epochs, lr, batch_size, seed)
@@ -119,6 +120,11 @@ def zero_shot_command(
         overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed).items() if v is not None}
         train_cfg = replace(TRAIN_PRESETS[preset], **overrides)
         model_cfg = replace(ModelConfig(), freeze_text_encoder=freeze_text_encoder, context_init=prompt_init)
+        guard = OutputGuard()  # before CLIP is loaded and anything runs
+        guard.input(annotations, f"the annotations file {annotations}")
+        guard.input_if_file(clip_weights, f"the CLIP weights {clip_weights}")
+        for path in planned_outputs(cfg, work_dir):
+            guard.output(path, "--work-dir")
         dev = resolve_device(device)
         clip = load_clip(clip_model, clip_weights, device=dev)
         summary = run_protocol(

@@ -97,7 +97,8 @@ def train_command(
         from stale_cli.data.windows import preset as data_preset
         from stale_cli.errors import InputError
         from stale_cli.model.config import ModelConfig
-        from stale_cli.train import TRAIN_PRESETS, default_training_subset, select_classes, train
+        from stale_cli.guard import OutputGuard
+        from stale_cli.train import TRAIN_PRESETS, default_training_subset, last_path_for, select_classes, train
         from stale_cli.vocab import read_classes_file
 
         data_cfg = data_preset(preset)
@@ -120,7 +121,15 @@ def train_command(
         if val_fraction is not None and not 0 <= val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
         train_cfg = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
-        check_checkpoint_path(out)  # before CLIP is loaded and anything is trained
+        # Before CLIP is loaded and anything is trained. --resume is not declared: it is read whole before the first
+        # save, and continuing into the <out>.last.pt it came from is the usual resume.
+        guard = OutputGuard()
+        guard.input(annotations, f"the annotations file {annotations}")
+        guard.input(classes_file, f"the classes file {classes_file}")
+        guard.input_if_file(clip_weights, f"the CLIP weights {clip_weights}")
+        guard.output(out, "--out", "the best checkpoint")
+        guard.output(last_path_for(out), "--out", "the last checkpoint")  # <out>.last.pt, written every epoch
+        check_checkpoint_path(out)
         ann = load_annotations(annotations)
         names = read_classes_file(classes_file) if classes_file is not None else None
         class_names = select_classes(ann, split, names)
