@@ -84,6 +84,10 @@ class TrainConfig:
     # addition; in the benchmark's 40-video THUMOS14 sets a class has from 2 to about 40 training instances. On
     # benchmarks/quality.py, 12 seeds, paired: better on 9, +0.6 avg mAP on average (BENCHMARKS.md "Quality").
     balance_classes: bool = True
+    # Instances of classes outside the training names (a zero-shot split's unseen classes): True leaves them out of
+    # every loss term (the paper's zero-shot setting uses this knowledge that something happens there); False calls
+    # them background, strict open-vocabulary training that knows nothing of the unseen classes.
+    ignore_unseen: bool = True
     amp: bool = True  # mixed precision, CUDA only
     num_workers: int = 0  # DataLoader workers (windows are cut from features held in memory)
 
@@ -455,7 +459,8 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         raise DataError(
             f"empty training set: none of the {len(train_ids)} training videos has an instance of the "
             f"{len(class_names)} training classes; check --subset and the class list")
-    ds = WindowDataset(train_set, class_names, data_cfg, training=True, seed=train_cfg.seed)
+    ds = WindowDataset(train_set, class_names, data_cfg, training=True, seed=train_cfg.seed,
+                       ignore_unseen=train_cfg.ignore_unseen)
     if rank == 0:
         log.info("training on %d videos (%d windows), %d held out for validation, %d classes",
                  len(train_ids), len(ds), len(val_ids), len(class_names))

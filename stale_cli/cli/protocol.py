@@ -69,6 +69,12 @@ def zero_shot_command(
         "training takes at least 240 steps)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4; the paper's single rate: 1e-5 THUMOS14, 1e-4 ActivityNet)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per training step."),
+    lr_prompt: Optional[float] = typer.Option(
+        None, "--lr-prompt", help="Learning rate of the prompt context and background embedding (default 1e-3)."),
+    lr_text: Optional[float] = typer.Option(
+        None, "--lr-text", help="Learning rate of CLIP's text tower when fine-tuned (default 1e-6)."),
+    dropout: Optional[float] = typer.Option(
+        None, "--dropout", help="Dropout in the head's transformer layers (default 0.1)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (same for every split)."),
     num_snippets: Optional[int] = typer.Option(
         None, "--num-snippets", help="T, snippets per window (default: the dataset preset's, 256 / 100)."
@@ -76,6 +82,9 @@ def zero_shot_command(
     freeze_text_encoder: bool = typer.Option(
         True, "--freeze-text-encoder/--tune-text-encoder", help="Keep CLIP's text encoder fixed (default; the prompt "
         "context still learns), or fine-tune it as the paper does."),
+    unseen_as_background: bool = typer.Option(
+        False, "--unseen-as-background", help="Call instances of classes outside the training names background "
+        "(strict open-vocabulary training); default: leave them out of every loss term."),
     prompt_init: str = typer.Option(
         "a video of a person", "--prompt-init", help="Hand-made prompt the learned context starts from; '' for the "
         "paper's 16 random vectors."),
@@ -117,9 +126,16 @@ def zero_shot_command(
         data_cfg = data_preset(preset)
         if num_snippets is not None:
             data_cfg = replace(data_cfg, num_snippets=num_snippets)
-        overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed).items() if v is not None}
+        for flag, value in (("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
+            check_range(flag, value, 0.0, 1.0, low_open=True)
+        check_range("--dropout", dropout, 0.0, 0.99)
+        overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, lr_prompt=lr_prompt, lr_text=lr_text,
+                                           batch_size=batch_size, seed=seed,
+                                           ignore_unseen=False if unseen_as_background else None).items()
+                     if v is not None}
         train_cfg = replace(TRAIN_PRESETS[preset], **overrides)
-        model_cfg = replace(ModelConfig(), freeze_text_encoder=freeze_text_encoder, context_init=prompt_init)
+        model_cfg = replace(ModelConfig(), freeze_text_encoder=freeze_text_encoder, context_init=prompt_init,
+                            **({} if dropout is None else {"dropout": dropout}))
         guard = OutputGuard()  # before CLIP is loaded and anything runs
         guard.input(annotations, f"the annotations file {annotations}")
         guard.input_if_file(clip_weights, f"the CLIP weights {clip_weights}")

@@ -70,6 +70,9 @@ def train_command(
     freeze_text_encoder: bool = typer.Option(
         True, "--freeze-text-encoder/--tune-text-encoder", help="Keep CLIP's text encoder fixed (default; the prompt "
         "context still learns), or fine-tune it as the paper does."),
+    unseen_as_background: bool = typer.Option(
+        False, "--unseen-as-background", help="Call instances of classes outside the training names background "
+        "(strict open-vocabulary training); default: leave them out of every loss term."),
     prompt_init: str = typer.Option(
         "a video of a person", "--prompt-init", help="Hand-made prompt the learned context starts from; '' for the "
         "paper's 16 random vectors."),
@@ -108,7 +111,8 @@ def train_command(
             data_cfg = dataclasses.replace(data_cfg, jitter=window_jitter)
         overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, lr_prompt=lr_prompt, lr_text=lr_text,
                                            batch_size=batch_size, seed=seed, val_fraction=val_fraction,
-                                           balance_classes=balance_classes).items()
+                                           balance_classes=balance_classes,
+                                           ignore_unseen=False if unseen_as_background else None).items()
                      if v is not None}
         if epochs is not None and epochs < 1 or batch_size is not None and batch_size < 1:
             raise InputError("--epochs and --batch-size must be at least 1")

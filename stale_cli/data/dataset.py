@@ -144,7 +144,10 @@ class WindowDataset(Dataset):
     the window by up to ``cfg.jitter`` of the stride (:func:`~stale_cli.data.windows.shifted`).
     """
 
-    def __init__(self, vs: VideoSet, class_names: list[str], cfg: DataConfig, training: bool = True, seed: int = 0):
+    def __init__(self, vs: VideoSet, class_names: list[str], cfg: DataConfig, training: bool = True, seed: int = 0,
+                 ignore_unseen: bool = True):
+        """``ignore_unseen``: instances of classes outside ``class_names`` are left out of every loss term (the
+        default); False calls them background (strict open-vocabulary training)."""
         self.vs, self.cfg, self.num_classes = vs, cfg, len(class_names)
         self.max_shift = round(cfg.jitter * cfg.stride) if training and cfg.mode == "window" else 0
         rng = np.random.default_rng(seed)
@@ -152,7 +155,8 @@ class WindowDataset(Dataset):
         self.window_classes: list[frozenset[int]] = []  # training classes with a snippet in each window (as planned)
         dropped = unseen_only = 0
         for v in vs.videos:
-            inst, unseen = video_instances(v, class_names), unseen_spans(v, class_names)
+            inst = video_instances(v, class_names)
+            unseen = unseen_spans(v, class_names) if ignore_unseen else []
             for w in plan_windows(vs.features[v.video_id].shape[0], vs.meta[v.video_id], cfg):
                 if training:
                     t = assign_labels(w.timeline, w.valid_len, inst, self.num_classes, unseen)

@@ -1,0 +1,64 @@
+"""Sweep the training-free mode's settings on the zero-shot benchmark's world (no training).
+
+    python benchmarks/zero_shot.py --no-train --splits 0 --out bench_out/zero_shot   # builds the world once
+    python benchmarks/zero_shot_sweep.py --out bench_out/zero_shot "(1.0, 0.0, True)" "(0.0, 0.05, True)"
+
+Each argument is ``(video_mean, background_level, distractors)``; printed: avg mAP % of the unseen names together
+and one at a time, the share of negative videos with a detection >= the trusted score, and the median top score
+on videos without / with the action, as means over the splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from zero_shot import avg_map, detector_predictions, ground_truth, single_name_figures  # noqa: E402
+
+from stale_cli.clip_backbone import load_clip  # noqa: E402
+from stale_cli.clipmode import ClipModeConfig  # noqa: E402
+from stale_cli.data.splits import load_split, match_classes  # noqa: E402
+from stale_cli.detect import DetectSettings, Detector  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="the --out of benchmarks/zero_shot.py")
+    ap.add_argument("--splits", default="0,1")
+    ap.add_argument("settings", nargs="+")
+    args = ap.parse_args()
+    world = json.loads((args.out / "world.json").read_text())
+    clip = load_clip("ViT-B-16", world["weights"], device="cpu")
+    feats = Path(world["features"]) / "test"
+    gt = ground_truth(Path(world["annotations"]))
+    for spec in args.settings:
+        video_mean, level, dis = ast.literal_eval(spec)
+        cfg = replace(ClipModeConfig(), video_mean=video_mean, background_level=level)
+        rows = []
+        for k in map(int, args.splits.split(",")):
+            _, unseen = load_split(f"thumos14/75_25/{k}")
+            unseen = match_classes(unseen, world["classes"], "split")
+
+            def make(classes):
+                return Detector(DetectSettings(classes=classes, mode="clip", clip_model="ViT-B-16",
+                                               clip_weights=world["weights"], clip_cfg=cfg, distractors=dis), clip=clip)
+
+            s = single_name_figures(make, feats, gt, unseen)
+            rows.append((avg_map(gt, detector_predictions(make(unseen), feats), unseen), s["single_name_ap"],
+                         s["negative_share"], s["negative_median_top"], s["positive_median_top"]))
+        r = np.mean(rows, axis=0)
+        print(f"{spec}: together {100 * r[0]:.1f}, alone {100 * r[1]:.1f}, negatives {100 * r[2]:.0f}%, "
+              f"top score {r[4]:.2f} with / {r[3]:.2f} without the action", flush=True)
+
+
+if __name__ == "__main__":
+    main()
