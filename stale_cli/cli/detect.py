@@ -178,6 +178,7 @@ def detect(
         list_files: list = []
         paths, bad_inputs = _collect(inputs, kinds=("video", "features"), lists=list_files,
                                      nothing="no videos or feature files to detect in")
+        collected = list(paths)  # all of them stay inputs, also a video detected from its features
         paths = one_per_video(paths, note)
         ids = video_ids(paths)
         for path, vid in zip(paths, ids):
@@ -188,7 +189,7 @@ def detect(
         def check_outputs(checkpoint_path) -> None:
             """The outputs of the batch (as ids name them now) against its inputs and each other: before any work."""
             guard = OutputGuard()
-            guard.inputs(paths)
+            guard.inputs(collected)
             guard.input(classes_file, f"the classes file {classes_file}")
             for list_file in list_files:
                 guard.input(list_file, f"the list file {list_file}")
