@@ -1,4 +1,4 @@
-"""A disk cache of text features, so that the ~220 distractor names are encoded once per text tower, not per run.
+"""A disk cache of text features, so that the 213 generic distractor names are encoded once per text tower, not per run.
 
 Detection scores every snippet against the names asked for *and* the generic action names (``vocab.distractors``).
 Encoding those through CLIP's text transformer costs seconds to minutes on a CPU, every run, for the same

@@ -59,8 +59,8 @@ def name_key(name: str) -> str:
 
 
 def generic_action_names() -> list[str]:
-    """The 220 action names shipped with stale (THUMOS14's 20 and ActivityNet's 200, from the split files), each
-    once: the generic competitors of a query (:func:`distractors`)."""
+    """The 213 distinct action names shipped with stale (THUMOS14's 20 and ActivityNet's 200, from the split
+    files; 7 are in both), each once: the generic competitors of a query (:func:`distractors`)."""
     from importlib import resources
 
     names: dict[str, str] = {}

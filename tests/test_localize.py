@@ -126,7 +126,7 @@ def test_lr_schedule_warms_up_then_decays_by_cosine():
 
 
 def test_param_groups_give_head_prompt_and_text_their_own_rates(tiny_clip_name, tiny_clip):
-    model = _model(tiny_clip_name, tiny_clip)
+    model = _model(tiny_clip_name, tiny_clip, freeze_text_encoder=False)  # the tower has its own group when tuned
     groups = {g["name"]: g for g in param_groups(model, TrainConfig(lr=1e-4, lr_prompt=1e-3, lr_text=1e-6))}
     assert {g: groups[g]["lr"] for g in groups} == {"head": 1e-4, "head_no_decay": 1e-4, "prompt": 1e-3,
                                                     "text": 1e-6}

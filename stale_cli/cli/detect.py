@@ -129,7 +129,7 @@ def detect(
     precision: str = PrecisionOption,
     batch_size: int = typer.Option(32, "--batch-size", help="Video frames per CLIP forward pass."),
     distractors: bool = typer.Option(
-        True, "--distractors/--no-distractors", help="Score each snippet against ~220 generic action names and a "
+        True, "--distractors/--no-distractors", help="Score each snippet against 213 generic action names and a "
         "checkpoint's training names too, reporting only yours (default), so that a name is not given to every "
         "action in the video; --no-distractors: your names are all the actions there are."),
     scoring: str = typer.Option(
