@@ -281,7 +281,8 @@ def analyse_split(k: int, world: dict, work: Path, args, clip) -> dict:
         modes["stale"] = dict(mode="stale", checkpoint=ckpt)
         # what each part of the open-vocabulary inference is worth: the classifier without frozen CLIP's prior,
         # and the paper's softmax over the names asked and the background
-        modes["stale_noprior"] = dict(mode="stale", checkpoint=ckpt, prior_weight=0.0)
+        modes["stale_model"] = dict(mode="stale", checkpoint=ckpt, new_names="stale")
+        modes["stale_noprior"] = dict(mode="stale", checkpoint=ckpt, new_names="stale", prior_weight=0.0)
         modes["stale_paper"] = dict(mode="stale", checkpoint=ckpt, scoring="paper")
     for mode, kw in modes.items():
         def make(classes, kw=kw):
@@ -291,7 +292,7 @@ def analyse_split(k: int, world: dict, work: Path, args, clip) -> dict:
         res[f"{mode}_unseen"] = avg_map(gt, together, unseen)
         res[f"{mode}_shuffled"] = avg_map(shuffled(gt, unseen), together, unseen)
         res.update({f"{mode}_{key}": v for key, v in single_name_figures(make, feats, gt, unseen).items()})
-        if mode == "stale":
+        if mode == "stale_model":
             res["stale_closed_set"] = avg_map(gt, detector_predictions(make(seen), feats), seen)
     return res
 
@@ -306,8 +307,9 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---|---|",
              f"| prototype oracle | {mean('prototype_oracle'):.1f} | | | | |",
              f"| text oracle | {mean('text_oracle'):.1f} | | | | |"]
-    for mode, name in (("clip", "training-free"), ("stale", "STALE"),
-                       ("stale_noprior", "STALE without frozen CLIP's prior (--prior-weight 0)"),
+    for mode, name in (("clip", "training-free"), ("stale", "STALE as shipped (new names: --new-names clip)"),
+                       ("stale_model", "STALE, new names through the trained model (--new-names stale)"),
+                       ("stale_noprior", "the same without frozen CLIP's prior (--prior-weight 0)"),
                        ("stale_paper", "STALE, the paper's K+1 softmax (--scoring paper)")):
         if has(f"{mode}_unseen"):
             lines.append(f"| {name} | {mean(f'{mode}_unseen'):.1f} | {mean(f'{mode}_single_name_ap'):.1f} | "

@@ -170,6 +170,11 @@ class DetectSettings:
     distractors: bool = True
     scoring: str = "open"  # STALE mode: "open" or "paper" (Eq. 7's softmax over K+1), see detection_probabilities
     prior_weight: Optional[float] = None  # None: the detect config's (DetectConfig.prior_weight)
+    # STALE mode: who scores a name the checkpoint was not trained on. "clip": frozen CLIP, as the training-free
+    # mode does (with the checkpoint's text tower, and the same distractors), while the checkpoint's own names go
+    # through the trained model; "stale": the trained model for every name. On benchmarks/zero_shot.py the trained
+    # classifier does not carry to new names (BENCHMARKS.md "Zero-shot"), so "clip" is the default.
+    new_names: str = "clip"
     # Inference settings before min_score/top_k; None: the checkpoint's preset (STALE mode), else DetectConfig().
     detect_config: Optional[DetectConfig] = None
 
@@ -246,9 +251,18 @@ class Detector:
         self.competitors = [] if paper else distractors(self.classes, trained, settings.distractors)
         names = self.classes + self.competitors
         self.prior_text = None  # (R, C) frozen CLIP's ensembled text of every name, STALE mode
+        self.new_idx: list[int] = []  # STALE mode: the names asked that frozen CLIP scores (new_names == "clip")
+        if settings.new_names not in ("clip", "stale"):
+            raise InputError(f"--new-names must be clip or stale, not {settings.new_names!r}")
         if self.mode == STALE_MODE:
             self.text = self._stale_text(names)  # (R+1, C)
-            if not paper and self.detect_cfg.prior_weight > 0 and self.info.feature_dim == self.text.shape[1]:
+            fits = self.info.feature_dim == self.text.shape[1]  # CLIP features: frozen CLIP can read them
+            if not paper and settings.new_names == "clip" and fits:
+                from stale_cli.vocab import name_key
+
+                trained_keys = {name_key(n) for n in trained}
+                self.new_idx = [i for i, n in enumerate(self.classes) if name_key(n) not in trained_keys]
+            if not paper and fits and (self.detect_cfg.prior_weight > 0 or self.new_idx):
                 self.prior_text = self._cached_text(
                     {"prior": source_identity(self.checkpoint), "templates": list(settings.clip_cfg.templates)},
                     names, self._prior_rows)
@@ -341,6 +355,8 @@ class Detector:
             "detect_config": dataclasses.asdict(self.detect_cfg),  # Soft-NMS sigma, top k, thresholds used
             "scoring": "paper" if self.mode == STALE_MODE and self.settings.scoring == "paper" else "open",
             "distractors": len(self.competitors),  # other names each snippet was scored against
+            # STALE mode: names the checkpoint was not trained on, scored by frozen CLIP (DetectSettings.new_names)
+            "scored_by_frozen_clip": [self.classes[i] for i in self.new_idx],
             "stale_version": __version__,
         }
 
@@ -481,6 +497,7 @@ class Detector:
                 out = self.model(x, valid, self.text)
                 probs = detection_probabilities(out["logits"], out["fg"], K, prior, self.detect_cfg.prior_weight,
                                                 self.settings.scoring).cpu().numpy()  # (B, T, K+1)
+            probs[..., self.new_idx] = 0.0  # those names are scored by frozen CLIP below
             masks = out["masks"].float().cpu().numpy()  # (B, T, T)
             for b, (win, _) in enumerate(chunk):
                 video.add(probs[b], masks[b], win.timeline, win.start_row, win.valid_len)
@@ -489,7 +506,23 @@ class Detector:
                 np.add.at(row_sum, rows, probs[b, : win.valid_len, :K])
                 np.add.at(row_cnt, rows, 1.0)
         scores = (row_sum / np.maximum(row_cnt, 1.0)).astype(np.float32)  # (N, K)
-        return [video.segments()], scores
+        found = [video.segments()]
+        if self.new_idx:
+            found.append(self._new_name_candidates(feats, src, scores))
+        return found, scores
+
+    def _new_name_candidates(self, feats: np.ndarray, timeline, scores: np.ndarray):
+        """Segments of the names the checkpoint was not trained on, from frozen CLIP's reading of the features (the
+        training-free mode's, with every other name as a distractor); their curves are written into ``scores``."""
+        from stale_cli.postprocess import Segments, segments_from_curve
+
+        new = self.new_idx
+        rest = [r for r in range(self.prior_text.shape[0]) if r not in set(new)]
+        probs = snippet_probabilities(feats, self.prior_text[new + rest], 1.0 / timeline.step, self.settings.clip_cfg,
+                                      num_query=len(new))  # (N, n+1)
+        scores[:, new] = probs[:, :-1]
+        segs = segments_from_curve(probs, timeline, self.detect_cfg, block=self.data_cfg.num_snippets)
+        return Segments(np.asarray(new, dtype=np.int64)[segs.labels], segs.starts, segs.ends, segs.scores)
 
 
 @dataclass

@@ -195,3 +195,19 @@ def test_one_name_that_never_happens_gets_no_trusted_detection(trained, monkeypa
     feats, meta = read_features(root / "feats" / "v2.npy")  # high jump 8-15 s
     best = max(det.detect_features(feats, meta, "v2", "v2").segments, key=lambda s: s.score)
     assert best.score > 0.5 and tiou((best.start, best.end), (8.0, 15.0)) >= 0.5
+
+
+def test_names_the_checkpoint_never_saw_are_scored_by_frozen_clip(trained):
+    """--new-names clip (default): a name outside the checkpoint's vocabulary goes through frozen CLIP's reading of
+    the features, the checkpoint's own names through the model; --new-names stale sends both to the model."""
+    from stale_cli.fileio import read_features
+
+    root, ckpt = trained
+    det = Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=ckpt))
+    assert det.new_idx == [1] and det.metadata()["scored_by_frozen_clip"] == ["skateboarding"]
+    feats, meta = read_features(root / "feats" / "v2.npy")
+    video = det.detect_features(feats, meta, "v2", "v2")
+    assert video.scores.shape == (N_ROWS, 2) and np.isfinite(video.scores).all()
+    assert {s.label for s in video.segments} <= {"high jump", "skateboarding"}
+    assert Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=ckpt,
+                                   new_names="stale")).new_idx == []

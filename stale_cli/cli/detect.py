@@ -138,6 +138,10 @@ def detect(
     prior_weight: Optional[float] = typer.Option(
         None, "--prior-weight", help="STALE mode, open scoring: share of frozen CLIP's own reading of the names in "
         "the class posterior, 0-1 (default 0.5; 0: the trained classifier alone)."),
+    new_names: str = typer.Option(
+        "clip", "--new-names", help="STALE mode: names the checkpoint was not trained on are scored by frozen CLIP "
+        "(clip, default: the trained classifier does not carry to new names on our zero-shot benchmark) or by the "
+        "trained model (stale)."),
     progress: bool = ProgressOption,
 ) -> None:
     """Detect the named actions in each input and write or print the segments (seconds, label, score).
@@ -215,6 +219,7 @@ def detect(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
             fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
             precision=precision, distractors=distractors, scoring=scoring, prior_weight=prior_weight,
+            new_names=new_names,
         )
         dev = resolve_device(device)
         resolve_precision(precision, dev)  # a bad --precision is an error before any model loads
