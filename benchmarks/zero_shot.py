@@ -282,7 +282,8 @@ def analyse_split(k: int, world: dict, work: Path, args, clip) -> dict:
         # what each part of the open-vocabulary inference is worth: the classifier without frozen CLIP's prior,
         # and the paper's softmax over the names asked and the background
         modes["stale_model"] = dict(mode="stale", checkpoint=ckpt, new_names="stale")
-        modes["stale_noprior"] = dict(mode="stale", checkpoint=ckpt, new_names="stale", prior_weight=0.0)
+        if args.all_variants:
+            modes["stale_noprior"] = dict(mode="stale", checkpoint=ckpt, new_names="stale", prior_weight=0.0)
         modes["stale_paper"] = dict(mode="stale", checkpoint=ckpt, scoring="paper")
     for mode, kw in modes.items():
         def make(classes, kw=kw):
@@ -337,6 +338,7 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="training-free mode and oracles only")
     ap.add_argument("--train-args", default="", help="extra arguments for stale zero-shot (quoted)")
     ap.add_argument("--analyse-only", action="store_true", help="reuse the work dir's checkpoints and predictions")
+    ap.add_argument("--all-variants", action="store_true", help="also STALE without frozen CLIP's prior")
     ap.add_argument("--work", default="work", help="sub-folder of --out for this recipe's checkpoints and results")
     args = ap.parse_args()
 
@@ -361,9 +363,15 @@ def main() -> None:
     for k in splits:
         per_split[str(k)] = analyse_split(k, world, work, args, clip)
         print(json.dumps({key: v for key, v in per_split[str(k)].items() if isinstance(v, float)}), flush=True)
-    results = {"splits": splits, "per_split": per_split, "trusted_score": TRUSTED_SCORE,
-               "text_prototype_cosine": world["text_prototype_cosine"], "seconds": time.perf_counter() - t0,
-               "args": {k: str(v) for k, v in vars(args).items()}}
+    part = {"splits": splits, "per_split": per_split, "seconds": time.perf_counter() - t0,
+            "args": {k: str(v) for k, v in vars(args).items()}}
+    write_json_atomic(work / f"results-{'_'.join(map(str, splits))}.json", part)
+    # Splits may be analysed by separate runs (one per core): the table covers every split analysed so far.
+    merged: dict = {}
+    for f in sorted(work.glob("results-*.json")):
+        merged.update(json.loads(f.read_text())["per_split"])
+    results = {"splits": sorted(int(k) for k in merged), "per_split": merged, "trusted_score": TRUSTED_SCORE,
+               "text_prototype_cosine": world["text_prototype_cosine"]}
     write_json_atomic(work / "results.json", results)
     table = markdown(results)
     (work / "results.md").write_text(table)
