@@ -293,6 +293,8 @@ def analyse_split(k: int, world: dict, work: Path, args, clip) -> dict:
         res[f"{mode}_unseen"] = avg_map(gt, together, unseen)
         res[f"{mode}_shuffled"] = avg_map(shuffled(gt, unseen), together, unseen)
         res.update({f"{mode}_{key}": v for key, v in single_name_figures(make, feats, gt, unseen).items()})
+        if mode == "clip":
+            res["clip_closed_set"] = avg_map(gt, detector_predictions(make(seen), feats), seen)
         if mode == "stale_model":
             res["stale_closed_set"] = avg_map(gt, detector_predictions(make(seen), feats), seen)
     return res
@@ -317,6 +319,8 @@ def markdown(results: dict) -> str:
                          f"{mean(f'{mode}_negative_share'):.0f}% ({mean(f'{mode}_negative_share_low'):.0f}%) | "
                          f"{mean(f'{mode}_positive_median_top') / 100:.2f} / "
                          f"{mean(f'{mode}_negative_median_top') / 100:.2f} | {mean(f'{mode}_shuffled'):.1f} |")
+    if has("clip_closed_set"):
+        lines.append(f"| training-free, seen names (closed set) | {mean('clip_closed_set'):.1f} | | | | |")
     if has("stale_closed_set"):
         lines.append(f"| STALE, seen names (closed set) | {mean('stale_closed_set'):.1f} | | | | |")
     return "\n".join(lines) + "\n"
