@@ -61,7 +61,7 @@ from stale_cli.data.annotations import load_annotations  # noqa: E402
 from stale_cli.data.splits import load_split  # noqa: E402
 from stale_cli.evaluate import evaluate_detection  # noqa: E402
 from stale_cli.fileio import write_features, write_json_atomic  # noqa: E402
-from stale_cli.postprocess import DetectConfig, finalize, segments_from_window  # noqa: E402
+from stale_cli.postprocess import DetectConfig, finalize, segments_from_curve  # noqa: E402
 from stale_cli.vocab import class_to_text  # noqa: E402
 
 CAPTIONS = ("footage of {}.", "an athlete performing {}.", "a recording that shows {}.", "{} in progress.")
@@ -204,9 +204,7 @@ def oracle_predictions(feats_dir: Path, directions: np.ndarray, mean: np.ndarray
         proj = (x.astype(np.float32) - mean) @ directions.T  # (T, K)
         fg = 1 / (1 + np.exp(-12.0 * (proj / expected - 0.5)))
         probs = np.concatenate([fg, 1 - fg.max(1, keepdims=True)], axis=1)
-        T = len(x)
-        tl = feature_timeline(meta, T)
-        segs = segments_from_window(probs, None, tl, T, cfg)
+        segs = segments_from_curve(probs, feature_timeline(meta, len(x)), cfg)  # the product's whole-video path
         preds[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in finalize([segs], float(meta["duration"]), cfg)]
     return preds
 
