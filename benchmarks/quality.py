@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stale_cli.data.annotations import load_annotations  # noqa: E402
-from stale_cli.data.windows import assign_labels, cut_windows, feature_timeline, preset  # noqa: E402
+from stale_cli.data.windows import assign_labels, center_video, cut_windows, feature_timeline, preset  # noqa: E402
 from stale_cli.evaluate import evaluate_detection  # noqa: E402
 from stale_cli.fileio import read_features, write_features, write_json_atomic  # noqa: E402
 from stale_cli.postprocess import DetectConfig, WindowedVideo, finalize, segment_tiou, segments_from_curve  # noqa: E402
@@ -195,16 +195,17 @@ def ground_truth(ann_path: Path, subset: str) -> tuple[dict, list[str]]:
     return gt, classes
 
 
-def window_detections(outputs_of, feats_dir: Path, classes: list[str], settings) -> list[dict]:
+def window_detections(outputs_of, feats_dir: Path, classes: list[str], settings, data_cfg=None) -> list[dict]:
     """Detections on every held-out window under each ``(DetectConfig, use_masks)`` of ``settings``, the window's
     outputs computed once: ``outputs_of(xw, valid_len)`` -> probabilities (T, K+1) and masks (T, T) or None.
-    Without masks the class curves are the masks (training-free post-processing)."""
-    data_cfg = preset("thumos14")
+    Without masks the class curves are the masks (training-free post-processing). ``data_cfg``: a checkpoint's
+    (its windows and video-mean removal); default the thumos14 preset on the features as they are."""
+    data_cfg = data_cfg or replace(preset("thumos14"), video_mean=0.0)
     preds = [{} for _ in settings]
     for npy in sorted(feats_dir.glob("*.npy")):
         x, meta = read_features(npy)
         videos = [WindowedVideo(len(x), cfg) for cfg, _ in settings]  # joins fragments across windows
-        for w, xw in cut_windows(x.astype(np.float32), meta, data_cfg):
+        for w, xw in cut_windows(center_video(x.astype(np.float32), data_cfg.video_mean), meta, data_cfg):
             probs, masks = outputs_of(xw, w.valid_len)
             for video, (cfg, use_masks) in zip(videos, settings):
                 video.add(probs, masks if use_masks else None, w.timeline, w.start_row, w.valid_len)
@@ -287,14 +288,14 @@ def model_analysis(ckpt: Path, feats_dir: Path, ann_path: Path, gt_classes: list
         preds, mask_preds = window_detections(outputs, feats_dir, classes, [
             (DetectConfig(), False),  # the class curves as masks
             (replace(info.detect_config, mask_weight=1.0), True),  # the masks alone (the paper's inference)
-        ])
+        ], data_cfg)
         ann = load_annotations(ann_path).select_subset("test")
         index = {c: i for i, c in enumerate(classes)}
         ious = []
         for npy in sorted(feats_dir.glob("*.npy")):
             x, meta = read_features(npy)
             inst = [(i.start, i.end, index[i.label]) for i in ann.videos[npy.stem].instances if i.label in index]
-            for w, xw in cut_windows(x.astype(np.float32), meta, data_cfg):
+            for w, xw in cut_windows(center_video(x.astype(np.float32), data_cfg.video_mean), meta, data_cfg):
                 t = assign_labels(w.timeline, w.valid_len, inst, len(classes))
                 m = run(xw, w.valid_len)["masks"][0].float().cpu().numpy()  # (T, T)
                 V = w.valid_len

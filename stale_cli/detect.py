@@ -460,7 +460,7 @@ class Detector:
         """Candidates of every window, and per-row class probabilities (T_total, K) averaged over windows."""
         import torch
 
-        from stale_cli.data.windows import cut_windows, detection_grid, feature_timeline
+        from stale_cli.data.windows import center_video, cut_windows, detection_grid, feature_timeline
         from stale_cli.model.stale import detection_probabilities
         from stale_cli.postprocess import WindowedVideo
 
@@ -475,7 +475,7 @@ class Detector:
         row_sum = np.zeros((N, K), np.float64)
         row_cnt = np.zeros((N, 1), np.float64)
         src = feature_timeline(meta, N)
-        windows = cut_windows(feats, meta, self.data_cfg)
+        windows = cut_windows(center_video(feats, self.data_cfg.video_mean), meta, self.data_cfg)
         prior_windows = None
         if self.prior_text is not None:  # frozen CLIP's reading of the raw features, cut into the same windows
             cfg = self.settings.clip_cfg

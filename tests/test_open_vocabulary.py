@@ -81,3 +81,12 @@ def test_checkpoints_without_a_prompt_init_keep_their_random_context(tmp_path, t
     torch.save(raw, path)
     model, info = load_checkpoint(path)
     assert info.model_config.context_init == "" and model.text_encoder.context.shape == (4, 32)
+
+
+def test_center_video_by_hand():
+    from stale_cli.data.windows import center_video
+
+    x = np.array([[2.0, 0.0], [0.0, 2.0]], np.float32)
+    # normalised rows (1, 0), (0, 1); their mean (0.5, 0.5) removed; renormalised
+    np.testing.assert_allclose(center_video(x, 1.0), np.array([[1, -1], [-1, 1]]) / np.sqrt(2), rtol=1e-6)
+    np.testing.assert_array_equal(center_video(x, 0.0), x)  # 0: the features as extracted

@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from stale_cli.data.annotations import VideoAnnotation
-from stale_cli.data.windows import DataConfig, Window, assign_labels, plan_windows, shifted, window_features
+from stale_cli.data.windows import (DataConfig, Window, assign_labels, center_video, plan_windows, shifted,
+                                    window_features)
 from stale_cli.errors import DataError, InputError
 from stale_cli.fileio import read_features
 
@@ -110,6 +111,8 @@ def load_video_set(features_dir: str | Path, videos: list[VideoAnnotation], cfg:
     features, meta = {}, {}
     for v in found:
         feats, m = read_features(index[v.video_id])  # corrupt file -> DataError naming it
+        if cfg is not None:
+            feats = center_video(feats, cfg.video_mean)  # on the whole video, before any window or resize
         if cfg is not None and cfg.mode == "resize":
             feats, m = _resized(feats, m, cfg)
         features[v.video_id], meta[v.video_id] = feats.astype(np.float16), m

@@ -55,6 +55,11 @@ class DataConfig:
     # training (ActivityNet's videos average about 2 minutes, 1.2 s snippets);
     # longer ones get windows of 5 minutes, which hold an instance of up to 2.5 minutes whole.
     max_snippet_seconds: float = 3.0
+    # Share of a video's mean (L2-normalised) feature removed from every row before the model sees it, rows then
+    # renormalised (0: the features as extracted, what checkpoints before 0.3 were trained on). What every frame of
+    # a video shares (scene, lighting, CLIP's modality gap) says nothing about when an action happens; removed, the
+    # action's own direction is what the classifier compares with the text (the training-free mode does the same).
+    video_mean: float = 0.0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -63,6 +68,8 @@ class DataConfig:
             raise InputError(f"num_snippets must be at least 2, got {self.num_snippets}")
         if not 0.0 <= self.overlap < 1.0:
             raise InputError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 <= self.video_mean <= 1.0:
+            raise InputError(f"video_mean must be in [0, 1], got {self.video_mean}")
         if not 0.0 <= self.jitter <= 1.0:
             raise InputError(f"jitter must be in [0, 1], got {self.jitter}")
         if not 0.0 <= self.empty_window_keep <= 1.0:
@@ -90,6 +97,17 @@ def preset(name: str) -> DataConfig:
 # Overlap of the windows of a long video in resize mode (detection): half, so that every instance shorter than
 # half a window is whole in one of them.
 LONG_OVERLAP = 0.5
+
+
+def center_video(features: np.ndarray, share: float) -> np.ndarray:
+    """``features`` (N, D) of one whole video -> rows L2-normalised, ``share`` x their mean removed, renormalised
+    (DataConfig.video_mean); unchanged when ``share`` is 0. Training and detection call it alike."""
+    if share <= 0 or features.shape[0] < 1:
+        return features
+    x = features.astype(np.float32)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    x = x - share * x.mean(axis=0, keepdims=True)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)).astype(features.dtype)
 
 
 @dataclass(frozen=True)
