@@ -263,9 +263,13 @@ class Detector:
                 trained_keys = {name_key(n) for n in trained}
                 self.new_idx = [i for i, n in enumerate(self.classes) if name_key(n) not in trained_keys]
             if not paper and fits and (self.detect_cfg.prior_weight > 0 or self.new_idx):
+                # A frozen tower is CLIP's own: its rows are shared by every checkpoint trained from those weights.
+                cfg = self.info.model_config
+                tower = ({"clip": self.info.clip_model, "weights": _weights_identity(self.info.clip_weights),
+                          "activation": self.info.clip_activation} if cfg.freeze_text_encoder
+                         else {"checkpoint": source_identity(self.checkpoint)})
                 self.prior_text = self._cached_text(
-                    {"prior": source_identity(self.checkpoint), "templates": list(settings.clip_cfg.templates)},
-                    names, self._prior_rows)
+                    {"prior": tower, "templates": list(settings.clip_cfg.templates)}, names, self._prior_rows)
         else:
             ident = {"clip": self.clip_model_name, "weights": _weights_identity(self.clip.weights),
                      "activation": self.clip.activation, "templates": list(settings.clip_cfg.templates)}
