@@ -1,9 +1,12 @@
-"""Sweep the training-free mode's settings on the zero-shot benchmark's world (no training).
+"""Sweep detection settings on the zero-shot benchmark's world (no training).
 
     python benchmarks/zero_shot.py --no-train --splits 0 --out bench_out/zero_shot   # builds the world once
     python benchmarks/zero_shot_sweep.py --out bench_out/zero_shot "(1.0, 0.0, True)" "(0.0, 0.05, True)"
+    python benchmarks/zero_shot_sweep.py --out bench_out/zero_shot --splits 0 \
+        --checkpoint bench_out/zero_shot/work/split_0/model.pt "new_names='stale', prior_weight=0.8"
 
-Each argument is ``(video_mean, background_level, distractors)``; printed: avg mAP % of the unseen names together
+Training-free mode: each argument is ``(video_mean, background_level, distractors)``. With ``--checkpoint`` (one
+split's): each argument is keyword arguments of ``DetectSettings``, and the seen names are scored too. Printed: avg mAP % of the unseen names together
 and one at a time, the share of negative videos with a detection >= the trusted score, and the median top score
 on videos without / with the action, as means over the splits.
 """
@@ -34,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="the --out of benchmarks/zero_shot.py")
     ap.add_argument("--splits", default="0,1")
+    ap.add_argument("--checkpoint", type=Path, help="a STALE checkpoint of the split(s) given")
     ap.add_argument("settings", nargs="+")
     args = ap.parse_args()
     world = json.loads((args.out / "world.json").read_text())
@@ -41,23 +45,29 @@ def main() -> None:
     feats = Path(world["features"]) / "test"
     gt = ground_truth(Path(world["annotations"]))
     for spec in args.settings:
-        video_mean, level, dis = ast.literal_eval(spec)
-        cfg = replace(ClipModeConfig(), video_mean=video_mean, background_level=level)
+        if args.checkpoint:
+            kw = eval(f"dict({spec})")  # noqa: S307 (a benchmark's own command line)
+        else:
+            video_mean, level, dis = ast.literal_eval(spec)
+            cfg = replace(ClipModeConfig(), video_mean=video_mean, background_level=level)
         rows = []
         for k in map(int, args.splits.split(",")):
-            _, unseen = load_split(f"thumos14/75_25/{k}")
-            unseen = match_classes(unseen, world["classes"], "split")
+            seen, unseen = load_split(f"thumos14/75_25/{k}")
+            seen, unseen = match_classes(seen, world["classes"], "split"), match_classes(unseen, world["classes"], "split")
 
             def make(classes):
+                if args.checkpoint:
+                    return Detector(DetectSettings(classes=classes, mode="stale", checkpoint=args.checkpoint, **kw))
                 return Detector(DetectSettings(classes=classes, mode="clip", clip_model="ViT-B-16",
                                                clip_weights=world["weights"], clip_cfg=cfg, distractors=dis), clip=clip)
 
             s = single_name_figures(make, feats, gt, unseen)
+            closed = avg_map(gt, detector_predictions(make(seen), feats), seen) if args.checkpoint else float("nan")
             rows.append((avg_map(gt, detector_predictions(make(unseen), feats), unseen), s["single_name_ap"],
-                         s["negative_share"], s["negative_median_top"], s["positive_median_top"]))
+                         s["negative_share"], s["negative_median_top"], s["positive_median_top"], closed))
         r = np.mean(rows, axis=0)
         print(f"{spec}: together {100 * r[0]:.1f}, alone {100 * r[1]:.1f}, negatives {100 * r[2]:.0f}%, "
-              f"top score {r[4]:.2f} with / {r[3]:.2f} without the action", flush=True)
+              f"top score {r[4]:.2f} with / {r[3]:.2f} without the action, seen names {100 * r[5]:.1f}", flush=True)
 
 
 if __name__ == "__main__":
