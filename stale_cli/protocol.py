@@ -310,7 +310,9 @@ def run_protocol(
                     write_json_atomic(split_dir / "train.json", trained)
                 say(f"split {k}: detecting {len(unseen)} unseen classes with {ckpt.name} (best epoch "
                     f"{trained['best_epoch']})")
-                settings = DetectSettings(classes=unseen, mode=STALE_METHOD, checkpoint=ckpt)
+                # The row measures the trained model on the unseen names: every name goes through it (a user's
+                # `stale detect` would score names the checkpoint never saw with frozen CLIP, the baseline row).
+                settings = DetectSettings(classes=unseen, mode=STALE_METHOD, checkpoint=ckpt, new_names="stale")
                 detector = Detector(settings, device=device)
                 done = _detect_and_evaluate(detector, STALE_METHOD, split_dir, feature_paths, gt, unseen, tious,
                                             lambda s: say(f"split {k}: {s}"))
