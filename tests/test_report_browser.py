@@ -168,6 +168,6 @@ def test_feature_file_report_and_zoom_in_chromium(report):
         assert browser.evaluate(f"{REPORT}.view") == pytest.approx([0, 12.0], abs=0.01)
         browser.evaluate("document.querySelector('.zoom-in').click()")
         a, b = browser.evaluate(f"{REPORT}.view")
-        assert b - a == pytest.approx(6.0, abs=0.01) and a <= start <= b  # halved, around the cursor
+        assert b - a == pytest.approx(6.0, abs=0.01) and a <= following <= b  # halved, around the cursor ("n" moved it)
         browser.evaluate("document.querySelector('.zoom-fit').click()")
         assert browser.evaluate(f"{REPORT}.view") == pytest.approx([0, 12.0], abs=0.01)
