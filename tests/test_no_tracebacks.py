@@ -333,8 +333,11 @@ def test_plot_help_shows_the_extra():
 
 def stale_process(*args, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    # A suite started in the background of a non-interactive shell inherits SIGINT ignored, and Python then keeps
+    # it ignored: give the command the default disposition, as a terminal would.
     return subprocess.Popen([sys.executable, "-m", "stale_cli", *map(str, args)], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 @pytest.mark.parametrize("signum, status, word", [
