@@ -303,10 +303,17 @@ def require_matplotlib() -> None:
         raise InputError("--plot needs matplotlib: pip install 'stale-cli[plot]' (or pip install matplotlib)") from None
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".eps", ".ps")  # matplotlib's
+
+
 def plot_paths(plot: str | os.PathLike, video_ids: list[str]) -> dict[str, Path]:
-    """One video -> ``plot`` itself; several -> ``<stem>_<video_id><suffix>`` beside it."""
+    """One video -> ``plot`` itself; several -> ``<stem>_<video_id><suffix>`` beside it. A suffix matplotlib
+    cannot write -> InputError (before any work, not a traceback after it)."""
     plot = Path(plot)
     suffix = plot.suffix or ".png"
+    if suffix.lower() not in PLOT_SUFFIXES:
+        raise InputError(f"--plot {plot}: matplotlib cannot write {suffix!r} images; use one of "
+                         f"{', '.join(PLOT_SUFFIXES)}")
     if len(video_ids) == 1:
         return {video_ids[0]: plot if plot.suffix else plot.with_suffix(suffix)}
     return {vid: plot.with_name(f"{plot.stem}_{vid}{suffix}") for vid in video_ids}
