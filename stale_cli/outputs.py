@@ -306,14 +306,18 @@ def require_matplotlib() -> None:
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".eps", ".ps")  # matplotlib's
 
 
-def plot_paths(plot: str | os.PathLike, video_ids: list[str]) -> dict[str, Path]:
-    """One video -> ``plot`` itself; several -> ``<stem>_<video_id><suffix>`` beside it. A suffix matplotlib
-    cannot write -> InputError (before any work, not a traceback after it)."""
-    plot = Path(plot)
-    suffix = plot.suffix or ".png"
+def check_plot_format(plot: str | os.PathLike) -> None:
+    """A ``--plot`` suffix matplotlib cannot write -> InputError (before any work, not a traceback after it)."""
+    suffix = Path(plot).suffix or ".png"
     if suffix.lower() not in PLOT_SUFFIXES:
         raise InputError(f"--plot {plot}: matplotlib cannot write {suffix!r} images; use one of "
                          f"{', '.join(PLOT_SUFFIXES)}")
+
+
+def plot_paths(plot: str | os.PathLike, video_ids: list[str]) -> dict[str, Path]:
+    """One video -> ``plot`` itself; several -> ``<stem>_<video_id><suffix>`` beside it."""
+    plot = Path(plot)
+    suffix = plot.suffix or ".png"
     if len(video_ids) == 1:
         return {video_ids[0]: plot if plot.suffix else plot.with_suffix(suffix)}
     return {vid: plot.with_name(f"{plot.stem}_{vid}{suffix}") for vid in video_ids}

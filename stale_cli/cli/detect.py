@@ -214,6 +214,10 @@ def detect(
                 guard.output(path, "--html", "the HTML report")
 
         check_outputs(checkpoint)
+        if plot is not None:
+            from stale_cli.outputs import check_plot_format
+
+            check_plot_format(plot)  # after the clobber checks: writing over an input is the graver mistake
         need_video = any(p.suffix.lower() != ".npy" for p in paths)
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
