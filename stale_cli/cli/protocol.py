@@ -22,7 +22,15 @@ from stale_cli.cli.app import (
     user_errors,
     wrote,
 )
-from stale_cli.cli.train import check_training_options
+from stale_cli.cli.train import (
+    DropoutOption,
+    FreezeTextOption,
+    LrPromptOption,
+    LrTextOption,
+    PromptInitOption,
+    UnseenAsBackgroundOption,
+    check_training_options,
+)
 
 
 def summary_table(summary: dict):
@@ -69,25 +77,16 @@ def zero_shot_command(
         "training takes at least 240 steps)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4; the paper's single rate: 1e-5 THUMOS14, 1e-4 ActivityNet)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per training step."),
-    lr_prompt: Optional[float] = typer.Option(
-        None, "--lr-prompt", help="Learning rate of the prompt context and background embedding (default 1e-3)."),
-    lr_text: Optional[float] = typer.Option(
-        None, "--lr-text", help="Learning rate of CLIP's text tower when fine-tuned (default 1e-6)."),
-    dropout: Optional[float] = typer.Option(
-        None, "--dropout", help="Dropout in the head's transformer layers (default 0.1)."),
+    lr_prompt: Optional[float] = LrPromptOption,
+    lr_text: Optional[float] = LrTextOption,
+    dropout: Optional[float] = DropoutOption,
     seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (same for every split)."),
     num_snippets: Optional[int] = typer.Option(
         None, "--num-snippets", help="T, snippets per window (default: the dataset preset's, 256 / 100)."
     ),
-    freeze_text_encoder: bool = typer.Option(
-        True, "--freeze-text-encoder/--tune-text-encoder", help="Keep CLIP's text encoder fixed (default; the prompt "
-        "context still learns), or fine-tune it as the paper does."),
-    unseen_as_background: bool = typer.Option(
-        False, "--unseen-as-background", help="Call instances of classes outside the training names background "
-        "(strict open-vocabulary training); default: leave them out of every loss term."),
-    prompt_init: str = typer.Option(
-        "a video of a person", "--prompt-init", help="Hand-made prompt the learned context starts from; '' for the "
-        "paper's 16 random vectors."),
+    freeze_text_encoder: bool = FreezeTextOption,
+    unseen_as_background: bool = UnseenAsBackgroundOption,
+    prompt_init: str = PromptInitOption,
     clip_model: str = ClipModelOption,
     clip_weights: str = ClipWeightsOption,
     device: str = DeviceOption,
@@ -110,7 +109,7 @@ def zero_shot_command(
         from stale_cli.protocol import DATASETS, ProtocolConfig, parse_splits, planned_outputs, run_protocol
         from stale_cli.train import TRAIN_PRESETS
 
-        check_training_options(epochs, lr, batch_size, seed)
+        check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
         check_range("--num-snippets", num_snippets, 2, MAX_COUNT)
         cfg = ProtocolConfig(
             dataset=dataset,
@@ -126,9 +125,6 @@ def zero_shot_command(
         data_cfg = data_preset(preset)
         if num_snippets is not None:
             data_cfg = replace(data_cfg, num_snippets=num_snippets)
-        for flag, value in (("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
-            check_range(flag, value, 0.0, 1.0, low_open=True)
-        check_range("--dropout", dropout, 0.0, 0.99)
         overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, lr_prompt=lr_prompt, lr_text=lr_text,
                                            batch_size=batch_size, seed=seed,
                                            ignore_unseen=False if unseen_as_background else None).items()

@@ -26,12 +26,36 @@ from stale_cli.cli.app import (
 )
 
 
-def check_training_options(epochs, lr, batch_size, seed) -> None:
+# Training options `train` and `zero-shot` share, defined once.
+LrPromptOption = typer.Option(
+    None, "--lr-prompt", help="Learning rate of the prompt context and background embedding (default 1e-3).")
+LrTextOption = typer.Option(
+    None, "--lr-text", help="Learning rate of CLIP's text tower when fine-tuned (default 1e-6).")
+DropoutOption = typer.Option(None, "--dropout", help="Dropout in the head's transformer layers (default 0.1).")
+FreezeTextOption = typer.Option(
+    True, "--freeze-text-encoder/--tune-text-encoder", help="Keep CLIP's text encoder fixed (default; the prompt "
+    "context still learns), or fine-tune it as the paper does.")
+UnseenAsBackgroundOption = typer.Option(
+    False, "--unseen-as-background", help="Call instances of classes outside the training names background "
+    "(strict open-vocabulary training); default: leave them out of every loss term.")
+PromptInitOption = typer.Option(
+    "a video of a person", "--prompt-init", help="Hand-made prompt the learned context starts from; '' for the "
+    "paper's 16 random vectors.")
+
+
+def check_training_options(epochs, lr, batch_size, seed, lr_prompt=None, lr_text=None, dropout=None) -> None:
     """Bounds of the training options `train` and `zero-shot` share (None: not given)."""
+    from stale_cli.errors import InputError
+
     check_range("--epochs", epochs, 1, MAX_COUNT)
     check_range("--lr", lr, 0.0, 1.0, low_open=True)
     check_range("--batch-size", batch_size, 1, MAX_BATCH)
     check_range("--seed", seed, 0, MAX_SEED)
+    for flag, value in (("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
+        if value is not None and not 0 < value < 1:
+            raise InputError(f"{flag} must be in (0, 1), got {value}")
+    if dropout is not None and not 0 <= dropout < 1:
+        raise InputError(f"--dropout must be in [0, 1), got {dropout}")
 
 
 @app.command("train")
@@ -50,10 +74,8 @@ def train_command(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 15, or more on a small training set so "
                                          "that training takes at least 240 steps)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4)."),
-    lr_prompt: Optional[float] = typer.Option(
-        None, "--lr-prompt", help="Learning rate of the prompt context and background embedding (default 1e-3)."),
-    lr_text: Optional[float] = typer.Option(
-        None, "--lr-text", help="Learning rate of CLIP's text tower when fine-tuned (default 1e-6)."),
+    lr_prompt: Optional[float] = LrPromptOption,
+    lr_text: Optional[float] = LrTextOption,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per step (default 16)."),
     window_jitter: Optional[float] = typer.Option(
         None, "--window-jitter", help="Move each training window by up to this fraction of the stride (0-1, "
@@ -65,17 +87,10 @@ def train_command(
     balance_classes: Optional[bool] = typer.Option(
         None, "--balance-classes/--no-balance-classes", help="Draw windows of rare classes more often (repeat "
         "factor sampling; default on)."),
-    dropout: Optional[float] = typer.Option(
-        None, "--dropout", help="Dropout in the head's transformer layers (default 0.1)."),
-    freeze_text_encoder: bool = typer.Option(
-        True, "--freeze-text-encoder/--tune-text-encoder", help="Keep CLIP's text encoder fixed (default; the prompt "
-        "context still learns), or fine-tune it as the paper does."),
-    unseen_as_background: bool = typer.Option(
-        False, "--unseen-as-background", help="Call instances of classes outside the training names background "
-        "(strict open-vocabulary training); default: leave them out of every loss term."),
-    prompt_init: str = typer.Option(
-        "a video of a person", "--prompt-init", help="Hand-made prompt the learned context starts from; '' for the "
-        "paper's 16 random vectors."),
+    dropout: Optional[float] = DropoutOption,
+    freeze_text_encoder: bool = FreezeTextOption,
+    unseen_as_background: bool = UnseenAsBackgroundOption,
+    prompt_init: str = PromptInitOption,
     clip_model: str = ClipModelOption,
     clip_weights: str = ClipWeightsOption,
     device: str = DeviceOption,
@@ -116,12 +131,9 @@ def train_command(
                      if v is not None}
         if epochs is not None and epochs < 1 or batch_size is not None and batch_size < 1:
             raise InputError("--epochs and --batch-size must be at least 1")
-        if dropout is not None and not 0 <= dropout < 1:
-            raise InputError(f"--dropout must be in [0, 1), got {dropout}")
-        for flag, value in (("--lr", lr), ("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
-            if value is not None and not 0 < value < 1:
-                raise InputError(f"{flag} must be in (0, 1), got {value}")
-        check_training_options(epochs, lr, batch_size, seed)
+        if lr is not None and not 0 < lr < 1:
+            raise InputError(f"--lr must be in (0, 1), got {lr}")
+        check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
         if val_fraction is not None and not 0 <= val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
         train_cfg = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
