@@ -172,14 +172,19 @@ def write_dataset(args, out: Path) -> tuple[Path, Path, Generator, list[str]]:
     dim = int(open_clip.get_model_config(args.clip_model)["embed_dim"])
     gen = Generator(classes, dim, args.fps, args.seed)
     feats = out / "features"
+    write_feature_files(gen, ann, feats, args.fps, args.clip_model, "random")
+    return ann_path, feats, gen, classes
+
+
+def write_feature_files(gen: Generator, ann: dict, feats: Path, fps: float, clip_model: str, weights: str) -> None:
+    """``feats/<subset>/<video>.npy`` and sidecars for every video of ``ann``, drawn by ``gen``."""
     shutil.rmtree(feats, ignore_errors=True)  # features of an earlier run's videos would be scored too
     for vid, v in sorted(ann["database"].items()):
         x = gen.video(v["duration"], v["annotations"])
-        meta = {"fps": args.fps, "timestamps": (np.arange(len(x)) / args.fps).round(4).tolist(),
-                "duration": v["duration"], "source": f"synthetic:{vid}", "clip_model": args.clip_model,
-                "clip_weights": "random", "num_frames": len(x)}
+        meta = {"fps": fps, "timestamps": (np.arange(len(x)) / fps).round(4).tolist(),
+                "duration": v["duration"], "source": f"synthetic:{vid}", "clip_model": clip_model,
+                "clip_weights": weights, "num_frames": len(x)}
         write_features(feats / v["subset"] / f"{vid}.npy", x, meta)
-    return ann_path, feats, gen, classes
 
 
 def avg_map(gt: dict, preds: dict, classes: list[str]) -> tuple[float, list[float]]:

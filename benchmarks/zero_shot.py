@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,12 +53,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from quality import TIOUS, Generator, select_videos  # noqa: E402
+from quality import TIOUS, Generator, run_cli, select_videos, write_feature_files  # noqa: E402
 
 from stale_cli.data.annotations import load_annotations  # noqa: E402
 from stale_cli.data.splits import load_split  # noqa: E402
 from stale_cli.evaluate import evaluate_detection  # noqa: E402
-from stale_cli.fileio import write_features, write_json_atomic  # noqa: E402
+from stale_cli.fileio import write_json_atomic  # noqa: E402
 from stale_cli.postprocess import DetectConfig, finalize, segments_from_curve  # noqa: E402
 from stale_cli.vocab import class_to_text  # noqa: E402
 
@@ -162,13 +160,7 @@ def build(args, out: Path) -> dict:
     gen = Generator(classes, len(text[classes[0]]), args.fps, args.seed)
     gen.prototypes = prototypes(text, args.residual_angle, args.rotation, rng)
     feats = out / "features"
-    shutil.rmtree(feats, ignore_errors=True)
-    for vid, v in sorted(ann["database"].items()):
-        x = gen.video(v["duration"], v["annotations"])
-        meta = {"fps": args.fps, "timestamps": (np.arange(len(x)) / args.fps).round(4).tolist(),
-                "duration": v["duration"], "source": f"synthetic:{vid}", "clip_model": args.clip_model,
-                "clip_weights": str(weights), "num_frames": len(x)}
-        write_features(feats / v["subset"] / f"{vid}.npy", x, meta)
+    write_feature_files(gen, ann, feats, args.fps, args.clip_model, str(weights))
     np.savez(out / "world.npz", mean=gen.mean, classes=np.array(classes),
              prototypes=np.stack([gen.prototypes[c] for c in classes]), text=np.stack([text[c] for c in classes]))
     world = {"key": key, "classes": classes, "weights": str(weights),
@@ -241,15 +233,6 @@ def shuffled(gt: dict, unseen: list[str]) -> dict:
     """The ground truth with each unseen class relabelled as the next one (a derangement of the names)."""
     nxt = {c: unseen[(i + 1) % len(unseen)] for i, c in enumerate(unseen)}
     return {v: [(nxt.get(lab, lab), s, e) for lab, s, e in inst] for v, inst in gt.items()}
-
-
-def run_cli(*args: str, log: Path) -> None:
-    cmd = [sys.executable, "-m", "stale_cli", *args]
-    print("+ stale " + " ".join(args), flush=True)
-    with open(log, "a") as f:
-        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode:
-        sys.exit(f"error: `stale {args[0]}` failed (exit {r.returncode}); see {log}")
 
 
 def analyse_split(k: int, world: dict, work: Path, args, clip) -> dict:
