@@ -87,11 +87,14 @@ def class_text_features(clip, classes: list[str], cfg: ClipModeConfig = ClipMode
     texts = [t.format(class_to_text(name)) for name in classes for t in cfg.templates]
     with torch.inference_mode():
         emb = clip.encode_text(texts)  # (K * P, C)
-    emb = torch.as_tensor(emb).float().cpu().numpy()
-    emb = emb.reshape(len(classes), len(cfg.templates), -1)  # (K, P, C)
-    emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True).clip(1e-12)
-    text = emb.mean(axis=1)  # (K, C)
-    return (text / np.linalg.norm(text, axis=-1, keepdims=True).clip(1e-12)).astype(np.float32)
+    return ensemble(torch.as_tensor(emb).float().cpu().numpy(), len(classes))  # (K, C)
+
+
+def ensemble(emb: np.ndarray, num_names: int) -> np.ndarray:
+    """Text features ``(K * P, C)`` of K names x P templates (name-major) -> unit rows ``(K, C)``: each template's
+    feature normalised, averaged over the templates, renormalised (CLIP's prompt ensembling)."""
+    emb = normalize_rows(emb.reshape(num_names, -1, emb.shape[-1]))  # (K, P, C)
+    return normalize_rows(emb.mean(axis=1)).astype(np.float32)  # (K, C)
 
 
 def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -127,10 +130,7 @@ def snippet_probabilities(
             f"features are {C}-wide but the CLIP text features are {Ct}-wide: the training-free mode needs CLIP "
             "features of the same --clip-model the text is encoded with"
         )
-    feats = normalize_rows(features.astype(np.float32))  # (T, C)
-    if cfg.video_mean > 0 and T > 1:
-        feats = normalize_rows(feats - cfg.video_mean * feats.mean(axis=0, keepdims=True))  # (T, C)
-    sim = feats @ text.T.astype(np.float32)  # (T, K + M) cosines
+    sim = snippet_directions(features, cfg.video_mean) @ text.T.astype(np.float32)  # (T, K + M) cosines
     logits = cfg.logit_scale * np.concatenate([sim, np.full((T, 1), cfg.background_level, np.float32)], axis=1)
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
@@ -144,3 +144,11 @@ def snippet_probabilities(
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
+
+
+def snippet_directions(features: np.ndarray, video_mean: float) -> np.ndarray:
+    """What frozen CLIP compares with the text: a whole video's features ``(T, C)`` as unit rows, ``video_mean`` x
+    their mean removed (step 2 above; ``data.windows.center_video``), float32 ``(T, C)``."""
+    from stale_cli.data.windows import center_video
+
+    return center_video(normalize_rows(features.astype(np.float32)), video_mean)

@@ -36,11 +36,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from stale_cli.clipmode import MODE_NAME as CLIP_MODE
-from stale_cli.clipmode import ClipModeConfig, class_text_features, normalize_rows, snippet_probabilities
+from stale_cli.clipmode import (ClipModeConfig, class_text_features, ensemble, normalize_rows, snippet_directions,
+                                snippet_probabilities)
 from stale_cli.data.windows import DataConfig, interpolate_rows
 from stale_cli.errors import CheckpointError, DataError, InputError, ResourceError, StaleError
-from stale_cli.fileio import (MAX_FEATURE_FPS, MIN_FEATURE_FPS, read_features, source_identity, source_mismatch,
-                              write_features)
+from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, read_features, source_identity, write_features
 from stale_cli.outputs import Segment, VideoDetections
 from stale_cli.postprocess import DetectConfig
 from stale_cli.vocab import class_to_text
@@ -308,8 +308,7 @@ class Detector:
         with torch.inference_mode():
             e = torch.cat([self.model.text_encoder.encode_sentences(texts[i : i + 256])
                            for i in range(0, len(texts), 256)]).cpu().numpy()  # (n * P, C)
-        e = normalize_rows(normalize_rows(e).reshape(len(names), len(templates), -1).mean(axis=1))
-        return e.astype(np.float32)  # (n, C)
+        return ensemble(e, len(names))  # (n, C)
 
     # ---- loading -------------------------------------------------------------------------------------------
     def _load_stale(self) -> None:
@@ -482,11 +481,8 @@ class Detector:
         windows = cut_windows(center_video(feats, self.data_cfg.video_mean), meta, self.data_cfg)
         prior_windows = None
         if self.prior_text is not None:  # frozen CLIP's reading of the raw features, cut into the same windows
-            cfg = self.settings.clip_cfg
-            x = normalize_rows(feats)
-            if cfg.video_mean > 0 and N > 1:
-                x = normalize_rows(x - cfg.video_mean * x.mean(axis=0, keepdims=True))  # (N, D)
-            prior_windows = [w for _, w in cut_windows(x.astype(np.float32), meta, self.data_cfg)]
+            x = snippet_directions(feats, self.settings.clip_cfg.video_mean)  # (N, D)
+            prior_windows = [w for _, w in cut_windows(x, meta, self.data_cfg)]
         video = WindowedVideo(detection_grid(N, meta, self.data_cfg).num, self.detect_cfg)
         for i in range(0, len(windows), WINDOW_BATCH):
             chunk = windows[i : i + WINDOW_BATCH]

@@ -10,11 +10,10 @@ Split files and annotation files spell class names differently (``Baton twirling
 
 from __future__ import annotations
 
-import re
 from importlib import resources
 
 from stale_cli.errors import DataError, InputError
-from stale_cli.vocab import class_to_text, name_key
+from stale_cli.vocab import name_key
 
 DATASETS = ("thumos14", "activitynet13")
 RATIOS = ("75_25", "50_50")

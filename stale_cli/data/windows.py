@@ -102,7 +102,7 @@ LONG_OVERLAP = 0.5
 def center_video(features: np.ndarray, share: float) -> np.ndarray:
     """``features`` (N, D) of one whole video -> rows L2-normalised, ``share`` x their mean removed, renormalised
     (DataConfig.video_mean); unchanged when ``share`` is 0. Training and detection call it alike."""
-    if share <= 0 or features.shape[0] < 1:
+    if share <= 0 or features.shape[0] < 2:  # one row: nothing shared with other rows to remove
         return features
     x = features.astype(np.float32)
     x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
