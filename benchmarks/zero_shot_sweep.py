@@ -31,6 +31,7 @@ from stale_cli.clip_backbone import load_clip  # noqa: E402
 from stale_cli.clipmode import ClipModeConfig  # noqa: E402
 from stale_cli.data.splits import load_split, match_classes  # noqa: E402
 from stale_cli.detect import DetectSettings, Detector  # noqa: E402
+from stale_cli.postprocess import DetectConfig  # noqa: E402,F401 (for --checkpoint settings)
 
 
 def main() -> None:
