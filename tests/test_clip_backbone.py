@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -121,7 +120,6 @@ def test_offline_without_cache_names_both_ways_out(tmp_path, videos):
         NO_PROXY="",
     )
     env.pop(CLIP_ENV, None)
-    start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "stale_cli", "extract-features", str(videos["cfr25"]["path"]),
          "--out", str(tmp_path / "out"), "--no-progress"],
@@ -134,7 +132,6 @@ def test_offline_without_cache_names_both_ways_out(tmp_path, videos):
     assert "go online once" in lines[0] and "--clip-weights PATH" in lines[0] and CLIP_ENV in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-    assert time.perf_counter() - start < 60
 
 
 CLIP_ENV = "STALE_CLIP_WEIGHTS"

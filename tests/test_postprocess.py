@@ -143,21 +143,27 @@ def test_finalize_merges_windows_clips_and_keeps_top_k():
     np.testing.assert_allclose(finalize([Segments.concat([w1, w2]), edge], duration=10.0), dets)
 
 
-def test_long_video_pipeline_is_fast_and_bounded():
-    # 40 overlapping windows of 256 snippets, 20 classes, random outputs: well under a second, at most top_k.
-    import time
-
+def test_long_video_pipeline_is_bounded():
+    # 40 overlapping windows of 256 snippets, 20 classes, random outputs. What keeps the cost linear in the video's
+    # length is checked by size (the time is measured by benchmarks/postprocess.py): a window yields at most one
+    # segment per (candidate, θ), and Soft-NMS, whose cost is its input times top_k, sees only the video's
+    # pre_nms_top_n best segments.
     rng = np.random.default_rng(0)
     T, K = 256, 20
-    t0 = time.perf_counter()
+    cfg = DetectConfig()
     parts = []
     for w in range(40):
         p = rng.dirichlet(np.full(K + 1, 0.3), size=T)
         m = rng.random((T, T))
-        parts.append(segments_from_window(p, m, Timeline(w * 64.0, 0.5, T), T))
-    dets = finalize(parts, duration=40 * 64.0 + 128.0)
-    assert time.perf_counter() - t0 < 5.0
-    assert 0 < len(dets) <= 200
+        parts.append(segments_from_window(p, m, Timeline(w * 64.0, 0.5, T), T, cfg))
+        assert 0 < len(parts[-1]) <= cfg.max_candidates * len(cfg.thetas)
+    duration = 40 * 64.0 + 128.0
+    dets = finalize(parts, duration=duration, cfg=cfg)
+    assert len(dets) == cfg.top_k
+    # With the cap below top_k the output is at most the cap: Soft-NMS only decays scores, so every detection is
+    # one of the segments it was given.
+    capped = finalize(parts, duration=duration, cfg=replace(cfg, pre_nms_top_n=50))
+    assert 0 < len(capped) <= 50
     scores = [d[3] for d in dets]
     assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
     assert all(0.0 <= d[1] < d[2] <= 40 * 64.0 + 128.0 for d in dets)

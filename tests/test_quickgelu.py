@@ -1,7 +1,10 @@
 """OpenAI's weights run with QuickGELU, the activation they were trained with, and files say which one ran.
 
-Offline: random ViT-B-16 weights are laid into a Hugging Face hub cache exactly where open_clip looks for the
-``openai`` tag, and the real ``--clip-weights openai`` path runs against it (HF_HUB_OFFLINE=1).
+Offline: random weights are laid into a Hugging Face hub cache exactly where open_clip looks for ViT-B-16's
+``openai`` tag, and the real ``--clip-weights openai`` path runs against it (HF_HUB_OFFLINE=1). The tag, its hub
+location and its ``quick_gelu`` flag are open_clip's own; only the architecture is shrunk: for this module the
+names ViT-B-16 and ViT-B-16-quickgelu build the tests' tiny CLIP (six full-size builds made this one of the
+suite's slowest tests).
 """
 
 from __future__ import annotations
@@ -20,12 +23,19 @@ MODEL = "ViT-B-16"
 
 
 @pytest.fixture(scope="module")
-def openai_cache(tmp_path_factory):
-    """A hub cache holding random ViT-B-16 weights as open_clip's ``openai`` tag for ViT-B-16 expects them;
-    returns (the weights as a local file, the cache directory)."""
+def openai_cache(tmp_path_factory, tiny_clip_name):
+    """A hub cache holding random weights as open_clip's ``openai`` tag for ViT-B-16 expects them, with ViT-B-16
+    (and its -quickgelu twin) standing for the tiny architecture while the module runs; returns (the weights as a
+    local file, the cache directory)."""
     import huggingface_hub.constants
     import open_clip
+    from open_clip import factory
 
+    mp = pytest.MonkeyPatch()
+    # tiny_clip_name registered its config first: open_clip rebuilds this table when a config is added.
+    tiny = open_clip.get_model_config(tiny_clip_name)
+    mp.setitem(factory._MODEL_CONFIGS, MODEL, tiny)
+    mp.setitem(factory._MODEL_CONFIGS, f"{MODEL}-quickgelu", dict(tiny, quick_gelu=True))
     cfg = open_clip.get_pretrained_cfg(MODEL, "openai")
     assert cfg["quick_gelu"] and cfg["hf_hub"].endswith("/")  # <org>/<repo>/ + open_clip's default file name
     org, repo = cfg["hf_hub"].strip("/").split("/")
@@ -40,7 +50,6 @@ def openai_cache(tmp_path_factory):
     weights = snapshot / "open_clip_pytorch_model.bin"
     torch.save(state, weights)
     del state
-    mp = pytest.MonkeyPatch()
     mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
     mp.setenv("HF_HUB_OFFLINE", "1")
     yield weights, hub
@@ -53,8 +62,9 @@ def frames(n=3):
 
 
 def rel_diff(a, b) -> float:
-    """Relative L2 difference. With random weights GELU and QuickGELU differ by about 1% of the features (the
-    MLP inputs at initialisation are small, where the two curves nearly meet); trained CLIP weights differ more."""
+    """Relative L2 difference. With the tiny CLIP's random weights GELU and QuickGELU differ by 0.2% (image tower)
+    to 0.8% (text tower) of the features (the MLP inputs at initialisation are small, where the two curves nearly
+    meet); the same network gives 0. Trained CLIP weights differ more."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
@@ -80,7 +90,7 @@ def test_openai_tag_runs_quickgelu_in_both_towers(openai_cache, videos, tmp_path
     gelu = load_clip(MODEL, str(weights))  # the architecture stale used to build for these weights
     assert (quick.activation, gelu.activation) == (QUICK_GELU, GELU)
     old, _ = extract_video(videos["single"]["path"], gelu)
-    assert rel_diff(feats, old) > 2e-3  # GELU's: another network
+    assert rel_diff(feats, old) > 1e-3  # GELU's: another network
 
     openai = load_clip(MODEL, "openai")
     assert openai.activation == QUICK_GELU and openai.weights == "openai"
@@ -90,7 +100,7 @@ def test_openai_tag_runs_quickgelu_in_both_towers(openai_cache, videos, tmp_path
         args = texts if encode == "encode_text" else x
         ours = getattr(openai, encode)(args)
         assert rel_diff(ours, getattr(quick, encode)(args)) < 1e-6
-        assert rel_diff(ours, getattr(gelu, encode)(args)) > 2e-3
+        assert rel_diff(ours, getattr(gelu, encode)(args)) > 1e-3
     del gelu
 
     # Features made the old way (ViT-B-16 + openai, nothing recorded) are found: resume reports them instead of
