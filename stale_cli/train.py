@@ -33,8 +33,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from stale_cli.checkpoint import (build_model, check_checkpoint_path, detect_config_for, read_checkpoint,
-                                  save_checkpoint)
+from stale_cli import datasets
+from stale_cli.checkpoint import build_model, check_checkpoint_path, read_checkpoint, save_checkpoint
 from stale_cli.clip_backbone import activation_of
 from stale_cli.data.annotations import Annotations
 from stale_cli.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset, collate_windows, load_video_set,
@@ -42,9 +42,9 @@ from stale_cli.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset
 from stale_cli.data.windows import DataConfig
 from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
 from stale_cli.evaluate import evaluate_detection
-from stale_cli.model.config import LossConfig, ModelConfig
+from stale_cli.model.config import LossConfig, ModelConfig, TrainConfig
 from stale_cli.model.losses import STALELoss
-from stale_cli.postprocess import WindowedVideo, finalize
+from stale_cli.postprocess import DetectConfig, WindowedVideo, finalize
 
 log = logging.getLogger(__name__)
 
@@ -55,47 +55,8 @@ class TrainingError(StaleError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """The training recipe. The paper (§4) trains everything with one Adam learning rate (1e-5 THUMOS14, 1e-4
-    ActivityNet) for 15 epochs; measured on benchmarks/quality.py that recipe leaves the new head layers far from
-    converged on a THUMOS14-sized run, while a larger rate for the text tower degrades CLIP. So each parameter
-    group has its own rate (BENCHMARKS.md "Quality" has the comparison)."""
-
-    # None: 15 epochs (paper §4), or more so that the run takes at least MIN_STEPS optimizer steps. A THUMOS14-sized
-    # set (200 videos, ~40 steps an epoch) is not affected; on benchmarks/quality.py's 40 videos (8 steps an epoch)
-    # 15 epochs left the classifier short: 30 scored 80.6 avg mAP against 78.6 over 4 seeds (BENCHMARKS.md
-    # "Quality"). A number: exactly that many epochs.
-    epochs: int | None = None
-    lr: float = 5e-4  # new head layers (Eqs. 1, 3-8, 12); the paper's single rate: 1e-5 THUMOS14, 1e-4 ActivityNet
-    lr_prompt: float = 1e-3  # learned prompt context and background embedding (Eq. 2)
-    lr_text: float = 1e-6  # CLIP's text tower when fine-tuned: much lower, to keep CLIP's language prior
-    batch_size: int = 16  # windows per step (per process under torchrun); the paper does not say
-    weight_decay: float = 1e-4  # AdamW, head weights only (not biases, norms, embeddings, CLIP); paper: Adam, none
-    warmup: float = 0.05  # share of all steps with a linear warm-up, then cosine decay to zero
-    grad_clip: float = 1.0  # max gradient norm, per parameter group (the text tower's cannot starve the head)
-    seed: int = 0
-    # Share of the training subset's videos held out to pick the best epoch. 0 by default: train on every video
-    # and keep the last epoch, which the cosine schedule has brought to rest. On benchmarks/quality.py (3 seeds,
-    # 0.1 held out) the last epoch scored 78.3-78.8 avg mAP, the epoch picked by mAP@0.5 on the 4 held-out videos
-    # 70.2-79.1: that score saturates mid-run and noise decides.
-    val_fraction: float = 0.0
-    # Draw windows of rare classes more often (repeat factor sampling, data/dataset.py RepeatFactorSampler). Our
-    # addition; in the benchmark's 40-video THUMOS14 sets a class has from 2 to about 40 training instances. On
-    # benchmarks/quality.py, 12 seeds, paired: better on 9, +0.6 avg mAP on average (BENCHMARKS.md "Quality").
-    balance_classes: bool = True
-    # Instances of classes outside the training names (a zero-shot split's unseen classes): True leaves them out of
-    # every loss term (the paper's zero-shot setting uses this knowledge that something happens there); False calls
-    # them background, strict open-vocabulary training that knows nothing of the unseen classes.
-    ignore_unseen: bool = True
-    amp: bool = True  # mixed precision, CUDA only
-    num_workers: int = 0  # DataLoader workers (windows are cut from features held in memory)
-
-
 DEFAULT_EPOCHS = 15  # paper §4
 MIN_STEPS = 240  # optimizer steps a default run takes at least (TrainConfig.epochs)
-
-TRAIN_PRESETS = {"thumos14": TrainConfig(), "activitynet": TrainConfig()}
 
 
 @dataclass
@@ -257,14 +218,16 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
 
 
 @torch.no_grad()
-def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device,
-            batch_size: int) -> tuple[dict[str, list[tuple[str, float, float, float]]], float]:
-    """The model's own detections on ``vs``: (video id -> [(label, start_s, end_s, score)], mean window loss)."""
+def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device, batch_size: int, *,
+            detect_cfg: DetectConfig) -> tuple[dict[str, list[tuple[str, float, float, float]]], float]:
+    """The model's own detections on ``vs``: (video id -> [(label, start_s, end_s, score)], mean window loss).
+
+    ``detect_cfg``: what `stale detect` will use with the checkpoint (its dataset's).
+    """
     was_training = model.training
     model.eval()
     ds = WindowDataset(vs, class_names, data_cfg, training=False)
     text = model.encode_classes(class_names)  # (K+1, C)
-    detect_cfg = detect_config_for(data_cfg)  # what `stale detect` will use with this checkpoint
     # Each video's windows on its grid (feature rows; resize mode: the T snippets of the whole video), joined
     # across window edges as `stale detect` joins them.
     videos = {v.video_id: WindowedVideo(vs.features[v.video_id].shape[0] if data_cfg.mode == "window"
@@ -288,13 +251,14 @@ def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, d
     return preds, total / max(n, 1)
 
 
-def validate(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device, batch_size: int) -> dict:
+def validate(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device, batch_size: int, *,
+             detect_cfg: DetectConfig) -> dict:
     """Loss and mAP@0.5 of the model's own detections on ``vs``, counting the training classes only.
 
     A detection lying mostly (over half its length) on an instance of an unseen class is left out rather than
     counted as a false positive: finding an unseen action is what the model is for.
     """
-    preds, loss = predict(model, class_names, vs, data_cfg, criterion, device, batch_size)
+    preds, loss = predict(model, class_names, vs, data_cfg, criterion, device, batch_size, detect_cfg=detect_cfg)
     keep = set(class_names)
     gt = {v.video_id: [(i.label, i.start, i.end) for i in v.instances if i.label in keep] for v in vs.videos}
     for v in vs.videos:
@@ -379,6 +343,7 @@ def train(
     progress: bool = True,
     rerun: bool = False,
     fresh: bool = False,
+    dataset: str | None = None,
 ) -> TrainResult:
     """Train on the videos of ``annotations`` (already restricted to the training subset) that have features.
 
@@ -392,6 +357,10 @@ def train(
     settings (:func:`run_key`) are these, else CheckpointError. A later epoch is never replaced by an earlier
     one: resuming from a checkpoint older than ``<out>.last.pt``, or another run writing a later epoch there
     meanwhile, is a CheckpointError, unless ``fresh`` (the user asked to start over).
+
+    ``dataset``: the dataset preset (:mod:`stale_cli.datasets`) the configs come from, recorded in the
+    checkpoint with its detection settings (None: the one ``data_cfg`` belongs to); with ``resume``, the
+    checkpoint's.
     """
     out, device = Path(out), torch.device(device)
     check_checkpoint_path(out)
@@ -399,14 +368,16 @@ def train(
     rank, world, device, started = _distributed(device)
     try:
         return _train(features_dir, annotations, list(class_names), out, clip_model, clip_name, clip_weights,
-                      model_cfg, loss_cfg, data_cfg, train_cfg, device, resume, progress, rank, world, rerun, fresh)
+                      model_cfg, loss_cfg, data_cfg, train_cfg, device, resume, progress, rank, world, rerun, fresh,
+                      dataset)
     finally:
         if started:
             dist.destroy_process_group()
 
 
 def _train(features_dir, annotations, class_names, out, clip_model, clip_name, clip_weights, model_cfg, loss_cfg,
-           data_cfg, train_cfg, device, resume, progress, rank, world, rerun=False, fresh=False) -> TrainResult:
+           data_cfg, train_cfg, device, resume, progress, rank, world, rerun=False, fresh=False,
+           dataset=None) -> TrainResult:
     torch.manual_seed(train_cfg.seed)
     if not class_names:
         raise InputError("no training classes given")
@@ -436,6 +407,7 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         if list(info.class_names) != class_names:
             raise CheckpointError(f"{resume}: checkpoint was trained on other classes; resume with the same split")
         model_cfg, loss_cfg, data_cfg = info.model_config, info.loss_config, info.data_config
+        dataset = info.dataset
         clip_name, clip_weights = info.clip_model, info.clip_weights
         start_epoch, history = info.epoch, list(info.extra.get("history", []))
         later = saved_epoch(last_path)
@@ -501,8 +473,9 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         if train_cfg.epochs != DEFAULT_EPOCHS and rank == 0:
             log.info("%d epochs of %d steps (at least %d steps on a small training set)", train_cfg.epochs,
                      len(loader), MIN_STEPS)
+    spec = datasets.get(dataset) if dataset is not None else datasets.for_data_config(data_cfg)
     describe = dict(model_cfg=model_cfg, loss_cfg=loss_cfg, data_cfg=data_cfg, class_names=class_names,
-                    feature_fps=vs.feature_fps(), clip_model=clip_name, clip_weights=clip_weights, run_key=key)
+                    dataset=spec.name, feature_fps=vs.feature_fps(), clip_model=clip_name, clip_weights=clip_weights, run_key=key)
     if resume is not None and rank == 0:
         if start_epoch >= train_cfg.epochs:
             log.info("%s: already trained %d of %d epochs; nothing to do (--epochs N goes on further, --fresh "
@@ -535,7 +508,8 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
             record = {"epoch": epoch + 1, **{k: v / max(len(loader), 1) for k, v in sums.items()},
                       "seconds": time.perf_counter() - t0, "val_loss": None, "val_map50": None}
             if val_ids:
-                record.update(validate(model, class_names, val_set, data_cfg, criterion, device, train_cfg.batch_size))
+                record.update(validate(model, class_names, val_set, data_cfg, criterion, device, train_cfg.batch_size,
+                                       detect_cfg=spec.detect))
                 is_best = best is None or _score(record) > _score(best)
             else:  # without validation the last epoch is kept
                 is_best = epoch + 1 == train_cfg.epochs
@@ -577,13 +551,14 @@ def _log_epoch(r: dict, epochs: int, best: bool) -> None:
 
 
 def default_training_subset(annotations: Annotations) -> str | None:
-    """THUMOS14 trains on ``val``, ActivityNet on ``training``; a file with one subset trains on all of it."""
+    """ActivityNet trains on ``training`` (or a file's ``train``), THUMOS14 on ``val`` (beside ``test``); a file
+    with one subset trains on all of it."""
     subsets = annotations.subsets()
-    for name in ("training", "train"):
+    for name in (datasets.ACTIVITYNET.train_subset, "train"):
         if name in subsets:
             return name
-    if "val" in subsets and "test" in subsets:
-        return "val"
+    if datasets.THUMOS14.train_subset in subsets and datasets.THUMOS14.test_subset in subsets:
+        return datasets.THUMOS14.train_subset
     if len(subsets) <= 1:
         return None
     raise InputError(f"{annotations.source}: choose the training subset with --subset ({', '.join(subsets)})")

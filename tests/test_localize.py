@@ -192,7 +192,7 @@ def test_small_training_run_localizes_two_instances_of_one_class_as_two_segments
     model, info = load_checkpoint(result.best_path)
     vs = load_video_set(feats, [ann.videos["test"]])
     preds, _ = predict(model, ["A", "B"], vs, info.data_config, STALELoss(info.model_config, info.loss_config),
-                       "cpu", 4)
+                       "cpu", 4, detect_cfg=info.detect_config)
     top = [p for p in preds["test"] if p[0] == "A"][:4]
     matched = []
     for s, e, _ in truth:

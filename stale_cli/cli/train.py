@@ -69,8 +69,8 @@ def train_command(
         None, "--classes-file", help="Train on these classes (one per line). Default: every annotated class."),
     subset: Optional[str] = typer.Option(
         None, "--subset", help="Annotation subset to train on (default: 'training' if present, THUMOS14: 'val')."),
-    preset: str = typer.Option("thumos14", "--preset", help="thumos14 (windows of 256 snippets) | activitynet "
-                               "(whole video resized to 100 snippets)."),
+    preset: str = typer.Option("thumos14", "--preset", help="thumos14 (windows of 256 snippets) | activitynet13 "
+                               "(whole video resized to 100 snippets; also spelled activitynet)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 15, or more on a small training set so "
                                          "that training takes at least 240 steps)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4)."),
@@ -110,16 +110,17 @@ def train_command(
     Example: stale train --features feats/ --annotations thumos14.json --split thumos14/75_25/0 --out th75_0.pt
     """
     with user_errors():
+        from stale_cli import datasets
         from stale_cli.checkpoint import check_checkpoint_path
         from stale_cli.data.annotations import load_annotations
-        from stale_cli.data.windows import preset as data_preset
         from stale_cli.errors import InputError
         from stale_cli.model.config import ModelConfig
         from stale_cli.guard import OutputGuard
-        from stale_cli.train import TRAIN_PRESETS, default_training_subset, last_path_for, select_classes, train
+        from stale_cli.train import default_training_subset, last_path_for, select_classes, train
         from stale_cli.vocab import read_classes_file
 
-        data_cfg = data_preset(preset)
+        spec = datasets.get(preset, "--preset")
+        data_cfg = spec.data
         if window_jitter is not None:
             if not 0 <= window_jitter <= 1:
                 raise InputError(f"--window-jitter must be in [0, 1], got {window_jitter}")
@@ -136,7 +137,7 @@ def train_command(
         check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
         if val_fraction is not None and not 0 <= val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-        train_cfg = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
+        train_cfg = dataclasses.replace(spec.train, **overrides)
         # Before CLIP is loaded and anything is trained. --resume is not declared: it is read whole before the first
         # save, and continuing into the <out>.last.pt it came from is the usual resume.
         guard = OutputGuard()
@@ -172,7 +173,7 @@ def train_command(
         result = train(
             features, ann, class_names, out, clip, clip_model, recorded,
             model_cfg=model_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
-            device=dev, resume=resume, progress=show_progress(progress), rerun=rerun, fresh=fresh,
+            device=dev, resume=resume, progress=show_progress(progress), rerun=rerun, fresh=fresh, dataset=spec.name,
         )
         if result.missing_videos:
             warning(f"{result.missing_videos} annotated video(s) had no features and were skipped")

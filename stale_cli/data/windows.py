@@ -82,18 +82,6 @@ class DataConfig:
         return max(1, round(self.num_snippets * (1.0 - self.overlap)))
 
 
-PRESETS = {
-    "thumos14": DataConfig(mode="window", num_snippets=256, overlap=0.5),
-    "activitynet": DataConfig(mode="resize", num_snippets=100, overlap=0.0),
-}
-
-
-def preset(name: str) -> DataConfig:
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
 # Overlap of the windows of a long video in resize mode (detection): half, so that every instance shorter than
 # half a window is whole in one of them.
 LONG_OVERLAP = 0.5
