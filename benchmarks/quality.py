@@ -216,7 +216,7 @@ def window_detections(outputs_of, feats_dir: Path, classes: list[str], settings,
             for video, (cfg, use_masks) in zip(videos, settings):
                 video.add(probs, masks if use_masks else None, w.timeline, w.start_row, w.valid_len)
         for found, video, (cfg, _) in zip(preds, videos, settings):
-            dets = finalize(video.segments(), float(meta["duration"]), cfg)
+            dets = finalize(video.segments(), float(meta.duration), cfg)
             found[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in dets]
     return preds
 
@@ -229,7 +229,7 @@ def curve_detections(curves_of, feats_dir: Path, classes: list[str], cfg: Detect
         x, meta = read_features(npy)
         probs = curves_of(x.astype(np.float32), len(x))
         segs = segments_from_curve(probs, feature_timeline(meta, len(x)), cfg)
-        dets = finalize(segs, float(meta["duration"]), cfg)
+        dets = finalize(segs, float(meta.duration), cfg)
         preds[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in dets]
     return preds
 

@@ -127,13 +127,17 @@ def activation_problem(
             f"were trained with {needed.replace('_', '')}")
 
 
-def feature_activation_error(meta: dict, expected: Optional[str] = None) -> Optional[str]:
-    """Why features with sidecar ``meta`` must not be used with a text tower running ``expected`` (None: any),
-    or None. Caught: features from a CLIP run with the wrong activation for its weights, and a mix of the two."""
-    problem = activation_problem(meta.get("clip_model"), meta.get("clip_weights"), meta.get("clip_activation"))
+def feature_activation_error(meta, expected: Optional[str] = None) -> Optional[str]:
+    """Why features with sidecar ``meta`` (a FeatureMeta or its JSON object) must not be used with a text tower
+    running ``expected`` (None: any), or None. Caught: features from a CLIP run with the wrong activation for its
+    weights, and a mix of the two."""
+    from stale_cli.sidecar import FeatureMeta
+
+    meta = FeatureMeta.of(meta)
+    problem = activation_problem(meta.clip_model, meta.clip_weights, meta.clip_activation)
     if problem:
         return f"features {problem}; extract them again (stale extract-features --overwrite)"
-    used = recorded_activation(meta.get("clip_model"), meta.get("clip_activation"))
+    used = recorded_activation(meta.clip_model, meta.clip_activation)
     if expected and used != expected:
         return (f"features were made with CLIP running {used.replace('_', '')} but the text encoder runs "
                 f"{expected.replace('_', '')}; features and text must come from the same CLIP")

@@ -40,9 +40,10 @@ from stale_cli.clipmode import (ClipModeConfig, class_text_features, ensemble, n
                                 snippet_probabilities)
 from stale_cli.data.windows import DataConfig, interpolate_rows
 from stale_cli.errors import CheckpointError, DataError, InputError, ResourceError, StaleError
-from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, read_features, source_identity, write_features
+from stale_cli.fileio import read_features, source_identity, write_features
 from stale_cli.outputs import Segment, VideoDetections
 from stale_cli.postprocess import DetectConfig
+from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta
 from stale_cli.vocab import class_to_text
 
 log = logging.getLogger(__name__)
@@ -118,18 +119,17 @@ def stale_checkpoints(weights_dir: Path) -> list[Path]:
     return found
 
 
-def resample_features(features: np.ndarray, meta: dict, fps: float) -> tuple[np.ndarray, dict]:
-    """Linear interpolation of (N, D) features sampled at ``meta["fps"]`` to ``fps`` rows per second.
+def resample_features(features: np.ndarray, meta: FeatureMeta, fps: float) -> tuple[np.ndarray, FeatureMeta]:
+    """Linear interpolation of (N, D) features sampled at ``meta.fps`` to ``fps`` rows per second.
 
     Row k of the result is the frame at ``t0 + k / fps``; the result covers the same span as the source.
     """
-    src_fps = float(meta["fps"])
+    src_fps = meta.fps
     N = features.shape[0]
-    t0 = float((meta.get("timestamps") or [0.0])[0])
+    t0 = meta.first_time
     M = max(1, int(round(N * fps / src_fps)))
     out = interpolate_rows(features, np.arange(M) * (src_fps / fps))  # (M, D): source row at each new row's time
-    new_meta = dict(meta, fps=float(fps), timestamps=[t0 + k / fps for k in range(M)], resampled_from_fps=src_fps)
-    return out, new_meta
+    return out, meta.replace(fps=float(fps), timestamps=tuple(t0 + k / fps for k in range(M)), resampled_from_fps=src_fps)
 
 
 def _same_clip(a: Optional[str], b: Optional[str]) -> bool:
@@ -366,8 +366,8 @@ class Detector:
     # ---- one input -----------------------------------------------------------------------------------------
     def load_input(
         self, path: Path, video_id: str, progress: Optional[Callable[[int], None]] = None
-    ) -> tuple[np.ndarray, dict]:
-        """Features ``(N, D)`` float32 and their sidecar meta for a feature file or a video (extracted in memory)."""
+    ) -> tuple[np.ndarray, FeatureMeta]:
+        """Features ``(N, D)`` float32 and their sidecar for a feature file or a video (extracted in memory)."""
         if path.suffix.lower() == ".npy":
             return read_features(path)
         if self.clip is None:
@@ -398,30 +398,33 @@ class Detector:
         feats, meta = self.load_input(path, video_id, progress)
         return self.detect_features(feats, meta, video_id=video_id, source=str(path))
 
-    def detect_features(self, feats: np.ndarray, meta: dict, video_id: str, source: str) -> VideoDetections:
-        """Segments of one video from its features ``(N, D)`` and sidecar ``meta`` (at least ``fps``)."""
+    def detect_features(self, feats: np.ndarray, meta: FeatureMeta | dict, video_id: str,
+                        source: str) -> VideoDetections:
+        """Segments of one video from its features ``(N, D)`` and sidecar ``meta`` (or its JSON object: at least
+        ``fps``)."""
+        from stale_cli.clip_backbone import feature_activation_error
         from stale_cli.data.windows import feature_timeline, video_duration
 
         feats = np.asarray(feats, dtype=np.float32)
-        from stale_cli.clip_backbone import feature_activation_error
+        meta = FeatureMeta.of(meta)
 
         expected = self.info.clip_activation if self.mode == STALE_MODE else getattr(self.clip, "activation", None)
         why = feature_activation_error(meta, expected)
         if why:
             raise DataError(f"{source}: {why}")
         if self.mode == STALE_MODE:
-            if not _same_clip(meta.get("clip_model"), self.clip_model_name):
+            if not _same_clip(meta.clip_model, self.clip_model_name):
                 raise CheckpointError(
-                    f"{source}: features are from {meta.get('clip_model')} but the checkpoint was trained on "
+                    f"{source}: features are from {meta.clip_model} but the checkpoint was trained on "
                     f"{self.clip_model_name} features"
                 )
-            if not math.isclose(float(meta["fps"]), self.fps, rel_tol=1e-3):
-                log.info("%s: features at %.3g fps resampled to the checkpoint's %.3g fps", video_id, float(meta["fps"]), self.fps)
+            if not math.isclose(meta.fps, self.fps, rel_tol=1e-3):
+                log.info("%s: features at %.3g fps resampled to the checkpoint's %.3g fps", video_id, meta.fps, self.fps)
                 feats, meta = resample_features(feats, meta, self.fps)
         else:
-            if not _same_clip(meta.get("clip_model"), self.clip_model_name):
+            if not _same_clip(meta.clip_model, self.clip_model_name):
                 raise InputError(
-                    f"{source}: features are from {meta.get('clip_model')}; pass --clip-model {meta.get('clip_model')} "
+                    f"{source}: features are from {meta.clip_model}; pass --clip-model {meta.clip_model} "
                     "so the class text is encoded by the same CLIP"
                 )
         duration = video_duration(meta, feats.shape[0])
@@ -444,7 +447,7 @@ class Detector:
             extra={"mode": self.mode},
         )
 
-    def _clip_candidates(self, feats: np.ndarray, meta: dict, timeline) -> tuple[list, np.ndarray]:
+    def _clip_candidates(self, feats: np.ndarray, meta: FeatureMeta, timeline) -> tuple[list, np.ndarray]:
         """Probabilities on the whole video (one background level per video), segments from its whole curves."""
         from stale_cli.postprocess import segments_from_curve
 
@@ -459,7 +462,7 @@ class Detector:
         candidates = [segments_from_curve(probs, timeline, self.detect_cfg, block=self.data_cfg.num_snippets)]
         return candidates, probs[:, :-1]
 
-    def _stale_candidates(self, feats: np.ndarray, meta: dict) -> tuple[list, np.ndarray]:
+    def _stale_candidates(self, feats: np.ndarray, meta: FeatureMeta) -> tuple[list, np.ndarray]:
         """Candidates of every window, and per-row class probabilities (T_total, K) averaged over windows."""
         import torch
 

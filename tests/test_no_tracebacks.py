@@ -132,7 +132,7 @@ def test_a_damaged_cache_entry_is_extracted_again(videos, tmp_path, tiny_clip_na
                clip_name=tiny_clip_name, clip_weights=tiny_clip_weights)
     assert r.exit_code == 0 and "extracting again" in " ".join(r.stderr.split()), r.output
     feats, meta = read_features(cache / "cfr25.npy")
-    assert meta["fps"] == 4.0 and feats.shape == (16, DIM)
+    assert meta.fps == 4.0 and feats.shape == (16, DIM)
 
 
 # ---------------------------------------------------------------- a full disk

@@ -155,7 +155,7 @@ def detect(
         from stale_cli.clip_backbone import resolve_precision
         from stale_cli.detect import DetectSettings, Detector, detect_batch
         from stale_cli.errors import InputError
-        from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS
+        from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS
         from stale_cli.outputs import ResultWriter, plot_detections, plot_paths, require_matplotlib, resolve_format
         from stale_cli.vocab import parse_classes, read_classes_file
 
