@@ -52,6 +52,14 @@ class CheckpointInfo:
     # The dataset preset (stale_cli.datasets) it was trained with; checkpoints written before they recorded it
     # get the one their data config belongs to.
     dataset: str = datasets.THUMOS14.name
+    clip_weights_sha256: str | None = None  # content hash of a weights file in clip_weights (None: a tag, or older)
+
+    @property
+    def weights_id(self):
+        """The CLIP weights the text tower started from (:class:`stale_cli.clip_identity.WeightsId`)."""
+        from stale_cli.clip_identity import WeightsId
+
+        return WeightsId(self.clip_weights, self.clip_weights_sha256)
 
 
 def save_checkpoint(
@@ -64,6 +72,7 @@ def save_checkpoint(
     feature_fps: float,
     clip_model: str,
     clip_weights: str = "random",
+    clip_weights_sha256: str | None = None,
     epoch: int = 0,
     detect_cfg: DetectConfig | None = None,
     dataset: str | None = None,
@@ -71,6 +80,7 @@ def save_checkpoint(
 ) -> None:
     """Write a checkpoint atomically. ``extra`` (optimizer state, history, ...) must hold only plain types/tensors.
 
+    ``clip_weights_sha256``: the content hash of the weights file ``clip_weights`` names (None for a tag).
     ``dataset``: the dataset preset trained with (default: the one ``data_cfg`` belongs to); ``detect_cfg``:
     inference settings to record (default: that dataset's).
     """
@@ -91,6 +101,7 @@ def save_checkpoint(
         "feature_dim": int(model_cfg.feature_dim),
         "clip_model": str(clip_model),
         "clip_weights": str(clip_weights),
+        "clip_weights_sha256": clip_weights_sha256,
         "clip_activation": activation_of(model),  # the text tower's, as built (QuickGELU for OpenAI's weights)
         "epoch": int(epoch),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -142,6 +153,10 @@ def _config(cls, d, name: str, path: Path):
         return cls(**d)
     except (TypeError, StaleError) as e:
         raise CheckpointError(f"{path}: bad {name} ({e})") from None
+
+
+def _optional_str(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
@@ -200,6 +215,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
         feature_dim=int(ckpt.get("feature_dim", 0)),
         clip_model=clip_model,
         clip_weights=clip_weights,
+        clip_weights_sha256=_optional_str(ckpt.get("clip_weights_sha256")),
         epoch=int(ckpt.get("epoch", 0)),
         clip_activation=recorded_activation(clip_model, ckpt.get("clip_activation")),
         extra=dict(ckpt.get("extra") or {}),

@@ -178,7 +178,8 @@ def resize_and_crop(frames: torch.Tensor, size: int, resize_mode: str = "shortes
 class ClipBackbone:
     """An open_clip CLIP model in eval mode and what it takes to feed it.
 
-    ``weights`` is the string recorded in feature sidecars (the pretrained tag, the file path, or "random").
+    ``weights`` is the string recorded in feature sidecars (the pretrained tag, the file path, or "random");
+    ``weights_sha256`` the content hash of a weights file (None for a tag): :mod:`stale_cli.clip_identity`.
     """
 
     model: Any  # open_clip CLIP, eval mode, on `device`
@@ -193,6 +194,13 @@ class ClipBackbone:
     device: torch.device
     activation: str = GELU  # the towers' MLP activation: "quick_gelu" (OpenAI's weights) or "gelu"
     precision: str = "fp32"  # the weights' dtype: fp32 | bf16 | fp16 (see resolve_precision)
+    weights_sha256: Optional[str] = None
+
+    @property
+    def weights_id(self):
+        from stale_cli.clip_identity import WeightsId
+
+        return WeightsId(self.weights, self.weights_sha256)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -366,6 +374,9 @@ def load_clip(
         dummy = torch.zeros(1, 3, size, size, device=device, dtype=PRECISIONS[precision])
         embed_dim = int(model.encode_image(dummy).shape[-1])
     activation = activation_of(model)
+    from stale_cli.clip_identity import weights_sha256
+
+    digest = weights_sha256(recorded)  # a file's content hash (computed once per file version); None for a tag
     log.debug("loaded CLIP %s (%s, %s, %s) on %s, input %d, embed %d", model_name, recorded, activation, precision,
               device, size, embed_dim)
     return ClipBackbone(
@@ -381,4 +392,5 @@ def load_clip(
         device=device,
         activation=activation,
         precision=precision,
+        weights_sha256=digest,
     )

@@ -35,6 +35,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from stale_cli.clip_identity import mismatch_hint
 from stale_cli.clipmode import MODE_NAME as CLIP_MODE
 from stale_cli.clipmode import (ClipModeConfig, class_text_features, ensemble, normalize_rows, snippet_directions,
                                 snippet_probabilities)
@@ -132,10 +133,9 @@ def resample_features(features: np.ndarray, meta: FeatureMeta, fps: float) -> tu
     return out, meta.replace(fps=float(fps), timestamps=tuple(t0 + k / fps for k in range(M)), resampled_from_fps=src_fps)
 
 
-def _same_clip(a: Optional[str], b: Optional[str]) -> bool:
-    """Model names equal up to open_clip's ``-quickgelu`` variant (same weights, same embedding)."""
-    if not a or not b:
-        return True
+def _same_clip(a: str, b: str) -> bool:
+    """Model names equal up to open_clip's ``-quickgelu`` variant (same weights, same embedding). A name that is
+    not recorded is the caller's to handle (:meth:`Detector._check_clip`)."""
     strip = lambda s: s.lower().removesuffix("-quickgelu")  # noqa: E731
     return strip(a) == strip(b)
 
@@ -190,6 +190,7 @@ class Detector:
         self.device = torch.device(device)
         self.classes = list(settings.classes)
         self.mode, self.checkpoint = choose_mode(settings.mode, settings.checkpoint, settings.weights_dir)
+        self._unidentified: set[str] = set()  # what older feature files lacked, said once per run
         self.model = None
         self.info = None  # CheckpointInfo in STALE mode
         self.data_cfg = CLIP_WINDOWS
@@ -240,6 +241,13 @@ class Detector:
                 f"with --clip-weights {self.clip.weights} runs {self.clip.activation}; video features would not "
                 "match the text: use the CLIP weights the checkpoint was trained with"
             )
+        if self.mode == STALE_MODE and self.clip is not None:  # videos: their features must be the checkpoint's
+            same = self.clip.weights_id.same_as(self.info.weights_id)
+            if same is False:
+                raise CheckpointError(
+                    f"{self.checkpoint}: trained from CLIP weights {self.info.weights_id} but --clip-weights gives "
+                    f"{self.clip.weights_id}; video features would not match the text: pass --clip-weights "
+                    f"{self.info.clip_weights}")
         from stale_cli.model.stale import SCORINGS
         from stale_cli.vocab import distractors
 
@@ -412,21 +420,11 @@ class Detector:
         why = feature_activation_error(meta, expected)
         if why:
             raise DataError(f"{source}: {why}")
+        self._check_clip(meta, source, feats.shape[1])
         if self.mode == STALE_MODE:
-            if not _same_clip(meta.clip_model, self.clip_model_name):
-                raise CheckpointError(
-                    f"{source}: features are from {meta.clip_model} but the checkpoint was trained on "
-                    f"{self.clip_model_name} features"
-                )
             if not math.isclose(meta.fps, self.fps, rel_tol=1e-3):
                 log.info("%s: features at %.3g fps resampled to the checkpoint's %.3g fps", video_id, meta.fps, self.fps)
                 feats, meta = resample_features(feats, meta, self.fps)
-        else:
-            if not _same_clip(meta.clip_model, self.clip_model_name):
-                raise InputError(
-                    f"{source}: features are from {meta.clip_model}; pass --clip-model {meta.clip_model} "
-                    "so the class text is encoded by the same CLIP"
-                )
         duration = video_duration(meta, feats.shape[0])
         timeline = feature_timeline(meta, feats.shape[0])
         if self.mode == STALE_MODE:
@@ -446,6 +444,41 @@ class Detector:
             scores=scores,
             extra={"mode": self.mode},
         )
+
+    def _check_clip(self, meta: FeatureMeta, source: str, width: int) -> None:
+        """Refuse features of another CLIP model, or (CLIP features: as wide as the text) of other weights than
+        the text tower: the checkpoint's (STALE mode) or the loaded CLIP's. What an older feature file does not
+        record is said once per run, and the file is used."""
+        if meta.clip_model is None:
+            self._say_unidentified("model", source)
+        elif not _same_clip(meta.clip_model, self.clip_model_name):
+            if self.mode == STALE_MODE:
+                raise CheckpointError(f"{source}: features are from {meta.clip_model} but the checkpoint was "
+                                      f"trained on {self.clip_model_name} features")
+            raise InputError(f"{source}: features are from {meta.clip_model}; pass --clip-model {meta.clip_model} "
+                             "so the class text is encoded by the same CLIP")
+        text = self.info.weights_id if self.mode == STALE_MODE else self.clip.weights_id
+        if width != self.text.shape[1]:
+            return  # not CLIP's features (a checkpoint trained on other features)
+        same = meta.weights_id.same_as(text)
+        if same is None:
+            self._say_unidentified("weights", source, text)
+        elif not same:
+            whose = f"the checkpoint {self.checkpoint.name} was trained from" if self.mode == STALE_MODE \
+                else "the text is encoded with"
+            hint = mismatch_hint(meta.weights_id, text)
+            if self.mode == STALE_MODE and meta.weights_id.label != text.label:
+                hint = f"extract them with --clip-weights {text.label}"
+            raise InputError(f"{source}: features made with CLIP weights {meta.weights_id} but {whose} {text}; "
+                             f"{hint}")
+
+    def _say_unidentified(self, what: str, source: str, assumed=None) -> None:
+        if what in self._unidentified:
+            return
+        self._unidentified.add(what)
+        assumed = assumed if assumed is not None else self.clip_model_name
+        log.warning("%s: the features do not record which CLIP %s made them (an older stale, or made by hand); "
+                    "assuming %s and going on (said once)", source, what, assumed)
 
     def _clip_candidates(self, feats: np.ndarray, meta: FeatureMeta, timeline) -> tuple[list, np.ndarray]:
         """Probabilities on the whole video (one background level per video), segments from its whole curves."""

@@ -36,6 +36,7 @@ import torch
 
 from stale_cli import __version__
 from stale_cli.clip_backbone import resize_and_crop
+from stale_cli.clip_identity import WeightsId
 from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers  # noqa: F401 (re-exported)
 from stale_cli.errors import DecodeError, InputError, ResourceError, StaleError
 from stale_cli.fileio import check_writable, source_identity, write_features
@@ -75,6 +76,7 @@ def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> Fea
         source_mtime_ns=ident["source_mtime_ns"],
         clip_model=clip.name,
         clip_weights=clip.weights,
+        clip_weights_sha256=clip.weights_sha256,
         clip_activation=clip.activation,
         precision=clip.precision,
         num_frames=info.num_frames,
@@ -438,6 +440,9 @@ def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
             "clip_activation": recorded_activation(meta.clip_model, meta.clip_activation)}
     wanted = {"fps": fps, "clip_model": clip.name, "clip_weights": clip.weights, "clip_activation": clip.activation}
     diff = [f"{k} {made[k]!r} (asked: {v!r})" for k, v in wanted.items() if made[k] != v]
+    asked = WeightsId(clip.weights, clip.weights_sha256)
+    if not diff and meta.weights_id.same_as(asked) is False:  # the weights file changed in place
+        diff.append(f"clip_weights {meta.weights_id} (asked: {asked})")
     return ("other-settings", "; ".join(diff)) if diff else ("done", "")
 
 

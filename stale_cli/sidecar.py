@@ -35,6 +35,7 @@ class FeatureMeta:
     source_mtime_ns: Optional[int] = None
     clip_model: Optional[str] = None  # open_clip architecture of the image tower
     clip_weights: Optional[str] = None  # pretrained tag, weights file path, or "random"
+    clip_weights_sha256: Optional[str] = None  # content hash of a weights file (stale_cli.clip_identity)
     clip_activation: Optional[str] = None  # gelu | quick_gelu: what both towers ran with
     precision: Optional[str] = None  # dtype of CLIP's weights: fp32 | bf16 | fp16
     num_frames: Optional[int] = None  # frames decoded from the source
@@ -102,6 +103,13 @@ class FeatureMeta:
         """The rate the features were extracted at, before any resize or resampling."""
         return float(self.extracted_fps if self.extracted_fps is not None else self.fps)
 
+    @property
+    def weights_id(self):
+        """The CLIP weights that made the features (:class:`stale_cli.clip_identity.WeightsId`)."""
+        from stale_cli.clip_identity import WeightsId
+
+        return WeightsId(self.clip_weights, self.clip_weights_sha256)
+
     def missing_for_writing(self) -> list[str]:
         return [k for k in REQUIRED_TO_WRITE if getattr(self, k) is None]
 
@@ -127,7 +135,7 @@ def _problems(meta: Mapping) -> list[str]:
         value = meta.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             problems.append(f"{key!r} must be a non-negative integer, got {value!r}")
-    for key in ("clip_model", "clip_weights", "source"):
+    for key in ("clip_model", "clip_weights", "clip_weights_sha256", "source"):
         if meta.get(key) is not None and not isinstance(meta[key], str):
             problems.append(f"{key!r} must be a string, got {meta[key]!r}")
     return problems

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from stale_cli import datasets
 from stale_cli.checkpoint import build_model, check_checkpoint_path, read_checkpoint, save_checkpoint
 from stale_cli.clip_backbone import activation_of
+from stale_cli.clip_identity import WeightsId, mismatch_hint, weights_sha256
 from stale_cli.data.annotations import Annotations
 from stale_cli.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset, collate_windows, load_video_set,
                                     repeat_factors, unseen_spans, video_instances)
@@ -167,13 +168,35 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
     return dist.get_rank(), dist.get_world_size(), device, started
 
 
-def _check_features(vs: VideoSet, clip_name: str, embed_dim: int, features_dir, activation: str | None) -> None:
+def _check_features(vs: VideoSet, clip_name: str, embed_dim: int, features_dir, activation: str | None,
+                    weights: WeightsId, resumed: bool) -> None:
+    """Refuse features the text encoder cannot read: made by CLIP running another activation, by another CLIP
+    model, or (CLIP features only) with other weights than the text tower starts from (``weights``). Features of
+    an older stale that record no weights identity: one warning, then they are used."""
     from stale_cli.clip_backbone import feature_activation_error
 
+    clip_features = vs.feature_dim == embed_dim
+    if clip_features and not weights.known:
+        log.warning("no content hash of the text encoder's CLIP weights %s is known (a checkpoint of an older "
+                    "stale); the features are not checked against them", weights.label)
+    unidentified = []
     for vid, meta in vs.meta.items():
-        why = feature_activation_error(meta, activation if vs.feature_dim == embed_dim else None)
+        why = feature_activation_error(meta, activation if clip_features else None)
         if why:
             raise DataError(f"{Path(features_dir) / vid}.npy: {why}")
+        same = meta.weights_id.same_as(weights) if clip_features and weights.known else True
+        if same is False:
+            what = ("use the features it was trained on" if resumed
+                    else mismatch_hint(meta.weights_id, weights))
+            raise DataError(
+                f"{Path(features_dir) / vid}.npy: features made with CLIP weights {meta.weights_id} but the text "
+                f"encoder {'was trained' if resumed else 'starts'} from {weights}; {what} (text and features must "
+                "come from the same CLIP)")
+        if same is None:
+            unidentified.append(vid)
+    if unidentified:
+        log.warning("%d feature file(s) in %s (e.g. %s.npy) do not record which CLIP weights made them (an older "
+                    "stale); assuming %s", len(unidentified), features_dir, unidentified[0], weights)
     clips = vs.clip_models()
     if vs.feature_dim == embed_dim and clips and clip_name not in clips:
         raise DataError(
@@ -408,7 +431,7 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
             raise CheckpointError(f"{resume}: checkpoint was trained on other classes; resume with the same split")
         model_cfg, loss_cfg, data_cfg = info.model_config, info.loss_config, info.data_config
         dataset = info.dataset
-        clip_name, clip_weights = info.clip_model, info.clip_weights
+        clip_name, clip_weights, weights = info.clip_model, info.clip_weights, info.weights_id
         start_epoch, history = info.epoch, list(info.extra.get("history", []))
         later = saved_epoch(last_path)
         if not fresh and later > start_epoch:
@@ -422,8 +445,9 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         embed = int(open_clip.get_model_config(clip_name)["embed_dim"])
         model_cfg = replace(model_cfg, feature_dim=vs.feature_dim, embed_dim=embed,
                             num_snippets=data_cfg.num_snippets, clip_model=clip_name)
+        weights = WeightsId(clip_weights, weights_sha256(clip_weights))
     activation = info.clip_activation if resume is not None else (activation_of(clip_model) if clip_model else None)
-    _check_features(vs, clip_name, model_cfg.embed_dim, features_dir, activation)
+    _check_features(vs, clip_name, model_cfg.embed_dim, features_dir, activation, weights, resume is not None)
 
     train_ids, val_ids = split_videos([v.video_id for v in vs.videos], train_cfg.val_fraction, train_cfg.seed)
     train_set, val_set = vs.subset(train_ids), vs.subset(val_ids)
@@ -475,7 +499,8 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
                      len(loader), MIN_STEPS)
     spec = datasets.get(dataset) if dataset is not None else datasets.for_data_config(data_cfg)
     describe = dict(model_cfg=model_cfg, loss_cfg=loss_cfg, data_cfg=data_cfg, class_names=class_names,
-                    dataset=spec.name, feature_fps=vs.feature_fps(), clip_model=clip_name, clip_weights=clip_weights, run_key=key)
+                    dataset=spec.name, feature_fps=vs.feature_fps(), clip_model=clip_name, clip_weights=clip_weights,
+                    clip_weights_sha256=weights.sha256, run_key=key)
     if resume is not None and rank == 0:
         if start_epoch >= train_cfg.epochs:
             log.info("%s: already trained %d of %d epochs; nothing to do (--epochs N goes on further, --fresh "

@@ -118,6 +118,7 @@ torch.set_num_threads(1)
 class PixelClip:  # stands in for CLIP (the locks are under test, not the encoder): 8x8 RGB means as features
     name, weights, embed_dim, image_size = "pixels", "none", 192, 8
     activation, precision = "gelu", "fp32"  # what the sidecar records of a CLIP (issue 8)
+    weights_sha256 = None  # and of its weights (issue 16): "none" is not a file
 
     def resize_frames(self, frames):  # uint8 (n, H, W, 3) -> (n, 8, 8, 3)
         x = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(8, 8), mode="area")
