@@ -434,7 +434,7 @@ class Detector:
         from stale_cli.postprocess import finalize
 
         found = finalize(candidates, duration, self.detect_cfg)
-        segments = [Segment(self.classes[k], float(s), float(e), float(sc)) for k, s, e, sc in found]
+        segments = [Segment(self.classes[k], float(s), float(e), float(sc), int(k)) for k, s, e, sc in found]
         return VideoDetections(
             video_id=video_id,
             source=source,
@@ -443,6 +443,7 @@ class Detector:
             times=timeline.centres(),
             scores=scores,
             extra={"mode": self.mode},
+            classes=tuple(self.classes),
         )
 
     def _check_clip(self, meta: FeatureMeta, source: str, width: int) -> None:

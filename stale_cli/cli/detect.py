@@ -247,7 +247,7 @@ def detect(
             if report is not None:
                 report.add(video)  # a video resumed from the journal has segments but no score curves
             if plot is not None and not video.extra.get("resumed"):
-                plot_detections(video, names, plots[video.video_id])
+                plot_detections(video, plots[video.video_id])
                 plotted.append(plots[video.video_id])
 
         def on_error(failure) -> None:
