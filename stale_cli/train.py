@@ -389,65 +389,142 @@ def train(
     check_checkpoint_path(out)
     check_checkpoint_path(last_path_for(out))
     rank, world, device, started = _distributed(device)
+    job = _Job(features_dir=features_dir, annotations=annotations, class_names=list(class_names), out=out,
+               clip_model=clip_model, clip_name=clip_name, clip_weights=clip_weights, model_cfg=model_cfg,
+               loss_cfg=loss_cfg, data_cfg=data_cfg, train_cfg=train_cfg, device=device,
+               resume=Path(resume) if resume is not None else None, progress=progress, rerun=rerun, fresh=fresh,
+               dataset=dataset, rank=rank, world=world)
     try:
-        return _train(features_dir, annotations, list(class_names), out, clip_model, clip_name, clip_weights,
-                      model_cfg, loss_cfg, data_cfg, train_cfg, device, resume, progress, rank, world, rerun, fresh,
-                      dataset)
+        return _train(job)
     finally:
         if started:
             dist.destroy_process_group()
 
 
-def _train(features_dir, annotations, class_names, out, clip_model, clip_name, clip_weights, model_cfg, loss_cfg,
-           data_cfg, train_cfg, device, resume, progress, rank, world, rerun=False, fresh=False,
-           dataset=None) -> TrainResult:
+@dataclass(frozen=True)
+class _Job:
+    """The arguments of :func:`train`, with this process's place under torchrun (``rank`` of ``world``)."""
+
+    features_dir: str | Path
+    annotations: Annotations
+    class_names: list[str]
+    out: Path
+    clip_model: torch.nn.Module | None
+    clip_name: str
+    clip_weights: str
+    model_cfg: ModelConfig
+    loss_cfg: LossConfig
+    data_cfg: DataConfig
+    train_cfg: TrainConfig
+    device: torch.device
+    resume: Path | None
+    progress: bool
+    rerun: bool
+    fresh: bool
+    dataset: str | None
+    rank: int
+    world: int
+
+
+@dataclass
+class _Start:
+    """Where a run starts, decided once (nanoGPT's ``init_from``): the configs, the CLIP it reads, the epoch and
+    history so far, and the weights the model is built from: a checkpoint's (``state_dict``, with its optimizer
+    state) when resuming, else CLIP's text tower (``clip_model``)."""
+
+    vs: VideoSet  # the training subset's features, cut with data_cfg
+    model_cfg: ModelConfig
+    loss_cfg: LossConfig
+    data_cfg: DataConfig
+    spec: datasets.Dataset
+    clip_name: str
+    clip_weights: str
+    weights: WeightsId  # what made the features the text encoder reads
+    activation: str | None  # the text tower's activation (None: no CLIP given, nothing to compare)
+    key: dict  # run_key, recorded in every checkpoint
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    state_dict: dict | None = None
+    optimizer_state: dict | None = None
+    clip_model: torch.nn.Module | None = None
+
+    def build_model(self) -> torch.nn.Module:
+        if self.state_dict is not None:
+            model = build_model(self.model_cfg, self.activation)
+            model.load_state_dict(self.state_dict)
+            return model
+        if self.clip_model is None:
+            raise InputError("a CLIP model is needed to start training (or resume from a checkpoint)")
+        from stale_cli.model.stale import STALE
+
+        return STALE(self.model_cfg, self.clip_model)
+
+
+def _from_scratch(job: _Job, key: dict) -> _Start:
+    """A new run: the text encoder starts from ``job.clip_model``'s text tower; the model's widths come from the
+    features and the CLIP architecture."""
+    import open_clip
+
+    vs = load_video_set(job.features_dir, list(job.annotations.videos.values()), job.data_cfg)
+    embed = int(open_clip.get_model_config(job.clip_name)["embed_dim"])
+    model_cfg = replace(job.model_cfg, feature_dim=vs.feature_dim, embed_dim=embed,
+                        num_snippets=job.data_cfg.num_snippets, clip_model=job.clip_name)
+    spec = datasets.get(job.dataset) if job.dataset is not None else datasets.for_data_config(job.data_cfg)
+    return _Start(vs=vs, model_cfg=model_cfg, loss_cfg=job.loss_cfg, data_cfg=job.data_cfg, spec=spec,
+                  clip_name=job.clip_name, clip_weights=job.clip_weights,
+                  weights=WeightsId(job.clip_weights, weights_sha256(job.clip_weights)),
+                  activation=activation_of(job.clip_model) if job.clip_model is not None else None, key=key,
+                  clip_model=job.clip_model)
+
+
+def _from_checkpoint(job: _Job, key: dict) -> _Start:
+    """A resumed run: model, configs, dataset, CLIP and history from ``job.resume``, after checking that the
+    features and classes are the ones it was trained on (and, for a rerun of the same command, its settings)."""
+    resume, last_path = job.resume, last_path_for(job.out)
+    ckpt, info = read_checkpoint(resume)
+    if job.rerun:
+        differ = run_key_differences(key, info.extra.get("run_key"))
+        if differ:
+            raise CheckpointError(
+                f"{resume} holds a training run with other settings ({', '.join(differ)}); rerun with its "
+                "settings to resume it, pass --fresh (or --restart) to start over, or give another --out")
+    vs = load_video_set(job.features_dir, list(job.annotations.videos.values()), info.data_config)
+    if info.feature_dim != vs.feature_dim:
+        raise CheckpointError(
+            f"{resume}: checkpoint was trained on {info.feature_dim}-dimensional features but those in "
+            f"{job.features_dir} are {vs.feature_dim}-dimensional; resume with the same features")
+    if abs(info.feature_fps - vs.feature_fps()) > 1e-6:
+        raise CheckpointError(f"{resume}: checkpoint features are at {info.feature_fps} fps, "
+                              f"those in {job.features_dir} at {vs.feature_fps()} fps")
+    if list(info.class_names) != job.class_names:
+        raise CheckpointError(f"{resume}: checkpoint was trained on other classes; resume with the same split")
+    later = saved_epoch(last_path)
+    if not job.fresh and later > info.epoch:
+        raise CheckpointError(
+            f"{last_path} holds epoch {later}, later than epoch {info.epoch} of {resume}: resuming would "
+            f"overwrite it with an earlier one; resume from {last_path} (or rerun the same command), pass "
+            "--fresh (or --restart) to start over, or give another --out")
+    return _Start(vs=vs, model_cfg=info.model_config, loss_cfg=info.loss_config, data_cfg=info.data_config,
+                  spec=datasets.get(info.dataset), clip_name=info.clip_model, clip_weights=info.clip_weights,
+                  weights=info.weights_id, activation=info.clip_activation,
+                  key=info.extra.get("run_key") or key,  # --resume: the run goes on as it was set up
+                  start_epoch=info.epoch, history=list(info.extra.get("history", [])),
+                  state_dict=ckpt["state_dict"], optimizer_state=ckpt.get("extra", {}).get("optimizer") or None)
+
+
+def _train(job: _Job) -> TrainResult:
+    class_names, train_cfg, device, rank, world = job.class_names, job.train_cfg, job.device, job.rank, job.world
     torch.manual_seed(train_cfg.seed)
     if not class_names:
         raise InputError("no training classes given")
-    ckpt, start_epoch, history = None, 0, []
-    key = run_key(features_dir, annotations, class_names, model_cfg, loss_cfg, data_cfg, train_cfg, clip_name,
-                  clip_weights)
-    last_path = last_path_for(out)
-    if resume is not None:
-        ckpt, info = read_checkpoint(resume)
-        if rerun:
-            differ = run_key_differences(key, info.extra.get("run_key"))
-            if differ:
-                raise CheckpointError(
-                    f"{resume} holds a training run with other settings ({', '.join(differ)}); rerun with its "
-                    "settings to resume it, pass --fresh (or --restart) to start over, or give another --out")
-        key = info.extra.get("run_key") or key  # --resume: the run goes on as it was set up
-        data_cfg = info.data_config
-    vs = load_video_set(features_dir, list(annotations.videos.values()), data_cfg)
-    if resume is not None:
-        if info.feature_dim != vs.feature_dim:
-            raise CheckpointError(
-                f"{resume}: checkpoint was trained on {info.feature_dim}-dimensional features but those in "
-                f"{features_dir} are {vs.feature_dim}-dimensional; resume with the same features")
-        if abs(info.feature_fps - vs.feature_fps()) > 1e-6:
-            raise CheckpointError(f"{resume}: checkpoint features are at {info.feature_fps} fps, "
-                                  f"those in {features_dir} at {vs.feature_fps()} fps")
-        if list(info.class_names) != class_names:
-            raise CheckpointError(f"{resume}: checkpoint was trained on other classes; resume with the same split")
-        model_cfg, loss_cfg, data_cfg = info.model_config, info.loss_config, info.data_config
-        dataset = info.dataset
-        clip_name, clip_weights, weights = info.clip_model, info.clip_weights, info.weights_id
-        start_epoch, history = info.epoch, list(info.extra.get("history", []))
-        later = saved_epoch(last_path)
-        if not fresh and later > start_epoch:
-            raise CheckpointError(
-                f"{last_path} holds epoch {later}, later than epoch {start_epoch} of {resume}: resuming would "
-                f"overwrite it with an earlier one; resume from {last_path} (or rerun the same command), pass "
-                "--fresh (or --restart) to start over, or give another --out")
-    else:
-        import open_clip
-
-        embed = int(open_clip.get_model_config(clip_name)["embed_dim"])
-        model_cfg = replace(model_cfg, feature_dim=vs.feature_dim, embed_dim=embed,
-                            num_snippets=data_cfg.num_snippets, clip_model=clip_name)
-        weights = WeightsId(clip_weights, weights_sha256(clip_weights))
-    activation = info.clip_activation if resume is not None else (activation_of(clip_model) if clip_model else None)
-    _check_features(vs, clip_name, model_cfg.embed_dim, features_dir, activation, weights, resume is not None)
+    key = run_key(job.features_dir, job.annotations, class_names, job.model_cfg, job.loss_cfg, job.data_cfg,
+                  train_cfg, job.clip_name, job.clip_weights)
+    start = _from_checkpoint(job, key) if job.resume is not None else _from_scratch(job, key)
+    vs, model_cfg, data_cfg, start_epoch, history = start.vs, start.model_cfg, start.data_cfg, start.start_epoch, \
+        start.history
+    last_path = last_path_for(job.out)
+    _check_features(vs, start.clip_name, model_cfg.embed_dim, job.features_dir, start.activation, start.weights,
+                    job.resume is not None)
 
     train_ids, val_ids = split_videos([v.video_id for v in vs.videos], train_cfg.val_fraction, train_cfg.seed)
     train_set, val_set = vs.subset(train_ids), vs.subset(val_ids)
@@ -461,26 +538,17 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         log.info("training on %d videos (%d windows), %d held out for validation, %d classes",
                  len(train_ids), len(ds), len(val_ids), len(class_names))
 
-    if resume is not None:
-        model = build_model(model_cfg, info.clip_activation)
-        model.load_state_dict(ckpt["state_dict"])
-    else:
-        if clip_model is None:
-            raise InputError("a CLIP model is needed to start training (or resume from a checkpoint)")
-        from stale_cli.model.stale import STALE
-
-        model = STALE(model_cfg, clip_model)
-    model = model.to(device).train()
-    criterion = STALELoss(model_cfg, loss_cfg)
+    model = start.build_model().to(device).train()
+    criterion = STALELoss(model_cfg, start.loss_cfg)
     step_module = _TrainStep(model, class_names)
     if world > 1:
         step_module = torch.nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(param_groups(model, train_cfg))
-    if ckpt is not None and ckpt.get("extra", {}).get("optimizer"):
-        optimizer.load_state_dict(ckpt["extra"]["optimizer"])
-        for g, fresh in zip(optimizer.param_groups, param_groups(model, train_cfg)):
-            g["base_lr"] = fresh["base_lr"]
+    if start.optimizer_state:
+        optimizer.load_state_dict(start.optimizer_state)
+        for g, now in zip(optimizer.param_groups, param_groups(model, train_cfg)):
+            g["base_lr"] = now["base_lr"]
     amp_dtype = None  # mixed precision on CUDA only: bfloat16 where supported, else float16 with a grad scaler
     if train_cfg.amp and device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -497,22 +565,22 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         if train_cfg.epochs != DEFAULT_EPOCHS and rank == 0:
             log.info("%d epochs of %d steps (at least %d steps on a small training set)", train_cfg.epochs,
                      len(loader), MIN_STEPS)
-    spec = datasets.get(dataset) if dataset is not None else datasets.for_data_config(data_cfg)
-    describe = dict(model_cfg=model_cfg, loss_cfg=loss_cfg, data_cfg=data_cfg, class_names=class_names,
-                    dataset=spec.name, feature_fps=vs.feature_fps(), clip_model=clip_name, clip_weights=clip_weights,
-                    clip_weights_sha256=weights.sha256, run_key=key)
-    if resume is not None and rank == 0:
+    spec = start.spec
+    describe = dict(model_cfg=model_cfg, loss_cfg=start.loss_cfg, data_cfg=data_cfg, class_names=class_names,
+                    dataset=spec.name, feature_fps=vs.feature_fps(), clip_model=start.clip_name,
+                    clip_weights=start.clip_weights, clip_weights_sha256=start.weights.sha256, run_key=start.key)
+    if job.resume is not None and rank == 0:
         if start_epoch >= train_cfg.epochs:
             log.info("%s: already trained %d of %d epochs; nothing to do (--epochs N goes on further, --fresh "
-                     "starts over)", resume, start_epoch, train_cfg.epochs)
+                     "starts over)", job.resume, start_epoch, train_cfg.epochs)
         else:
-            log.info("resuming from %s at epoch %d of %d", resume, start_epoch + 1, train_cfg.epochs)
+            log.info("resuming from %s at epoch %d of %d", job.resume, start_epoch + 1, train_cfg.epochs)
     known = saved_epoch(last_path)  # the epoch in <out>.last.pt as this run last saw it
     best = max(history, key=_score) if val_ids and history else None
     total_steps = train_cfg.epochs * len(loader)  # the schedule spans the whole run, resumed or not
     # One bar for the whole run (its ETA covers every epoch left), not one per epoch.
     bar = tqdm(total=max(0, train_cfg.epochs - start_epoch) * len(loader), unit="step", file=sys.stderr,
-               disable=not progress or rank != 0, dynamic_ncols=True, leave=False)
+               disable=not job.progress or rank != 0, dynamic_ncols=True, leave=False)
     try:
         for epoch in range(start_epoch, train_cfg.epochs):
             sampler.set_epoch(epoch)
@@ -554,14 +622,14 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
                                 history=history, train_config=dataclasses.asdict(train_cfg), **describe)
                 known = epoch + 1
                 if is_best:
-                    save_checkpoint(out, model, epoch=epoch + 1, history=history,
+                    save_checkpoint(job.out, model, epoch=epoch + 1, history=history,
                                     train_config=dataclasses.asdict(train_cfg), **describe)
     finally:
         bar.close()
     if world > 1:
         dist.barrier()
     return TrainResult(
-        best_path=out, last_path=last_path, best_epoch=(best or {}).get("epoch", start_epoch),
+        best_path=job.out, last_path=last_path, best_epoch=(best or {}).get("epoch", start_epoch),
         score_name="mAP@0.5" if val_ids else "last epoch", history=history, train_videos=len(train_ids),
         val_videos=len(val_ids), missing_videos=len(vs.missing), model=model)
 
