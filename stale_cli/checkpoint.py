@@ -22,7 +22,7 @@ import torch
 
 from stale_cli import datasets
 from stale_cli.data.windows import DataConfig
-from stale_cli.errors import CheckpointError, StaleError
+from stale_cli.errors import CheckpointError, StaleError, first_line
 from stale_cli.fileio import atomic_path
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.postprocess import DetectConfig
@@ -114,7 +114,7 @@ def save_checkpoint(
             try:
                 torch.save(ckpt, tmp)
             except RuntimeError as e:  # torch's zip writer reports a full disk as a RuntimeError
-                raise OSError(f"{str(e).splitlines()[0][:200]} (disk full?)") from e
+                raise OSError(f"{first_line(e)[:200]} (disk full?)") from e
     except StaleError as e:
         raise CheckpointError(f"{e}; {kept}") from e
 
@@ -167,7 +167,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (pickle, zip, runtime) for a file that is not a checkpoint
-        raise CheckpointError(f"{path}: not a stale checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: not a stale checkpoint ({type(e).__name__}: {first_line(e)[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a stale checkpoint (written by `stale train`)")
     if ckpt.get("version") == 1:

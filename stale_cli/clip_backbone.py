@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from stale_cli import CLIP_WEIGHTS_ENV
-from stale_cli.errors import WeightsError
+from stale_cli.errors import WeightsError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -250,11 +250,6 @@ def _weights_error(model_name: str, weights: str, why: str) -> WeightsError:
     )
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def looks_like_openai_weights(path: Path) -> bool:
     """Whether a local weights file looks like OpenAI's CLIP: "openai" in its path (OpenAI's files on the Hugging
     Face hub, e.g. ``timm/vit_base_patch16_clip_224.openai``) or a TorchScript archive, the form OpenAI ships."""
@@ -335,7 +330,7 @@ def load_clip(
             try:
                 open_clip.download_pretrained(cfg, cache_dir=cache_dir)
             except (OSError, RuntimeError, ValueError) as e:  # huggingface_hub/urllib errors subclass these
-                raise _weights_error(model_name, weights, _first_line(e)) from e
+                raise _weights_error(model_name, weights, first_line(e)) from e
             pretrained, recorded = weights, weights
             quick_gelu = bool(cfg.get("quick_gelu", False))
         else:
@@ -362,7 +357,7 @@ def load_clip(
         if pretrained is None:
             raise
         raise WeightsError(
-            f"cannot load CLIP weights {recorded} into {model_name}: {_first_line(e)}; "
+            f"cannot load CLIP weights {recorded} into {model_name}: {first_line(e)}; "
             "pass a weights file made for this --clip-model"
         ) from e
     model.eval()

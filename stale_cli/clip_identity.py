@@ -13,7 +13,6 @@ A cache that cannot be read or written is ignored: it only saves time.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +49,10 @@ def weights_sha256(label: Optional[str]) -> Optional[str]:
     from stale_cli.textcache import cache_dir
 
     store = cache_dir() / CACHE_NAME
-    try:
-        known = json.loads(store.read_text(encoding="utf-8"))
-        known = known if isinstance(known, dict) else {}
-    except (OSError, ValueError, RecursionError):
-        known = {}
+    from stale_cli.fileio import read_json_or_none
+
+    known = read_json_or_none(store)
+    known = known if isinstance(known, dict) else {}
     digest = known.get(key)
     if not isinstance(digest, str):
         h = hashlib.sha256()

@@ -35,17 +35,21 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from stale_cli import __version__
 from stale_cli.clip_identity import mismatch_hint
 from stale_cli.clipmode import MODE_NAME as CLIP_MODE
 from stale_cli.clipmode import (ClipModeConfig, class_text_features, ensemble, normalize_rows, snippet_directions,
                                 snippet_probabilities)
-from stale_cli.data.windows import DataConfig, interpolate_rows
+from stale_cli.data.windows import (DataConfig, center_video, cut_windows, detection_grid, feature_timeline,
+                                    interpolate_rows, video_duration)
+from stale_cli.defaults import DEFAULT_FEATURE_FPS
 from stale_cli.errors import CheckpointError, DataError, InputError, ResourceError, StaleError
 from stale_cli.fileio import read_features, source_identity, write_features
 from stale_cli.outputs import Segment, VideoDetections
-from stale_cli.postprocess import DetectConfig
+from stale_cli.postprocess import DetectConfig, Segments, WindowedVideo, finalize, segments_from_curve
 from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta
-from stale_cli.vocab import class_to_text
+from stale_cli.textcache import cached_rows
+from stale_cli.vocab import class_to_text, distractors, name_key
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +213,6 @@ class Detector:
             if settings.fps is not None and not math.isclose(settings.fps, self.fps):
                 log.warning("--fps %.3g ignored: the checkpoint was trained at %.3g features per second", settings.fps, self.fps)
         else:
-            from stale_cli.extract import DEFAULT_FEATURE_FPS
-
             self.clip_model_name = settings.clip_model or DEFAULT_CLIP_MODEL
             # Rate videos are sampled at; feature files keep their own rate in this mode.
             self.fps = settings.fps or (DEFAULT_FEATURE_FPS if need_video else None)
@@ -249,7 +251,6 @@ class Detector:
                     f"{self.clip.weights_id}; video features would not match the text: pass --clip-weights "
                     f"{self.info.clip_weights}")
         from stale_cli.model.stale import SCORINGS
-        from stale_cli.vocab import distractors
 
         if settings.scoring not in SCORINGS:
             raise InputError(f"--scoring must be one of {', '.join(SCORINGS)}, not {settings.scoring!r}")
@@ -266,8 +267,6 @@ class Detector:
             self.text = self._stale_text(names)  # (R+1, C)
             fits = self.info.feature_dim == self.text.shape[1]  # CLIP features: frozen CLIP can read them
             if not paper and settings.new_names == "clip" and fits:
-                from stale_cli.vocab import name_key
-
                 trained_keys = {name_key(n) for n in trained}
                 self.new_idx = [i for i, n in enumerate(self.classes) if name_key(n) not in trained_keys]
             if not paper and fits and (self.detect_cfg.prior_weight > 0 or self.new_idx):
@@ -290,8 +289,6 @@ class Detector:
     # ---- text ----------------------------------------------------------------------------------------------
     @staticmethod
     def _cached_text(identity: dict, names: list[str], encode) -> np.ndarray:
-        from stale_cli.textcache import cached_rows
-
         return cached_rows(identity, names, encode)
 
     def _stale_text(self, names: list[str]):
@@ -338,10 +335,6 @@ class Detector:
     def run_key(self) -> dict:
         """Everything that decides a video's segments, for :mod:`stale_cli.resume` to tell a rerun's videos from
         those of a run with other settings (the checkpoint by identity, so a retrained file counts as new)."""
-        import dataclasses
-
-        from stale_cli.fileio import source_identity
-
         key = dict(self.metadata(), detect_config=dataclasses.asdict(self.detect_cfg))
         key.update(clip_mode=dataclasses.asdict(self.settings.clip_cfg) if self.mode == CLIP_MODE else None)
         key.update(checkpoint=source_identity(self.checkpoint) if self.checkpoint else None)
@@ -349,8 +342,6 @@ class Detector:
 
     def metadata(self) -> dict:
         """Run metadata for output files."""
-        from stale_cli import __version__
-
         return {
             "mode": self.mode,
             "mode_description": "trained STALE checkpoint" if self.mode == STALE_MODE
@@ -380,7 +371,7 @@ class Detector:
             return read_features(path)
         if self.clip is None:
             raise InputError(f"{path}: a video, but the CLIP image encoder was not loaded")
-        from stale_cli.extract import DEFAULT_FEATURE_FPS, cache_entry, extract_video
+        from stale_cli.extract import cache_entry, extract_video
 
         fps = self.fps or DEFAULT_FEATURE_FPS
         cached = None
@@ -411,7 +402,6 @@ class Detector:
         """Segments of one video from its features ``(N, D)`` and sidecar ``meta`` (or its JSON object: at least
         ``fps``)."""
         from stale_cli.clip_backbone import feature_activation_error
-        from stale_cli.data.windows import feature_timeline, video_duration
 
         feats = np.asarray(feats, dtype=np.float32)
         meta = FeatureMeta.of(meta)
@@ -431,8 +421,6 @@ class Detector:
             candidates, scores = self._stale_candidates(feats, meta)
         else:
             candidates, scores = self._clip_candidates(feats, meta, timeline)
-        from stale_cli.postprocess import finalize
-
         found = finalize(candidates, duration, self.detect_cfg)
         segments = [Segment(self.classes[k], float(s), float(e), float(sc), int(k)) for k, s, e, sc in found]
         return VideoDetections(
@@ -483,8 +471,6 @@ class Detector:
 
     def _clip_candidates(self, feats: np.ndarray, meta: FeatureMeta, timeline) -> tuple[list, np.ndarray]:
         """Probabilities on the whole video (one background level per video), segments from its whole curves."""
-        from stale_cli.postprocess import segments_from_curve
-
         if feats.shape[1] != self.text.shape[1]:
             raise InputError(
                 f"features are {feats.shape[1]}-wide but {self.clip_model_name} embeds in {self.text.shape[1]} "
@@ -500,9 +486,7 @@ class Detector:
         """Candidates of every window, and per-row class probabilities (T_total, K) averaged over windows."""
         import torch
 
-        from stale_cli.data.windows import center_video, cut_windows, detection_grid, feature_timeline
         from stale_cli.model.stale import detection_probabilities
-        from stale_cli.postprocess import WindowedVideo
 
         width = self.info.feature_dim
         if feats.shape[1] != width:
@@ -551,8 +535,6 @@ class Detector:
     def _new_name_candidates(self, feats: np.ndarray, timeline, scores: np.ndarray):
         """Segments of the names the checkpoint was not trained on, from frozen CLIP's reading of the features (the
         training-free mode's, with every other name as a distractor); their curves are written into ``scores``."""
-        from stale_cli.postprocess import Segments, segments_from_curve
-
         new = self.new_idx
         rest = [r for r in range(self.prior_text.shape[0]) if r not in set(new)]
         probs = snippet_probabilities(feats, self.prior_text[new + rest], 1.0 / timeline.step, self.settings.clip_cfg,

@@ -31,7 +31,6 @@ is an independent implementation that reproduces its numbers, including its corn
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections import defaultdict
@@ -40,10 +39,11 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from stale_cli.data.annotations import IGNORED_LABELS, Annotations, load_annotations
 from stale_cli import datasets
+from stale_cli.data.annotations import IGNORED_LABELS, Annotations, load_annotations
 from stale_cli.data.splits import class_key, load_split, match_classes
 from stale_cli.errors import DataError, InputError
+from stale_cli.fileio import read_json
 
 log = logging.getLogger(__name__)
 
@@ -224,19 +224,6 @@ def evaluate_detection(
 # ------------------------------------------------------------------------------------------------ files and data
 
 
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read {what} ({e})") from e
-    except RecursionError:
-        raise DataError(f"{path}: {what} is JSON nested too deeply to read") from None
-    except ValueError as e:
-        raise DataError(f"{path}: {what} is not valid JSON ({e})") from e
-
-
 def _number(x, where: str) -> float:
     """A finite number given as a JSON number or a numeric string."""
     if isinstance(x, bool):
@@ -291,7 +278,7 @@ def read_predictions(path: str | Path) -> dict[str, list[tuple[str, float, float
     """Read predictions from ActivityNet results JSON, or CSV with header ``video,label,start,end,score``."""
     path = Path(path)
     if path.suffix.lower() != ".csv":
-        return parse_predictions(_read_json(path, "prediction file"), str(path))
+        return parse_predictions(read_json(path, "prediction file"), str(path))
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -39,7 +38,7 @@ from stale_cli.clip_backbone import resize_and_crop
 from stale_cli.clip_identity import WeightsId
 from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers  # noqa: F401 (re-exported)
 from stale_cli.errors import DecodeError, InputError, ResourceError, StaleError
-from stale_cli.fileio import check_writable, source_identity, write_features
+from stale_cli.fileio import check_writable, read_json_or_none, source_identity, write_features
 from stale_cli.locks import OutputLock
 from stale_cli.sidecar import FEATURE_FORMAT, MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta, source_mismatch
 from stale_cli.video import FrameSampler, VideoInfo, num_samples, probe_header
@@ -419,12 +418,9 @@ def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
     meta_path = npy.with_suffix(".json")
     if not (npy.is_file() and meta_path.is_file()):
         return "absent", ""
-    try:
-        obj = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return "absent", ""  # an unreadable sidecar is redone
+    obj = read_json_or_none(meta_path)
     if not isinstance(obj, dict):
-        return "absent", ""
+        return "absent", ""  # an unreadable sidecar is redone
     try:
         meta = FeatureMeta.from_json(obj, str(meta_path))
     except StaleError as e:

@@ -18,7 +18,7 @@ import socket
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -42,6 +42,29 @@ def parse_json(text: str, where: str):
         raise DataError(f"{where}: JSON nested too deeply to read") from None
     except ValueError as e:
         raise DataError(f"{where}: not valid JSON ({e})") from None
+
+
+def read_json(path: str | os.PathLike, what: str):
+    """The parsed JSON of the file at ``path``, a ``what`` ("annotation file", ...) the command needs: missing is
+    an InputError, unreadable or not JSON a DataError, each one line naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read {what} ({e})") from e
+    return parse_json(text, str(path))
+
+
+def read_json_or_none(path: str | os.PathLike, max_bytes: Optional[int] = None):
+    """The parsed JSON of the file at ``path``, or None when it is missing, larger than ``max_bytes``, unreadable
+    or not JSON: for files that are only looked at (a sidecar to compare, a record to resume), never required."""
+    try:
+        if max_bytes is not None and os.path.getsize(path) > max_bytes:
+            return None
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
 
 
 def pid_alive(pid: int) -> bool:

@@ -135,17 +135,13 @@ def collect_inputs(
 def _sidecar_source(npy: Path) -> Optional[tuple]:
     """``(resolved source video, sidecar)`` a feature file's sidecar records, or None (no, unreadable or bad
     sidecar, or one that names no source)."""
-    import json
-
     from stale_cli.errors import DataError
+    from stale_cli.fileio import read_json_or_none
     from stale_cli.sidecar import FeatureMeta
 
-    sidecar = npy.with_suffix(".json")
     try:
-        if sidecar.stat().st_size > 64 << 20:
-            return None
-        meta = FeatureMeta.from_json(json.loads(sidecar.read_text(encoding="utf-8")))
-    except (OSError, ValueError, RecursionError, DataError):
+        meta = FeatureMeta.from_json(read_json_or_none(npy.with_suffix(".json"), max_bytes=64 << 20))
+    except DataError:  # no sidecar, an unreadable or a bad one
         return None
     return (meta.source, meta) if meta.source is not None else None
 

@@ -36,7 +36,7 @@ from stale_cli.data.splits import NUM_SPLITS, RATIOS, load_split, match_classes
 from stale_cli.datasets import DATASETS, Dataset, get as get_dataset
 from stale_cli.errors import DataError, InputError
 from stale_cli.evaluate import evaluate_detection, ground_truth, parse_predictions
-from stale_cli.fileio import write_json_atomic, write_text_atomic
+from stale_cli.fileio import read_json_or_none, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +140,10 @@ def _detect_and_evaluate(
 def _load_done(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+    done = read_json_or_none(path)
+    if done is None:
         log.warning("%s is unreadable; redoing it", path)
-        return None
+    return done
 
 
 def _settings_record(cfg: ProtocolConfig, features_dir, annotations, model_cfg, loss_cfg, data_cfg, train_cfg,
@@ -168,8 +167,9 @@ def _settings_record(cfg: ProtocolConfig, features_dir, annotations, model_cfg, 
 def _check_work_dir(work_dir: Path, record: dict) -> None:
     path = work_dir / "protocol.json"
     old = _load_done(path)
-    if old is not None and old != json.loads(json.dumps(record)):
-        changed = sorted(k for k in set(old) | set(record) if old.get(k) != json.loads(json.dumps(record)).get(k))
+    plain = json.loads(json.dumps(record))  # as it reads back from the file
+    if old is not None and old != plain:
+        changed = sorted(k for k in set(old) | set(plain) if old.get(k) != plain.get(k))
         raise InputError(
             f"{work_dir} holds a run with other settings ({', '.join(changed)} differ); rerun with the same "
             "settings to resume it, or choose another --work-dir"
@@ -355,7 +355,7 @@ def markdown(summary: dict) -> str:
                      + f" | {_pm(row['average_mAP_mean'], row['average_mAP_std'])} |")
     paper = summary["paper"]
     cells = ["–" if v is None else f"{v:.1f}" for v in paper["mAP"]]
-    lines.append(f"| STALE, paper Table 1 | 10 | " + " | ".join(cells) + f" | {paper['average_mAP']:.1f} |")
+    lines.append("| STALE, paper Table 1 | 10 | " + " | ".join(cells) + f" | {paper['average_mAP']:.1f} |")
     lines += ["", "Average mAP (%) per split:", "", "| split | " + " | ".join(
         r["name"] for r in summary["rows"].values()) + " |", "|---|" + "---|" * len(summary["rows"])]
     splits = sorted({int(k) for r in summary["rows"].values() for k in r["per_split"]})

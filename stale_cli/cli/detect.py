@@ -219,14 +219,13 @@ def detect(
 
             check_plot_format(plot)  # after the clobber checks: writing over an input is the graver mistake
         need_video = any(p.suffix.lower() != ".npy" for p in paths)
+        dev = resolve_device(device)
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
             fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
-            precision=precision, distractors=distractors, scoring=scoring, prior_weight=prior_weight,
-            new_names=new_names,
+            precision=resolve_precision(precision, dev),  # once, here: a bad one is an error before any model loads
+            distractors=distractors, scoring=scoring, prior_weight=prior_weight, new_names=new_names,
         )
-        dev = resolve_device(device)
-        resolve_precision(precision, dev)  # a bad --precision is an error before any model loads
         detector = Detector(settings, device=dev, need_video=need_video)
         writer.meta = detector.metadata()
         journal = DetectJournal.for_writer(writer, detector.run_key())

@@ -48,10 +48,9 @@ def check_training_options(epochs, lr, batch_size, seed, lr_prompt=None, lr_text
     from stale_cli.errors import InputError
 
     check_range("--epochs", epochs, 1, MAX_COUNT)
-    check_range("--lr", lr, 0.0, 1.0, low_open=True)
     check_range("--batch-size", batch_size, 1, MAX_BATCH)
     check_range("--seed", seed, 0, MAX_SEED)
-    for flag, value in (("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
+    for flag, value in (("--lr", lr), ("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
         if value is not None and not 0 < value < 1:
             raise InputError(f"{flag} must be in (0, 1), got {value}")
     if dropout is not None and not 0 <= dropout < 1:
@@ -130,10 +129,6 @@ def train_command(
                                            balance_classes=balance_classes,
                                            ignore_unseen=False if unseen_as_background else None).items()
                      if v is not None}
-        if epochs is not None and epochs < 1 or batch_size is not None and batch_size < 1:
-            raise InputError("--epochs and --batch-size must be at least 1")
-        if lr is not None and not 0 < lr < 1:
-            raise InputError(f"--lr must be in (0, 1), got {lr}")
         check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
         if val_fraction is not None and not 0 <= val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
@@ -152,8 +147,6 @@ def train_command(
         class_names = select_classes(ann, split, names)
         ann = ann.select_subset(subset if subset is not None else default_training_subset(ann))
         dev = resolve_device(device)
-        from stale_cli.train import last_path_for
-
         if resume is not None and fresh:
             raise InputError("give either --resume PATH (go on) or --fresh (start over), not both")
         rerun = resume is None and not fresh and last_path_for(out).is_file()
