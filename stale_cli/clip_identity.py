@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,15 +23,19 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "weights-sha256.json"
 RANDOM = "random"  # what load_clip records for weights=None
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")  # a label ending so names a file, not a tag
 _memory: dict[str, str] = {}
 
 
 def _file_of(label: Optional[str]) -> Optional[Path]:
-    """The weights file a recorded label names (load_clip records a file by its resolved path), or None for a
-    pretrained tag, "random" or nothing."""
-    if not label or not Path(label).is_absolute():
+    """The weights file a recorded label names, or None for a pretrained tag, "random" or nothing. load_clip
+    records a file by its resolved path; a hand-made sidecar may give a relative one (a tag has no "/")."""
+    if not label or label == RANDOM:
         return None
-    return Path(label)
+    path = Path(label)
+    if "/" in label or os.sep in label or path.suffix.lower() in WEIGHTS_SUFFIXES or path.is_file():
+        return path
+    return None
 
 
 def weights_sha256(label: Optional[str]) -> Optional[str]:
