@@ -73,7 +73,7 @@ def random_checkpoint(clip_model: str, fps: float) -> Path:
     import torch
 
     from stale_cli.checkpoint import save_checkpoint
-    from stale_cli.data.windows import PRESETS
+    from stale_cli.datasets import THUMOS14
     from stale_cli.model.config import LossConfig, ModelConfig
     from stale_cli.model.stale import STALE
 
@@ -82,7 +82,8 @@ def random_checkpoint(clip_model: str, fps: float) -> Path:
         torch.manual_seed(0)
         cfg = ModelConfig(clip_model=clip_model)
         model = STALE(cfg, open_clip.create_model(clip_model, pretrained=None))
-        save_checkpoint(path, model, cfg, LossConfig(), PRESETS["thumos14"], ["a"], fps, clip_model)
+        save_checkpoint(path, model, cfg, LossConfig(), THUMOS14.data, ["a"], fps, clip_model,
+                        dataset=THUMOS14.name)
     return path
 
 

@@ -33,9 +33,11 @@ def videos(n: int, segments: int, sources: list[Path]) -> list[VideoDetections]:
     rng = random.Random(0)
     out = []
     for i in range(n):
-        segs = [Segment(f"class {rng.randrange(20)}", s, s + rng.uniform(1, 20), rng.random())
-                for s in (rng.uniform(0, 600) for _ in range(segments))]
-        out.append(VideoDetections(f"video_{i:05d}", str(sources[i]), 620.0, segs))
+        segs = []
+        for s in (rng.uniform(0, 600) for _ in range(segments)):
+            k = rng.randrange(20)
+            segs.append(Segment(f"class {k}", s, s + rng.uniform(1, 20), rng.random(), k))
+        out.append(VideoDetections(f"video_{i:05d}", str(sources[i]), 620.0, segs, classes=META["classes"]))
     return out
 
 

@@ -57,7 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stale_cli.data.annotations import load_annotations  # noqa: E402
-from stale_cli.data.windows import assign_labels, center_video, cut_windows, feature_timeline, preset  # noqa: E402
+from stale_cli.data.windows import assign_labels, center_video, cut_windows, feature_timeline  # noqa: E402
+from stale_cli.datasets import THUMOS14  # noqa: E402
 from stale_cli.evaluate import evaluate_detection  # noqa: E402
 from stale_cli.fileio import read_features, write_features, write_json_atomic  # noqa: E402
 from stale_cli.postprocess import DetectConfig, WindowedVideo, finalize, segment_tiou, segments_from_curve  # noqa: E402
@@ -205,7 +206,7 @@ def window_detections(outputs_of, feats_dir: Path, classes: list[str], settings,
     outputs computed once: ``outputs_of(xw, valid_len)`` -> probabilities (T, K+1) and masks (T, T) or None.
     Without masks the class curves are the masks (training-free post-processing). ``data_cfg``: a checkpoint's
     (its windows and video-mean removal); default the thumos14 preset on the features as they are."""
-    data_cfg = data_cfg or replace(preset("thumos14"), video_mean=0.0)
+    data_cfg = data_cfg or replace(THUMOS14.data, video_mean=0.0)
     preds = [{} for _ in settings]
     for npy in sorted(feats_dir.glob("*.npy")):
         x, meta = read_features(npy)
@@ -215,7 +216,7 @@ def window_detections(outputs_of, feats_dir: Path, classes: list[str], settings,
             for video, (cfg, use_masks) in zip(videos, settings):
                 video.add(probs, masks if use_masks else None, w.timeline, w.start_row, w.valid_len)
         for found, video, (cfg, _) in zip(preds, videos, settings):
-            dets = finalize(video.segments(), float(meta["duration"]), cfg)
+            dets = finalize(video.segments(), float(meta.duration), cfg)
             found[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in dets]
     return preds
 
@@ -228,7 +229,7 @@ def curve_detections(curves_of, feats_dir: Path, classes: list[str], cfg: Detect
         x, meta = read_features(npy)
         probs = curves_of(x.astype(np.float32), len(x))
         segs = segments_from_curve(probs, feature_timeline(meta, len(x)), cfg)
-        dets = finalize(segs, float(meta["duration"]), cfg)
+        dets = finalize(segs, float(meta.duration), cfg)
         preds[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in dets]
     return preds
 

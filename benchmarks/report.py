@@ -86,12 +86,16 @@ def synthetic_report(path: Path, seconds: float, num_segments: int, num_classes:
         for c in rng.uniform(0, seconds, max(2, int(seconds / 60))):
             scores[:, k] = np.maximum(scores[:, k], rng.uniform(0.2, 1) * np.exp(-0.5 * ((times - c) / rng.uniform(2, 20)) ** 2))
     starts = rng.uniform(0, seconds - 5, num_segments)
-    segments = [Segment(classes[int(rng.integers(num_classes))], float(s), float(min(s + rng.uniform(2, 60), seconds)),
-                        float(rng.uniform())) for s in starts]
+    segments = []
+    for s in starts:
+        k = int(rng.integers(num_classes))
+        segments.append(Segment(classes[k], float(s), float(min(s + rng.uniform(2, 60), seconds)),
+                                float(rng.uniform()), k))
     video = looped_webm(seconds)
     meta = {"mode": "clip", "checkpoint": None, "classes": classes, "fps": fps, "clip_model": "ViT-B-16",
             "clip_weights": "openai", "stale_version": "benchmark"}
-    ReportWriter(path, meta).add(VideoDetections(video.stem, str(video), seconds, segments, times=times, scores=scores))
+    ReportWriter(path, meta).add(VideoDetections(video.stem, str(video), seconds, segments, times=times, scores=scores,
+                                                 classes=classes))
     return path
 
 

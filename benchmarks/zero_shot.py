@@ -197,7 +197,7 @@ def oracle_predictions(feats_dir: Path, directions: np.ndarray, mean: np.ndarray
         fg = 1 / (1 + np.exp(-12.0 * (proj / expected - 0.5)))
         probs = np.concatenate([fg, 1 - fg.max(1, keepdims=True)], axis=1)
         segs = segments_from_curve(probs, feature_timeline(meta, len(x)), cfg)  # the product's whole-video path
-        preds[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in finalize([segs], float(meta["duration"]), cfg)]
+        preds[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in finalize([segs], float(meta.duration), cfg)]
     return preds
 
 

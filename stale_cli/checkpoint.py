@@ -1,11 +1,12 @@
 """Self-describing checkpoints (DESIGN.md §3).
 
 A checkpoint is a plain dict saved with ``torch.save`` that loads with ``torch.load(weights_only=True)``:
-format name and version, the model/loss/data configs as plain dicts, the training class names, the feature rate
-and width, the CLIP model name (and which CLIP weights initialised the text tower), the state dict, and for
-``--resume`` the epoch, optimizer state and training history. ``stale detect --checkpoint x.pt`` needs nothing
-else: :func:`load_checkpoint` rebuilds the model from an architecture-only open_clip model (no CLIP weights are
-downloaded; the text tower's weights are in the state dict).
+format name and version, the dataset preset it was trained with, the model/loss/data/detect configs as plain
+dicts, the training class names, the feature rate and width, the CLIP model name (and which CLIP weights
+initialised the text tower), the state dict, and for ``--resume`` the epoch, optimizer state and training
+history. ``stale detect --checkpoint x.pt`` needs nothing else: :func:`load_checkpoint` rebuilds the model from
+an architecture-only open_clip model (no CLIP weights are downloaded; the text tower's weights are in the state
+dict).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 
 import torch
 
+from stale_cli import datasets
 from stale_cli.data.windows import DataConfig
-from stale_cli.errors import CheckpointError, StaleError
+from stale_cli.errors import CheckpointError, StaleError, first_line
 from stale_cli.fileio import atomic_path
 from stale_cli.model.config import LossConfig, ModelConfig
-from stale_cli.postprocess import DETECT_PRESETS, DetectConfig
+from stale_cli.postprocess import DetectConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,17 @@ class CheckpointInfo:
     # Inference settings of the dataset preset the model was trained with (ActivityNet: Soft-NMS sigma 0.75, top
     # 100); `stale detect` and the protocol start from these.
     detect_config: DetectConfig = DetectConfig()
+    # The dataset preset (stale_cli.datasets) it was trained with; checkpoints written before they recorded it
+    # get the one their data config belongs to.
+    dataset: str = datasets.THUMOS14.name
+    clip_weights_sha256: str | None = None  # content hash of a weights file in clip_weights (None: a tag, or older)
 
+    @property
+    def weights_id(self):
+        """The CLIP weights the text tower started from (:class:`stale_cli.clip_identity.WeightsId`)."""
+        from stale_cli.clip_identity import WeightsId
 
-def detect_config_for(data_cfg: DataConfig) -> DetectConfig:
-    """The detection preset that goes with a data preset: whole-video resizing is ActivityNet's, windows THUMOS14's."""
-    return DETECT_PRESETS["activitynet" if data_cfg.mode == "resize" else "thumos14"]
+        return WeightsId(self.clip_weights, self.clip_weights_sha256)
 
 
 def save_checkpoint(
@@ -64,20 +72,26 @@ def save_checkpoint(
     feature_fps: float,
     clip_model: str,
     clip_weights: str = "random",
+    clip_weights_sha256: str | None = None,
     epoch: int = 0,
     detect_cfg: DetectConfig | None = None,
+    dataset: str | None = None,
     **extra: Any,
 ) -> None:
     """Write a checkpoint atomically. ``extra`` (optimizer state, history, ...) must hold only plain types/tensors.
 
-    ``detect_cfg``: inference settings to record (default: the preset of ``data_cfg``, :func:`detect_config_for`).
+    ``clip_weights_sha256``: the content hash of the weights file ``clip_weights`` names (None for a tag).
+    ``dataset``: the dataset preset trained with (default: the one ``data_cfg`` belongs to); ``detect_cfg``:
+    inference settings to record (default: that dataset's).
     """
     from stale_cli.clip_backbone import activation_of
 
-    detect_cfg = detect_cfg or detect_config_for(data_cfg)
+    spec = datasets.get(dataset) if dataset is not None else datasets.for_data_config(data_cfg)
+    detect_cfg = detect_cfg or spec.detect
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
+        "dataset": spec.name,
         "model_config": dataclasses.asdict(model_cfg),
         "loss_config": dataclasses.asdict(loss_cfg),
         "data_config": dataclasses.asdict(data_cfg),
@@ -87,6 +101,7 @@ def save_checkpoint(
         "feature_dim": int(model_cfg.feature_dim),
         "clip_model": str(clip_model),
         "clip_weights": str(clip_weights),
+        "clip_weights_sha256": clip_weights_sha256,
         "clip_activation": activation_of(model),  # the text tower's, as built (QuickGELU for OpenAI's weights)
         "epoch": int(epoch),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -99,7 +114,7 @@ def save_checkpoint(
             try:
                 torch.save(ckpt, tmp)
             except RuntimeError as e:  # torch's zip writer reports a full disk as a RuntimeError
-                raise OSError(f"{str(e).splitlines()[0][:200]} (disk full?)") from e
+                raise OSError(f"{first_line(e)[:200]} (disk full?)") from e
     except StaleError as e:
         raise CheckpointError(f"{e}; {kept}") from e
 
@@ -140,6 +155,10 @@ def _config(cls, d, name: str, path: Path):
         raise CheckpointError(f"{path}: bad {name} ({e})") from None
 
 
+def _optional_str(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
     """Load and validate a checkpoint file on the CPU: (raw dict incl. state_dict, info)."""
     path = Path(path)
@@ -148,7 +167,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (pickle, zip, runtime) for a file that is not a checkpoint
-        raise CheckpointError(f"{path}: not a stale checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path}: not a stale checkpoint ({type(e).__name__}: {first_line(e)[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a stale checkpoint (written by `stale train`)")
     if ckpt.get("version") == 1:
@@ -168,8 +187,16 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
     if problem:
         raise CheckpointError(f"{path}: checkpoint {problem}; train it again with this version of stale")
     data_config = _config(DataConfig, ckpt.get("data_config"), "data config", path)
-    if ckpt.get("detect_config") is None:  # written before checkpoints recorded it: the data preset's
-        detect_config = detect_config_for(data_config)
+    if ckpt.get("dataset") is None:  # written before checkpoints recorded it: the one of its data config
+        spec = datasets.for_data_config(data_config)
+    else:
+        try:
+            spec = datasets.get(str(ckpt["dataset"]))
+        except StaleError:
+            raise CheckpointError(f"{path}: checkpoint names an unknown dataset {ckpt['dataset']!r}; upgrade "
+                                  "stale") from None
+    if ckpt.get("detect_config") is None:  # written before checkpoints recorded it: the dataset's
+        detect_config = spec.detect
     else:
         d = ckpt["detect_config"]
         d = dict(d, thetas=tuple(d["thetas"])) if isinstance(d, dict) and isinstance(d.get("thetas"), list) else d
@@ -182,11 +209,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
         loss_config=_config(LossConfig, ckpt.get("loss_config"), "loss config", path),
         data_config=data_config,
         detect_config=detect_config,
+        dataset=spec.name,
         class_names=tuple(ckpt.get("class_names") or ()),
         feature_fps=float(ckpt.get("feature_fps", 0.0)),
         feature_dim=int(ckpt.get("feature_dim", 0)),
         clip_model=clip_model,
         clip_weights=clip_weights,
+        clip_weights_sha256=_optional_str(ckpt.get("clip_weights_sha256")),
         epoch=int(ckpt.get("epoch", 0)),
         clip_activation=recorded_activation(clip_model, ckpt.get("clip_activation")),
         extra=dict(ckpt.get("extra") or {}),

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from stale_cli import CLIP_WEIGHTS_ENV
-from stale_cli.errors import WeightsError
+from stale_cli.errors import WeightsError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,17 @@ def activation_problem(
             f"were trained with {needed.replace('_', '')}")
 
 
-def feature_activation_error(meta: dict, expected: Optional[str] = None) -> Optional[str]:
-    """Why features with sidecar ``meta`` must not be used with a text tower running ``expected`` (None: any),
-    or None. Caught: features from a CLIP run with the wrong activation for its weights, and a mix of the two."""
-    problem = activation_problem(meta.get("clip_model"), meta.get("clip_weights"), meta.get("clip_activation"))
+def feature_activation_error(meta, expected: Optional[str] = None) -> Optional[str]:
+    """Why features with sidecar ``meta`` (a FeatureMeta or its JSON object) must not be used with a text tower
+    running ``expected`` (None: any), or None. Caught: features from a CLIP run with the wrong activation for its
+    weights, and a mix of the two."""
+    from stale_cli.sidecar import FeatureMeta
+
+    meta = FeatureMeta.of(meta)
+    problem = activation_problem(meta.clip_model, meta.clip_weights, meta.clip_activation)
     if problem:
         return f"features {problem}; extract them again (stale extract-features --overwrite)"
-    used = recorded_activation(meta.get("clip_model"), meta.get("clip_activation"))
+    used = recorded_activation(meta.clip_model, meta.clip_activation)
     if expected and used != expected:
         return (f"features were made with CLIP running {used.replace('_', '')} but the text encoder runs "
                 f"{expected.replace('_', '')}; features and text must come from the same CLIP")
@@ -174,7 +178,8 @@ def resize_and_crop(frames: torch.Tensor, size: int, resize_mode: str = "shortes
 class ClipBackbone:
     """An open_clip CLIP model in eval mode and what it takes to feed it.
 
-    ``weights`` is the string recorded in feature sidecars (the pretrained tag, the file path, or "random").
+    ``weights`` is the string recorded in feature sidecars (the pretrained tag, the file path, or "random");
+    ``weights_sha256`` the content hash of a weights file (None for a tag): :mod:`stale_cli.clip_identity`.
     """
 
     model: Any  # open_clip CLIP, eval mode, on `device`
@@ -189,6 +194,13 @@ class ClipBackbone:
     device: torch.device
     activation: str = GELU  # the towers' MLP activation: "quick_gelu" (OpenAI's weights) or "gelu"
     precision: str = "fp32"  # the weights' dtype: fp32 | bf16 | fp16 (see resolve_precision)
+    weights_sha256: Optional[str] = None
+
+    @property
+    def weights_id(self):
+        from stale_cli.clip_identity import WeightsId
+
+        return WeightsId(self.weights, self.weights_sha256)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -236,11 +248,6 @@ def _weights_error(model_name: str, weights: str, why: str) -> WeightsError:
         f"download and cache them, or pass --clip-weights PATH (or set {CLIP_WEIGHTS_ENV}=PATH) to a local "
         "weights file (e.g. open_clip_pytorch_model.bin from the Hugging Face hub, or a torch.save'd state dict)"
     )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def looks_like_openai_weights(path: Path) -> bool:
@@ -323,7 +330,7 @@ def load_clip(
             try:
                 open_clip.download_pretrained(cfg, cache_dir=cache_dir)
             except (OSError, RuntimeError, ValueError) as e:  # huggingface_hub/urllib errors subclass these
-                raise _weights_error(model_name, weights, _first_line(e)) from e
+                raise _weights_error(model_name, weights, first_line(e)) from e
             pretrained, recorded = weights, weights
             quick_gelu = bool(cfg.get("quick_gelu", False))
         else:
@@ -350,7 +357,7 @@ def load_clip(
         if pretrained is None:
             raise
         raise WeightsError(
-            f"cannot load CLIP weights {recorded} into {model_name}: {_first_line(e)}; "
+            f"cannot load CLIP weights {recorded} into {model_name}: {first_line(e)}; "
             "pass a weights file made for this --clip-model"
         ) from e
     model.eval()
@@ -362,6 +369,9 @@ def load_clip(
         dummy = torch.zeros(1, 3, size, size, device=device, dtype=PRECISIONS[precision])
         embed_dim = int(model.encode_image(dummy).shape[-1])
     activation = activation_of(model)
+    from stale_cli.clip_identity import weights_sha256
+
+    digest = weights_sha256(recorded)  # a file's content hash (computed once per file version); None for a tag
     log.debug("loaded CLIP %s (%s, %s, %s) on %s, input %d, embed %d", model_name, recorded, activation, precision,
               device, size, embed_dim)
     return ClipBackbone(
@@ -377,4 +387,5 @@ def load_clip(
         device=device,
         activation=activation,
         precision=precision,
+        weights_sha256=digest,
     )

@@ -35,15 +35,21 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from stale_cli import __version__
+from stale_cli.clip_identity import mismatch_hint
 from stale_cli.clipmode import MODE_NAME as CLIP_MODE
 from stale_cli.clipmode import (ClipModeConfig, class_text_features, ensemble, normalize_rows, snippet_directions,
                                 snippet_probabilities)
-from stale_cli.data.windows import DataConfig, interpolate_rows
+from stale_cli.data.windows import (DataConfig, center_video, cut_windows, detection_grid, feature_timeline,
+                                    interpolate_rows, video_duration)
+from stale_cli.defaults import DEFAULT_FEATURE_FPS
 from stale_cli.errors import CheckpointError, DataError, InputError, ResourceError, StaleError
-from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, read_features, source_identity, write_features
+from stale_cli.fileio import read_features, source_identity, write_features
 from stale_cli.outputs import Segment, VideoDetections
-from stale_cli.postprocess import DetectConfig
-from stale_cli.vocab import class_to_text
+from stale_cli.postprocess import DetectConfig, Segments, WindowedVideo, finalize, segments_from_curve
+from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta
+from stale_cli.textcache import cached_rows
+from stale_cli.vocab import class_to_text, distractors, name_key
 
 log = logging.getLogger(__name__)
 
@@ -118,24 +124,22 @@ def stale_checkpoints(weights_dir: Path) -> list[Path]:
     return found
 
 
-def resample_features(features: np.ndarray, meta: dict, fps: float) -> tuple[np.ndarray, dict]:
-    """Linear interpolation of (N, D) features sampled at ``meta["fps"]`` to ``fps`` rows per second.
+def resample_features(features: np.ndarray, meta: FeatureMeta, fps: float) -> tuple[np.ndarray, FeatureMeta]:
+    """Linear interpolation of (N, D) features sampled at ``meta.fps`` to ``fps`` rows per second.
 
     Row k of the result is the frame at ``t0 + k / fps``; the result covers the same span as the source.
     """
-    src_fps = float(meta["fps"])
+    src_fps = meta.fps
     N = features.shape[0]
-    t0 = float((meta.get("timestamps") or [0.0])[0])
+    t0 = meta.first_time
     M = max(1, int(round(N * fps / src_fps)))
     out = interpolate_rows(features, np.arange(M) * (src_fps / fps))  # (M, D): source row at each new row's time
-    new_meta = dict(meta, fps=float(fps), timestamps=[t0 + k / fps for k in range(M)], resampled_from_fps=src_fps)
-    return out, new_meta
+    return out, meta.replace(fps=float(fps), timestamps=tuple(t0 + k / fps for k in range(M)), resampled_from_fps=src_fps)
 
 
-def _same_clip(a: Optional[str], b: Optional[str]) -> bool:
-    """Model names equal up to open_clip's ``-quickgelu`` variant (same weights, same embedding)."""
-    if not a or not b:
-        return True
+def _same_clip(a: str, b: str) -> bool:
+    """Model names equal up to open_clip's ``-quickgelu`` variant (same weights, same embedding). A name that is
+    not recorded is the caller's to handle (:meth:`Detector._check_clip`)."""
     strip = lambda s: s.lower().removesuffix("-quickgelu")  # noqa: E731
     return strip(a) == strip(b)
 
@@ -190,6 +194,7 @@ class Detector:
         self.device = torch.device(device)
         self.classes = list(settings.classes)
         self.mode, self.checkpoint = choose_mode(settings.mode, settings.checkpoint, settings.weights_dir)
+        self._unidentified: set[str] = set()  # what older feature files lacked, said once per run
         self.model = None
         self.info = None  # CheckpointInfo in STALE mode
         self.data_cfg = CLIP_WINDOWS
@@ -208,8 +213,6 @@ class Detector:
             if settings.fps is not None and not math.isclose(settings.fps, self.fps):
                 log.warning("--fps %.3g ignored: the checkpoint was trained at %.3g features per second", settings.fps, self.fps)
         else:
-            from stale_cli.extract import DEFAULT_FEATURE_FPS
-
             self.clip_model_name = settings.clip_model or DEFAULT_CLIP_MODEL
             # Rate videos are sampled at; feature files keep their own rate in this mode.
             self.fps = settings.fps or (DEFAULT_FEATURE_FPS if need_video else None)
@@ -240,8 +243,14 @@ class Detector:
                 f"with --clip-weights {self.clip.weights} runs {self.clip.activation}; video features would not "
                 "match the text: use the CLIP weights the checkpoint was trained with"
             )
+        if self.mode == STALE_MODE and self.clip is not None:  # videos: their features must be the checkpoint's
+            same = self.clip.weights_id.same_as(self.info.weights_id)
+            if same is False:
+                raise CheckpointError(
+                    f"{self.checkpoint}: trained from CLIP weights {self.info.weights_id} but --clip-weights gives "
+                    f"{self.clip.weights_id}; video features would not match the text: pass --clip-weights "
+                    f"{self.info.clip_weights}")
         from stale_cli.model.stale import SCORINGS
-        from stale_cli.vocab import distractors
 
         if settings.scoring not in SCORINGS:
             raise InputError(f"--scoring must be one of {', '.join(SCORINGS)}, not {settings.scoring!r}")
@@ -258,8 +267,6 @@ class Detector:
             self.text = self._stale_text(names)  # (R+1, C)
             fits = self.info.feature_dim == self.text.shape[1]  # CLIP features: frozen CLIP can read them
             if not paper and settings.new_names == "clip" and fits:
-                from stale_cli.vocab import name_key
-
                 trained_keys = {name_key(n) for n in trained}
                 self.new_idx = [i for i, n in enumerate(self.classes) if name_key(n) not in trained_keys]
             if not paper and fits and (self.detect_cfg.prior_weight > 0 or self.new_idx):
@@ -282,8 +289,6 @@ class Detector:
     # ---- text ----------------------------------------------------------------------------------------------
     @staticmethod
     def _cached_text(identity: dict, names: list[str], encode) -> np.ndarray:
-        from stale_cli.textcache import cached_rows
-
         return cached_rows(identity, names, encode)
 
     def _stale_text(self, names: list[str]):
@@ -330,10 +335,6 @@ class Detector:
     def run_key(self) -> dict:
         """Everything that decides a video's segments, for :mod:`stale_cli.resume` to tell a rerun's videos from
         those of a run with other settings (the checkpoint by identity, so a retrained file counts as new)."""
-        import dataclasses
-
-        from stale_cli.fileio import source_identity
-
         key = dict(self.metadata(), detect_config=dataclasses.asdict(self.detect_cfg))
         key.update(clip_mode=dataclasses.asdict(self.settings.clip_cfg) if self.mode == CLIP_MODE else None)
         key.update(checkpoint=source_identity(self.checkpoint) if self.checkpoint else None)
@@ -341,8 +342,6 @@ class Detector:
 
     def metadata(self) -> dict:
         """Run metadata for output files."""
-        from stale_cli import __version__
-
         return {
             "mode": self.mode,
             "mode_description": "trained STALE checkpoint" if self.mode == STALE_MODE
@@ -366,13 +365,13 @@ class Detector:
     # ---- one input -----------------------------------------------------------------------------------------
     def load_input(
         self, path: Path, video_id: str, progress: Optional[Callable[[int], None]] = None
-    ) -> tuple[np.ndarray, dict]:
-        """Features ``(N, D)`` float32 and their sidecar meta for a feature file or a video (extracted in memory)."""
+    ) -> tuple[np.ndarray, FeatureMeta]:
+        """Features ``(N, D)`` float32 and their sidecar for a feature file or a video (extracted in memory)."""
         if path.suffix.lower() == ".npy":
             return read_features(path)
         if self.clip is None:
             raise InputError(f"{path}: a video, but the CLIP image encoder was not loaded")
-        from stale_cli.extract import DEFAULT_FEATURE_FPS, cache_entry, extract_video
+        from stale_cli.extract import cache_entry, extract_video
 
         fps = self.fps or DEFAULT_FEATURE_FPS
         cached = None
@@ -398,42 +397,32 @@ class Detector:
         feats, meta = self.load_input(path, video_id, progress)
         return self.detect_features(feats, meta, video_id=video_id, source=str(path))
 
-    def detect_features(self, feats: np.ndarray, meta: dict, video_id: str, source: str) -> VideoDetections:
-        """Segments of one video from its features ``(N, D)`` and sidecar ``meta`` (at least ``fps``)."""
-        from stale_cli.data.windows import feature_timeline, video_duration
+    def detect_features(self, feats: np.ndarray, meta: FeatureMeta | dict, video_id: str,
+                        source: str) -> VideoDetections:
+        """Segments of one video from its features ``(N, D)`` and sidecar ``meta`` (or its JSON object: at least
+        ``fps``)."""
+        from stale_cli.clip_backbone import feature_activation_error
 
         feats = np.asarray(feats, dtype=np.float32)
-        from stale_cli.clip_backbone import feature_activation_error
+        meta = FeatureMeta.of(meta)
 
         expected = self.info.clip_activation if self.mode == STALE_MODE else getattr(self.clip, "activation", None)
         why = feature_activation_error(meta, expected)
         if why:
             raise DataError(f"{source}: {why}")
+        self._check_clip(meta, source, feats.shape[1])
         if self.mode == STALE_MODE:
-            if not _same_clip(meta.get("clip_model"), self.clip_model_name):
-                raise CheckpointError(
-                    f"{source}: features are from {meta.get('clip_model')} but the checkpoint was trained on "
-                    f"{self.clip_model_name} features"
-                )
-            if not math.isclose(float(meta["fps"]), self.fps, rel_tol=1e-3):
-                log.info("%s: features at %.3g fps resampled to the checkpoint's %.3g fps", video_id, float(meta["fps"]), self.fps)
+            if not math.isclose(meta.fps, self.fps, rel_tol=1e-3):
+                log.info("%s: features at %.3g fps resampled to the checkpoint's %.3g fps", video_id, meta.fps, self.fps)
                 feats, meta = resample_features(feats, meta, self.fps)
-        else:
-            if not _same_clip(meta.get("clip_model"), self.clip_model_name):
-                raise InputError(
-                    f"{source}: features are from {meta.get('clip_model')}; pass --clip-model {meta.get('clip_model')} "
-                    "so the class text is encoded by the same CLIP"
-                )
         duration = video_duration(meta, feats.shape[0])
         timeline = feature_timeline(meta, feats.shape[0])
         if self.mode == STALE_MODE:
             candidates, scores = self._stale_candidates(feats, meta)
         else:
             candidates, scores = self._clip_candidates(feats, meta, timeline)
-        from stale_cli.postprocess import finalize
-
         found = finalize(candidates, duration, self.detect_cfg)
-        segments = [Segment(self.classes[k], float(s), float(e), float(sc)) for k, s, e, sc in found]
+        segments = [Segment(self.classes[k], float(s), float(e), float(sc), int(k)) for k, s, e, sc in found]
         return VideoDetections(
             video_id=video_id,
             source=source,
@@ -442,12 +431,46 @@ class Detector:
             times=timeline.centres(),
             scores=scores,
             extra={"mode": self.mode},
+            classes=tuple(self.classes),
         )
 
-    def _clip_candidates(self, feats: np.ndarray, meta: dict, timeline) -> tuple[list, np.ndarray]:
-        """Probabilities on the whole video (one background level per video), segments from its whole curves."""
-        from stale_cli.postprocess import segments_from_curve
+    def _check_clip(self, meta: FeatureMeta, source: str, width: int) -> None:
+        """Refuse features of another CLIP model, or (CLIP features: as wide as the text) of other weights than
+        the text tower: the checkpoint's (STALE mode) or the loaded CLIP's. What an older feature file does not
+        record is said once per run, and the file is used."""
+        if meta.clip_model is None:
+            self._say_unidentified("model", source)
+        elif not _same_clip(meta.clip_model, self.clip_model_name):
+            if self.mode == STALE_MODE:
+                raise CheckpointError(f"{source}: features are from {meta.clip_model} but the checkpoint was "
+                                      f"trained on {self.clip_model_name} features")
+            raise InputError(f"{source}: features are from {meta.clip_model}; pass --clip-model {meta.clip_model} "
+                             "so the class text is encoded by the same CLIP")
+        text = self.info.weights_id if self.mode == STALE_MODE else self.clip.weights_id
+        if width != self.text.shape[1]:
+            return  # not CLIP's features (a checkpoint trained on other features)
+        same = meta.weights_id.same_as(text)
+        if same is None:
+            self._say_unidentified("weights", source, text)
+        elif not same:
+            whose = f"the checkpoint {self.checkpoint.name} was trained from" if self.mode == STALE_MODE \
+                else "the text is encoded with"
+            hint = mismatch_hint(meta.weights_id, text)
+            if self.mode == STALE_MODE and meta.weights_id.label != text.label:
+                hint = f"extract them with --clip-weights {text.label}"
+            raise InputError(f"{source}: features made with CLIP weights {meta.weights_id} but {whose} {text}; "
+                             f"{hint}")
 
+    def _say_unidentified(self, what: str, source: str, assumed=None) -> None:
+        if what in self._unidentified:
+            return
+        self._unidentified.add(what)
+        assumed = assumed if assumed is not None else self.clip_model_name
+        log.warning("%s: the features do not record which CLIP %s made them (an older stale, or made by hand); "
+                    "assuming %s and going on (said once)", source, what, assumed)
+
+    def _clip_candidates(self, feats: np.ndarray, meta: FeatureMeta, timeline) -> tuple[list, np.ndarray]:
+        """Probabilities on the whole video (one background level per video), segments from its whole curves."""
         if feats.shape[1] != self.text.shape[1]:
             raise InputError(
                 f"features are {feats.shape[1]}-wide but {self.clip_model_name} embeds in {self.text.shape[1]} "
@@ -459,13 +482,11 @@ class Detector:
         candidates = [segments_from_curve(probs, timeline, self.detect_cfg, block=self.data_cfg.num_snippets)]
         return candidates, probs[:, :-1]
 
-    def _stale_candidates(self, feats: np.ndarray, meta: dict) -> tuple[list, np.ndarray]:
+    def _stale_candidates(self, feats: np.ndarray, meta: FeatureMeta) -> tuple[list, np.ndarray]:
         """Candidates of every window, and per-row class probabilities (T_total, K) averaged over windows."""
         import torch
 
-        from stale_cli.data.windows import center_video, cut_windows, detection_grid, feature_timeline
         from stale_cli.model.stale import detection_probabilities
-        from stale_cli.postprocess import WindowedVideo
 
         width = self.info.feature_dim
         if feats.shape[1] != width:
@@ -514,8 +535,6 @@ class Detector:
     def _new_name_candidates(self, feats: np.ndarray, timeline, scores: np.ndarray):
         """Segments of the names the checkpoint was not trained on, from frozen CLIP's reading of the features (the
         training-free mode's, with every other name as a distractor); their curves are written into ``scores``."""
-        from stale_cli.postprocess import Segments, segments_from_curve
-
         new = self.new_idx
         rest = [r for r in range(self.prior_text.shape[0]) if r not in set(new)]
         probs = snippet_probabilities(feats, self.prior_text[new + rest], 1.0 / timeline.step, self.settings.clip_cfg,

@@ -37,3 +37,9 @@ class ResourceError(StaleError):
 class StdoutError(ResourceError):
     """Standard output cannot take what is printed (a full disk behind a redirection, ``> /dev/full``): every
     further input would fail the same way, so the run stops."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (a third-party library's may run on), else its type's name."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

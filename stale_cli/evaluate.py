@@ -31,7 +31,6 @@ is an independent implementation that reproduces its numbers, including its corn
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections import defaultdict
@@ -40,16 +39,16 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from stale_cli import datasets
 from stale_cli.data.annotations import IGNORED_LABELS, Annotations, load_annotations
 from stale_cli.data.splits import class_key, load_split, match_classes
 from stale_cli.errors import DataError, InputError
+from stale_cli.fileio import read_json
 
 log = logging.getLogger(__name__)
 
-# THUMOS14 thresholds as listed by the THUMOS/ActionFormer/AFSD evaluations; ActivityNet's are the official
-# default ``np.linspace(0.5, 0.95, 10)`` (kept as linspace values so a threshold compares exactly as there).
-THUMOS14_TIOUS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
-ACTIVITYNET_TIOUS: tuple[float, ...] = tuple(float(x) for x in np.linspace(0.5, 0.95, 10))
+THUMOS14_TIOUS = datasets.THUMOS14.tious
+ACTIVITYNET_TIOUS = datasets.ACTIVITYNET.tious
 
 # A ground truth: video id -> [(label, start_s, end_s)]. Predictions: video id -> [(label, start_s, end_s, score)].
 GroundTruth = Mapping[str, Sequence[tuple[str, float, float]]]
@@ -225,19 +224,6 @@ def evaluate_detection(
 # ------------------------------------------------------------------------------------------------ files and data
 
 
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read {what} ({e})") from e
-    except RecursionError:
-        raise DataError(f"{path}: {what} is JSON nested too deeply to read") from None
-    except ValueError as e:
-        raise DataError(f"{path}: {what} is not valid JSON ({e})") from e
-
-
 def _number(x, where: str) -> float:
     """A finite number given as a JSON number or a numeric string."""
     if isinstance(x, bool):
@@ -292,7 +278,7 @@ def read_predictions(path: str | Path) -> dict[str, list[tuple[str, float, float
     """Read predictions from ActivityNet results JSON, or CSV with header ``video,label,start,end,score``."""
     path = Path(path)
     if path.suffix.lower() != ".csv":
-        return parse_predictions(_read_json(path, "prediction file"), str(path))
+        return parse_predictions(read_json(path, "prediction file"), str(path))
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -319,14 +305,16 @@ def ground_truth(annotations: Annotations) -> dict[str, list[tuple[str, float, f
 
 
 def default_subset(annotations: Annotations) -> str:
-    """The evaluation subset when none is given: ``test`` (THUMOS14) if present, else ``validation`` (ActivityNet,
-    whose ``testing`` subset has no public labels)."""
+    """The evaluation subset when none is given: the first of the datasets' test subsets present (THUMOS14
+    ``test``, ActivityNet ``validation``)."""
     subsets = annotations.subsets()
-    for s in ("test", "validation"):
+    candidates = [d.test_subset for d in datasets.DATASETS.values()]
+    for s in candidates:
         if s in subsets:
             return s
     raise InputError(
-        f"{annotations.source}: no 'test' or 'validation' subset; choose one with --subset ({', '.join(subsets)})"
+        f"{annotations.source}: no {' or '.join(map(repr, candidates))} subset; choose one with --subset "
+        f"({', '.join(subsets)})"
     )
 
 
@@ -337,10 +325,10 @@ def split_classes(name: str, annotations: Annotations) -> list[str]:
 
 
 def default_tious(dataset: Optional[str], subset: str) -> tuple[float, ...]:
-    """THUMOS14 thresholds for ``thumos14`` (or a ``test`` subset), ActivityNet's otherwise."""
-    if dataset == "thumos14" or (dataset is None and subset == "test"):
-        return THUMOS14_TIOUS
-    return ACTIVITYNET_TIOUS
+    """The thresholds of ``dataset``, or with none of the dataset evaluated on ``subset`` (THUMOS14 for
+    ``test``, ActivityNet's otherwise)."""
+    spec = datasets.get(dataset) if dataset is not None else datasets.for_test_subset(subset)
+    return spec.tious
 
 
 MAX_TIOUS = 100  # thresholds per evaluation; the standard sets have 5 and 10

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -36,16 +35,16 @@ import torch
 
 from stale_cli import __version__
 from stale_cli.clip_backbone import resize_and_crop
+from stale_cli.clip_identity import WeightsId
 from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers  # noqa: F401 (re-exported)
 from stale_cli.errors import DecodeError, InputError, ResourceError, StaleError
-from stale_cli.fileio import (MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable, source_identity, source_mismatch,
-                              write_features)
+from stale_cli.fileio import check_writable, read_json_or_none, source_identity, write_features
 from stale_cli.locks import OutputLock
+from stale_cli.sidecar import FEATURE_FORMAT, MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta, source_mismatch
 from stale_cli.video import FrameSampler, VideoInfo, num_samples, probe_header
 
 log = logging.getLogger(__name__)
 
-FEATURE_FORMAT = 1  # version of the sidecar layout
 QUEUE_CHUNKS = 3  # decoded chunks waiting for the encoder (bounds memory: 3 x batch x S x S x 3 bytes)
 # With decoding processes: videos started ahead of the oldest unfinished one, per worker. Bounds the features
 # held back for in-order output however many videos there are.
@@ -58,37 +57,41 @@ class VideoResult:
     index: int  # position in the input list
     path: Path
     features: Optional[np.ndarray] = None  # float16 (T, D)
-    meta: Optional[dict] = None
+    meta: Optional[FeatureMeta] = None
     error: Optional[StaleError] = None
     warnings: list = field(default_factory=list)
     claimed: bool = True  # False: ``claim`` refused the video (another run is making it); nothing was decoded
 
 
-def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> dict:
-    """The ``<video_id>.json`` content for a video (DESIGN.md §3, plus provenance)."""
-    return {
-        "fps": fps,  # sampling rate of the rows, frames/s
-        "timestamps": [round(k / fps, 6) for k in range(num_rows)],  # seconds from the first frame, per row
-        "duration": round(info.duration, 6),  # seconds from the first frame to the end of the last
-        **source_identity(path),  # source (resolved path), source_size, source_mtime_ns: what a rerun compares
-        "clip_model": clip.name,
-        "clip_weights": clip.weights,
-        "clip_activation": clip.activation,  # gelu | quick_gelu: what both towers ran with
-        "precision": clip.precision,  # dtype of CLIP's weights: fp32 | bf16 | fp16
-        "num_frames": info.num_frames,  # frames decoded from the source
-        "num_rows": num_rows,
-        "embed_dim": clip.embed_dim,
-        "image_size": clip.image_size,
-        "start_time": round(info.start_time, 6),  # presentation time of the first frame in the file, seconds
-        "native_fps": info.native_fps,
-        "frame_size": list(info.frame_size) if info.frame_size else None,  # [width, height] as displayed
-        "rotation": info.orientation.rotation,  # degrees counter-clockwise applied before the resize
-        "mirrored": info.orientation.mirror,  # frames were also flipped left-right (display matrix)
-        "decoder": info.decoder,
-        "warnings": list(info.warnings),
-        "stale_version": __version__,
-        "feature_format": FEATURE_FORMAT,
-    }
+def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> FeatureMeta:
+    """The ``<video_id>.json`` content for a video (:mod:`stale_cli.sidecar`, with provenance)."""
+    ident = source_identity(path)  # resolved path, size and mtime: what a rerun compares
+    return FeatureMeta(
+        fps=fps,
+        timestamps=tuple(round(k / fps, 6) for k in range(num_rows)),
+        duration=round(info.duration, 6),
+        source=ident["source"],
+        source_size=ident["source_size"],
+        source_mtime_ns=ident["source_mtime_ns"],
+        clip_model=clip.name,
+        clip_weights=clip.weights,
+        clip_weights_sha256=clip.weights_sha256,
+        clip_activation=clip.activation,
+        precision=clip.precision,
+        num_frames=info.num_frames,
+        num_rows=num_rows,
+        embed_dim=clip.embed_dim,
+        image_size=clip.image_size,
+        start_time=round(info.start_time, 6),
+        native_fps=info.native_fps,
+        frame_size=tuple(info.frame_size) if info.frame_size else None,
+        rotation=info.orientation.rotation,
+        mirrored=info.orientation.mirror,
+        decoder=info.decoder,
+        warnings=tuple(info.warnings),
+        stale_version=__version__,
+        feature_format=FEATURE_FORMAT,
+    )
 
 
 _DONE = object()
@@ -383,8 +386,8 @@ def iter_features(
 
 def extract_video(
     path: str | os.PathLike, clip, fps: float = DEFAULT_FEATURE_FPS, batch_size: int = DEFAULT_BATCH_SIZE, **kw
-) -> tuple[np.ndarray, dict]:
-    """Features of one video in memory: ``(float16 (T, D), sidecar dict)``. Raises DecodeError if undecodable."""
+) -> tuple[np.ndarray, FeatureMeta]:
+    """Features of one video in memory: ``(float16 (T, D), sidecar)``. Raises DecodeError if undecodable."""
     (result,) = list(iter_features([Path(path)], clip, fps, batch_size, **kw))
     if result.error is not None:
         raise result.error
@@ -412,31 +415,30 @@ def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
     """Whether ``npy`` + sidecar hold this video's features with these settings: ``(state, why)`` with state
     "done", "absent" (or unreadable), "damaged" (a sidecar with impossible values: redone), "other-source" (another
     video of that name), "changed" (this video, since modified) or "other-settings"."""
-    from stale_cli.fileio import check_sidecar
-
     meta_path = npy.with_suffix(".json")
     if not (npy.is_file() and meta_path.is_file()):
         return "absent", ""
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+    obj = read_json_or_none(meta_path)
+    if not isinstance(obj, dict):
         return "absent", ""  # an unreadable sidecar is redone
-    if not isinstance(meta, dict):
-        return "absent", ""
     try:
-        check_sidecar(meta, str(meta_path))
+        meta = FeatureMeta.from_json(obj, str(meta_path))
     except StaleError as e:
         return "damaged", str(e)
-    if str(meta.get("source", "")) != str(path.resolve()):
-        return "other-source", f"made from {meta.get('source')!r}"
+    if str(meta.source or "") != str(path.resolve()):
+        return "other-source", f"made from {meta.source!r}"
     changed = source_mismatch(meta, path)
     if changed is not None:
         return "changed", changed
     from stale_cli.clip_backbone import recorded_activation
 
-    meta = dict(meta, clip_activation=recorded_activation(meta.get("clip_model"), meta.get("clip_activation")))
+    made = {"fps": meta.fps, "clip_model": meta.clip_model, "clip_weights": meta.clip_weights,
+            "clip_activation": recorded_activation(meta.clip_model, meta.clip_activation)}
     wanted = {"fps": fps, "clip_model": clip.name, "clip_weights": clip.weights, "clip_activation": clip.activation}
-    diff = [f"{k} {meta.get(k)!r} (asked: {v!r})" for k, v in wanted.items() if meta.get(k) != v]
+    diff = [f"{k} {made[k]!r} (asked: {v!r})" for k, v in wanted.items() if made[k] != v]
+    asked = WeightsId(clip.weights, clip.weights_sha256)
+    if not diff and meta.weights_id.same_as(asked) is False:  # the weights file changed in place
+        diff.append(f"clip_weights {meta.weights_id} (asked: {asked})")
     return ("other-settings", "; ".join(diff)) if diff else ("done", "")
 
 

@@ -1,4 +1,4 @@
-"""Atomic file writes and the feature-file contract (DESIGN.md §3).
+"""Atomic file writes, and reading and writing a feature file with its sidecar (:mod:`stale_cli.sidecar`).
 
 Every output of the tool is written to a temporary file in the target directory, flushed to disk and renamed into
 place, so an interrupted run (or a crash of the machine) never leaves a half-written file that a rerun would mistake
@@ -18,16 +18,13 @@ import socket
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
 from stale_cli.errors import DataError, InputError
+from stale_cli.sidecar import FeatureMeta, read_sidecar
 
-FEATURE_SIDECAR_KEYS = ("fps", "timestamps", "duration", "source", "clip_model", "clip_weights", "num_frames")
-# Sane bounds of what a feature file describes: beyond them a sidecar is corrupt, not a real video.
-MIN_FEATURE_FPS, MAX_FEATURE_FPS = 1e-3, 1000.0  # rows per second
-MAX_DURATION = 1e7  # seconds (about 116 days)
 MAX_FEATURE_BYTES = 1 << 36  # 64 GiB: a header claiming more is refused before anything is read
 
 
@@ -45,6 +42,29 @@ def parse_json(text: str, where: str):
         raise DataError(f"{where}: JSON nested too deeply to read") from None
     except ValueError as e:
         raise DataError(f"{where}: not valid JSON ({e})") from None
+
+
+def read_json(path: str | os.PathLike, what: str):
+    """The parsed JSON of the file at ``path``, a ``what`` ("annotation file", ...) the command needs: missing is
+    an InputError, unreadable or not JSON a DataError, each one line naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read {what} ({e})") from e
+    return parse_json(text, str(path))
+
+
+def read_json_or_none(path: str | os.PathLike, max_bytes: Optional[int] = None):
+    """The parsed JSON of the file at ``path``, or None when it is missing, larger than ``max_bytes``, unreadable
+    or not JSON: for files that are only looked at (a sidecar to compare, a record to resume), never required."""
+    try:
+        if max_bytes is not None and os.path.getsize(path) > max_bytes:
+            return None
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
 
 
 def pid_alive(pid: int) -> bool:
@@ -225,26 +245,27 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def write_features(npy_path: str | os.PathLike, features: np.ndarray, meta: dict) -> None:
-    """Write ``<stem>.npy`` (float16, (T, D)) and then its ``<stem>.json`` sidecar.
+def write_features(npy_path: str | os.PathLike, features: np.ndarray, meta: FeatureMeta | Mapping) -> None:
+    """Write ``<stem>.npy`` (float16, (T, D)) and then its ``<stem>.json`` sidecar (``meta``, or its JSON object).
 
     The sidecar is written last: a video counts as done only when both exist.
     """
     npy_path = Path(npy_path)
-    missing = [k for k in FEATURE_SIDECAR_KEYS if k not in meta]
+    meta = FeatureMeta.of(meta)
+    missing = meta.missing_for_writing()
     assert not missing, f"sidecar lacks {missing}"
     with atomic_path(npy_path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(features, dtype=np.float16))
     try:
-        write_json_atomic(npy_path.with_suffix(".json"), meta)
+        write_json_atomic(npy_path.with_suffix(".json"), meta.to_json())
     except BaseException:
         npy_path.unlink(missing_ok=True)  # nothing partial: an array without its sidecar would fail every reader
         raise
 
 
-def read_features(npy_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """Read a feature file and its sidecar: ``(features float32 (T, D), meta dict)``."""
+def read_features(npy_path: str | os.PathLike) -> tuple[np.ndarray, FeatureMeta]:
+    """Read a feature file and its sidecar: ``(features float32 (T, D), sidecar)``."""
     npy_path = Path(npy_path)
     sidecar = npy_path.with_suffix(".json")
     if not npy_path.is_file():
@@ -254,12 +275,7 @@ def read_features(npy_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             f"{npy_path}: feature file has no sidecar {sidecar.name}; "
             "features must be written by `stale extract-features` (or come with a .json giving at least fps)"
         )
-    try:
-        meta = parse_json(sidecar.read_text(encoding="utf-8"), str(sidecar))
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{sidecar}: unreadable sidecar ({e})") from e
-    if not isinstance(meta, dict) or "fps" not in meta:
-        raise DataError(f"{sidecar}: sidecar must be a JSON object with at least 'fps'")
+    meta = read_sidecar(sidecar)
     shape = _npy_shape(npy_path)
     try:
         feats = np.load(npy_path, allow_pickle=False)
@@ -270,11 +286,10 @@ def read_features(npy_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         feats = feats.astype(np.float32)  # float64 values beyond float32's range become inf: caught below
     if not np.isfinite(feats).all():
         raise DataError(f"{npy_path}: feature file contains NaN or infinite values (as float32)")
-    check_sidecar(meta, str(sidecar))
-    described = {"num_rows": feats.shape[0], "embed_dim": feats.shape[1]}
-    wrong = [f"{k} {meta[k]!r}" for k, v in described.items() if k in meta and meta[k] != v]
-    if isinstance(meta.get("timestamps"), list) and len(meta["timestamps"]) != feats.shape[0]:
-        wrong.append(f"{len(meta['timestamps'])} timestamps")
+    described = {"num_rows": (meta.num_rows, feats.shape[0]), "embed_dim": (meta.embed_dim, feats.shape[1])}
+    wrong = [f"{k} {said!r}" for k, (said, real) in described.items() if said is not None and said != real]
+    if meta.timestamps is not None and len(meta.timestamps) != feats.shape[0]:
+        wrong.append(f"{len(meta.timestamps)} timestamps")
     if wrong:
         raise DataError(
             f"{sidecar}: the sidecar does not describe {npy_path.name} (array {feats.shape[0]} x {feats.shape[1]}; "
@@ -311,55 +326,8 @@ def _npy_shape(npy_path: Path) -> tuple:
     return tuple(shape)
 
 
-def _finite(x, lo: float, hi: float) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and lo <= x <= hi
-
-
-def check_sidecar(meta: dict, where: str) -> None:
-    """Raise DataError unless the sidecar's fields have sane types and values (whether they describe the array is
-    checked by :func:`read_features`).
-
-    Only ``fps`` is required (hand-made sidecars); every other field of DESIGN.md §3 is checked when present.
-    """
-    problems = []
-    if not _finite(meta.get("fps"), MIN_FEATURE_FPS, MAX_FEATURE_FPS):
-        problems.append(
-            f"'fps' must be a number in [{MIN_FEATURE_FPS:g}, {MAX_FEATURE_FPS:g}], got {meta.get('fps')!r}"
-        )
-    if meta.get("duration") is not None and not _finite(meta["duration"], 0.0, MAX_DURATION):
-        problems.append(f"'duration' must be seconds in [0, {MAX_DURATION:g}], got {meta['duration']!r}")
-    stamps = meta.get("timestamps")
-    if stamps is not None:
-        if not isinstance(stamps, list) or not all(_finite(t, -MAX_DURATION, MAX_DURATION) for t in stamps):
-            problems.append("'timestamps' must be a list of finite seconds")
-    for key in ("num_rows", "num_frames", "embed_dim"):
-        value = meta.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            problems.append(f"{key!r} must be a non-negative integer, got {value!r}")
-    for key in ("clip_model", "clip_weights", "source"):
-        if meta.get(key) is not None and not isinstance(meta[key], str):
-            problems.append(f"{key!r} must be a string, got {meta[key]!r}")
-    if problems:
-        raise DataError(f"{where}: bad sidecar: {'; '.join(problems)}")
-
-
 def source_identity(path: str | os.PathLike) -> dict:
     """What identifies a source video across runs: its resolved path, size (bytes) and mtime (ns)."""
     path = Path(path)
     st = path.stat()
     return {"source": str(path.resolve()), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
-
-
-def source_mismatch(meta: dict, path: str | os.PathLike) -> Optional[str]:
-    """None if the sidecar ``meta`` was made from the file at ``path`` as it is now; else what differs.
-
-    Sidecars of older versions record only the path: for them the resolved path alone decides.
-    """
-    try:
-        now = source_identity(path)
-    except OSError as e:
-        return f"source unreadable ({e.strerror or e})"
-    if str(meta.get("source", "")) != now["source"]:
-        return f"made from {meta.get('source')!r}"
-    changed = [k.removeprefix("source_") for k in ("source_size", "source_mtime_ns") if k in meta and meta[k] != now[k]]
-    return f"{' and '.join(changed)} of the source changed since" if changed else None

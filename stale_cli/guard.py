@@ -18,12 +18,12 @@ replaced) is :func:`stale_cli.fileio.atomic_path`'s part.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Optional
 
 from stale_cli.errors import InputError
+from stale_cli.fileio import read_json_or_none
 
 # A .json bigger than this is not read to decide whether it is a feature sidecar (a sidecar of a 100-hour video at
 # 4 fps is about 20 MB; its .npy beside it decides anyway).
@@ -54,12 +54,7 @@ def feature_role(path: str | os.PathLike) -> Optional[str]:
             if path.with_suffix(".json").is_file() else None
     if path.with_suffix(".npy").is_file():
         return f"the sidecar of the feature file {path.with_suffix('.npy').name}"
-    try:
-        if path.stat().st_size > MAX_SIDECAR_SNIFF:
-            return None
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
+    obj = read_json_or_none(path, max_bytes=MAX_SIDECAR_SNIFF)
     return "a feature sidecar" if isinstance(obj, dict) and "fps" in obj else None
 
 

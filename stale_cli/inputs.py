@@ -132,20 +132,18 @@ def collect_inputs(
     return found
 
 
-def _sidecar_source(npy: Path) -> Optional[tuple[str, dict]]:
-    """``(resolved source video, sidecar)`` a feature file's sidecar records, or None (no or unreadable sidecar)."""
-    import json
+def _sidecar_source(npy: Path) -> Optional[tuple]:
+    """``(resolved source video, sidecar)`` a feature file's sidecar records, or None (no, unreadable or bad
+    sidecar, or one that names no source)."""
+    from stale_cli.errors import DataError
+    from stale_cli.fileio import read_json_or_none
+    from stale_cli.sidecar import FeatureMeta
 
-    sidecar = npy.with_suffix(".json")
     try:
-        if sidecar.stat().st_size > 64 << 20:
-            return None
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        meta = FeatureMeta.from_json(read_json_or_none(npy.with_suffix(".json"), max_bytes=64 << 20))
+    except DataError:  # no sidecar, an unreadable or a bad one
         return None
-    if not isinstance(meta, dict) or not isinstance(meta.get("source"), str):
-        return None
-    return meta["source"], meta
+    return (meta.source, meta) if meta.source is not None else None
 
 
 def one_per_video(paths: Sequence[Path], note: Callable[[str], None]) -> list[Path]:
@@ -156,7 +154,7 @@ def one_per_video(paths: Sequence[Path], note: Callable[[str], None]) -> list[Pa
     it holds that video's features and spares decoding it. Otherwise the features are out of date and the video is
     kept. ``note(message)`` says which was dropped.
     """
-    from stale_cli.fileio import source_mismatch
+    from stale_cli.sidecar import source_mismatch
 
     videos = {str(Path(p).resolve()): p for p in paths if Path(p).suffix.lower() not in FEATURE_EXTENSIONS}
     drop: set = set()

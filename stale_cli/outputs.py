@@ -46,14 +46,16 @@ class Segment:
     start: float  # seconds
     end: float  # seconds
     score: float  # in [0, 1]
+    class_index: int  # row of ``label`` in its VideoDetections.classes (and column of its scores)
 
 
 @dataclass
 class VideoDetections:
     """Everything detection knows about one input video.
 
-    ``times`` (T,) are the seconds at the centre of each snippet and ``scores`` (T, K) the per-snippet class
-    probabilities (background column dropped), used by the plot and the HTML report (``stale_cli.report``).
+    ``classes`` are the K names asked for: each segment's ``class_index`` is its row there, and ``scores`` (T, K)
+    has one column per class: the per-snippet class probabilities (background column dropped) at ``times`` (T,),
+    the seconds at the centre of each snippet, used by the plot and the HTML report (``stale_cli.report``).
     """
 
     video_id: str
@@ -63,6 +65,15 @@ class VideoDetections:
     times: Optional[np.ndarray] = None  # (T,) seconds
     scores: Optional[np.ndarray] = None  # (T, K)
     extra: dict = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.classes = tuple(self.classes)
+        for s in self.segments:
+            if not (0 <= s.class_index < len(self.classes) and self.classes[s.class_index] == s.label):
+                raise ValueError(f"segment {s.label!r} (class {s.class_index}) is not one of {self.classes}")
+        if self.scores is not None and np.shape(self.scores)[-1] != len(self.classes):
+            raise ValueError(f"scores of shape {np.shape(self.scores)} for {len(self.classes)} classes")
 
 
 def resolve_format(output: Optional[str | os.PathLike], fmt: Optional[str]) -> str:
@@ -323,14 +334,16 @@ def plot_paths(plot: str | os.PathLike, video_ids: list[str]) -> dict[str, Path]
     return {vid: plot.with_name(f"{plot.stem}_{vid}{suffix}") for vid in video_ids}
 
 
-def plot_detections(video: VideoDetections, classes: list[str], path: str | os.PathLike) -> None:
-    """Per-class score curves over time (top panel) and the detected segments as bars (bottom panel)."""
+def plot_detections(video: VideoDetections, path: str | os.PathLike) -> None:
+    """Per-class score curves over time (top panel) and the detected segments as bars (bottom panel), one row
+    and one colour per class of the video."""
     require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    classes = video.classes
     fig, (ax_s, ax_d) = plt.subplots(
         2, 1, figsize=(12, 2.5 + 0.35 * len(classes)), sharex=True, gridspec_kw={"height_ratios": [3, 1 + 0.2 * len(classes)]}
     )
@@ -342,9 +355,8 @@ def plot_detections(video: VideoDetections, classes: list[str], path: str | os.P
     ax_s.set_ylim(0, 1.02)
     ax_s.legend(loc="upper right", fontsize="small", ncol=min(len(classes), 4))
     ax_s.set_title(f"{video.video_id}: {video.extra.get('mode', '')} detections")
-    row = {name: k for k, name in enumerate(classes)}
     for s in video.segments:
-        k = row.get(s.label, 0)
+        k = s.class_index
         ax_d.barh(k, s.end - s.start, left=s.start, height=0.8, color=colours(k % colours.N), alpha=0.3 + 0.7 * s.score)
     ax_d.set_yticks(range(len(classes)), classes, fontsize="small")
     ax_d.set_ylim(-0.6, len(classes) - 0.4)

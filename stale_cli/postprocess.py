@@ -86,13 +86,6 @@ class DetectConfig:
     fragment_weight: float = 0.1
 
 
-# Dataset presets, same names as the training presets.
-DETECT_PRESETS = {
-    "thumos14": DetectConfig(),
-    "activitynet": DetectConfig(top_k=100, nms_sigma=0.75),
-}
-
-
 @dataclass(frozen=True)
 class Segments:
     """Scored segments as parallel arrays, all of length S."""

@@ -33,9 +33,10 @@ import numpy as np
 
 from stale_cli.data.annotations import load_annotations
 from stale_cli.data.splits import NUM_SPLITS, RATIOS, load_split, match_classes
+from stale_cli.datasets import DATASETS, Dataset, get as get_dataset
 from stale_cli.errors import DataError, InputError
-from stale_cli.evaluate import ACTIVITYNET_TIOUS, THUMOS14_TIOUS, evaluate_detection, ground_truth, parse_predictions
-from stale_cli.fileio import write_json_atomic, write_text_atomic
+from stale_cli.evaluate import evaluate_detection, ground_truth, parse_predictions
+from stale_cli.fileio import read_json_or_none, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,36 +46,8 @@ METHOD_NAMES = {CLIP_METHOD: "training-free CLIP (baseline)", STALE_METHOD: "STA
 
 
 @dataclass(frozen=True)
-class DatasetProtocol:
-    train_subset: str
-    test_subset: str
-    preset: str  # data/train/detect preset name
-    tious: tuple[float, ...]
-    # Paper Table 1 (CLIP ViT-B/16, mean of 10 splits), mAP in % at the thresholds it reports, and the average.
-    paper: dict[str, dict[float, float]]
-
-
-DATASETS = {
-    "thumos14": DatasetProtocol(
-        "val", "test", "thumos14", THUMOS14_TIOUS,
-        paper={
-            "75_25": {0.3: 40.5, 0.4: 32.3, 0.5: 23.5, 0.6: 15.3, 0.7: 7.6, -1: 23.8},
-            "50_50": {0.3: 38.3, 0.4: 30.7, 0.5: 21.2, 0.6: 13.8, 0.7: 7.0, -1: 22.2},
-        },
-    ),
-    "activitynet13": DatasetProtocol(
-        "training", "validation", "activitynet", ACTIVITYNET_TIOUS,
-        paper={
-            "75_25": {0.5: 38.2, 0.75: 25.2, 0.95: 6.0, -1: 24.9},
-            "50_50": {0.5: 32.1, 0.75: 20.7, 0.95: 5.9, -1: 20.5},
-        },
-    ),
-}
-
-
-@dataclass(frozen=True)
 class ProtocolConfig:
-    dataset: str  # thumos14 | activitynet13
+    dataset: str  # thumos14 | activitynet13 (stale_cli.datasets; an alias is replaced by the name)
     setting: str  # 75_25 | 50_50 (seen % _ unseen %)
     splits: tuple[int, ...] = tuple(range(NUM_SPLITS))
     train_subset: Optional[str] = None  # None: the dataset's (THUMOS14 val, ActivityNet training)
@@ -84,8 +57,7 @@ class ProtocolConfig:
     train: bool = True  # train and evaluate STALE (False: baseline only)
 
     def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise InputError(f"--dataset must be one of {', '.join(DATASETS)}, not {self.dataset!r}")
+        object.__setattr__(self, "dataset", get_dataset(self.dataset, "--dataset").name)
         if self.setting not in RATIOS:
             raise InputError(f"--setting must be one of {', '.join(RATIOS)}, not {self.setting!r}")
         bad = [k for k in self.splits if not 0 <= k < NUM_SPLITS]
@@ -95,7 +67,7 @@ class ProtocolConfig:
             raise InputError("nothing to run: both STALE training and the baseline are off")
 
     @property
-    def spec(self) -> DatasetProtocol:
+    def spec(self) -> Dataset:
         return DATASETS[self.dataset]
 
     def split_name(self, k: int) -> str:
@@ -168,11 +140,10 @@ def _detect_and_evaluate(
 def _load_done(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+    done = read_json_or_none(path)
+    if done is None:
         log.warning("%s is unreadable; redoing it", path)
-        return None
+    return done
 
 
 def _settings_record(cfg: ProtocolConfig, features_dir, annotations, model_cfg, loss_cfg, data_cfg, train_cfg,
@@ -196,8 +167,9 @@ def _settings_record(cfg: ProtocolConfig, features_dir, annotations, model_cfg, 
 def _check_work_dir(work_dir: Path, record: dict) -> None:
     path = work_dir / "protocol.json"
     old = _load_done(path)
-    if old is not None and old != json.loads(json.dumps(record)):
-        changed = sorted(k for k in set(old) | set(record) if old.get(k) != json.loads(json.dumps(record)).get(k))
+    plain = json.loads(json.dumps(record))  # as it reads back from the file
+    if old is not None and old != plain:
+        changed = sorted(k for k in set(old) | set(plain) if old.get(k) != plain.get(k))
         raise InputError(
             f"{work_dir} holds a run with other settings ({', '.join(changed)} differ); rerun with the same "
             "settings to resume it, or choose another --work-dir"
@@ -227,19 +199,17 @@ def run_protocol(
     step (the CLI prints them).
     """
     from stale_cli.data.dataset import index_features
-    from stale_cli.data.windows import preset as data_preset
     from stale_cli.detect import DetectSettings, Detector
     from stale_cli.model.config import LossConfig, ModelConfig
-    from stale_cli.postprocess import DETECT_PRESETS
-    from stale_cli.train import TRAIN_PRESETS, train
+    from stale_cli.train import train
 
     spec = cfg.spec
     model_cfg = model_cfg or ModelConfig()
     loss_cfg = loss_cfg or LossConfig()
-    data_cfg = data_cfg or data_preset(spec.preset)
-    train_cfg = train_cfg or TRAIN_PRESETS[spec.preset]
+    data_cfg = data_cfg or spec.data
+    train_cfg = train_cfg or spec.train
     tious = list(cfg.tious or spec.tious)
-    detect_cfg = DETECT_PRESETS[spec.preset]  # the training-free baseline's; STALE uses its checkpoint's
+    detect_cfg = spec.detect  # the training-free baseline's; STALE uses its checkpoint's
     work_dir = Path(work_dir)
     say = report or (lambda line: None)
 
@@ -302,7 +272,7 @@ def run_protocol(
                     result = train(
                         features_dir, train_ann, seen, ckpt, clip.model, clip.name, str(clip.weights),
                         model_cfg=model_cfg, loss_cfg=loss_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
-                        device=device, resume=resume, progress=progress,
+                        device=device, resume=resume, progress=progress, dataset=cfg.dataset,
                     )
                     trained = {"best_epoch": result.best_epoch, "score": result.score_name,
                                "train_videos": result.train_videos, "val_videos": result.val_videos,
@@ -347,7 +317,7 @@ def summarise(cfg: ProtocolConfig, tious: Sequence[float], per_split: dict, n_fe
             "average_mAP_std": float(avg.std()),
             "per_split": {str(k): {"mAP": done[k]["mAP"], "average_mAP": done[k]["average_mAP"]} for k in sorted(done)},
         }
-    paper = DATASETS[cfg.dataset].paper[cfg.setting]
+    paper = cfg.spec.paper[cfg.setting]
     return {
         "dataset": cfg.dataset,
         "setting": cfg.setting,
@@ -385,7 +355,7 @@ def markdown(summary: dict) -> str:
                      + f" | {_pm(row['average_mAP_mean'], row['average_mAP_std'])} |")
     paper = summary["paper"]
     cells = ["–" if v is None else f"{v:.1f}" for v in paper["mAP"]]
-    lines.append(f"| STALE, paper Table 1 | 10 | " + " | ".join(cells) + f" | {paper['average_mAP']:.1f} |")
+    lines.append("| STALE, paper Table 1 | 10 | " + " | ".join(cells) + f" | {paper['average_mAP']:.1f} |")
     lines += ["", "Average mAP (%) per split:", "", "| split | " + " | ".join(
         r["name"] for r in summary["rows"].values()) + " |", "|---|" + "---|" * len(summary["rows"])]
     splits = sorted({int(k) for r in summary["rows"].values() for k in r["per_split"]})

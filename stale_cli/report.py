@@ -101,16 +101,22 @@ def _finite(x: float, digits: int) -> float:
 
 
 def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) -> dict:
-    """What the page's script needs about one video (segments as ``[class index, start, end, score]``)."""
-    index = {name: k for k, name in enumerate(classes)}
+    """What the page's script needs about one video (segments as ``[lane, start, end, score]``): ``classes`` are
+    the page's lanes, which hold every class of the video (:meth:`ReportWriter.add`)."""
+    lanes = [classes.index(name) for name in video.classes]  # the video's class k is drawn in lane lanes[k]
+    scores = None
+    if video.scores is not None:
+        scores = np.zeros((np.shape(video.scores)[0], len(classes)))  # (T, lanes): a lane of no class stays flat
+        scores[:, lanes] = video.scores
     has_player = Path(video.source).suffix.lower() not in FEATURE_SUFFIXES
     return {
         "id": video.video_id,
         "source": video.source,
         "src": relative_src(video.source, report_dir) if has_player else None,
         "duration": _finite(video.duration, 4),
-        "segments": [[index[s.label], _finite(s.start, 3), _finite(s.end, 3), _finite(s.score, 4)] for s in video.segments],
-        "curves": curve_payload(video.times, video.scores, len(classes)),
+        "segments": [[lanes[s.class_index], _finite(s.start, 3), _finite(s.end, 3), _finite(s.score, 4)]
+                     for s in video.segments],
+        "curves": curve_payload(video.times, scores, len(classes)),
     }
 
 
@@ -282,9 +288,9 @@ class ReportWriter:
 
     def add(self, video: VideoDetections) -> Path:
         """Add one video's detections; returns the path of the report that shows it."""
-        for s in video.segments:  # a label outside the run's classes still gets a lane
-            if s.label not in self.classes:
-                self.classes.append(s.label)
+        for name in video.classes:  # a class outside the run's (a video resumed from another run) gets a lane
+            if name not in self.classes:
+                self.classes.append(name)
         self._ids.append(video.video_id)
         if self.directory is not None:
             path = self.directory / f"{video.video_id}.html"

@@ -102,10 +102,12 @@ class DetectJournal:
         try:
             if rec.get("input") != source_identity(path):
                 return None
-            segments = [Segment(str(s["label"]), float(s["start"]), float(s["end"]), float(s["score"]))
-                        for s in rec["segments"]]
-            video = VideoDetections(video_id, str(rec["source"]), float(rec["duration"]), segments)
-        except (OSError, KeyError, TypeError, ValueError):
+            classes = tuple(str(c) for c in self.run["classes"])  # the run's: the records name one of them
+            row = {name: k for k, name in enumerate(classes)}
+            segments = [Segment(str(s["label"]), float(s["start"]), float(s["end"]), float(s["score"]),
+                                row[str(s["label"])]) for s in rec["segments"]]
+            video = VideoDetections(video_id, str(rec["source"]), float(rec["duration"]), segments, classes=classes)
+        except (OSError, KeyError, TypeError, ValueError):  # a record this run cannot read is detected again
             return None
         video.extra = {"mode": self.run.get("mode"), "resumed": True}
         return video

@@ -33,18 +33,19 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from stale_cli.checkpoint import (build_model, check_checkpoint_path, detect_config_for, read_checkpoint,
-                                  save_checkpoint)
+from stale_cli import datasets
+from stale_cli.checkpoint import build_model, check_checkpoint_path, read_checkpoint, save_checkpoint
 from stale_cli.clip_backbone import activation_of
+from stale_cli.clip_identity import WeightsId, mismatch_hint, weights_sha256
 from stale_cli.data.annotations import Annotations
 from stale_cli.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset, collate_windows, load_video_set,
                                     repeat_factors, unseen_spans, video_instances)
 from stale_cli.data.windows import DataConfig
 from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
 from stale_cli.evaluate import evaluate_detection
-from stale_cli.model.config import LossConfig, ModelConfig
+from stale_cli.model.config import LossConfig, ModelConfig, TrainConfig
 from stale_cli.model.losses import STALELoss
-from stale_cli.postprocess import WindowedVideo, finalize
+from stale_cli.postprocess import DetectConfig, WindowedVideo, finalize
 
 log = logging.getLogger(__name__)
 
@@ -55,47 +56,8 @@ class TrainingError(StaleError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """The training recipe. The paper (§4) trains everything with one Adam learning rate (1e-5 THUMOS14, 1e-4
-    ActivityNet) for 15 epochs; measured on benchmarks/quality.py that recipe leaves the new head layers far from
-    converged on a THUMOS14-sized run, while a larger rate for the text tower degrades CLIP. So each parameter
-    group has its own rate (BENCHMARKS.md "Quality" has the comparison)."""
-
-    # None: 15 epochs (paper §4), or more so that the run takes at least MIN_STEPS optimizer steps. A THUMOS14-sized
-    # set (200 videos, ~40 steps an epoch) is not affected; on benchmarks/quality.py's 40 videos (8 steps an epoch)
-    # 15 epochs left the classifier short: 30 scored 80.6 avg mAP against 78.6 over 4 seeds (BENCHMARKS.md
-    # "Quality"). A number: exactly that many epochs.
-    epochs: int | None = None
-    lr: float = 5e-4  # new head layers (Eqs. 1, 3-8, 12); the paper's single rate: 1e-5 THUMOS14, 1e-4 ActivityNet
-    lr_prompt: float = 1e-3  # learned prompt context and background embedding (Eq. 2)
-    lr_text: float = 1e-6  # CLIP's text tower when fine-tuned: much lower, to keep CLIP's language prior
-    batch_size: int = 16  # windows per step (per process under torchrun); the paper does not say
-    weight_decay: float = 1e-4  # AdamW, head weights only (not biases, norms, embeddings, CLIP); paper: Adam, none
-    warmup: float = 0.05  # share of all steps with a linear warm-up, then cosine decay to zero
-    grad_clip: float = 1.0  # max gradient norm, per parameter group (the text tower's cannot starve the head)
-    seed: int = 0
-    # Share of the training subset's videos held out to pick the best epoch. 0 by default: train on every video
-    # and keep the last epoch, which the cosine schedule has brought to rest. On benchmarks/quality.py (3 seeds,
-    # 0.1 held out) the last epoch scored 78.3-78.8 avg mAP, the epoch picked by mAP@0.5 on the 4 held-out videos
-    # 70.2-79.1: that score saturates mid-run and noise decides.
-    val_fraction: float = 0.0
-    # Draw windows of rare classes more often (repeat factor sampling, data/dataset.py RepeatFactorSampler). Our
-    # addition; in the benchmark's 40-video THUMOS14 sets a class has from 2 to about 40 training instances. On
-    # benchmarks/quality.py, 12 seeds, paired: better on 9, +0.6 avg mAP on average (BENCHMARKS.md "Quality").
-    balance_classes: bool = True
-    # Instances of classes outside the training names (a zero-shot split's unseen classes): True leaves them out of
-    # every loss term (the paper's zero-shot setting uses this knowledge that something happens there); False calls
-    # them background, strict open-vocabulary training that knows nothing of the unseen classes.
-    ignore_unseen: bool = True
-    amp: bool = True  # mixed precision, CUDA only
-    num_workers: int = 0  # DataLoader workers (windows are cut from features held in memory)
-
-
 DEFAULT_EPOCHS = 15  # paper §4
 MIN_STEPS = 240  # optimizer steps a default run takes at least (TrainConfig.epochs)
-
-TRAIN_PRESETS = {"thumos14": TrainConfig(), "activitynet": TrainConfig()}
 
 
 @dataclass
@@ -206,13 +168,35 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
     return dist.get_rank(), dist.get_world_size(), device, started
 
 
-def _check_features(vs: VideoSet, clip_name: str, embed_dim: int, features_dir, activation: str | None) -> None:
+def _check_features(vs: VideoSet, clip_name: str, embed_dim: int, features_dir, activation: str | None,
+                    weights: WeightsId, resumed: bool) -> None:
+    """Refuse features the text encoder cannot read: made by CLIP running another activation, by another CLIP
+    model, or (CLIP features only) with other weights than the text tower starts from (``weights``). Features of
+    an older stale that record no weights identity: one warning, then they are used."""
     from stale_cli.clip_backbone import feature_activation_error
 
+    clip_features = vs.feature_dim == embed_dim
+    if clip_features and not weights.known:
+        log.warning("no content hash of the text encoder's CLIP weights %s is known (a checkpoint of an older "
+                    "stale); the features are not checked against them", weights.label)
+    unidentified = []
     for vid, meta in vs.meta.items():
-        why = feature_activation_error(meta, activation if vs.feature_dim == embed_dim else None)
+        why = feature_activation_error(meta, activation if clip_features else None)
         if why:
             raise DataError(f"{Path(features_dir) / vid}.npy: {why}")
+        same = meta.weights_id.same_as(weights) if clip_features and weights.known else True
+        if same is False:
+            what = ("use the features it was trained on" if resumed
+                    else mismatch_hint(meta.weights_id, weights))
+            raise DataError(
+                f"{Path(features_dir) / vid}.npy: features made with CLIP weights {meta.weights_id} but the text "
+                f"encoder {'was trained' if resumed else 'starts'} from {weights}; {what} (text and features must "
+                "come from the same CLIP)")
+        if same is None:
+            unidentified.append(vid)
+    if unidentified:
+        log.warning("%d feature file(s) in %s (e.g. %s.npy) do not record which CLIP weights made them (an older "
+                    "stale); assuming %s", len(unidentified), features_dir, unidentified[0], weights)
     clips = vs.clip_models()
     if vs.feature_dim == embed_dim and clips and clip_name not in clips:
         raise DataError(
@@ -257,14 +241,16 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
 
 
 @torch.no_grad()
-def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device,
-            batch_size: int) -> tuple[dict[str, list[tuple[str, float, float, float]]], float]:
-    """The model's own detections on ``vs``: (video id -> [(label, start_s, end_s, score)], mean window loss)."""
+def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device, batch_size: int, *,
+            detect_cfg: DetectConfig) -> tuple[dict[str, list[tuple[str, float, float, float]]], float]:
+    """The model's own detections on ``vs``: (video id -> [(label, start_s, end_s, score)], mean window loss).
+
+    ``detect_cfg``: what `stale detect` will use with the checkpoint (its dataset's).
+    """
     was_training = model.training
     model.eval()
     ds = WindowDataset(vs, class_names, data_cfg, training=False)
     text = model.encode_classes(class_names)  # (K+1, C)
-    detect_cfg = detect_config_for(data_cfg)  # what `stale detect` will use with this checkpoint
     # Each video's windows on its grid (feature rows; resize mode: the T snippets of the whole video), joined
     # across window edges as `stale detect` joins them.
     videos = {v.video_id: WindowedVideo(vs.features[v.video_id].shape[0] if data_cfg.mode == "window"
@@ -288,13 +274,14 @@ def predict(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, d
     return preds, total / max(n, 1)
 
 
-def validate(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device, batch_size: int) -> dict:
+def validate(model, class_names, vs: VideoSet, data_cfg: DataConfig, criterion, device, batch_size: int, *,
+             detect_cfg: DetectConfig) -> dict:
     """Loss and mAP@0.5 of the model's own detections on ``vs``, counting the training classes only.
 
     A detection lying mostly (over half its length) on an instance of an unseen class is left out rather than
     counted as a false positive: finding an unseen action is what the model is for.
     """
-    preds, loss = predict(model, class_names, vs, data_cfg, criterion, device, batch_size)
+    preds, loss = predict(model, class_names, vs, data_cfg, criterion, device, batch_size, detect_cfg=detect_cfg)
     keep = set(class_names)
     gt = {v.video_id: [(i.label, i.start, i.end) for i in v.instances if i.label in keep] for v in vs.videos}
     for v in vs.videos:
@@ -379,6 +366,7 @@ def train(
     progress: bool = True,
     rerun: bool = False,
     fresh: bool = False,
+    dataset: str | None = None,
 ) -> TrainResult:
     """Train on the videos of ``annotations`` (already restricted to the training subset) that have features.
 
@@ -392,66 +380,151 @@ def train(
     settings (:func:`run_key`) are these, else CheckpointError. A later epoch is never replaced by an earlier
     one: resuming from a checkpoint older than ``<out>.last.pt``, or another run writing a later epoch there
     meanwhile, is a CheckpointError, unless ``fresh`` (the user asked to start over).
+
+    ``dataset``: the dataset preset (:mod:`stale_cli.datasets`) the configs come from, recorded in the
+    checkpoint with its detection settings (None: the one ``data_cfg`` belongs to); with ``resume``, the
+    checkpoint's.
     """
     out, device = Path(out), torch.device(device)
     check_checkpoint_path(out)
     check_checkpoint_path(last_path_for(out))
     rank, world, device, started = _distributed(device)
+    job = _Job(features_dir=features_dir, annotations=annotations, class_names=list(class_names), out=out,
+               clip_model=clip_model, clip_name=clip_name, clip_weights=clip_weights, model_cfg=model_cfg,
+               loss_cfg=loss_cfg, data_cfg=data_cfg, train_cfg=train_cfg, device=device,
+               resume=Path(resume) if resume is not None else None, progress=progress, rerun=rerun, fresh=fresh,
+               dataset=dataset, rank=rank, world=world)
     try:
-        return _train(features_dir, annotations, list(class_names), out, clip_model, clip_name, clip_weights,
-                      model_cfg, loss_cfg, data_cfg, train_cfg, device, resume, progress, rank, world, rerun, fresh)
+        return _train(job)
     finally:
         if started:
             dist.destroy_process_group()
 
 
-def _train(features_dir, annotations, class_names, out, clip_model, clip_name, clip_weights, model_cfg, loss_cfg,
-           data_cfg, train_cfg, device, resume, progress, rank, world, rerun=False, fresh=False) -> TrainResult:
+@dataclass(frozen=True)
+class _Job:
+    """The arguments of :func:`train`, with this process's place under torchrun (``rank`` of ``world``)."""
+
+    features_dir: str | Path
+    annotations: Annotations
+    class_names: list[str]
+    out: Path
+    clip_model: torch.nn.Module | None
+    clip_name: str
+    clip_weights: str
+    model_cfg: ModelConfig
+    loss_cfg: LossConfig
+    data_cfg: DataConfig
+    train_cfg: TrainConfig
+    device: torch.device
+    resume: Path | None
+    progress: bool
+    rerun: bool
+    fresh: bool
+    dataset: str | None
+    rank: int
+    world: int
+
+
+@dataclass
+class _Start:
+    """Where a run starts, decided once (nanoGPT's ``init_from``): the configs, the CLIP it reads, the epoch and
+    history so far, and the weights the model is built from: a checkpoint's (``state_dict``, with its optimizer
+    state) when resuming, else CLIP's text tower (``clip_model``)."""
+
+    vs: VideoSet  # the training subset's features, cut with data_cfg
+    model_cfg: ModelConfig
+    loss_cfg: LossConfig
+    data_cfg: DataConfig
+    spec: datasets.Dataset
+    clip_name: str
+    clip_weights: str
+    weights: WeightsId  # what made the features the text encoder reads
+    activation: str | None  # the text tower's activation (None: no CLIP given, nothing to compare)
+    key: dict  # run_key, recorded in every checkpoint
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    state_dict: dict | None = None
+    optimizer_state: dict | None = None
+    clip_model: torch.nn.Module | None = None
+
+    def build_model(self) -> torch.nn.Module:
+        if self.state_dict is not None:
+            model = build_model(self.model_cfg, self.activation)
+            model.load_state_dict(self.state_dict)
+            return model
+        if self.clip_model is None:
+            raise InputError("a CLIP model is needed to start training (or resume from a checkpoint)")
+        from stale_cli.model.stale import STALE
+
+        return STALE(self.model_cfg, self.clip_model)
+
+
+def _from_scratch(job: _Job, key: dict) -> _Start:
+    """A new run: the text encoder starts from ``job.clip_model``'s text tower; the model's widths come from the
+    features and the CLIP architecture."""
+    import open_clip
+
+    vs = load_video_set(job.features_dir, list(job.annotations.videos.values()), job.data_cfg)
+    embed = int(open_clip.get_model_config(job.clip_name)["embed_dim"])
+    model_cfg = replace(job.model_cfg, feature_dim=vs.feature_dim, embed_dim=embed,
+                        num_snippets=job.data_cfg.num_snippets, clip_model=job.clip_name)
+    spec = datasets.get(job.dataset) if job.dataset is not None else datasets.for_data_config(job.data_cfg)
+    return _Start(vs=vs, model_cfg=model_cfg, loss_cfg=job.loss_cfg, data_cfg=job.data_cfg, spec=spec,
+                  clip_name=job.clip_name, clip_weights=job.clip_weights,
+                  weights=WeightsId(job.clip_weights, weights_sha256(job.clip_weights)),
+                  activation=activation_of(job.clip_model) if job.clip_model is not None else None, key=key,
+                  clip_model=job.clip_model)
+
+
+def _from_checkpoint(job: _Job, key: dict) -> _Start:
+    """A resumed run: model, configs, dataset, CLIP and history from ``job.resume``, after checking that the
+    features and classes are the ones it was trained on (and, for a rerun of the same command, its settings)."""
+    resume, last_path = job.resume, last_path_for(job.out)
+    ckpt, info = read_checkpoint(resume)
+    if job.rerun:
+        differ = run_key_differences(key, info.extra.get("run_key"))
+        if differ:
+            raise CheckpointError(
+                f"{resume} holds a training run with other settings ({', '.join(differ)}); rerun with its "
+                "settings to resume it, pass --fresh (or --restart) to start over, or give another --out")
+    vs = load_video_set(job.features_dir, list(job.annotations.videos.values()), info.data_config)
+    if info.feature_dim != vs.feature_dim:
+        raise CheckpointError(
+            f"{resume}: checkpoint was trained on {info.feature_dim}-dimensional features but those in "
+            f"{job.features_dir} are {vs.feature_dim}-dimensional; resume with the same features")
+    if abs(info.feature_fps - vs.feature_fps()) > 1e-6:
+        raise CheckpointError(f"{resume}: checkpoint features are at {info.feature_fps} fps, "
+                              f"those in {job.features_dir} at {vs.feature_fps()} fps")
+    if list(info.class_names) != job.class_names:
+        raise CheckpointError(f"{resume}: checkpoint was trained on other classes; resume with the same split")
+    later = saved_epoch(last_path)
+    if not job.fresh and later > info.epoch:
+        raise CheckpointError(
+            f"{last_path} holds epoch {later}, later than epoch {info.epoch} of {resume}: resuming would "
+            f"overwrite it with an earlier one; resume from {last_path} (or rerun the same command), pass "
+            "--fresh (or --restart) to start over, or give another --out")
+    return _Start(vs=vs, model_cfg=info.model_config, loss_cfg=info.loss_config, data_cfg=info.data_config,
+                  spec=datasets.get(info.dataset), clip_name=info.clip_model, clip_weights=info.clip_weights,
+                  weights=info.weights_id, activation=info.clip_activation,
+                  key=info.extra.get("run_key") or key,  # --resume: the run goes on as it was set up
+                  start_epoch=info.epoch, history=list(info.extra.get("history", [])),
+                  state_dict=ckpt["state_dict"], optimizer_state=ckpt.get("extra", {}).get("optimizer") or None)
+
+
+def _train(job: _Job) -> TrainResult:
+    class_names, train_cfg, device, rank, world = job.class_names, job.train_cfg, job.device, job.rank, job.world
     torch.manual_seed(train_cfg.seed)
     if not class_names:
         raise InputError("no training classes given")
-    ckpt, start_epoch, history = None, 0, []
-    key = run_key(features_dir, annotations, class_names, model_cfg, loss_cfg, data_cfg, train_cfg, clip_name,
-                  clip_weights)
-    last_path = last_path_for(out)
-    if resume is not None:
-        ckpt, info = read_checkpoint(resume)
-        if rerun:
-            differ = run_key_differences(key, info.extra.get("run_key"))
-            if differ:
-                raise CheckpointError(
-                    f"{resume} holds a training run with other settings ({', '.join(differ)}); rerun with its "
-                    "settings to resume it, pass --fresh (or --restart) to start over, or give another --out")
-        key = info.extra.get("run_key") or key  # --resume: the run goes on as it was set up
-        data_cfg = info.data_config
-    vs = load_video_set(features_dir, list(annotations.videos.values()), data_cfg)
-    if resume is not None:
-        if info.feature_dim != vs.feature_dim:
-            raise CheckpointError(
-                f"{resume}: checkpoint was trained on {info.feature_dim}-dimensional features but those in "
-                f"{features_dir} are {vs.feature_dim}-dimensional; resume with the same features")
-        if abs(info.feature_fps - vs.feature_fps()) > 1e-6:
-            raise CheckpointError(f"{resume}: checkpoint features are at {info.feature_fps} fps, "
-                                  f"those in {features_dir} at {vs.feature_fps()} fps")
-        if list(info.class_names) != class_names:
-            raise CheckpointError(f"{resume}: checkpoint was trained on other classes; resume with the same split")
-        model_cfg, loss_cfg, data_cfg = info.model_config, info.loss_config, info.data_config
-        clip_name, clip_weights = info.clip_model, info.clip_weights
-        start_epoch, history = info.epoch, list(info.extra.get("history", []))
-        later = saved_epoch(last_path)
-        if not fresh and later > start_epoch:
-            raise CheckpointError(
-                f"{last_path} holds epoch {later}, later than epoch {start_epoch} of {resume}: resuming would "
-                f"overwrite it with an earlier one; resume from {last_path} (or rerun the same command), pass "
-                "--fresh (or --restart) to start over, or give another --out")
-    else:
-        import open_clip
-
-        embed = int(open_clip.get_model_config(clip_name)["embed_dim"])
-        model_cfg = replace(model_cfg, feature_dim=vs.feature_dim, embed_dim=embed,
-                            num_snippets=data_cfg.num_snippets, clip_model=clip_name)
-    activation = info.clip_activation if resume is not None else (activation_of(clip_model) if clip_model else None)
-    _check_features(vs, clip_name, model_cfg.embed_dim, features_dir, activation)
+    key = run_key(job.features_dir, job.annotations, class_names, job.model_cfg, job.loss_cfg, job.data_cfg,
+                  train_cfg, job.clip_name, job.clip_weights)
+    start = _from_checkpoint(job, key) if job.resume is not None else _from_scratch(job, key)
+    vs, model_cfg, data_cfg, start_epoch, history = start.vs, start.model_cfg, start.data_cfg, start.start_epoch, \
+        start.history
+    last_path = last_path_for(job.out)
+    _check_features(vs, start.clip_name, model_cfg.embed_dim, job.features_dir, start.activation, start.weights,
+                    job.resume is not None)
 
     train_ids, val_ids = split_videos([v.video_id for v in vs.videos], train_cfg.val_fraction, train_cfg.seed)
     train_set, val_set = vs.subset(train_ids), vs.subset(val_ids)
@@ -465,26 +538,17 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         log.info("training on %d videos (%d windows), %d held out for validation, %d classes",
                  len(train_ids), len(ds), len(val_ids), len(class_names))
 
-    if resume is not None:
-        model = build_model(model_cfg, info.clip_activation)
-        model.load_state_dict(ckpt["state_dict"])
-    else:
-        if clip_model is None:
-            raise InputError("a CLIP model is needed to start training (or resume from a checkpoint)")
-        from stale_cli.model.stale import STALE
-
-        model = STALE(model_cfg, clip_model)
-    model = model.to(device).train()
-    criterion = STALELoss(model_cfg, loss_cfg)
+    model = start.build_model().to(device).train()
+    criterion = STALELoss(model_cfg, start.loss_cfg)
     step_module = _TrainStep(model, class_names)
     if world > 1:
         step_module = torch.nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(param_groups(model, train_cfg))
-    if ckpt is not None and ckpt.get("extra", {}).get("optimizer"):
-        optimizer.load_state_dict(ckpt["extra"]["optimizer"])
-        for g, fresh in zip(optimizer.param_groups, param_groups(model, train_cfg)):
-            g["base_lr"] = fresh["base_lr"]
+    if start.optimizer_state:
+        optimizer.load_state_dict(start.optimizer_state)
+        for g, now in zip(optimizer.param_groups, param_groups(model, train_cfg)):
+            g["base_lr"] = now["base_lr"]
     amp_dtype = None  # mixed precision on CUDA only: bfloat16 where supported, else float16 with a grad scaler
     if train_cfg.amp and device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -501,20 +565,22 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
         if train_cfg.epochs != DEFAULT_EPOCHS and rank == 0:
             log.info("%d epochs of %d steps (at least %d steps on a small training set)", train_cfg.epochs,
                      len(loader), MIN_STEPS)
-    describe = dict(model_cfg=model_cfg, loss_cfg=loss_cfg, data_cfg=data_cfg, class_names=class_names,
-                    feature_fps=vs.feature_fps(), clip_model=clip_name, clip_weights=clip_weights, run_key=key)
-    if resume is not None and rank == 0:
+    spec = start.spec
+    describe = dict(model_cfg=model_cfg, loss_cfg=start.loss_cfg, data_cfg=data_cfg, class_names=class_names,
+                    dataset=spec.name, feature_fps=vs.feature_fps(), clip_model=start.clip_name,
+                    clip_weights=start.clip_weights, clip_weights_sha256=start.weights.sha256, run_key=start.key)
+    if job.resume is not None and rank == 0:
         if start_epoch >= train_cfg.epochs:
             log.info("%s: already trained %d of %d epochs; nothing to do (--epochs N goes on further, --fresh "
-                     "starts over)", resume, start_epoch, train_cfg.epochs)
+                     "starts over)", job.resume, start_epoch, train_cfg.epochs)
         else:
-            log.info("resuming from %s at epoch %d of %d", resume, start_epoch + 1, train_cfg.epochs)
+            log.info("resuming from %s at epoch %d of %d", job.resume, start_epoch + 1, train_cfg.epochs)
     known = saved_epoch(last_path)  # the epoch in <out>.last.pt as this run last saw it
     best = max(history, key=_score) if val_ids and history else None
     total_steps = train_cfg.epochs * len(loader)  # the schedule spans the whole run, resumed or not
     # One bar for the whole run (its ETA covers every epoch left), not one per epoch.
     bar = tqdm(total=max(0, train_cfg.epochs - start_epoch) * len(loader), unit="step", file=sys.stderr,
-               disable=not progress or rank != 0, dynamic_ncols=True, leave=False)
+               disable=not job.progress or rank != 0, dynamic_ncols=True, leave=False)
     try:
         for epoch in range(start_epoch, train_cfg.epochs):
             sampler.set_epoch(epoch)
@@ -535,7 +601,8 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
             record = {"epoch": epoch + 1, **{k: v / max(len(loader), 1) for k, v in sums.items()},
                       "seconds": time.perf_counter() - t0, "val_loss": None, "val_map50": None}
             if val_ids:
-                record.update(validate(model, class_names, val_set, data_cfg, criterion, device, train_cfg.batch_size))
+                record.update(validate(model, class_names, val_set, data_cfg, criterion, device, train_cfg.batch_size,
+                                       detect_cfg=spec.detect))
                 is_best = best is None or _score(record) > _score(best)
             else:  # without validation the last epoch is kept
                 is_best = epoch + 1 == train_cfg.epochs
@@ -555,14 +622,14 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
                                 history=history, train_config=dataclasses.asdict(train_cfg), **describe)
                 known = epoch + 1
                 if is_best:
-                    save_checkpoint(out, model, epoch=epoch + 1, history=history,
+                    save_checkpoint(job.out, model, epoch=epoch + 1, history=history,
                                     train_config=dataclasses.asdict(train_cfg), **describe)
     finally:
         bar.close()
     if world > 1:
         dist.barrier()
     return TrainResult(
-        best_path=out, last_path=last_path, best_epoch=(best or {}).get("epoch", start_epoch),
+        best_path=job.out, last_path=last_path, best_epoch=(best or {}).get("epoch", start_epoch),
         score_name="mAP@0.5" if val_ids else "last epoch", history=history, train_videos=len(train_ids),
         val_videos=len(val_ids), missing_videos=len(vs.missing), model=model)
 
@@ -577,13 +644,14 @@ def _log_epoch(r: dict, epochs: int, best: bool) -> None:
 
 
 def default_training_subset(annotations: Annotations) -> str | None:
-    """THUMOS14 trains on ``val``, ActivityNet on ``training``; a file with one subset trains on all of it."""
+    """ActivityNet trains on ``training`` (or a file's ``train``), THUMOS14 on ``val`` (beside ``test``); a file
+    with one subset trains on all of it."""
     subsets = annotations.subsets()
-    for name in ("training", "train"):
+    for name in (datasets.ACTIVITYNET.train_subset, "train"):
         if name in subsets:
             return name
-    if "val" in subsets and "test" in subsets:
-        return "val"
+    if datasets.THUMOS14.train_subset in subsets and datasets.THUMOS14.test_subset in subsets:
+        return datasets.THUMOS14.train_subset
     if len(subsets) <= 1:
         return None
     raise InputError(f"{annotations.source}: choose the training subset with --subset ({', '.join(subsets)})")

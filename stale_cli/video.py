@@ -49,7 +49,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from stale_cli.errors import DecodeError
+from stale_cli.errors import DecodeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class FrameSampler:
         except _DecordFailed:
             raise
         except Exception as e:  # decord raises its own DECORDError, RuntimeError or ValueError
-            raise _DecordFailed(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+            raise _DecordFailed(first_line(e)) from e
         starts = ts[:, 0].astype(np.float64)
         if not np.all(np.isfinite(starts)) or np.any(np.diff(starts) < -EPS):
             raise _DecordFailed("unusable frame timestamps")
@@ -335,7 +335,7 @@ class FrameSampler:
                 with _decord_log_to_debug():
                     raw = vr.get_batch(group.tolist()).asnumpy().copy()
             except Exception as e:
-                raise _DecordFailed(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+                raise _DecordFailed(first_line(e)) from e
             if residual is None:
                 # decord turns frames by the matrix's rotation (measured with decord 0.6) but not its mirror;
                 # where the frame shape shows it did not turn a quarter rotation, everything is left to us.
@@ -358,7 +358,7 @@ class FrameSampler:
         try:
             container = av.open(str(self.path))
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-            raise DecodeError(f"{self.path}: not a readable video ({getattr(e, 'strerror', None) or _first_line(e)})") from e
+            raise DecodeError(f"{self.path}: not a readable video ({getattr(e, 'strerror', None) or first_line(e)})") from e
         with container:
             stream = main_video_stream(container)
             if stream is None:
@@ -408,7 +408,7 @@ class FrameSampler:
                     if len(pending) >= DECODE_GROUP:
                         yield from flush()
             except (av.FFmpegError, OSError) as e:
-                self._warn(f"decoding stopped at {last_t:.2f} s ({_first_line(e)}); the rest of the file is unreadable")
+                self._warn(f"decoding stopped at {last_t:.2f} s ({first_line(e)}); the rest of the file is unreadable")
             if count == 0:
                 raise DecodeError(f"{self.path}: no decodable video frames")
             step = last_dur or (1.0 / rate if rate else (last_t / (count - 1) if count > 1 else 1.0 / self.fps))
@@ -513,8 +513,3 @@ def _decord_log_to_debug() -> Iterator[None]:
                     log.debug("decord: %s", line.decode("utf-8", "replace").rstrip())
                 else:
                     os.write(fd2, line)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -63,9 +63,11 @@ def generic_action_names() -> list[str]:
     files; 7 are in both), each once: the generic competitors of a query (:func:`distractors`)."""
     from importlib import resources
 
+    from stale_cli.datasets import DATASETS
+
     names: dict[str, str] = {}
     root = resources.files("stale_cli").joinpath("splits")
-    for dataset in ("thumos14", "activitynet13"):
+    for dataset in DATASETS:
         for part in ("train", "test"):
             text = root.joinpath(dataset, "75_25", part, "split_0.list").read_text(encoding="utf-8")
             for line in text.splitlines():

@@ -118,3 +118,17 @@ def test_models_lists_tags_and_finds_cached_weights(tmp_path):
     (repo / "snapshots" / "abc").mkdir(parents=True)
     (repo / "snapshots" / "abc" / "open_clip_pytorch_model.bin").write_bytes(b"x")
     assert is_cached("ViT-B-16", "openai", cache_dir=tmp_path)
+
+
+def test_train_and_zero_shot_share_one_bound_per_training_option(tmp_path):
+    """One check of the options `train` and `zero-shot` share: the same value gets the same answer from both."""
+    (tmp_path / "a.json").write_text('{"database": {}}')
+    train = ["train", "--features", tmp_path, "--annotations", tmp_path / "a.json", "--out", tmp_path / "m.pt"]
+    zero_shot = ["zero-shot", "--dataset", "thumos14", "--features", tmp_path, "--annotations", tmp_path / "a.json",
+                 "--work-dir", tmp_path / "w"]
+    for option, value, message in (("--lr", "1", "--lr must be in (0, 1), got 1.0"),
+                                   ("--epochs", "0", "--epochs must be a number in [1, "),
+                                   ("--batch-size", "0", "--batch-size must be a number in [1, ")):
+        for command in (train, zero_shot):
+            r = invoke(*command, option, value)
+            assert r.exit_code == 1 and f"error: {message}" in r.output, (command[0], r.output)

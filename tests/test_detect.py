@@ -8,6 +8,7 @@ import pytest
 from stale_cli.clipmode import ClipModeConfig, class_text_features, gaussian_smooth, snippet_probabilities
 from stale_cli.detect import CLIP_MODE, STALE_MODE, DetectSettings, Detector, choose_mode, resample_features
 from stale_cli.errors import CheckpointError, InputError
+from stale_cli.sidecar import FeatureMeta
 
 CLASSES = ["high jump", "pole vault"]
 FPS = 2.0
@@ -130,11 +131,11 @@ def test_choose_mode(tmp_path):
 def test_resample_features_linear():
     feats = np.arange(8, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # row k = k
     meta = {"fps": 4.0, "timestamps": [1.0 + k / 4 for k in range(8)], "duration": 3.0}
-    out, m = resample_features(feats, meta, 2.0)
-    assert out.shape == (4, 3) and m["fps"] == 2.0
+    out, m = resample_features(feats, FeatureMeta.from_json(meta), 2.0)
+    assert out.shape == (4, 3) and m.fps == 2.0 and m.resampled_from_fps == 4.0
     np.testing.assert_allclose(out[:, 0], [0, 2, 4, 6])
-    np.testing.assert_allclose(m["timestamps"], [1.0, 1.5, 2.0, 2.5])
-    up, _ = resample_features(feats, meta, 8.0)
+    np.testing.assert_allclose(m.timestamps, [1.0, 1.5, 2.0, 2.5])
+    up, _ = resample_features(feats, FeatureMeta.from_json(meta), 8.0)
     assert up.shape == (16, 3)
     np.testing.assert_allclose(up[:3, 0], [0, 0.5, 1.0])
 

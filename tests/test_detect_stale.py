@@ -115,7 +115,7 @@ def test_resampled_features_still_detect(trained):
     det = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt, **CLOSED))
     feats, meta = read_features(root / "feats" / "v2.npy")
     fast, fast_meta = resample_features(feats, meta, 2 * FPS)
-    fast_meta["duration"] = meta["duration"]
+    fast_meta = fast_meta.replace(duration=meta.duration)
     video = det.detect_features(fast, fast_meta, "v2", "v2")
     best = max((s for s in video.segments if s.label == "high jump"), key=lambda s: s.score)
     assert tiou((best.start, best.end), (8.0, 15.0)) >= 0.5

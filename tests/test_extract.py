@@ -30,12 +30,12 @@ def test_extract_video_in_memory_matches_direct_encoding(clip, videos):
 
     direct = clip.encode_images(torch.from_numpy(frames)).numpy()
     np.testing.assert_allclose(feats.astype(np.float32), direct, atol=2e-3, rtol=1e-2)
-    assert meta["fps"] == 4.0 and meta["num_rows"] == 13 and meta["num_frames"] == 90
-    assert meta["timestamps"] == [k / 4 for k in range(13)]
-    assert meta["duration"] == pytest.approx(3.003)
-    assert meta["clip_model"] == clip.name and meta["clip_weights"] == clip.weights
-    tl = Timeline(meta["timestamps"][0], 1 / meta["fps"], len(meta["timestamps"]))
-    np.testing.assert_allclose(tl.to_seconds(np.arange(13)), meta["timestamps"])
+    assert meta.fps == 4.0 and meta.num_rows == 13 and meta.num_frames == 90
+    assert meta.timestamps == tuple(k / 4 for k in range(13))
+    assert meta.duration == pytest.approx(3.003)
+    assert meta.clip_model == clip.name and meta.clip_weights == clip.weights
+    tl = Timeline(meta.timestamps[0], 1 / meta.fps, len(meta.timestamps))
+    np.testing.assert_allclose(tl.to_seconds(np.arange(13)), meta.timestamps)
 
 
 def test_scene_cuts_show_in_the_features(clip, videos):
@@ -68,7 +68,7 @@ def test_extract_many_writes_resumes_and_reports(clip, videos, bad_files, tmp_pa
     assert s.frames == 16 + 1 + 20 and s.frames_per_second > 0
     feats, meta = read_features(out / "cfr25.npy")
     assert feats.shape == (16, clip.embed_dim) and np.load(out / "cfr25.npy").dtype == np.float16
-    assert meta["source"] == str(videos["cfr25"]["path"].resolve()) and meta["decoder"] in ("decord", "pyav")
+    assert meta.source == str(videos["cfr25"]["path"].resolve()) and meta.decoder in ("decord", "pyav")
     assert not list(out.glob(".*tmp"))  # no temporary files left behind
 
     # resume: finished videos are skipped, a video whose sidecar is missing (interrupted) is redone

@@ -80,7 +80,7 @@ def test_a_dead_decoding_process_fails_only_its_video(clip, videos, monkeypatch)
     assert len(failed) < len(paths)  # the replacements decoded the rest
     for r in results:
         if r.error is None:
-            assert r.features.shape[0] == r.meta["num_rows"] > 0
+            assert r.features.shape[0] == r.meta.num_rows > 0
 
 
 def test_cli_workers_end_to_end(tiny_clip_name, tiny_clip_weights, videos, bad_files, tmp_path):

@@ -44,8 +44,9 @@ def test_shifted_window_gives_a_correspondingly_shifted_mask(tiny_clip_name, tin
 
     valid = torch.ones(1, 32, dtype=torch.bool)
     with torch.no_grad():
-        m1 = model(window(8), valid, ["a", "b"])["mask_logits"][0]  # (T, T)
-        m2 = model(window(15), valid, ["a", "b"])["mask_logits"][0]
+        text = model.encode_classes(["a", "b"])  # (K+1, C)
+        m1 = model(window(8), valid, text)["mask_logits"][0]  # (T, T)
+        m2 = model(window(15), valid, text)["mask_logits"][0]
     s, inner = 7, slice(3, 20)  # rows/columns away from the window edges (two kernel-3 convolutions pad there)
     shifted = m2[3 + s:20 + s, 3 + s:20 + s]
     torch.testing.assert_close(shifted, m1[inner, inner], atol=1e-4, rtol=1e-4)
@@ -58,9 +59,9 @@ def test_mask_columns_see_the_whole_window(tiny_clip_name, tiny_clip):
     x = torch.randn(1, 32, 32)
     valid = torch.ones(1, 32, dtype=torch.bool)
     with torch.no_grad():
-        before = model(x, valid, ["a"])["mask_logits"][0, :, 2]
+        before = model(x, valid, model.encode_classes(["a"]))["mask_logits"][0, :, 2]
         x[0, 25] += 3.0  # far from snippet 2
-        after = model(x, valid, ["a"])["mask_logits"][0, :, 2]
+        after = model(x, valid, model.encode_classes(["a"]))["mask_logits"][0, :, 2]
     assert (before[25] - after[25]).abs() > 1e-3
 
 
@@ -192,7 +193,7 @@ def test_small_training_run_localizes_two_instances_of_one_class_as_two_segments
     model, info = load_checkpoint(result.best_path)
     vs = load_video_set(feats, [ann.videos["test"]])
     preds, _ = predict(model, ["A", "B"], vs, info.data_config, STALELoss(info.model_config, info.loss_config),
-                       "cpu", 4)
+                       "cpu", 4, detect_cfg=info.detect_config)
     top = [p for p in preds["test"] if p[0] == "A"][:4]
     matched = []
     for s, e, _ in truth:

@@ -56,11 +56,6 @@ def test_output_shapes_and_ranges(cfg, tiny_clip):
         assert 0 <= out[key].min() and out[key].max() <= 1
     assert not out["foreground"][1, 11:].any()  # padding is never foreground
     assert not any(k.startswith("visual") for k in model.state_dict())
-    feats = torch.randn(B, T, 32)
-    with torch.no_grad():
-        by_name = model(feats, valid, CLASSES)  # class names encoded inside forward
-        by_text = model(feats, valid, text)
-    torch.testing.assert_close(by_name["logits"], by_text["logits"])
 
 
 def test_appended_padding_leaves_valid_outputs_unchanged(cfg, tiny_clip):

@@ -132,7 +132,7 @@ def test_a_damaged_cache_entry_is_extracted_again(videos, tmp_path, tiny_clip_na
                clip_name=tiny_clip_name, clip_weights=tiny_clip_weights)
     assert r.exit_code == 0 and "extracting again" in " ".join(r.stderr.split()), r.output
     feats, meta = read_features(cache / "cfr25.npy")
-    assert meta["fps"] == 4.0 and feats.shape == (16, DIM)
+    assert meta.fps == 4.0 and feats.shape == (16, DIM)
 
 
 # ---------------------------------------------------------------- a full disk
@@ -314,7 +314,8 @@ def test_file_class_and_label_text_is_printed_as_is(tmp_path, tiny_clip_name, ti
     from stale_cli.outputs import Segment, VideoDetections, print_table
 
     console = Console(force_terminal=True, width=120, record=True)
-    print_table(VideoDetections("race [final]", "x", 20.0, [Segment("ride [/bike]", 1.0, 2.0, 0.5)]), console)
+    print_table(VideoDetections("race [final]", "x", 20.0, [Segment("ride [/bike]", 1.0, 2.0, 0.5, 0)],
+                                classes=("ride [/bike]",)), console)
     text = console.export_text()
     assert "race [final]" in text and "ride [/bike]" in text and "┃" in text
     missing = tmp_path / "[/x].npy"

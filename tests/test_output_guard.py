@@ -267,7 +267,7 @@ def test_cache_never_replaces_another_videos_or_other_settings_features(run, tmp
     assert r.exit_code == 0 and "another video's features" in " ".join(r.stderr.split())
     assert snapshot(cache / "clip.npy", cache / "clip.json") == mine
     (other,) = [p for p in cache.glob("clip-*.npy")]
-    assert read_features(other)[1]["source"] == str((b / "clip.mp4").resolve())
+    assert read_features(other)[1].source == str((b / "clip.mp4").resolve())
 
     r = run(*detect_args(a / "clip.mp4", "--cache-features", cache, "--fps", "2"))
     assert r.exit_code == 0 and "not cached" in " ".join(r.stderr.split())

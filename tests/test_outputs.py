@@ -20,8 +20,9 @@ META = {"mode": "clip", "checkpoint": None, "classes": ["a", "b"], "fps": 4.0, "
 
 
 def video(vid="v1", n=2):
-    segs = [Segment("a", 1.25, 3.5, 0.9), Segment("b", 0.0, 61.0, 0.25)][:n]
-    return VideoDetections(vid, f"{vid}.mp4", 70.0, segs, times=np.arange(10) + 0.5, scores=np.full((10, 2), 0.3))
+    segs = [Segment("a", 1.25, 3.5, 0.9, 0), Segment("b", 0.0, 61.0, 0.25, 1)][:n]
+    return VideoDetections(vid, f"{vid}.mp4", 70.0, segs, times=np.arange(10) + 0.5, scores=np.full((10, 2), 0.3),
+                           classes=("a", "b"))
 
 
 def test_results_json_schema():
@@ -96,5 +97,35 @@ def test_plot(tmp_path):
     pytest.importorskip("matplotlib")
     assert plot_paths(tmp_path / "p.png", ["x"]) == {"x": tmp_path / "p.png"}
     assert plot_paths(tmp_path / "p.png", ["x", "y"])["y"] == tmp_path / "p_y.png"
-    plot_detections(video(), ["a", "b"], tmp_path / "p.png")
+    plot_detections(video(), tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_segments_name_a_class_of_their_video():
+    """A segment is drawn in the row of its class index; one whose label is not that class is refused (it used
+    to be drawn in row 0), as are score columns that are not the video's classes."""
+    with pytest.raises(ValueError, match="'c' .*is not one of"):
+        VideoDetections("v", "v.mp4", 10.0, [Segment("c", 1.0, 2.0, 0.5, 0)], classes=("a", "b"))
+    with pytest.raises(ValueError, match="is not one of"):
+        VideoDetections("v", "v.mp4", 10.0, [Segment("a", 1.0, 2.0, 0.5, 2)], classes=("a", "b"))
+    with pytest.raises(ValueError, match="for 2 classes"):
+        VideoDetections("v", "v.mp4", 10.0, [], scores=np.zeros((4, 3)), classes=("a", "b"))
+
+
+def test_journal_round_trip_keeps_class_indices(tmp_path):
+    """A video resumed from the journal gets the run's classes and its segments their rows; a record naming a
+    label the run does not have is detected again, not drawn in some row."""
+    from stale_cli.resume import DetectJournal
+
+    src = tmp_path / "v1.mp4"
+    src.write_bytes(b"x")
+    journal = DetectJournal(tmp_path / "j", {"mode": "clip", "classes": ["a", "b"]}, target=lambda v: tmp_path / v)
+    journal.append(video(), src)
+    back = journal.finished("v1", src)
+    assert back.classes == ("a", "b") and [s.class_index for s in back.segments] == [0, 1]
+    assert [s.label for s in back.segments] == ["a", "b"] and back.extra["resumed"]
+    other = DetectJournal(tmp_path / "j", {"mode": "clip", "classes": ["a"]}, target=lambda v: tmp_path / v)
+    with open(tmp_path / "j", "a") as f:  # the same run but for its classes: records of "b" are not its own
+        rec = json.loads((tmp_path / "j").read_text().splitlines()[0])
+        f.write(json.dumps(dict(rec, run=other.run)) + "\n")
+    assert other.finished("v1", src) is None

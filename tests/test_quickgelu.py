@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from stale_cli.cli import app
 from stale_cli.clip_backbone import GELU, QUICK_GELU, activation_of, feature_activation_error, load_clip
+from stale_cli.sidecar import FeatureMeta
 
 MODEL = "ViT-B-16"
 
@@ -125,14 +126,14 @@ def test_openai_tag_runs_quickgelu_in_both_towers(openai_cache, videos, tmp_path
 
 
 def test_feature_activation_errors():
-    new = {"clip_model": MODEL, "clip_weights": "openai", "clip_activation": QUICK_GELU}
+    new = FeatureMeta(fps=4.0, clip_model=MODEL, clip_weights="openai", clip_activation=QUICK_GELU)
     assert feature_activation_error(new) is None and feature_activation_error(new, QUICK_GELU) is None
     assert "text encoder runs gelu" in feature_activation_error(new, GELU)
-    old = {"clip_model": MODEL, "clip_weights": "openai"}
+    old = FeatureMeta(fps=4.0, clip_model=MODEL, clip_weights="openai")
     assert "older stale" in feature_activation_error(old)
-    assert feature_activation_error({"clip_model": f"{MODEL}-quickgelu", "clip_weights": "openai"}) is None
-    assert feature_activation_error({"clip_model": MODEL, "clip_weights": "/some/file.bin"}) is None
-    assert feature_activation_error({"clip_model": MODEL, "clip_weights": "laion2b_s34b_b88k"}) is None
+    assert feature_activation_error(old.replace(clip_model=f"{MODEL}-quickgelu")) is None
+    assert feature_activation_error(old.replace(clip_weights="/some/file.bin")) is None
+    assert feature_activation_error(old.replace(clip_weights="laion2b_s34b_b88k")) is None
 
 
 def test_checkpoint_records_and_rebuilds_the_activation(tmp_path, tiny_clip_name):

@@ -75,9 +75,10 @@ def detections(source, video_id="match", n_rows=40, fps=4.0) -> VideoDetections:
     times = (np.arange(n_rows) + 0.5) / fps
     rng = np.random.default_rng(0)
     scores = rng.uniform(size=(n_rows, len(CLASSES))).astype(np.float32)
-    segments = [Segment("high jump", 1.0, 3.5, 0.91), Segment(EVIL, 4.0, 6.0, 0.42), Segment(CLOSER, 0.5, 1.0, 0.07)]
+    segments = [Segment(name, start, end, score, CLASSES.index(name)) for name, start, end, score in
+                (("high jump", 1.0, 3.5, 0.91), (EVIL, 4.0, 6.0, 0.42), (CLOSER, 0.5, 1.0, 0.07))]
     return VideoDetections(video_id=video_id, source=str(source), duration=n_rows / fps, segments=segments,
-                           times=times, scores=scores)
+                           times=times, scores=scores, classes=CLASSES)
 
 
 def test_script_json_cannot_end_its_element():
@@ -163,6 +164,21 @@ def test_clock():
     assert [_clock(0), _clock(59.6), _clock(3599.96, 1), _clock(7322.25, 1)] == ["0:00", "1:00", "1:00:00.0", "2:02:02.2"]
 
 
+def test_a_video_of_other_classes_draws_in_their_lanes(tmp_path):
+    """Lanes are the run's classes; a video with its classes in another order (or one more) has its segments and
+    curves drawn in the lanes of their names, not by position."""
+    scores = np.array([[0.1, 0.9], [0.2, 0.8]])
+    video = VideoDetections("v", str(tmp_path / "v.mp4"), 1.0, [Segment("z", 0.0, 0.5, 0.7, 0)],
+                            times=np.array([0.25, 0.75]), scores=scores, classes=("z", "high jump"))
+    writer = ReportWriter(tmp_path / "r.html", META, generated=WHEN)
+    writer.add(video)
+    assert writer.classes == CLASSES + ["z"]
+    (data,) = Page((tmp_path / "r.html").read_text()).data("video-data")
+    assert data["segments"] == [[3, 0.0, 0.5, 0.7]]
+    curves = np.stack([np.frombuffer(base64.b64decode(v), np.uint8) for v in data["curves"]["values"]], axis=1)
+    np.testing.assert_allclose(curves / 255, [[0.9, 0, 0, 0.1], [0.8, 0, 0, 0.2]], atol=0.5 / 255)
+
+
 def test_curves_round_trip_and_non_uniform_times():
     times = np.array([0.125, 0.375, 0.625])
     scores = np.array([[0.0, 1.0], [0.5, 0.25], [0.999, 0.004]])
@@ -226,8 +242,8 @@ def test_long_video_report_stays_small(tmp_path):
     starts = rng.uniform(0, 7190, 5000)
     video = VideoDetections(
         "long", str(tmp_path / "long.mp4"), 7200.0,
-        [Segment(classes[i % 20], float(s), float(s + 5), float(rng.uniform())) for i, s in enumerate(starts)],
-        times=(np.arange(n_rows) + 0.5) / 4, scores=rng.uniform(size=(n_rows, 20)).astype(np.float32),
+        [Segment(classes[i % 20], float(s), float(s + 5), float(rng.uniform()), i % 20) for i, s in enumerate(starts)],
+        times=(np.arange(n_rows) + 0.5) / 4, scores=rng.uniform(size=(n_rows, 20)).astype(np.float32), classes=classes,
     )
     ReportWriter(tmp_path / "long.html", dict(META, classes=classes)).add(video)
     size = (tmp_path / "long.html").stat().st_size

@@ -55,8 +55,8 @@ def test_same_name_from_another_folder_is_not_taken_for_finished(extract, videos
     assert r.exit_code == 0 and "done 1, skipped 0" in r.output and "holds another video's features" in r.output
     renamed = [p for p in out.glob("clip-*.npy")]
     assert len(renamed) == 1
-    assert read_features(renamed[0])[1]["source"] == str(b.resolve())
-    assert read_features(out / "clip.npy")[1]["source"] == str(a.resolve())  # dA's features untouched
+    assert read_features(renamed[0])[1].source == str(b.resolve())
+    assert read_features(out / "clip.npy")[1].source == str(a.resolve())  # dA's features untouched
     assert "skipped 1" in extract(b, "--out", out).output and "skipped 1" in extract(a, "--out", out).output
 
 
@@ -118,6 +118,7 @@ torch.set_num_threads(1)
 class PixelClip:  # stands in for CLIP (the locks are under test, not the encoder): 8x8 RGB means as features
     name, weights, embed_dim, image_size = "pixels", "none", 192, 8
     activation, precision = "gelu", "fp32"  # what the sidecar records of a CLIP (issue 8)
+    weights_sha256 = None  # and of its weights (issue 16): "none" is not a file
 
     def resize_frames(self, frames):  # uint8 (n, H, W, 3) -> (n, 8, 8, 3)
         x = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float(), size=(8, 8), mode="area")
@@ -142,7 +143,7 @@ def test_two_concurrent_runs_split_the_work(videos, tmp_path):
     assert sum(r["done"] for r in results) == len(names), results  # every video made exactly once
     for n in names:
         feats, meta = read_features(tmp_path / "f" / f"{n}.npy")  # each pair from one run
-        assert meta["num_rows"] == feats.shape[0]
+        assert meta.num_rows == feats.shape[0]
     assert not list((tmp_path / "f").glob(".*.lock"))
 
 

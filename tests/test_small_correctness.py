@@ -15,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
+from stale_cli.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,11 +79,24 @@ def test_activitynet_checkpoint_detects_with_its_preset(tmp_path, tiny_clip, tin
     _, info = read_checkpoint(paths["thumos"])
     assert (info.detect_config.nms_sigma, info.detect_config.top_k) == (0.5, 200)
 
-    # A checkpoint written before checkpoints recorded it gets its data preset's.
+    assert info.dataset == "thumos14" and read_checkpoint(paths["anet"])[1].dataset == "activitynet13"
+
+    # A checkpoint written before checkpoints recorded them gets its data preset's dataset and detect config.
     raw = torch.load(paths["anet"], weights_only=True)
-    del raw["detect_config"]
+    del raw["detect_config"], raw["dataset"]
     torch.save(raw, tmp_path / "old.pt")
-    assert read_checkpoint(tmp_path / "old.pt")[1].detect_config.nms_sigma == 0.75
+    old = read_checkpoint(tmp_path / "old.pt")[1]
+    assert old.detect_config.nms_sigma == 0.75 and old.dataset == "activitynet13"
+    # One that names its dataset gets that dataset's detect config, whatever its data mode; the old spelling
+    # "activitynet" reads as activitynet13, an unknown name is refused.
+    raw = torch.load(paths["thumos"], weights_only=True)
+    del raw["detect_config"]
+    for name, want in (("activitynet", 0.75), ("thumos14", 0.5)):
+        torch.save(dict(raw, dataset=name), tmp_path / "named.pt")
+        assert read_checkpoint(tmp_path / "named.pt")[1].detect_config.nms_sigma == want
+    torch.save(dict(raw, dataset="kinetics"), tmp_path / "named.pt")
+    with pytest.raises(CheckpointError, match="unknown dataset 'kinetics'"):
+        read_checkpoint(tmp_path / "named.pt")
 
     det = Detector(DetectSettings(classes=["a dog"], mode="stale", checkpoint=paths["anet"]))
     assert (det.detect_cfg.nms_sigma, det.detect_cfg.top_k) == (0.75, 100)

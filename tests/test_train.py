@@ -80,7 +80,7 @@ def test_tiny_model_overfits_and_detects_its_training_segments(tmp_path, tiny_cl
     model, info = load_checkpoint(result.best_path)
     vs = load_video_set(feats, list(ann.videos.values()))
     criterion = STALELoss(info.model_config, info.loss_config)
-    preds, _ = predict(model, classes, vs, info.data_config, criterion, "cpu", 8)
+    preds, _ = predict(model, classes, vs, info.data_config, criterion, "cpu", 8, detect_cfg=info.detect_config)
     # Every training segment of a training class is found among the video's 10 best detections (tIoU >= 0.5).
     for vid, instances in VIDEOS.items():
         top = preds[vid][:10]
@@ -89,7 +89,8 @@ def test_tiny_model_overfits_and_detects_its_training_segments(tmp_path, tiny_cl
                 ious = [segment_tiou(s, e, ps, pe) for pl, ps, pe, _ in top if pl == lab]
                 assert max(ious, default=0) >= 0.5, (vid, (s, e, lab), top)
         assert all(pl in classes for pl, *_ in preds[vid])
-    assert validate(model, classes, vs, info.data_config, criterion, "cpu", 8)["val_map50"] >= 0.5
+    assert validate(model, classes, vs, info.data_config, criterion, "cpu", 8,
+                    detect_cfg=info.detect_config)["val_map50"] >= 0.5
 
 
 def segment_tiou(s1: float, e1: float, s2: float, e2: float) -> float:

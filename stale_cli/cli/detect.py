@@ -152,11 +152,13 @@ def detect(
     Example: stale detect match.mp4 --classes "high jump,pole vault" -o match.srt
     """
     with user_errors():
-        from stale_cli.clip_backbone import resolve_precision
-        from stale_cli.detect import DetectSettings, Detector, detect_batch
+        from stale_cli.batch import BatchOutputs, DetectBatch
+        from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
+        from stale_cli.defaults import DEFAULT_FEATURE_FPS
+        from stale_cli.detect import DetectSettings
         from stale_cli.errors import InputError
-        from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS
-        from stale_cli.outputs import ResultWriter, plot_detections, plot_paths, require_matplotlib, resolve_format
+        from stale_cli.outputs import require_matplotlib, resolve_format
+        from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS
         from stale_cli.vocab import parse_classes, read_classes_file
 
         if (classes is None) == (classes_file is None):
@@ -172,121 +174,40 @@ def detect(
         to_stdout = output is not None and str(output) == "-"
         out_format = resolve_format(None if to_stdout else output, fmt)
 
-        from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
-        from stale_cli.extract import video_ids
-        from stale_cli.guard import OutputGuard
-        from stale_cli.inputs import one_per_video
-        from stale_cli.report import ReportWriter
-        from stale_cli.resume import DetectJournal, assign_ids, finished_outputs
-
         list_files: list = []
         paths, bad_inputs = _collect(inputs, kinds=("video", "features"), lists=list_files,
                                      nothing="no videos or feature files to detect in")
-        collected = list(paths)  # all of them stay inputs, also a video detected from its features
-        paths = one_per_video(paths, note)
-        ids = video_ids(paths)
-        for path, vid in zip(paths, ids):
-            if vid != path.stem:
-                warning(f"{path}: another input has the same name; its detections are named {vid}")
-        writer = ResultWriter(output, out_format, {}, console=stdout, num_inputs=len(paths), order=ids)
-
-        def check_outputs(checkpoint_path) -> None:
-            """The outputs of the batch (as ids name them now) against its inputs and each other: before any work."""
-            guard = OutputGuard()
-            guard.inputs(collected)
-            guard.input(classes_file, f"the classes file {classes_file}")
-            for list_file in list_files:
-                guard.input(list_file, f"the list file {list_file}")
-            guard.input(checkpoint_path, f"the checkpoint {checkpoint_path}")
-            guard.input_if_file(clip_weights, f"the CLIP weights {clip_weights}")
-            if cache_features is not None:
-                for path, vid in zip(paths, ids):
-                    if path.suffix.lower() != ".npy":
-                        for ext, what in ((".npy", "file"), (".json", "sidecar")):
-                            guard.output(cache_features / f"{vid}{ext}", "--cache-features",
-                                         f"a cached feature {what} of {path.name}", features=True)
-            for vid in ids:
-                if writer.path_of(vid) is not None:
-                    guard.output(writer.path_of(vid), "--output", "the detections file")
-            for path in (plot_paths(plot, ids).values() if plot is not None else ()):
-                guard.output(path, "--plot", "a plot")
-            for path in (ReportWriter.planned(html, ids) if html is not None else ()):
-                guard.output(path, "--html", "the HTML report")
-
-        check_outputs(checkpoint)
-        if plot is not None:
-            from stale_cli.outputs import check_plot_format
-
-            check_plot_format(plot)  # after the clobber checks: writing over an input is the graver mistake
-        need_video = any(p.suffix.lower() != ".npy" for p in paths)
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
             fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
             precision=precision, distractors=distractors, scoring=scoring, prior_weight=prior_weight,
             new_names=new_names,
         )
-        dev = resolve_device(device)
-        resolve_precision(precision, dev)  # a bad --precision is an error before any model loads
-        detector = Detector(settings, device=dev, need_video=need_video)
-        writer.meta = detector.metadata()
-        journal = DetectJournal.for_writer(writer, detector.run_key())
-        if journal is not None and writer.directory is not None:
-            ids = assign_ids(journal, paths, ids, lambda v: writer.path_of(v).is_file(), warning)
-            writer.order = {v: i for i, v in enumerate(ids)}
-        check_outputs(detector.checkpoint)  # again: the checkpoint found in weights/, ids renamed by the journal
-        plots = plot_paths(plot, ids) if plot is not None else {}
-        plotted: list = []
-        report = None
-        if html is not None:
-            report = ReportWriter(html, detector.metadata())
+        reads = [(classes_file, f"the classes file {classes_file}")]
+        reads += [(list_file, f"the list file {list_file}") for list_file in list_files]
+        batch = DetectBatch(settings, paths, BatchOutputs(output, out_format, plot, html), reads=reads,
+                            console=stdout, warn=warning, note=note)  # every output checked before any model loads
+        detector = batch.load(resolve_device(device))
+        bar = _Progress(batch.paths, detector.fps or DEFAULT_FEATURE_FPS) if show_progress(progress) else None
 
-        def on_result(video) -> None:
-            if bar is not None:
-                bar.done()
-            writer.add(video)
-            if report is not None:
-                report.add(video)  # a video resumed from the journal has segments but no score curves
-            if plot is not None and not video.extra.get("resumed"):
-                plot_detections(video, names, plots[video.video_id])
-                plotted.append(plots[video.video_id])
-
-        def on_error(failure) -> None:
-            if bar is not None:
-                bar.done()
-            error(failure.message)
-
-        plotted: list = []
-        bar = None
-        if show_progress(progress):
-            from stale_cli.defaults import DEFAULT_FEATURE_FPS
-
-            bar = _Progress(paths, detector.fps or DEFAULT_FEATURE_FPS)
         try:
-            failures = detect_batch(detector, paths, on_result, on_error, ids=ids, journal=journal,
-                                    needs=lambda v: [plots[v]] if plot is not None else [],
-                                    progress=bar.frames if bar is not None else None,
-                                    on_start=bar.start if bar is not None else lambda path, video_id: None)
+            result = batch.run(on_start=bar.start if bar is not None else lambda path, video_id: None,
+                               progress=bar.frames if bar is not None else None,
+                               on_done=bar.done if bar is not None else lambda: None,
+                               on_error=lambda failure: error(failure.message),
+                               on_end=bar.close if bar is not None else lambda: None)
         finally:
             if bar is not None:
                 bar.close()
-            if journal is not None and writer.file is not None:  # videos other runs finished meanwhile
-                for video in finished_outputs(journal, paths, ids, writer.ids):
-                    writer.add(video)
-            writer.close()
-            if report is not None:
-                report.close()
-        for path in writer.written + plotted + (report.written if report is not None else []):
+        for path in result.written:
             wrote(path)
-        resumed = journal.resumed if journal is not None else 0
-        busy = journal.busy if journal is not None else []
-        if busy:
-            holders = ", ".join(sorted({holder for _, holder in busy}))
-            warning(f"{len(busy)} video(s) left to another run that is detecting them ({holders}); it writes "
-                    "them when it ends")
-        done = len(paths) - len(failures) - resumed - len(busy)
-        info(f"{detector.mode} mode: {done} video(s) done, {resumed} resumed from an earlier run, "
-             f"{len(failures) + len(bad_inputs)} failed")
-        failed = bad_inputs + [str(f.path) for f in failures]
+        if result.busy:
+            holders = ", ".join(sorted({holder for _, holder in result.busy}))
+            warning(f"{len(result.busy)} video(s) left to another run that is detecting them ({holders}); it "
+                    "writes them when it ends")
+        info(f"{result.mode} mode: {result.done} video(s) done, {result.resumed} resumed from an earlier run, "
+             f"{len(result.failures) + len(bad_inputs)} failed")
+        failed = bad_inputs + [str(f.path) for f in result.failures]
         if failed:
             error(f"{len(failed)} input(s) failed:")
             for path in failed:

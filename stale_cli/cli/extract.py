@@ -68,7 +68,8 @@ def extract_features(
         from stale_cli.clip_backbone import load_clip
         from stale_cli.errors import InputError
         from stale_cli.extract import extract_many, video_ids
-        from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable
+        from stale_cli.fileio import check_writable
+        from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS
         from stale_cli.guard import OutputGuard
         from stale_cli.inputs import parse_shard, select_shard
 

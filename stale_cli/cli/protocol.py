@@ -102,12 +102,10 @@ def zero_shot_command(
 
     with user_errors():
         from stale_cli.clip_backbone import load_clip
-        from stale_cli.data.windows import preset as data_preset
         from stale_cli.evaluate import parse_tious
         from stale_cli.model.config import ModelConfig
         from stale_cli.guard import OutputGuard
-        from stale_cli.protocol import DATASETS, ProtocolConfig, parse_splits, planned_outputs, run_protocol
-        from stale_cli.train import TRAIN_PRESETS
+        from stale_cli.protocol import ProtocolConfig, parse_splits, planned_outputs, run_protocol
 
         check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
         check_range("--num-snippets", num_snippets, 2, MAX_COUNT)
@@ -121,15 +119,14 @@ def zero_shot_command(
             baseline=baseline,
             train=train_stale,
         )
-        preset = DATASETS[dataset].preset
-        data_cfg = data_preset(preset)
+        data_cfg = cfg.spec.data
         if num_snippets is not None:
             data_cfg = replace(data_cfg, num_snippets=num_snippets)
         overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, lr_prompt=lr_prompt, lr_text=lr_text,
                                            batch_size=batch_size, seed=seed,
                                            ignore_unseen=False if unseen_as_background else None).items()
                      if v is not None}
-        train_cfg = replace(TRAIN_PRESETS[preset], **overrides)
+        train_cfg = replace(cfg.spec.train, **overrides)
         model_cfg = replace(ModelConfig(), freeze_text_encoder=freeze_text_encoder, context_init=prompt_init,
                             **({} if dropout is None else {"dropout": dropout}))
         guard = OutputGuard()  # before CLIP is loaded and anything runs

@@ -48,10 +48,9 @@ def check_training_options(epochs, lr, batch_size, seed, lr_prompt=None, lr_text
     from stale_cli.errors import InputError
 
     check_range("--epochs", epochs, 1, MAX_COUNT)
-    check_range("--lr", lr, 0.0, 1.0, low_open=True)
     check_range("--batch-size", batch_size, 1, MAX_BATCH)
     check_range("--seed", seed, 0, MAX_SEED)
-    for flag, value in (("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
+    for flag, value in (("--lr", lr), ("--lr-prompt", lr_prompt), ("--lr-text", lr_text)):
         if value is not None and not 0 < value < 1:
             raise InputError(f"{flag} must be in (0, 1), got {value}")
     if dropout is not None and not 0 <= dropout < 1:
@@ -69,8 +68,8 @@ def train_command(
         None, "--classes-file", help="Train on these classes (one per line). Default: every annotated class."),
     subset: Optional[str] = typer.Option(
         None, "--subset", help="Annotation subset to train on (default: 'training' if present, THUMOS14: 'val')."),
-    preset: str = typer.Option("thumos14", "--preset", help="thumos14 (windows of 256 snippets) | activitynet "
-                               "(whole video resized to 100 snippets)."),
+    preset: str = typer.Option("thumos14", "--preset", help="thumos14 (windows of 256 snippets) | activitynet13 "
+                               "(whole video resized to 100 snippets; also spelled activitynet)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 15, or more on a small training set so "
                                          "that training takes at least 240 steps)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4)."),
@@ -110,16 +109,17 @@ def train_command(
     Example: stale train --features feats/ --annotations thumos14.json --split thumos14/75_25/0 --out th75_0.pt
     """
     with user_errors():
+        from stale_cli import datasets
         from stale_cli.checkpoint import check_checkpoint_path
         from stale_cli.data.annotations import load_annotations
-        from stale_cli.data.windows import preset as data_preset
         from stale_cli.errors import InputError
         from stale_cli.model.config import ModelConfig
         from stale_cli.guard import OutputGuard
-        from stale_cli.train import TRAIN_PRESETS, default_training_subset, last_path_for, select_classes, train
+        from stale_cli.train import default_training_subset, last_path_for, select_classes, train
         from stale_cli.vocab import read_classes_file
 
-        data_cfg = data_preset(preset)
+        spec = datasets.get(preset, "--preset")
+        data_cfg = spec.data
         if window_jitter is not None:
             if not 0 <= window_jitter <= 1:
                 raise InputError(f"--window-jitter must be in [0, 1], got {window_jitter}")
@@ -129,14 +129,10 @@ def train_command(
                                            balance_classes=balance_classes,
                                            ignore_unseen=False if unseen_as_background else None).items()
                      if v is not None}
-        if epochs is not None and epochs < 1 or batch_size is not None and batch_size < 1:
-            raise InputError("--epochs and --batch-size must be at least 1")
-        if lr is not None and not 0 < lr < 1:
-            raise InputError(f"--lr must be in (0, 1), got {lr}")
         check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
         if val_fraction is not None and not 0 <= val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-        train_cfg = dataclasses.replace(TRAIN_PRESETS[preset], **overrides)
+        train_cfg = dataclasses.replace(spec.train, **overrides)
         # Before CLIP is loaded and anything is trained. --resume is not declared: it is read whole before the first
         # save, and continuing into the <out>.last.pt it came from is the usual resume.
         guard = OutputGuard()
@@ -151,8 +147,6 @@ def train_command(
         class_names = select_classes(ann, split, names)
         ann = ann.select_subset(subset if subset is not None else default_training_subset(ann))
         dev = resolve_device(device)
-        from stale_cli.train import last_path_for
-
         if resume is not None and fresh:
             raise InputError("give either --resume PATH (go on) or --fresh (start over), not both")
         rerun = resume is None and not fresh and last_path_for(out).is_file()
@@ -172,7 +166,7 @@ def train_command(
         result = train(
             features, ann, class_names, out, clip, clip_model, recorded,
             model_cfg=model_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
-            device=dev, resume=resume, progress=show_progress(progress), rerun=rerun, fresh=fresh,
+            device=dev, resume=resume, progress=show_progress(progress), rerun=rerun, fresh=fresh, dataset=spec.name,
         )
         if result.missing_videos:
             warning(f"{result.missing_videos} annotated video(s) had no features and were skipped")

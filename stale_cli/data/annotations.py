@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from stale_cli.errors import DataError, InputError
-from stale_cli.fileio import parse_json
+from stale_cli.errors import DataError
+from stale_cli.fileio import read_json
 
 IGNORED_LABELS = frozenset({"ambiguous"})  # compared case-insensitively
 
@@ -137,11 +137,4 @@ def parse_annotations(data, source: str = "annotations") -> Annotations:
 def load_annotations(path: str | Path, subset: str | None = None) -> Annotations:
     """Read an ActivityNet-format annotation file, optionally keeping one subset (e.g. THUMOS14 ``val``)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: annotation file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read annotation file ({e})") from e
-    data = parse_json(text, str(path))
-    return parse_annotations(data, str(path)).select_subset(subset)
+    return parse_annotations(read_json(path, "annotation file"), str(path)).select_subset(subset)

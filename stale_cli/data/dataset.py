@@ -22,6 +22,7 @@ from stale_cli.data.windows import (DataConfig, Window, assign_labels, center_vi
                                     window_features)
 from stale_cli.errors import DataError, InputError
 from stale_cli.fileio import read_features
+from stale_cli.sidecar import FeatureMeta
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class VideoSet:
 
     videos: list[VideoAnnotation]
     features: dict[str, np.ndarray]  # video_id -> (T_total, D) float16
-    meta: dict[str, dict]  # video_id -> sidecar
+    meta: dict[str, FeatureMeta]  # video_id -> sidecar
     missing: list[str] = field(default_factory=list)  # annotated video ids without a feature file
 
     @property
@@ -61,11 +62,10 @@ class VideoSet:
 
     def feature_fps(self) -> float:
         """The rate the features were extracted at (before any resize to T)."""
-        m = next(iter(self.meta.values()))
-        return float(m.get("extracted_fps", m["fps"]))
+        return next(iter(self.meta.values())).source_fps
 
     def clip_models(self) -> set[str]:
-        return {str(m.get("clip_model")) for m in self.meta.values() if m.get("clip_model")}
+        return {m.clip_model for m in self.meta.values() if m.clip_model}
 
     def subset(self, ids: list[str]) -> "VideoSet":
         keep = set(ids)
@@ -76,7 +76,7 @@ class VideoSet:
         )
 
 
-def _resized(feats: np.ndarray, meta: dict, cfg: DataConfig) -> tuple[np.ndarray, dict]:
+def _resized(feats: np.ndarray, meta: FeatureMeta, cfg: DataConfig) -> tuple[np.ndarray, FeatureMeta]:
     """Resize mode keeps only each video's (T, D) input, with a sidecar that makes it its own identity resize.
 
     Its T rows are the snippets of ``duration / T`` s from 0, so cutting it again with ``cfg`` gives the same
@@ -86,8 +86,8 @@ def _resized(feats: np.ndarray, meta: dict, cfg: DataConfig) -> tuple[np.ndarray
     x = window_features(feats, meta, w, cfg)  # (T, D)
     step = w.timeline.step
     # Row i stands for the snippet centred at (i + 0.5) * step (feature_timeline's convention).
-    return x, dict(meta, fps=1.0 / step, timestamps=[0.5 * step], duration=step * cfg.num_snippets,
-                   extracted_fps=float(meta["fps"]))
+    return x, meta.replace(fps=1.0 / step, timestamps=(0.5 * step,), duration=step * cfg.num_snippets,
+                           extracted_fps=meta.fps)
 
 
 def load_video_set(features_dir: str | Path, videos: list[VideoAnnotation], cfg: DataConfig | None = None) -> VideoSet:
@@ -119,7 +119,7 @@ def load_video_set(features_dir: str | Path, videos: list[VideoAnnotation], cfg:
     dims = {f.shape[1] for f in features.values()}
     if len(dims) > 1:
         raise DataError(f"feature files in {features_dir} have different widths {sorted(dims)}; use one extractor")
-    rates = {round(float(m.get("extracted_fps", m["fps"])), 6) for m in meta.values()}
+    rates = {round(m.source_fps, 6) for m in meta.values()}
     if len(rates) > 1:
         raise DataError(f"feature files in {features_dir} have different fps {sorted(rates)}; extract at one rate")
     return VideoSet(found, features, meta, missing)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from importlib import resources
 
+from stale_cli import datasets
 from stale_cli.errors import DataError, InputError
 from stale_cli.vocab import name_key
 
-DATASETS = ("thumos14", "activitynet13")
+DATASETS = tuple(datasets.DATASETS)  # the split files' folders are the datasets' names
 RATIOS = ("75_25", "50_50")
 NUM_SPLITS = 10
 
@@ -34,6 +35,8 @@ def _read_list(dataset: str, ratio: str, part: str, k: int) -> list[str]:
 def load_split(name: str) -> tuple[list[str], list[str]]:
     """``"thumos14/75_25/3"`` -> (seen class names, unseen class names) as spelled in the split files."""
     parts = name.strip().strip("/").split("/")
+    if parts:
+        parts[0] = datasets.ALIASES.get(parts[0], parts[0])
     if len(parts) != 3 or parts[0] not in DATASETS or parts[1] not in RATIOS or parts[2] not in map(str, range(NUM_SPLITS)):
         raise InputError(
             f"unknown split {name!r}; valid splits are <dataset>/<ratio>/<k> with dataset "

@@ -27,10 +27,12 @@ loss term (``ignore`` True), unless a training-class instance claims them too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
-from stale_cli.errors import DataError, InputError
+from stale_cli.errors import InputError
+from stale_cli.sidecar import FeatureMeta
 from stale_cli.timeline import Timeline
 
 MODES = ("window", "resize")
@@ -82,18 +84,6 @@ class DataConfig:
         return max(1, round(self.num_snippets * (1.0 - self.overlap)))
 
 
-PRESETS = {
-    "thumos14": DataConfig(mode="window", num_snippets=256, overlap=0.5),
-    "activitynet": DataConfig(mode="resize", num_snippets=100, overlap=0.0),
-}
-
-
-def preset(name: str) -> DataConfig:
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
 # Overlap of the windows of a long video in resize mode (detection): half, so that every instance shorter than
 # half a window is whole in one of them.
 LONG_OVERLAP = 0.5
@@ -119,30 +109,23 @@ class Window:
     timeline: Timeline  # the window's T snippets (padding included) in seconds
 
 
-def feature_timeline(meta: dict, num_rows: int) -> Timeline:
-    """Timeline of a feature file's rows: row k is the frame at ``timestamps[0] + k / fps`` (DESIGN.md §3), the
-    centre of its snippet."""
-    try:
-        fps = float(meta["fps"])
-        stamps = meta.get("timestamps") or [0.0]
-        origin = float(stamps[0])
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"feature sidecar has a bad 'fps' or 'timestamps' ({e})") from None
-    if not fps > 0:
-        raise DataError(f"feature sidecar has a bad fps {fps}")
-    return Timeline(origin=origin - 0.5 / fps, step=1.0 / fps, num=num_rows)
+def feature_timeline(meta: FeatureMeta | Mapping, num_rows: int) -> Timeline:
+    """Timeline of a feature file's rows: row k is the frame at ``timestamps[0] + k / fps`` (the sidecar's
+    contract), the centre of its snippet. ``meta``: the sidecar (or its JSON object) here and below."""
+    meta = FeatureMeta.of(meta)
+    return Timeline(origin=meta.first_time - 0.5 / meta.fps, step=1.0 / meta.fps, num=num_rows)
 
 
-def video_duration(meta: dict, num_rows: int) -> float:
+def video_duration(meta: FeatureMeta | Mapping, num_rows: int) -> float:
     """The video's duration in seconds: the sidecar's, else one row interval after the last row's frame."""
-    duration = meta.get("duration")
-    if duration is not None and float(duration) > 0:
-        return float(duration)
+    meta = FeatureMeta.of(meta)
+    if meta.duration is not None and meta.duration > 0:
+        return float(meta.duration)
     src = feature_timeline(meta, num_rows)
     return src.end + 0.5 * src.step
 
 
-def plan_windows(num_rows: int, meta: dict, cfg: DataConfig) -> list[Window]:
+def plan_windows(num_rows: int, meta: FeatureMeta | Mapping, cfg: DataConfig) -> list[Window]:
     """The windows covering a video of ``num_rows`` feature rows, in time order."""
     T = cfg.num_snippets
     src = feature_timeline(meta, num_rows)
@@ -157,7 +140,7 @@ def plan_windows(num_rows: int, meta: dict, cfg: DataConfig) -> list[Window]:
     ]
 
 
-def detection_grid(num_rows: int, meta: dict, cfg: DataConfig) -> Timeline:
+def detection_grid(num_rows: int, meta: FeatureMeta | Mapping, cfg: DataConfig) -> Timeline:
     """The snippets, in seconds, on which :func:`plan_detection_windows` lays its windows: the feature rows (window
     mode); the T snippets of the whole video (resize mode), or for a video longer than ``T *
     max_snippet_seconds`` its M = ceil(duration / max_snippet_seconds) snippets of ``duration / M`` s."""
@@ -169,7 +152,7 @@ def detection_grid(num_rows: int, meta: dict, cfg: DataConfig) -> Timeline:
     return Timeline(origin=0.0, step=duration / M, num=M)
 
 
-def plan_detection_windows(num_rows: int, meta: dict, cfg: DataConfig) -> list[Window]:
+def plan_detection_windows(num_rows: int, meta: FeatureMeta | Mapping, cfg: DataConfig) -> list[Window]:
     """The windows of a video at detection, in time order, on :func:`detection_grid`. Window mode and a video that
     fits resize mode's bound: those of :func:`plan_windows` (training's). A longer video in resize mode: windows of
     T grid snippets (each interpolated from the features like a whole video), overlapping by ``LONG_OVERLAP``, the
@@ -207,7 +190,7 @@ def interpolate_rows(features: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return features[lo].astype(np.float32) * (1 - w) + features[hi].astype(np.float32) * w  # (M, D)
 
 
-def window_features(features: np.ndarray, meta: dict, window: Window, cfg: DataConfig) -> np.ndarray:
+def window_features(features: np.ndarray, meta: FeatureMeta | Mapping, window: Window, cfg: DataConfig) -> np.ndarray:
     """The (T, D) float32 input of one window: rows zero-padded (window mode) or interpolated (resize mode)."""
     N, D = features.shape
     T = cfg.num_snippets
@@ -220,9 +203,10 @@ def window_features(features: np.ndarray, meta: dict, window: Window, cfg: DataC
     return out
 
 
-def cut_windows(features: np.ndarray, meta: dict, cfg: DataConfig) -> list[tuple[Window, np.ndarray]]:
+def cut_windows(features: np.ndarray, meta: FeatureMeta | Mapping, cfg: DataConfig) -> list[tuple[Window, np.ndarray]]:
     """Every window of a (T_total, D) feature array with its (T, D) input; for detection
     (:func:`plan_detection_windows`)."""
+    meta = FeatureMeta.of(meta)
     return [(w, window_features(features, meta, w, cfg)) for w in plan_detection_windows(features.shape[0], meta, cfg)]
 
 

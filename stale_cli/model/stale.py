@@ -273,15 +273,14 @@ class STALE(nn.Module):
         """
         return self.text_encoder(class_names)
 
-    def forward(self, features: torch.Tensor, valid: torch.Tensor,
-                text: torch.Tensor | list[str]) -> dict[str, torch.Tensor]:
+    def forward(self, features: torch.Tensor, valid: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the head on a batch of windows.
 
         Args:
             features: (B, T, D) snippet features, T <= cfg.num_snippets, D = cfg.feature_dim.
             valid: (B, T) bool, True for a real snippet, False for padding.
-            text: (K+1, C) from ``encode_classes``, or the K class names themselves, which are then encoded
-                inside this call (convenient under DistributedDataParallel, whose wrapper only sees ``forward``).
+            text: (K+1, C) from ``encode_classes`` (training calls it inside its DistributedDataParallel step,
+                ``train._TrainStep``, so the wrapper sees the text encoder's parameters used).
 
         Returns a dict (same keys in training and eval):
             logits (B, T, K+1): Eq. (7), pre-softmax, logit scale included; last column = background.
@@ -298,8 +297,6 @@ class STALE(nn.Module):
                              "use features from the same extractor as the checkpoint")
         if T > self.cfg.num_snippets:
             raise InputError(f"window of {T} snippets is longer than the model's {self.cfg.num_snippets}")
-        if isinstance(text, (list, tuple)):
-            text = self.encode_classes(list(text))  # Eq. (2): (K+1, C)
         f_vis = self.temporal_encoder(features, valid)  # Eq. (1): (B, T, C)
         masking = self.representation_masking(f_vis, valid)  # Eqs. (3)-(4)
         foreground = (masking["fg"] > self.cfg.theta_bin) & valid  # L_hat_bin: (B, T), no gradient by design

@@ -1,0 +1,54 @@
+"""The detect batch runner as a library (stale_cli.batch.DetectBatch): outputs refused before any model loads,
+each video written as it finishes, a failed input reported while the batch goes on, a rerun resumed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from stale_cli.batch import BatchOutputs, DetectBatch
+from stale_cli.detect import DetectSettings
+from stale_cli.errors import InputError
+from test_detect_cli import feature_dir  # noqa: F401  (a fixture: a feature file of constructed features)
+
+
+def settings(tiny_clip_name, tiny_clip_weights) -> DetectSettings:
+    return DetectSettings(classes=["high jump", "pole vault"], mode="clip", clip_model=tiny_clip_name,
+                          clip_weights=str(tiny_clip_weights), precision="fp32")
+
+
+def test_an_output_over_an_input_is_refused_before_loading(feature_dir, tiny_clip_name, tiny_clip_weights):  # noqa: F811
+    game = feature_dir / "game.npy"
+    with pytest.raises(InputError, match="--output"):
+        DetectBatch(settings(tiny_clip_name, tiny_clip_weights), [game],
+                    BatchOutputs(output=feature_dir / "game.json"))
+
+
+def test_a_batch_writes_reports_failures_and_resumes(feature_dir, tiny_clip_name, tiny_clip_weights,  # noqa: F811
+                                                      tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for ext in (".npy", ".json"):
+        shutil.copy(feature_dir / f"game{ext}", inputs / f"game{ext}")
+    (inputs / "bad.npy").write_bytes(b"not an array")
+    (inputs / "bad.json").write_text('{"fps": 2.0}')
+    paths = [inputs / "game.npy", inputs / "bad.npy"]
+    out = BatchOutputs(output=tmp_path / "out/", fmt="json")
+    events, errors = [], []
+
+    batch = DetectBatch(settings(tiny_clip_name, tiny_clip_weights), paths, out)
+    assert batch.detector is None  # planned and checked, nothing loaded
+    assert batch.load("cpu").mode == "clip"
+    result = batch.run(on_start=lambda path, vid: events.append(("start", vid)), on_done=lambda: events.append("done"),
+                       on_error=errors.append, on_end=lambda: events.append("end"))
+    assert (result.mode, result.done, result.resumed, [f.path for f in result.failures]) == ("clip", 1, 0, paths[1:])
+    assert result.written == [tmp_path / "out" / "game.json"] and "corrupt feature file" in errors[0].message
+    assert events == [("start", "game"), "done", ("start", "bad"), "done", "end"]
+    assert json.loads((tmp_path / "out" / "game.json").read_text())["results"]["game"]
+
+    again = DetectBatch(settings(tiny_clip_name, tiny_clip_weights), paths, out)
+    again.load("cpu")
+    result = again.run()
+    assert (result.done, result.resumed, len(result.failures)) == (0, 1, 1)  # game from the journal, bad again
