@@ -39,7 +39,7 @@ import numpy as np
 from stale_cli.detect import CLIP_MODE, STALE_MODE
 from stale_cli.errors import InputError
 from stale_cli.fileio import write_text_atomic
-from stale_cli.outputs import VideoDetections, output_is_directory
+from stale_cli.outputs import VideoDetections, clock, output_is_directory
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,6 @@ def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) 
     }
 
 
-def _clock(seconds: float, digits: int = 0) -> str:
-    """``h:mm:ss`` or ``m:ss``, with ``digits`` decimals of the second."""
-    total = round(max(seconds, 0.0), digits)
-    m, s = divmod(total, 60)
-    h, m = divmod(int(m), 60)
-    sec = f"{s:0{3 + digits if digits else 2}.{digits}f}"
-    return f"{h}:{m:02d}:{sec}" if h else f"{m}:{sec}"
-
-
 def video_section(video: VideoDetections, classes: list[str], report_dir: Path, index: int) -> str:
     """The ``<section>`` of one video: static structure (escaped) plus its data for the script."""
     e = html.escape
@@ -147,7 +138,7 @@ def video_section(video: VideoDetections, classes: list[str], report_dir: Path, 
     lane_h = 34 if len(classes) <= 24 else 22
     return f"""<section class="video" id="video-{index}" data-video-id="{e(video.video_id)}" style="--lane-h: {lane_h}px">
 <h2>{e(video.video_id)}</h2>
-<p class="facts"><span class="source" title="{e(video.source)}">{e(video.source)}</span> · {_clock(data["duration"])}
+<p class="facts"><span class="source" title="{e(video.source)}">{e(video.source)}</span> · {clock(data["duration"])}
  ({data["duration"]:.1f} s) · {n} segment{'' if n == 1 else 's'}</p>
 <div class="top"><div class="media">{player}</div>
 <div class="table" role="table" aria-label="segments of {e(video.video_id)}">
@@ -229,9 +220,9 @@ def index_row(video: VideoDetections, page: str) -> str:
     """One video's row in the index of ``--html DIR/``: link, length, segments, best segment."""
     e = html.escape
     best = max(video.segments, key=lambda s: s.score, default=None)
-    top = f"{e(best.label)} {_clock(best.start, 1)}-{_clock(best.end, 1)} ({best.score:.3f})" if best else ""
+    top = f"{e(best.label)} {clock(best.start)}-{clock(best.end)} ({best.score:.3f})" if best else ""
     return (f'<tr><td><a href="{e(quote(page))}">{e(video.video_id)}</a></td><td class="num">'
-            f'{_clock(_finite(video.duration, 1))}</td><td class="num">{len(video.segments)}</td><td>{top}</td></tr>')
+            f'{clock(_finite(video.duration, 1))}</td><td class="num">{len(video.segments)}</td><td>{top}</td></tr>')
 
 
 def index_page(rows: list[str], meta: dict, generated: datetime) -> str:

@@ -157,10 +157,16 @@ def test_feature_file_input_gets_a_timeline_without_player(tmp_path):
     assert len(page.find("lane")) == 3 and page.data("video-data")[0]["src"] is None
 
 
-def test_clock():
-    from stale_cli.report import _clock
+CLOCK_CASES = [(0, "0:00:00.0"), (0.625, "0:00:00.6"), (0.65, "0:00:00.7"), (59.96, "0:01:00.0"),
+               (61.04, "0:01:01.0"), (3599.96, "1:00:00.0"), (7322.25, "2:02:02.3"), (-1, "0:00:00.0"),
+               (float("nan"), "-:--:--.-")]
 
-    assert [_clock(0), _clock(59.6), _clock(3599.96, 1), _clock(7322.25, 1)] == ["0:00", "1:00", "1:00:00.0", "2:02:02.2"]
+
+def test_clock_is_h_mm_ss_tenth_everywhere_for_people():
+    from stale_cli.outputs import clock, srt_timestamp
+
+    assert [clock(t) for t, _ in CLOCK_CASES] == [text for _, text in CLOCK_CASES]
+    assert srt_timestamp(7322.25) == "02:02:02,250"  # SRT keeps its own format
 
 
 def test_curves_round_trip_and_non_uniform_times():
@@ -207,7 +213,7 @@ def test_one_page_for_all_or_one_page_per_video(tmp_path):
     index = Page((tmp_path / "pages" / "index.html").read_text())
     assert [index.elements[i][1]["href"] for i in index.find(tag="a")] == ["a.html", "b.html"]
     rows = [index.text[i] for i in index.find(tag="tr")][1:]
-    assert rows[1] == "b0:103high jump 0:01.0-0:03.5 (0.910)"
+    assert rows[1] == "b0:00:10.03high jump 0:00:01.0-0:00:03.5 (0.910)"
     (policy,) = [a["content"] for t, a in index.elements if a.get("http-equiv") == "Content-Security-Policy"]
     assert index.scripts == [] and "script-src 'none';" in policy
 

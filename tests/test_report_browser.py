@@ -86,6 +86,12 @@ def test_report_in_chromium(report, tmp_path):
         assert browser.evaluate("document.querySelector('video').error") is None
         assert browser.evaluate("document.querySelector('video').duration") == pytest.approx(12.0, abs=0.1)
 
+        # The page writes times as the Python side does (one format for people: h:mm:ss.s).
+        from stale_cli.outputs import clock
+
+        times = [0, 0.05, 0.625, 0.65, 59.96, 61.04, 3599.96, 7322.25, -1]
+        assert browser.evaluate(f"{json.dumps(times)}.map(window.staleClock)") == [clock(t) for t in times]
+
         # Class names are text, never markup that runs.
         assert browser.evaluate("window.__xss === undefined && !document.querySelector('main img')")
         assert browser.evaluate("[...document.querySelectorAll('.lane-name')].map(e => e.textContent)") == CLASSES
@@ -159,7 +165,9 @@ def test_feature_file_report_and_zoom_in_chromium(report):
         assert start == pytest.approx(max(preds, key=lambda p: p["score"])["segment"][0], abs=1e-3)
         browser.click(x, y)
         assert browser.evaluate(f"{REPORT}.time") == pytest.approx(start, abs=1e-6)
-        assert browser.evaluate("document.querySelector('.clock').textContent") == f"0:{start:04.1f} / 0:12.0"
+        from stale_cli.outputs import clock
+
+        assert browser.evaluate("document.querySelector('.clock').textContent") == f"{clock(start)} / 0:00:12.0"
         # "n" plays the next segment of the table (sorted by start): the cursor goes to its start.
         following = browser.evaluate(f"(() => {{ const r = {REPORT}; return r.s[r.order[Math.min(r.order.indexOf(r.selected) + 1, r.order.length - 1)]]; }})()")
         browser.press("n")

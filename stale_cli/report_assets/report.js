@@ -11,13 +11,16 @@
     return "hsla(" + hue(k).toFixed(1) + ",62%,46%," + alpha.toFixed(3) + ")";
   }
 
-  function clock(t, digits) {
-    t = Math.max(0, t);
-    const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60);
-    let s = (t % 60).toFixed(digits);
-    if (s.length < (digits ? 3 + digits : 2)) s = "0" + s;
-    return (h ? h + ":" + String(m).padStart(2, "0") : String(m)) + ":" + s;
+  // Seconds -> h:mm:ss.s, tenths rounded half up: the same text as stale_cli.outputs.clock (tested to agree).
+  function clock(t) {
+    if (!Number.isFinite(t)) return "-:--:--.-";
+    let tenths = Math.floor(Math.max(0, t) * 10 + 0.5);
+    const h = Math.floor(tenths / 36000); tenths -= h * 36000;
+    const m = Math.floor(tenths / 600); tenths -= m * 600;
+    const s = Math.floor(tenths / 10);
+    return h + ":" + String(m).padStart(2, "0") + ":" + String(s).padStart(2, "0") + "." + (tenths - s * 10);
   }
+  window.staleClock = clock;
 
   function bytes(b64) {
     const bin = atob(b64), out = new Uint8Array(bin.length);
@@ -226,7 +229,7 @@
       for (let t = Math.ceil(a / step) * step; t <= b; t += step) {
         const x = Math.round(this.toX(t)) + 0.5;
         ctx.beginPath(); ctx.moveTo(x, H - 6); ctx.lineTo(x, H); ctx.stroke();
-        ctx.fillText(clock(t, step < 1 ? 1 : 0), x + 3, H / 2 - 2);
+        ctx.fillText(clock(t), x + 3, H / 2 - 2);
       }
     }
 
@@ -245,7 +248,7 @@
         this.setView(t - 0.1 * span, t + 0.9 * span);
       }
       this.placePlayhead();
-      this.clockEl.textContent = clock(t, 1) + " / " + clock(this.duration, 1);
+      this.clockEl.textContent = clock(t) + " / " + clock(this.duration);
       this.markNow();
     }
 
@@ -327,7 +330,7 @@
 
     showTip(i, x, y) {
       if (i < 0) { this.tip.hidden = true; return; }
-      this.tip.textContent = PAGE.classes[this.k[i]] + "  " + clock(this.s[i], 2) + " – " + clock(this.e[i], 2) +
+      this.tip.textContent = PAGE.classes[this.k[i]] + "  " + clock(this.s[i]) + " – " + clock(this.e[i]) +
         "  score " + this.score[i].toFixed(3);
       this.tip.hidden = false;
       const w = this.tip.offsetWidth, W = this.plot.clientWidth;
@@ -376,8 +379,8 @@
         cells[0].querySelector(".dot").style.background = colour(this.k[i], 0.9);
         cells[0].querySelector("b").textContent = PAGE.classes[this.k[i]];
         cells[0].title = PAGE.classes[this.k[i]];
-        cells[1].textContent = clock(this.s[i], 2);
-        cells[2].textContent = clock(this.e[i], 2);
+        cells[1].textContent = clock(this.s[i]);
+        cells[2].textContent = clock(this.e[i]);
         cells[3].querySelector("em").textContent = this.score[i].toFixed(3);
         cells[3].querySelector(".scorebar").style.width = Math.round(28 * this.score[i]) + "px";
       });
