@@ -421,7 +421,7 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
             if differ:
                 raise CheckpointError(
                     f"{resume} holds a training run with other settings ({', '.join(differ)}); rerun with its "
-                    "settings to resume it, pass --fresh (or --restart) to start over, or give another --out")
+                    "settings to resume it, pass --fresh (or --restart) to start over, or give another --output")
         key = info.extra.get("run_key") or key  # --resume: the run goes on as it was set up
         data_cfg = info.data_config
     vs = load_video_set(features_dir, list(annotations.videos.values()), data_cfg)
@@ -443,7 +443,7 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
             raise CheckpointError(
                 f"{last_path} holds epoch {later}, later than epoch {start_epoch} of {resume}: resuming would "
                 f"overwrite it with an earlier one; resume from {last_path} (or rerun the same command), pass "
-                "--fresh (or --restart) to start over, or give another --out")
+                "--fresh (or --restart) to start over, or give another --output")
     else:
         import open_clip
 
@@ -550,7 +550,7 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
                 if now != known and now > epoch + 1:  # another run wrote a later epoch meanwhile: keep it
                     raise CheckpointError(
                         f"{last_path} now holds epoch {now}, written by another run meanwhile; not overwriting it "
-                        f"with epoch {epoch + 1}. Give each run its own --out")
+                        f"with epoch {epoch + 1}. Give each run its own --output")
                 save_checkpoint(last_path, model, epoch=epoch + 1, optimizer=optimizer.state_dict(),
                                 history=history, train_config=dataclasses.asdict(train_cfg), **describe)
                 known = epoch + 1
@@ -594,7 +594,7 @@ def select_classes(annotations: Annotations, split: str | None = None, names: li
     from stale_cli.data.splits import load_split, match_classes
 
     if split is not None and names is not None:
-        raise InputError("give either --split or --classes-file, not both")
+        raise InputError("give either --split or --classes / --classes-file, not both")
     if split is not None:
         seen, _ = load_split(split)
         return match_classes(seen, annotations.classes, f"split {split}")

@@ -71,7 +71,7 @@ def test_detect_video_batch_with_a_bad_file(videos, bad_files, tiny_clip_name, t
         (["--classes", "a,,b"], "empty class name"),
         (["--classes", "high jump,High_Jump"], "duplicate class name"),
         (["--classes", "jump " * 80], "too long"),
-        (["--classes", "a", "--classes-file", "x"], "exactly one of"),
+        (["--classes", "a", "--classes-file", "x"], "not both"),
         (["--classes", "a", "--format", "xml"], "--format"),
         (["--classes", "a", "--mode", "fast"], "--mode"),
         (["--classes", "a", "--checkpoint", "missing.pt"], "checkpoint not found"),

@@ -9,14 +9,19 @@ from typing import List, Optional
 import typer
 
 from stale_cli.cli.app import (
+    ClassesFileOption,
+    ClassesOption,
     ClipWeightsOption,
+    Command,
     DeviceOption,
     PrecisionOption,
     ProgressOption,
     MAX_BATCH,
     MAX_COUNT,
+    OutputOption,
     app,
     check_range,
+    read_class_names,
     error,
     info,
     resolve_device,
@@ -80,28 +85,29 @@ def note(message: str) -> None:
     logging.getLogger("stale_cli.cli").info(message)
 
 
-@app.command("detect")
+@app.command("detect", cls=Command)
 def detect(
     inputs: List[str] = typer.Argument(
-        ..., metavar="INPUT...",
+        ..., metavar="INPUT",
         help="Video files, feature files (.npy with their .json sidecar), directories (searched recursively) and "
         "@list.txt files.",
     ),
-    classes: Optional[str] = typer.Option(None, "--classes", "-c", help='Action names, comma-separated: "high jump,pole vault".'),
-    classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="Action names, one per line (# comments)."),
+    classes: Optional[str] = ClassesOption,
+    classes_file: Optional[Path] = ClassesFileOption,
     checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", help="A trained STALE checkpoint (stale train). Default: the one checkpoint in weights/, "
-        "else the training-free mode.",
+        None, "--checkpoint", help="A trained STALE checkpoint (stale train).",
+        show_default="the one checkpoint in weights/, else the training-free mode",
     ),
     mode: Optional[str] = typer.Option(
-        None, "--mode", help="stale | clip: force the trained model or the training-free CLIP similarity baseline."
+        None, "--mode", metavar="stale|clip", help="Force the trained model or the training-free CLIP similarity baseline."
     ),
-    output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="A file (all videos), a directory (one <video_id>.<ext> per video) or - "
-        "(stdout). Default: a table per video on stdout. A rerun resumes; concurrent runs share the work.",
+    output: Optional[Path] = OutputOption(
+        "A file (all videos), a directory (one <video_id>.<ext> per video) or - (stdout). A rerun resumes; "
+        "concurrent runs share the work. Without it: a table per video on stdout.", metavar="FILE|DIR|-",
     ),
     fmt: Optional[str] = typer.Option(
-        None, "--format", "-f", help="json | csv | srt. Default: from the --output extension, else json."
+        None, "--format", "-f", metavar="json|csv|srt", help="Format of --output.",
+        show_default="from the --output extension, else json",
     ),
     plot: Optional[Path] = typer.Option(
         None, "--plot", help="Draw per-class scores over time and the segments to this PNG (one per video: "
@@ -119,10 +125,11 @@ def detect(
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop segments scoring below this (0-1)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep at most this many segments per video."),
     fps: Optional[float] = typer.Option(
-        None, "--fps", help="Frames per second sampled from videos. Default: the checkpoint's rate, else 4."
+        None, "--fps", help="Frames per second sampled from videos.", show_default="the checkpoint's rate, else 4"
     ),
     clip_model: Optional[str] = typer.Option(
-        None, "--clip-model", help="open_clip architecture. Default: the checkpoint's, else ViT-B-16."
+        None, "--clip-model", help="open_clip architecture (see stale models).",
+        show_default="the checkpoint's, else ViT-B-16"
     ),
     clip_weights: str = ClipWeightsOption,
     device: str = DeviceOption,
@@ -130,17 +137,17 @@ def detect(
     batch_size: int = typer.Option(32, "--batch-size", help="Video frames per CLIP forward pass."),
     distractors: bool = typer.Option(
         True, "--distractors/--no-distractors", help="Score each snippet against 213 generic action names and a "
-        "checkpoint's training names too, reporting only yours (default), so that a name is not given to every "
+        "checkpoint's training names too, reporting only yours, so that a name is not given to every "
         "action in the video; --no-distractors: your names are all the actions there are."),
     scoring: str = typer.Option(
-        "open", "--scoring", help="STALE mode: open (default: names, distractors, frozen CLIP's reading fused in) | "
+        "open", "--scoring", metavar="open|paper", help="STALE mode: open (names, distractors, frozen CLIP's reading fused in) | "
         "paper (the paper's softmax over your names and the background)."),
     prior_weight: Optional[float] = typer.Option(
         None, "--prior-weight", help="STALE mode, open scoring: share of frozen CLIP's own reading of the names in "
-        "the class posterior, 0-1 (default 0.5; 0: the trained classifier alone)."),
+        "the class posterior, 0-1 (0: the trained classifier alone).", show_default="0.5"),
     new_names: str = typer.Option(
-        "clip", "--new-names", help="STALE mode: names the checkpoint was not trained on are scored by frozen CLIP "
-        "(clip, default: the trained classifier does not carry to new names on our zero-shot benchmark) or by the "
+        "clip", "--new-names", metavar="clip|stale", help="STALE mode: names the checkpoint was not trained on are "
+        "scored by frozen CLIP (clip: the trained classifier does not carry to new names on our zero-shot benchmark) or by the "
         "trained model (stale)."),
     progress: bool = ProgressOption,
 ) -> None:
@@ -157,11 +164,8 @@ def detect(
         from stale_cli.errors import InputError
         from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS
         from stale_cli.outputs import ResultWriter, plot_detections, plot_paths, require_matplotlib, resolve_format
-        from stale_cli.vocab import parse_classes, read_classes_file
 
-        if (classes is None) == (classes_file is None):
-            raise InputError("give the action names with exactly one of --classes \"a,b\" or --classes-file FILE")
-        names = parse_classes(classes) if classes is not None else read_classes_file(classes_file)
+        names = read_class_names(classes, classes_file)
         check_range("--fps", fps, MIN_FEATURE_FPS, MAX_FEATURE_FPS)
         check_range("--batch-size", batch_size, 1, MAX_BATCH)
         check_range("--top-k", top_k, 1, MAX_COUNT)
