@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from stale_cli.reading import ReadingConfig  # no numpy: -h stays fast
 
 from stale_cli.cli.app import (
     ClassesFileOption,
@@ -122,8 +125,16 @@ def detect(
     cache_features: Optional[Path] = typer.Option(
         None, "--cache-features", help="Keep the features of videos in this directory and reuse them on a rerun."
     ),
-    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop segments scoring below this (0-1)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep at most this many segments per video."),
+    min_score: Optional[float] = typer.Option(
+        None, "--min-score", help="Drop segments scoring below this (0-1).",
+        show_default=f"{ReadingConfig.min_score:g}; with --all 0.001"),
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", help="Keep at most this many segments of each class per video (with --all: this many "
+        "per video).", show_default=f"{ReadingConfig.per_class}; with --all the checkpoint's preset, 200 "
+        "(THUMOS14) or 100 (ActivityNet)"),
+    all_segments: bool = typer.Option(
+        False, "--all", help="Keep the full ranked list that mAP needs (overlapping alternatives, scores down to "
+        "0.001) instead of what is worth reading: for files given to stale evaluate."),
     fps: Optional[float] = typer.Option(
         None, "--fps", help="Frames per second sampled from videos.", show_default="the checkpoint's rate, else 4"
     ),
@@ -223,9 +234,15 @@ def detect(
 
             check_plot_format(plot)  # after the clobber checks: writing over an input is the graver mistake
         need_video = any(p.suffix.lower() != ".npy" for p in paths)
+        reading = None  # --all: the ranked list as detection makes it; --min-score and --top-k act on it
+        if not all_segments:
+            reading = ReadingConfig()
+            reading = dataclasses.replace(reading, min_score=reading.min_score if min_score is None else min_score,
+                                          per_class=reading.per_class if top_k is None else top_k)
+            min_score = top_k = None
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
-            fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
+            fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features, reading=reading,
             precision=precision, distractors=distractors, scoring=scoring, prior_weight=prior_weight,
             new_names=new_names,
         )
