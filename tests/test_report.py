@@ -209,11 +209,13 @@ def test_one_page_for_all_or_one_page_per_video(tmp_path):
     page = Page((tmp_path / "pages" / "b.html").read_text())
     assert len(page.find(tag="section")) == 1 and page.find(tag="nav") == []
     assert page.elements[page.find(tag="video")[0]][1]["src"] == "../b.mp4"
-    # An index links the pages (link, length, segments, best segment); it has no script at all.
+    # An index links the pages (link, length, segments, per class found: count and best score, best first, and a
+    # timeline strip of the segments); it has no script at all.
     index = Page((tmp_path / "pages" / "index.html").read_text())
     assert [index.elements[i][1]["href"] for i in index.find(tag="a")] == ["a.html", "b.html"]
     rows = [index.text[i] for i in index.find(tag="tr")][1:]
-    assert rows[1] == "b0:00:10.03high jump 0:00:01.0-0:00:03.5 (0.910)"
+    assert rows[1].startswith("b0:00:10.03high jump 1 × best 0.91<script>alert(1)</script> 1 × best 0.42")
+    assert len([t for t, _ in index.elements if t == "rect"]) == 2 * 3  # one per segment, two videos
     (policy,) = [a["content"] for t, a in index.elements if a.get("http-equiv") == "Content-Security-Policy"]
     assert index.scripts == [] and "script-src 'none';" in policy
 
@@ -271,10 +273,13 @@ def test_cli_html_for_feature_files_and_videos(feature_file, videos, tiny_clip_n
     page = Page((tmp_path / "r.html").read_text())
     preds = json.loads((tmp_path / "p.json").read_text())["results"]["game"]
     data = page.data("video-data")[0]
-    assert len(data["segments"]) == len(preds) and data["src"] is None
+    # The page holds the full ranked list; the segments kept for reading (their own parent) are those of -o.
+    kept = [s for i, s in enumerate(data["segments"]) if s[4] == i]
+    assert len(kept) == len(preds) < len(data["segments"]) and data["src"] is None
     # The JSON holds 6 decimals and the page 4: compare within the page's rounding (round(round(x, 6), 4) can differ
     # from round(x, 4) in the last digit).
-    np.testing.assert_allclose(sorted(s[3] for s in data["segments"]), sorted(p["score"] for p in preds), atol=6e-5)
+    np.testing.assert_allclose(sorted(s[3] for s in kept), sorted(p["score"] for p in preds), atol=6e-5)
+    assert all(0 <= s[4] < len(data["segments"]) or s[4] in (-1, -2) for s in data["segments"])
     assert len(data["curves"]["values"]) == 2 and page.text_of("lane-name") == ["high jump", "pole vault"]
 
     r = run([str(videos["cfr25"]["path"]), "-c", "a dog,a cat", "--html", str(tmp_path / "pages/")],

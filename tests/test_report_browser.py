@@ -86,6 +86,26 @@ def test_report_in_chromium(report, tmp_path):
         assert browser.evaluate("document.querySelector('video').error") is None
         assert browser.evaluate("document.querySelector('video').duration") == pytest.approx(12.0, abs=0.1)
 
+        # It opens best first, at the score floor the detections were reduced with (--min-score 0.01 here), showing
+        # the kept segments; "alternatives" adds the overlapping ones, each under the segment it is an alternative
+        # of, in the table and in sub-rows of its lane (the lane grows).
+        assert browser.evaluate("document.querySelector('.thead button[data-key=score]').getAttribute('aria-sort')") \
+            == "descending"
+        assert browser.evaluate("document.querySelector('input.min-score').value") == "0.01"
+        assert browser.evaluate(f"{REPORT}.order.map(i => {REPORT}.score[i])") == sorted(
+            (pytest.approx(p["score"], abs=1e-4) for p in preds), key=lambda a: -a.expected)
+        n_all = browser.evaluate(f"(() => {{ const r = {REPORT}; let c = 0; for (let i = 0; i < r.n; i++) "
+                                 "c += r.score[i] >= r.minScore; return c; })()")
+        height = browser.evaluate(f"{REPORT}.canvas.clientHeight")
+        browser.evaluate("document.querySelector('input.show-all').click()")
+        assert browser.evaluate(f"{REPORT}.order.length") == n_all > len(preds)
+        assert browser.evaluate(f"""(() => {{ const r = {REPORT}; return r.order.every((i, j) => r.parent[i] === i ||
+            r.parent[i] < 0 || r.order.indexOf(r.parent[i]) < j); }})()""")
+        assert browser.evaluate(f"{REPORT}.canvas.clientHeight") > height
+        browser.evaluate("document.querySelector('input.show-all').click()")
+        assert browser.evaluate(f"{REPORT}.order.length") == len(preds)
+        assert browser.evaluate(f"{REPORT}.canvas.clientHeight") == height
+
         # The page writes times as the Python side does (one format for people: h:mm:ss.s).
         from stale_cli.outputs import clock
 
