@@ -40,8 +40,8 @@ pytestmark = [
 ]
 BEST_BAR = """(() => { const r = [...window.staleReports.values()][0]; let b = 0;
     for (let i = 0; i < r.n; i++) if (r.score[i] > r.score[b]) b = i;
-    const box = r.canvas.getBoundingClientRect();
-    return [box.left + r.toX((r.s[b] + r.e[b]) / 2), box.top + (r.k[b] + 0.5) * r.laneH(), r.s[b]]; })()"""
+    const box = r.canvas.getBoundingClientRect(), [y, h] = r.barY(b);
+    return [box.left + r.toX((r.s[b] + r.e[b]) / 2), box.top + y + h / 2, r.s[b]]; })()"""
 CLASSES = ["high jump", "pole vault", "<script>window.__xss = 1</script>", '<img src=x onerror="window.__xss = 2">']
 REPORT = "(() => [...window.staleReports.values()][0])()"
 

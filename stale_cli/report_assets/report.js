@@ -127,26 +127,30 @@
     laneTop(k) { return this.tops[k]; }
     visible(i) { return this.score[i] >= this.minScore && (this.showAll || this.parent[i] === i); }
 
-    // Sub-rows: each shown segment's row within its class lane. Kept segments take row 0; with "all", the others
-    // are packed below (first row free at their start, in order of start), so overlapping alternatives of one
-    // class read as stacked choices rather than as one chopped bar. A lane is as tall as its rows need.
+    // Sub-rows: each shown segment's row within its class lane, so that overlapping segments of one class read as
+    // stacked choices rather than as one chopped bar. Kept segments come first (row 0 unless they overlap each
+    // other), with "all" their alternatives below them; each goes to the first row free at its start, in order
+    // of start. A lane is as tall as its rows need.
     layout() {
       this.row = new Int32Array(this.n);
-      const depth = new Int32Array(this.K).fill(1);
-      if (this.showAll) {
-        const ends = Array.from({ length: this.K }, () => []);  // per class: end time of each row >= 1
-        const rest = [];
-        for (let i = 0; i < this.n; i++) if (this.parent[i] !== i && this.visible(i)) rest.push(i);
-        rest.sort((i, j) => this.s[i] - this.s[j]);
-        for (const i of rest) {
-          const rows = ends[this.k[i]];
+      const depth = new Int32Array(this.K).fill(1), first = new Int32Array(this.K);
+      const pack = (list) => {
+        const ends = Array.from({ length: this.K }, () => []);  // per class: end time of each row of this pack
+        list.sort((i, j) => this.s[i] - this.s[j]);
+        for (const i of list) {
+          const k = this.k[i], rows = ends[k];
           let r = rows.findIndex((end) => end <= this.s[i]);
-          if (r < 0) { r = rows.length < MAX_SUBROWS ? rows.length : rows.indexOf(Math.min(...rows)); }
+          if (r < 0) r = rows.length < MAX_SUBROWS ? rows.length : rows.indexOf(Math.min(...rows));
           rows[r] = Math.max(rows[r] || 0, this.e[i]);
-          this.row[i] = r + 1;
-          depth[this.k[i]] = Math.max(depth[this.k[i]], r + 2);
+          this.row[i] = first[k] + r;
+          depth[k] = Math.max(depth[k], first[k] + r + 1);
         }
-      }
+      };
+      const kept = [], rest = [];
+      for (let i = 0; i < this.n; i++) if (this.visible(i)) (this.parent[i] === i ? kept : rest).push(i);
+      pack(kept);
+      for (let k = 0; k < this.K; k++) first[k] = depth[k];
+      if (this.showAll) pack(rest);
       const base = this.baseH();
       this.depth = depth; this.tops = new Float64Array(this.K + 1); this.heights = new Float64Array(this.K);
       for (let k = 0; k < this.K; k++) {
@@ -459,7 +463,7 @@
       this.slider.addEventListener("input", () => {
         this.minScore = parseFloat(this.slider.value);
         this.sliderOut.textContent = this.minScore.toFixed(2);
-        if (this.showAll) this.layout();
+        this.layout();
         this.sortRows();
         this.draw();
       });
