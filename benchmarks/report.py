@@ -264,7 +264,7 @@ def compare_js(work: Path, other_js: Path, seconds: float, num_segments: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--screenshot", type=Path, help="only write the README's screenshot to this PNG")
+    ap.add_argument("--screenshot", type=Path, help="only write the docs' screenshots (this PNG and three beside it)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the tiny random CLIP used for the screenshot")
     ap.add_argument("--minutes", type=float, default=120.0)
     ap.add_argument("--segments", type=int, default=5000)

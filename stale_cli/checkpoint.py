@@ -1,4 +1,4 @@
-"""Self-describing checkpoints (DESIGN.md §3).
+"""Self-describing checkpoints (docs/formats.md).
 
 A checkpoint is a plain dict saved with ``torch.save`` that loads with ``torch.load(weights_only=True)``:
 format name and version, the model/loss/data configs as plain dicts, the training class names, the feature rate

@@ -1,4 +1,4 @@
-"""Detection mAP exactly as the official ActivityNet evaluator computes it (DESIGN.md §5).
+"""Detection mAP exactly as the official ActivityNet evaluator computes it (docs/zero-shot.md).
 
 The reference is ``Evaluation/eval_detection.py`` and ``Evaluation/utils.py`` of github.com/activitynet/ActivityNet
 (``ANETdetection``, ``compute_average_precision_detection``, ``interpolated_prec_rec``, ``segment_iou``). This module

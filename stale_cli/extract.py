@@ -7,7 +7,7 @@ With ``workers > 1`` (a GPU encodes faster than one thread decodes) the decoding
 instead, each on its own video and its own pipe, all feeding the one encoder; results still come out in input
 order (see :func:`_iter_features_processes`).
 
-On disk (DESIGN.md §3): ``<video_id>.npy`` float16 ``(T, D)``, row k = frame shown at ``k / fps`` seconds after
+On disk (docs/formats.md): ``<video_id>.npy`` float16 ``(T, D)``, row k = frame shown at ``k / fps`` seconds after
 the first frame, and ``<video_id>.json`` (see :func:`sidecar`); the id is the file stem. Both are written
 atomically, the sidecar last, so a video counts as done only when both exist: a rerun skips finished videos.
 """
@@ -65,7 +65,7 @@ class VideoResult:
 
 
 def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> dict:
-    """The ``<video_id>.json`` content for a video (DESIGN.md §3, plus provenance)."""
+    """The ``<video_id>.json`` content for a video (docs/formats.md, plus provenance)."""
     return {
         "fps": fps,  # sampling rate of the rows, frames/s
         "timestamps": [round(k / fps, 6) for k in range(num_rows)],  # seconds from the first frame, per row

@@ -1,4 +1,4 @@
-"""Atomic file writes and the feature-file contract (DESIGN.md §3).
+"""Atomic file writes and the feature-file contract (docs/formats.md).
 
 Every output of the tool is written to a temporary file in the target directory, flushed to disk and renamed into
 place, so an interrupted run (or a crash of the machine) never leaves a half-written file that a rerun would mistake
@@ -319,7 +319,7 @@ def check_sidecar(meta: dict, where: str) -> None:
     """Raise DataError unless the sidecar's fields have sane types and values (whether they describe the array is
     checked by :func:`read_features`).
 
-    Only ``fps`` is required (hand-made sidecars); every other field of DESIGN.md §3 is checked when present.
+    Only ``fps`` is required (hand-made sidecars); every other field of docs/formats.md is checked when present.
     """
     problems = []
     if not _finite(meta.get("fps"), MIN_FEATURE_FPS, MAX_FEATURE_FPS):

@@ -1,6 +1,6 @@
 """Writing detections: ActivityNet results JSON, CSV, SRT, a rich table on stdout, and a score plot.
 
-Formats (DESIGN.md §3):
+Formats (docs/formats.md):
 
 - **JSON**: the ActivityNet results schema ``{"version", "results": {video_id: [{"label", "score",
   "segment": [start_s, end_s]}]}, "external_data": {...}}``; ``external_data`` holds the run metadata

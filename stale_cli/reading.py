@@ -12,7 +12,7 @@ here):
    *alternative* of it, not a detection of its own (Soft-NMS has already lowered its score; here it goes). The
    measure is tIoU, not the overlap of the shorter segment: a short segment inside a long one of its class is often
    one of several instances the long one runs together (THUMOS14's are dense: a median of 2.9 s, dozens per
-   video), and suppressing it lost 8-10 points of the instances found in the measurements below;
+   video), and suppressing it lost 8-10 points of the instances found on the training-free benchmark;
 3. at most ``per_class`` segments of each class are kept.
 
 The defaults were chosen on ``benchmarks/quality.py`` (a trained checkpoint) and ``benchmarks/zero_shot.py``
