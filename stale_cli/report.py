@@ -154,7 +154,10 @@ def video_section(video: VideoDetections, classes: list[str], report_dir: Path, 
 <div class="thead" role="row"><button role="columnheader" data-key="label">label</button><button role="columnheader" data-key="start">start</button><button role="columnheader" data-key="end">end</button><button role="columnheader" data-key="score">score</button></div>
 <div class="rows" tabindex="0"><div class="spacer"></div></div><p class="empty" hidden>No segment at or above the score threshold.</p></div></div>
 <div class="controls"><label>min score <input class="min-score" type="range" min="0" max="1" step="0.01" value="0">
-<output class="min-score-value">0.00</output></label><label title="also the segments that overlap a better one of their class (drawn in sub-rows under it) and those past the per-class limit"><input class="show-all" type="checkbox"> alternatives</label><span class="shown"></span><span class="gap"></span>
+<output class="min-score-value">0.00</output></label>
+<label title="also the segments that overlap a better one of their class (drawn in sub-rows under it) and those past
+ the per-class limit"><input class="show-all" type="checkbox"> alternatives</label>
+<span class="shown"></span><span class="gap"></span>
 <span class="clock"></span><button class="zoom-out" title="zoom out">−</button><button class="zoom-in" title="zoom in">+</button>
 <button class="zoom-fit" title="whole video">fit</button></div>
 <div class="timeline"><div class="lane-labels"><div class="axis-gap"></div>{lanes}</div>
@@ -265,7 +268,8 @@ def index_row(video: VideoDetections, page: str, classes: list[str]) -> str:
     order = sorted(found, key=lambda name: -max(found[name]))
     summary = "".join(
         f'<li><i class="dot" style="background:{class_colour(index.get(name, 0))}"></i>{e(name)} '
-        f'<span class="n">{len(found[name])} × best {max(found[name]):.2f}</span></li>' for name in order[:INDEX_CLASSES])
+        f'<span class="n">{len(found[name])} × best {max(found[name]):.2f}</span></li>'
+        for name in order[:INDEX_CLASSES])
     if len(order) > INDEX_CLASSES:
         summary += f'<li class="more">{len(order) - INDEX_CLASSES} more classes</li>'
     if not order:
@@ -325,7 +329,8 @@ class ReportWriter:
 
     def add(self, video: VideoDetections) -> Path:
         """Add one video's detections; returns the path of the report that shows it."""
-        for s in video.extra.get("all_segments") or video.segments:  # a label outside the run's classes still gets a lane
+        # a label outside the run's classes still gets a lane
+        for s in video.extra.get("all_segments") or video.segments:
             if s.label not in self.classes:
                 self.classes.append(s.label)
         self._ids.append(video.video_id)

@@ -9,8 +9,6 @@ from typing import List, Optional
 
 import typer
 
-from stale_cli.reading import ReadingConfig  # no numpy: -h stays fast
-
 from stale_cli.cli.app import (
     ClassesFileOption,
     ClassesOption,
@@ -24,9 +22,9 @@ from stale_cli.cli.app import (
     OutputOption,
     app,
     check_range,
-    read_class_names,
     error,
     info,
+    read_class_names,
     resolve_device,
     show_progress,
     stderr,
@@ -35,6 +33,7 @@ from stale_cli.cli.app import (
     warning,
     wrote,
 )
+from stale_cli.reading import ReadingConfig  # no numpy: -h stays fast
 
 
 class _Progress:
@@ -102,7 +101,8 @@ def detect(
         show_default="the one checkpoint in weights/, else the training-free mode",
     ),
     mode: Optional[str] = typer.Option(
-        None, "--mode", metavar="stale|clip", help="Force the trained model or the training-free CLIP similarity baseline."
+        None, "--mode", metavar="stale|clip",
+        help="Force the trained model or the training-free CLIP similarity baseline."
     ),
     output: Optional[Path] = OutputOption(
         "A file (all videos), a directory (one <video_id>.<ext> per video) or - (stdout). A rerun resumes; "
@@ -151,15 +151,15 @@ def detect(
         "checkpoint's training names too, reporting only yours, so that a name is not given to every "
         "action in the video; --no-distractors: your names are all the actions there are."),
     scoring: str = typer.Option(
-        "open", "--scoring", metavar="open|paper", help="STALE mode: open (names, distractors, frozen CLIP's reading fused in) | "
-        "paper (the paper's softmax over your names and the background)."),
+        "open", "--scoring", metavar="open|paper", help="STALE mode: open (names, distractors, frozen CLIP's reading "
+        "fused in) | paper (the paper's softmax over your names and the background)."),
     prior_weight: Optional[float] = typer.Option(
         None, "--prior-weight", help="STALE mode, open scoring: share of frozen CLIP's own reading of the names in "
         "the class posterior, 0-1 (0: the trained classifier alone).", show_default="0.5"),
     new_names: str = typer.Option(
         "clip", "--new-names", metavar="clip|stale", help="STALE mode: names the checkpoint was not trained on are "
-        "scored by frozen CLIP (clip: the trained classifier does not carry to new names on our zero-shot benchmark) or by the "
-        "trained model (stale)."),
+        "scored by frozen CLIP (clip: the trained classifier does not carry to new names on our zero-shot "
+        "benchmark) or by the trained model (stale)."),
     progress: bool = ProgressOption,
 ) -> None:
     """Detect the named actions in each input and write or print the segments (seconds, label, score).
@@ -242,7 +242,8 @@ def detect(
             min_score = top_k = None
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
-            fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features, reading=reading,
+            fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
+            reading=reading,
             precision=precision, distractors=distractors, scoring=scoring, prior_weight=prior_weight,
             new_names=new_names,
         )

@@ -54,8 +54,8 @@ def extract_features(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos whose features already exist."),
     decoder: str = typer.Option(
-        "auto", "--decoder", metavar="auto|pyav|decord", help="auto (PyAV, decord for files PyAV cannot read) | pyav | decord (PyAV takes over "
-        "where decord fails part-way).",
+        "auto", "--decoder", metavar="auto|pyav|decord", help="auto (PyAV, decord for files PyAV cannot read) | "
+        "pyav | decord (PyAV takes over where decord fails part-way).",
     ),
     progress: bool = ProgressOption,
 ) -> None:

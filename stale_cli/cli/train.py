@@ -81,8 +81,8 @@ def train_command(
     classes_file: Optional[Path] = ClassesFileOption,
     subset: Optional[str] = typer.Option(
         None, "--subset", help="Annotation subset to train on.", show_default="training if present, else val"),
-    preset: str = typer.Option("thumos14", "--preset", metavar="thumos14|activitynet", help="thumos14 (windows of 256 snippets) | activitynet "
-                               "(whole video resized to 100 snippets)."),
+    preset: str = typer.Option("thumos14", "--preset", metavar="thumos14|activitynet", help="thumos14 (windows "
+                               "of 256 snippets) | activitynet (whole video resized to 100 snippets)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs.", show_default=EPOCHS_DEFAULT),
     lr: Optional[float] = LrOption,
     lr_prompt: Optional[float] = LrPromptOption,
