@@ -381,7 +381,7 @@ def main() -> None:
         # one of the names asked: no distractors, no frozen-CLIP prior. benchmarks/zero_shot.py measures those.
         run_cli("detect", str(feats / "test"), "--checkpoint", str(ckpt), "--classes-file", str(classes_file),
                 "--device", args.device, "--no-distractors", "--prior-weight", "0",
-                "--output", str(preds), "--no-progress", log=log)
+                "--all", "--output", str(preds), "--no-progress", log=log)  # --all: the ranked list mAP needs
         gt_file = out / "test_classes.txt"
         gt_file.write_text("\n".join(gt_classes) + "\n")  # the classes with held-out ground truth
         run_cli("evaluate", str(preds), "--annotations", str(ann_path), "--subset", "test",

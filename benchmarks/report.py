@@ -1,7 +1,7 @@
 """Does the ``stale detect --html`` report stay responsive on a long video? (issue 10)
 
     python benchmarks/report.py                                # 2-hour report, 5,000 segments, vs a 1-minute one
-    python benchmarks/report.py --screenshot docs/report.png   # the README's screenshot (a real report, see below)
+    python benchmarks/report.py --screenshot docs/report.png   # the docs' screenshots (a real report, see below)
     python benchmarks/report.py --compare-js old.js            # A/B: the long report with another report.js
 
 Responsiveness: two reports are written with ``stale_cli.report.ReportWriter`` from synthetic detections, each with a
@@ -18,7 +18,7 @@ and measured in the page with the Performance API:
 - *sort* and *slider*: the time of the click on the "score" header and of one slider ``input`` event;
 - *long tasks*: main-thread tasks over 50 ms seen by a ``PerformanceObserver``, per phase of the session.
 
-Screenshot: ``stale detect`` on the first 40 s of OpenCV's ``vtest.avi`` (Debian's ``opencv-doc``, fetched as
+Screenshots: ``stale detect`` on two 40 s stretches of OpenCV's ``vtest.avi`` (Debian's ``opencv-doc``, fetched as
 ``benchmarks/extract.py`` does; transcoded to VP8 so a browser plays it) with the test suite's tiny random CLIP
 (no real CLIP weights are available where this was made): the page, player and interactions are real, the
 detections are not meaningful.
@@ -161,7 +161,9 @@ def measure(report: Path) -> dict:
 
 
 def screenshot(path: Path, seed: int) -> None:
-    """``stale detect --html`` on 40 s of vtest.avi with the tiny random CLIP, then a screenshot mid-playback."""
+    """``stale detect --html DIR/`` on two stretches of vtest.avi (0-40 s and 40-79 s) with the tiny random CLIP,
+    then screenshots of one video's page mid-playback (``path``), with its overlapping alternatives shown
+    (``<stem>-alternatives.png``), 420 px wide (``<stem>-narrow.png``), and of the index (``<stem>-index.png``)."""
     import time
 
     import av
@@ -179,15 +181,21 @@ def screenshot(path: Path, seed: int) -> None:
 
     work = CACHE / "screenshot"
     (work / "videos").mkdir(parents=True, exist_ok=True)
-    video = work / "videos" / "vtest.webm"
-    if not video.is_file():
+    videos = []
+    for name, t0, t1 in (("vtest-street", 0, 40), ("vtest-later", 40, 80)):
+        video = work / "videos" / f"{name}.webm"
+        videos.append(video)
+        if video.is_file():
+            continue
         with av.open(str(fetch_vtest(CACHE))) as inp, av.open(str(video), "w") as out:
             s_in = inp.streams.video[0]
             s_out = out.add_stream("libvpx", rate=s_in.average_rate)
             s_out.width, s_out.height, s_out.pix_fmt = s_in.width, s_in.height, "yuv420p"
             s_out.bit_rate = 1_500_000
             for frame in inp.decode(s_in):
-                if frame.time > 40:
+                if frame.time < t0:
+                    continue
+                if frame.time > t1:
                     break
                 frame = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
                 for p in s_out.encode(frame.reformat(format="yuv420p")):
@@ -198,25 +206,46 @@ def screenshot(path: Path, seed: int) -> None:
     open_clip.add_model_config(work / f"{TINY_CLIP_NAME}.json")
     torch.manual_seed(seed)
     torch.save(open_clip.create_model(TINY_CLIP_NAME, pretrained=None).state_dict(), work / "tiny_clip.pt")
-    r = CliRunner().invoke(app, ["detect", str(video), "--classes", "walking,standing still,carrying a bag,running,talking",
-                                 "--html", str(work / "report" / "vtest.html"), "--clip-model", TINY_CLIP_NAME,
-                                 "--clip-weights", str(work / "tiny_clip.pt"), "--min-score", "0.05", "--no-progress"])
+    report = work / "report"
+    r = CliRunner().invoke(app, ["detect", *map(str, videos), "--classes",
+                                 "walking,standing still,carrying a bag,running,talking", "--html", f"{report}/",
+                                 "--clip-model", TINY_CLIP_NAME, "--clip-weights", str(work / "tiny_clip.pt"),
+                                 "--no-distractors", "--no-progress"])
     if r.exit_code:
         sys.exit(r.output)
+    best_bar = """(() => { const r = [...window.staleReports.values()][0]; let b = 0;
+        for (let i = 0; i < r.n; i++) if (r.visible(i) && r.score[i] > r.score[b]) b = i;
+        const box = r.canvas.getBoundingClientRect(), [y, h] = r.barY(b);
+        return [box.left + r.toX((r.s[b] + r.e[b]) / 2), box.top + y + h / 2]; })()"""
+    page = (report / f"{videos[0].stem}.html").as_uri()
+    ready = "window.staleReports && window.staleReports.size === 1 && document.querySelector('video').readyState >= 2"
+    shots = {name: path.with_name(f"{path.stem}-{name}{path.suffix}") for name in ("alternatives", "narrow", "index")}
     with Chromium(find_chromium(), width=1280, height=860) as b:
-        b.open((work / "report" / "vtest.html").as_uri())
-        b.wait_for("window.staleReports && window.staleReports.size === 1 && document.querySelector('video').readyState >= 2")
-        x, y = b.evaluate("""(() => { const r = [...window.staleReports.values()][0]; let b = 0;
-            for (let i = 0; i < r.n; i++) if (r.score[i] > r.score[b]) b = i;
-            const box = r.canvas.getBoundingClientRect();
-            return [box.left + r.toX((r.s[b] + r.e[b]) / 2), box.top + (r.k[b] + 0.5) * r.laneH()]; })()""")
+        b.open(page)
+        b.wait_for(ready)
+        x, y = b.evaluate(best_bar)
         b.click(x, y)  # plays the best segment
         time.sleep(1.5)
         b.evaluate("document.querySelector('video').pause()")
         b.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})  # its tooltip
         time.sleep(0.3)
         b.screenshot(path)
-    print(f"wrote {path}")
+        b.evaluate("(() => { const c = document.querySelector('input.show-all'); c.click(); })()")
+        time.sleep(0.3)
+        b.evaluate("document.querySelector('.timeline').scrollIntoView({block: 'end'})")
+        b.screenshot(shots["alternatives"])
+    with Chromium(find_chromium(), width=1280, height=420) as b:
+        b.open((report / "index.html").as_uri())
+        b.wait_for("!!document.querySelector('table.index')")
+        b.screenshot(shots["index"])
+    with Chromium(find_chromium(), width=420, height=900) as b:
+        b.open(page)
+        b.wait_for(ready)
+        b.evaluate("document.querySelector('.controls').scrollIntoView({block: 'start'})")
+        time.sleep(0.3)
+        b.screenshot(shots["narrow"])
+    for p in (path, *shots.values()):
+        print(f"wrote {p}")
 
 
 def compare_js(work: Path, other_js: Path, seconds: float, num_segments: int) -> None:
@@ -239,7 +268,7 @@ def compare_js(work: Path, other_js: Path, seconds: float, num_segments: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--screenshot", type=Path, help="only write the README's screenshot to this PNG")
+    ap.add_argument("--screenshot", type=Path, help="only write the docs' screenshots (this PNG and three beside it)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the tiny random CLIP used for the screenshot")
     ap.add_argument("--minutes", type=float, default=120.0)
     ap.add_argument("--segments", type=int, default=5000)

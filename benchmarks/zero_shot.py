@@ -63,7 +63,7 @@ from stale_cli.postprocess import DetectConfig, finalize, segments_from_curve  #
 from stale_cli.vocab import class_to_text  # noqa: E402
 
 CAPTIONS = ("footage of {}.", "an athlete performing {}.", "a recording that shows {}.", "{} in progress.")
-TRUSTED_SCORE = 0.5  # a detection at or above this is one a user would act on (README "Scores")
+TRUSTED_SCORE = 0.5  # a detection at or above this is one a user would act on (docs/model.md "Scores")
 LOW_SCORE = 0.3  # also reported: the share of negative videos with a detection at or above this
 OPENAI_LOGIT_SCALE = math.log(100.0)
 

@@ -1,4 +1,4 @@
-"""Self-describing checkpoints (DESIGN.md §3).
+"""Self-describing checkpoints (docs/formats.md).
 
 A checkpoint is a plain dict saved with ``torch.save`` that loads with ``torch.load(weights_only=True)``:
 format name and version, the dataset preset it was trained with, the model/loss/data/detect configs as plain
@@ -123,13 +123,13 @@ def check_checkpoint_path(path: str | Path) -> None:
     """Refuse, before any training, a checkpoint path that is a directory or in a directory that cannot be written."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"--out {path}: is a directory; give a checkpoint file name, e.g. {path / 'model.pt'}")
+        raise CheckpointError(f"--output {path}: is a directory; give a checkpoint file name, e.g. {path / 'model.pt'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".stale-write-test."):
             pass
     except OSError as e:
-        raise CheckpointError(f"--out {path}: cannot write to {path.parent} ({e.strerror or e})") from e
+        raise CheckpointError(f"--output {path}: cannot write to {path.parent} ({e.strerror or e})") from e
 
 
 def is_stale_checkpoint(path: str | Path) -> bool:

@@ -47,6 +47,7 @@ from stale_cli.errors import CheckpointError, DataError, InputError, ResourceErr
 from stale_cli.fileio import read_features, source_identity, write_features
 from stale_cli.outputs import Segment, VideoDetections
 from stale_cli.postprocess import DetectConfig, Segments, WindowedVideo, finalize, segments_from_curve
+from stale_cli.reading import ReadingConfig, reading_parents
 from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta
 from stale_cli.textcache import cached_rows
 from stale_cli.vocab import class_to_text, distractors, name_key
@@ -181,6 +182,9 @@ class DetectSettings:
     new_names: str = "clip"
     # Inference settings before min_score/top_k; None: the checkpoint's preset (STALE mode), else DetectConfig().
     detect_config: Optional[DetectConfig] = None
+    # The ranked list reduced for a person (stale_cli.reading: score floor, overlapping alternatives, per-class
+    # limit); None: the full ranked list that mAP needs (stale detect --all, zero-shot, the benchmarks).
+    reading: Optional[ReadingConfig] = None
 
 
 class Detector:
@@ -355,6 +359,8 @@ class Detector:
             or (self.info.clip_activation if self.info is not None else None),
             "precision": getattr(self.clip, "precision", None),
             "detect_config": dataclasses.asdict(self.detect_cfg),  # Soft-NMS sigma, top k, thresholds used
+            # null: the full ranked list (detect --all); else how it was reduced for a person (stale_cli.reading)
+            "reading": None if self.settings.reading is None else dataclasses.asdict(self.settings.reading),
             "scoring": "paper" if self.mode == STALE_MODE and self.settings.scoring == "paper" else "open",
             "distractors": len(self.competitors),  # other names each snippet was scored against
             # STALE mode: names the checkpoint was not trained on, scored by frozen CLIP (DetectSettings.new_names)
@@ -423,6 +429,12 @@ class Detector:
             candidates, scores = self._clip_candidates(feats, meta, timeline)
         found = finalize(candidates, duration, self.detect_cfg)
         segments = [Segment(self.classes[k], float(s), float(e), float(sc), int(k)) for k, s, e, sc in found]
+        extra = {"mode": self.mode}
+        if self.settings.reading is not None:
+            # The report shows the alternatives a kept segment stands for: the full list and who stands for whom.
+            parents = reading_parents(segments, self.settings.reading)
+            extra.update(all_segments=segments, parents=parents)
+            segments = [s for i, s in enumerate(segments) if parents[i] == i]
         return VideoDetections(
             video_id=video_id,
             source=source,
@@ -430,7 +442,7 @@ class Detector:
             segments=segments,
             times=timeline.centres(),
             scores=scores,
-            extra={"mode": self.mode},
+            extra=extra,
             classes=tuple(self.classes),
         )
 

@@ -1,4 +1,4 @@
-"""Detection mAP exactly as the official ActivityNet evaluator computes it (DESIGN.md §5).
+"""Detection mAP exactly as the official ActivityNet evaluator computes it (docs/zero-shot.md).
 
 The reference is ``Evaluation/eval_detection.py`` and ``Evaluation/utils.py`` of github.com/activitynet/ActivityNet
 (``ANETdetection``, ``compute_average_precision_detection``, ``interpolated_prec_rec``, ``segment_iou``). This module
@@ -247,13 +247,19 @@ def _segment(seg, where: str) -> tuple[float, float]:
 
 
 def parse_predictions(data, source: str = "predictions") -> dict[str, list[tuple[str, float, float, float]]]:
-    """ActivityNet results JSON (DESIGN.md §3) -> video id -> [(label, start_s, end_s, score)] in file order.
+    """ActivityNet results JSON (docs/formats.md) -> video id -> [(label, start_s, end_s, score)] in file order.
 
     Anything that is not that schema raises :class:`DataError` with one line saying where and what.
     """
     hint = '; expected the ActivityNet results schema {"results": {video: [{"label", "score", "segment"}]}}'
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise DataError(f"{source}: not a prediction file (no 'results' object){hint}")
+    run = data.get("external_data")
+    reading = run.get("reading") if isinstance(run, dict) else None
+    if isinstance(reading, dict):  # stale detect without --all: the list reduced for a person
+        log.warning("%s holds detections reduced for reading (score floor %s, overlapping alternatives dropped); "
+                    "mAP is lower on them than on the full ranked list: make it with stale detect --all",
+                    source, reading.get("min_score"))
     out: dict[str, list[tuple[str, float, float, float]]] = {}
     try:
         for video, items in data["results"].items():

@@ -7,7 +7,7 @@ With ``workers > 1`` (a GPU encodes faster than one thread decodes) the decoding
 instead, each on its own video and its own pipe, all feeding the one encoder; results still come out in input
 order (see :func:`_iter_features_processes`).
 
-On disk (DESIGN.md §3): ``<video_id>.npy`` float16 ``(T, D)``, row k = frame shown at ``k / fps`` seconds after
+On disk (docs/formats.md): ``<video_id>.npy`` float16 ``(T, D)``, row k = frame shown at ``k / fps`` seconds after
 the first frame, and ``<video_id>.json`` (see :func:`sidecar`); the id is the file stem. Both are written
 atomically, the sidecar last, so a video counts as done only when both exist: a rerun skips finished videos.
 """
@@ -64,7 +64,7 @@ class VideoResult:
 
 
 def sidecar(path: Path, info: VideoInfo, fps: float, clip, num_rows: int) -> FeatureMeta:
-    """The ``<video_id>.json`` content for a video (:mod:`stale_cli.sidecar`, with provenance)."""
+    """The ``<video_id>.json`` content for a video (docs/formats.md, :mod:`stale_cli.sidecar`, with provenance)."""
     ident = source_identity(path)  # resolved path, size and mtime: what a rerun compares
     return FeatureMeta(
         fps=fps,
@@ -444,7 +444,7 @@ def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
 
 def plan_features(path: Path, vid: str, out_dir: Path, fps: float, clip, overwrite: bool, warn) -> tuple[str, str, str]:
     """``(id, state, why)`` of one video's feature files in ``out_dir`` (see :func:`_finished`): the one rule of
-    both ``extract-features --out`` and ``detect --cache-features``.
+    both ``extract-features --output`` and ``detect --cache-features``.
 
     A name taken by another video's features (from an earlier run) moves this one to ``stem-<8 hex>``, as a name
     clash within a run does, with a ``warn`` line. "damaged" and "changed" files are this video's to redo (state
@@ -523,7 +523,7 @@ def extract_many(
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    check_writable(out_dir, f"--out {out_dir}")
+    check_writable(out_dir, f"--output {out_dir}")
     paths = [Path(p) for p in paths]
     ids = list(ids) if ids is not None else video_ids(paths)
     assert len(ids) == len(paths)
@@ -534,15 +534,15 @@ def extract_many(
             on_warning(f"{path}: another input has the same name; writing it as {vid}.npy")
         vid, state, why = plan_features(path, vid, out_dir, fps, clip, overwrite, on_warning)
         if guard is not None and state == "absent":
-            guard.output(out_dir / f"{vid}.npy", "--out", f"the features of {path}", features=True)
-            guard.output(out_dir / f"{vid}.json", "--out", f"the sidecar of {path}", features=True)
+            guard.output(out_dir / f"{vid}.npy", "--output", f"the features of {path}", features=True)
+            guard.output(out_dir / f"{vid}.json", "--output", f"the sidecar of {path}", features=True)
         if state == "done":
             summary.skipped += 1
         elif state == "absent":
             todo.append(path)
             todo_ids.append(vid)
         else:
-            message = f"{out_dir / vid}.npy exists with other settings: {why}; pass --overwrite or another --out"
+            message = f"{out_dir / vid}.npy exists with other settings: {why}; pass --overwrite or another --output"
             summary.failed.append((path, message))
             on_error(f"{path}: {message}")
     locks: dict[int, OutputLock] = {}

@@ -3,7 +3,7 @@
 Each command builds an :class:`OutputGuard` before it writes anything, declares to it what it reads (the inputs and
 their companions: the ``.json`` sidecar beside a feature file, the classes file, ``@list`` files, checkpoints,
 annotations, CLIP weights, the videos) and then every path it will write, under the option that names it
-(``--output``, ``--html``, ``--plot``, ``--out``, ...). A path that is one of the inputs, that another option
+(``--output``, ``--html``, ``--plot``, ...). A path that is one of the inputs, that another option
 also writes (``-o out.json --html out.json``), or that holds features (an existing ``.json`` sidecar beside its
 ``.npy``, or a ``.json`` that reads as a sidecar) is refused with one InputError line naming both and what to do.
 

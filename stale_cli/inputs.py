@@ -148,7 +148,7 @@ def _sidecar_source(npy: Path) -> Optional[tuple]:
 
 def one_per_video(paths: Sequence[Path], note: Callable[[str], None]) -> list[Path]:
     """``paths`` with each video given twice, as itself and as its extracted features (a folder holding both, after
-    ``extract-features sb --out sb``), kept once, in the place of the first of the two.
+    ``extract-features sb --output sb``), kept once, in the place of the first of the two.
 
     The feature file is kept when its sidecar matches the video as it is now (same resolved path, size and mtime):
     it holds that video's features and spares decoding it. Otherwise the features are out of date and the video is

@@ -1,6 +1,6 @@
 """Writing detections: ActivityNet results JSON, CSV, SRT, a rich table on stdout, and a score plot.
 
-Formats (DESIGN.md §3):
+Formats (docs/formats.md):
 
 - **JSON**: the ActivityNet results schema ``{"version", "results": {video_id: [{"label", "score",
   "segment": [start_s, end_s]}]}, "external_data": {...}}``; ``external_data`` holds the run metadata
@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -293,17 +294,22 @@ class TextTable:
 
 def print_table(video: VideoDetections, console) -> None:
     """A readable table of one video's segments, sorted by start time."""
-    table = TextTable(f"{video.video_id}  ({video.duration:.1f} s, {len(video.segments)} segments)",
+    table = TextTable(f"{video.video_id}  ({clock(video.duration)}, {len(video.segments)} segments)",
                       ["start", "end", "label", "score"], [True, True, False, True])
     for s in sorted(video.segments, key=lambda s: (s.start, -s.score)):
-        table.rows.append([_clock(s.start), _clock(s.end), s.label, f"{s.score:.3f}"])
+        table.rows.append([clock(s.start), clock(s.end), s.label, f"{s.score:.3f}"])
     table.print(console)
 
 
-def _clock(seconds: float) -> str:
-    m, s = divmod(max(seconds, 0.0), 60.0)
-    h, m = divmod(int(m), 60)
-    return f"{h}:{m:02d}:{s:06.3f}" if h else f"{m:d}:{s:06.3f}"
+def clock(seconds: float) -> str:
+    """Seconds -> ``h:mm:ss.s``, the one time format for people: the terminal table, the HTML report (whose
+    script mirrors this function) and its index page. Tenths are rounded half up; SRT has its own format."""
+    if not math.isfinite(seconds):
+        return "-:--:--.-"
+    tenths = math.floor(max(seconds, 0.0) * 10 + 0.5)
+    h, tenths = divmod(tenths, 36_000)
+    m, tenths = divmod(tenths, 600)
+    return f"{h}:{m:02d}:{tenths // 10:02d}.{tenths % 10}"
 
 
 def require_matplotlib() -> None:

@@ -1,6 +1,6 @@
 """The zero-shot protocol in one run: the paper's Table 1 row for a dataset and a seen/unseen setting.
 
-For each standard split ``<dataset>/<setting>/<k>`` (DESIGN.md §3, §5):
+For each standard split ``<dataset>/<setting>/<k>`` (docs/formats.md, docs/zero-shot.md):
 
 1. **train** STALE on the *seen* classes of the training subset (THUMOS14 ``val``, ActivityNet ``training``) with
    :func:`stale_cli.train.train`; instances of unseen classes are background there;

@@ -39,7 +39,8 @@ import numpy as np
 from stale_cli.detect import CLIP_MODE, STALE_MODE
 from stale_cli.errors import InputError
 from stale_cli.fileio import write_text_atomic
-from stale_cli.outputs import VideoDetections, output_is_directory
+from stale_cli.outputs import VideoDetections, clock, output_is_directory
+from stale_cli.reading import ReadingConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,14 @@ def _finite(x: float, digits: int) -> float:
 
 
 def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) -> dict:
-    """What the page's script needs about one video (segments as ``[lane, start, end, score]``): ``classes`` are
-    the page's lanes, which hold every class of the video (:meth:`ReportWriter.add`)."""
+    """What the page's script needs about one video: segments as ``[lane, start, end, score, parent]``, every
+    segment detection ranked (``extra["all_segments"]`` when ``stale detect`` reduced the list for reading),
+    ``parent`` its own position when it is one of the kept segments, else the position of the kept segment it is an
+    overlapping alternative of, or -1 / -2 (under the score floor / past the per-class limit; stale_cli.reading).
+    ``classes`` are the page's lanes, which hold every class of the video (:meth:`ReportWriter.add`)."""
     lanes = [classes.index(name) for name in video.classes]  # the video's class k is drawn in lane lanes[k]
+    segments = video.extra.get("all_segments") or video.segments
+    parents = video.extra.get("parents") or list(range(len(segments)))
     scores = None
     if video.scores is not None:
         scores = np.zeros((np.shape(video.scores)[0], len(classes)))  # (T, lanes): a lane of no class stays flat
@@ -114,19 +120,10 @@ def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) 
         "source": video.source,
         "src": relative_src(video.source, report_dir) if has_player else None,
         "duration": _finite(video.duration, 4),
-        "segments": [[lanes[s.class_index], _finite(s.start, 3), _finite(s.end, 3), _finite(s.score, 4)]
-                     for s in video.segments],
+        "segments": [[lanes[s.class_index], _finite(s.start, 3), _finite(s.end, 3), _finite(s.score, 4), int(p)]
+                     for s, p in zip(segments, parents)],
         "curves": curve_payload(video.times, scores, len(classes)),
     }
-
-
-def _clock(seconds: float, digits: int = 0) -> str:
-    """``h:mm:ss`` or ``m:ss``, with ``digits`` decimals of the second."""
-    total = round(max(seconds, 0.0), digits)
-    m, s = divmod(total, 60)
-    h, m = divmod(int(m), 60)
-    sec = f"{s:0{3 + digits if digits else 2}.{digits}f}"
-    return f"{h}:{m:02d}:{sec}" if h else f"{m}:{sec}"
 
 
 def video_section(video: VideoDetections, classes: list[str], report_dir: Path, index: int) -> str:
@@ -134,6 +131,8 @@ def video_section(video: VideoDetections, classes: list[str], report_dir: Path, 
     e = html.escape
     data = video_payload(video, classes, report_dir)
     n = len(video.segments)
+    alternatives = len(data["segments"]) - n
+    more = f" (and {alternatives} overlapping or lower-scored alternatives)" if alternatives > 0 else ""
     if data["src"] is not None:
         player = (
             f'<video class="player" controls preload="metadata" src="{e(data["src"])}"></video>'
@@ -153,21 +152,25 @@ def video_section(video: VideoDetections, classes: list[str], report_dir: Path, 
     lane_h = 34 if len(classes) <= 24 else 22
     return f"""<section class="video" id="video-{index}" data-video-id="{e(video.video_id)}" style="--lane-h: {lane_h}px">
 <h2>{e(video.video_id)}</h2>
-<p class="facts"><span class="source" title="{e(video.source)}">{e(video.source)}</span> · {_clock(data["duration"])}
- ({data["duration"]:.1f} s) · {n} segment{'' if n == 1 else 's'}</p>
+<p class="facts"><span class="source" title="{e(video.source)}">{e(video.source)}</span> · {clock(data["duration"])}
+ ({data["duration"]:.1f} s) · {n} segment{'' if n == 1 else 's'}{more}</p>
 <div class="top"><div class="media">{player}</div>
 <div class="table" role="table" aria-label="segments of {e(video.video_id)}">
 <div class="thead" role="row"><button role="columnheader" data-key="label">label</button><button role="columnheader" data-key="start">start</button><button role="columnheader" data-key="end">end</button><button role="columnheader" data-key="score">score</button></div>
 <div class="rows" tabindex="0"><div class="spacer"></div></div><p class="empty" hidden>No segment at or above the score threshold.</p></div></div>
 <div class="controls"><label>min score <input class="min-score" type="range" min="0" max="1" step="0.01" value="0">
-<output class="min-score-value">0.00</output></label><span class="shown"></span><span class="gap"></span>
+<output class="min-score-value">0.00</output></label>
+<label title="also the segments that overlap a better one of their class (drawn in sub-rows under it) and those past
+ the per-class limit"><input class="show-all" type="checkbox"> alternatives</label>
+<span class="shown"></span><span class="gap"></span>
 <span class="clock"></span><button class="zoom-out" title="zoom out">−</button><button class="zoom-in" title="zoom in">+</button>
 <button class="zoom-fit" title="whole video">fit</button></div>
 <div class="timeline"><div class="lane-labels"><div class="axis-gap"></div>{lanes}</div>
 <div class="plot"><canvas class="axis"></canvas><canvas class="lanes"></canvas><div class="playhead"></div>
 <div class="tip" hidden></div></div></div>
 <p class="hint">Click a segment (bar or row) to play it, n / p for the next / previous one, space to pause;
- click the timeline to seek. Ctrl + wheel zooms, shift + wheel or drag pans.</p>
+ click the timeline to seek. Ctrl + wheel zooms, shift + wheel or drag pans. Score curves are drawn on a square-root
+ scale (0.1 reaches a third of the lane, 0.5 seven tenths).</p>
 <script type="application/json" class="video-data">{script_json(data)}</script>
 </section>"""
 
@@ -225,24 +228,67 @@ def render_page(sections: list[str], ids: list[str], meta: dict, classes: list[s
     if len(ids) > 1:
         links = "".join(f'<li><a href="#video-{i}">{e(v)}</a></li>' for i, v in enumerate(ids))
         nav = f"<nav><ol>{links}</ol></nav>"
+    reading = meta.get("reading")
+    floor = reading.get("min_score") if isinstance(reading, dict) else None
+    page = {"classes": classes, "floor": float(floor) if isinstance(floor, (int, float)) else ReadingConfig.min_score}
     body = (f"{nav}<main>{''.join(sections)}</main>"
-            f'<script type="application/json" id="page-data">{script_json({"classes": classes})}</script>')
+            f'<script type="application/json" id="page-data">{script_json(page)}</script>')
     title = ids[0] if len(ids) == 1 else f"{len(ids)} videos"
     return document(title, meta, generated, body, _asset("report.js"))
 
 
-def index_row(video: VideoDetections, page: str) -> str:
-    """One video's row in the index of ``--html DIR/``: link, length, segments, best segment."""
+INDEX_CLASSES = 8  # classes summed up per video on the index page (the best first); its page has them all
+
+
+def class_colour(k: int, alpha: float = 1.0) -> str:
+    """The colour of class ``k``, as the page's script draws it (golden-angle hues)."""
+    return f"hsla({(k * 137.508 + 210) % 360:.1f},62%,46%,{alpha:.2f})"
+
+
+def timeline_strip(video: VideoDetections, order: list[str], index: dict) -> str:
+    """A small SVG of a video's segments, one row per class of ``order``, shaded by score (no script needed)."""
+    duration = max(_finite(video.duration, 3), 1e-3)
+    row = {name: r for r, name in enumerate(order)}
+    rects = []
+    for s in video.segments:
+        if s.label not in row:
+            continue
+        x0 = 1000 * min(max(s.start / duration, 0), 1)
+        x1 = 1000 * min(max(s.end / duration, 0), 1)
+        rects.append(f'<rect x="{x0:.1f}" y="{6 * row[s.label] + 0.5}" width="{max(x1 - x0, 3):.1f}" height="5" '
+                     f'fill="{class_colour(index.get(s.label, 0), 0.35 + 0.65 * min(max(s.score, 0), 1))}"/>')
+    height = max(6 * len(order), 6)
+    return (f'<svg class="strip" viewBox="0 0 1000 {height}" preserveAspectRatio="none" style="height:{height}px" '
+            f'role="img" aria-label="segments over time">{"".join(rects)}</svg>')
+
+
+def index_row(video: VideoDetections, page: str, classes: list[str]) -> str:
+    """One video's row in the index of ``--html DIR/``: link, length, and per class found (the best first) its
+    count and best score, with a timeline strip of the segments."""
     e = html.escape
-    best = max(video.segments, key=lambda s: s.score, default=None)
-    top = f"{e(best.label)} {_clock(best.start, 1)}-{_clock(best.end, 1)} ({best.score:.3f})" if best else ""
+    index = {name: k for k, name in enumerate(classes)}
+    found: dict[str, list[float]] = {}
+    for s in video.segments:
+        found.setdefault(s.label, []).append(s.score)
+    order = sorted(found, key=lambda name: -max(found[name]))
+    summary = "".join(
+        f'<li><i class="dot" style="background:{class_colour(index.get(name, 0))}"></i>{e(name)} '
+        f'<span class="n">{len(found[name])} × best {max(found[name]):.2f}</span></li>'
+        for name in order[:INDEX_CLASSES])
+    if len(order) > INDEX_CLASSES:
+        summary += f'<li class="more">{len(order) - INDEX_CLASSES} more classes</li>'
+    if not order:
+        summary = '<li class="more">nothing above the score floor</li>'
     return (f'<tr><td><a href="{e(quote(page))}">{e(video.video_id)}</a></td><td class="num">'
-            f'{_clock(_finite(video.duration, 1))}</td><td class="num">{len(video.segments)}</td><td>{top}</td></tr>')
+            f'{clock(_finite(video.duration, 1))}</td><td class="num">{len(video.segments)}</td>'
+            f'<td><ul class="found">{summary}</ul></td>'
+            f'<td class="strip-cell">{timeline_strip(video, order[:INDEX_CLASSES], index)}</td></tr>')
 
 
 def index_page(rows: list[str], meta: dict, generated: datetime) -> str:
     body = ('<main><table class="index"><thead><tr><th>video</th><th class="num">length</th><th class="num">'
-            f'segments</th><th>best segment</th></tr></thead><tbody>{"".join(rows)}</tbody></table></main>')
+            f'segments</th><th>classes found (count × best score)</th><th>timeline</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></main>')
     return document(f"{len(rows)} videos", meta, generated, body)
 
 
@@ -296,7 +342,7 @@ class ReportWriter:
             path = self.directory / f"{video.video_id}.html"
             section = video_section(video, self.classes, path.parent, 0)
             self._write(path, self._page([section], [video.video_id]))
-            self._index_rows.append(index_row(video, path.name))
+            self._index_rows.append(index_row(video, path.name, self.classes))
             if self.INDEX in (f"{v}.html" for v in self._ids):  # a video's page is index.html: no index
                 self._pending.pop(self.directory / self.INDEX, None)
             else:

@@ -487,7 +487,7 @@ def _from_checkpoint(job: _Job, key: dict) -> _Start:
         if differ:
             raise CheckpointError(
                 f"{resume} holds a training run with other settings ({', '.join(differ)}); rerun with its "
-                "settings to resume it, pass --fresh (or --restart) to start over, or give another --out")
+                "settings to resume it, pass --fresh (or --restart) to start over, or give another --output")
     vs = load_video_set(job.features_dir, list(job.annotations.videos.values()), info.data_config)
     if info.feature_dim != vs.feature_dim:
         raise CheckpointError(
@@ -503,7 +503,7 @@ def _from_checkpoint(job: _Job, key: dict) -> _Start:
         raise CheckpointError(
             f"{last_path} holds epoch {later}, later than epoch {info.epoch} of {resume}: resuming would "
             f"overwrite it with an earlier one; resume from {last_path} (or rerun the same command), pass "
-            "--fresh (or --restart) to start over, or give another --out")
+            "--fresh (or --restart) to start over, or give another --output")
     return _Start(vs=vs, model_cfg=info.model_config, loss_cfg=info.loss_config, data_cfg=info.data_config,
                   spec=datasets.get(info.dataset), clip_name=info.clip_model, clip_weights=info.clip_weights,
                   weights=info.weights_id, activation=info.clip_activation,
@@ -617,7 +617,7 @@ def _train(job: _Job) -> TrainResult:
                 if now != known and now > epoch + 1:  # another run wrote a later epoch meanwhile: keep it
                     raise CheckpointError(
                         f"{last_path} now holds epoch {now}, written by another run meanwhile; not overwriting it "
-                        f"with epoch {epoch + 1}. Give each run its own --out")
+                        f"with epoch {epoch + 1}. Give each run its own --output")
                 save_checkpoint(last_path, model, epoch=epoch + 1, optimizer=optimizer.state_dict(),
                                 history=history, train_config=dataclasses.asdict(train_cfg), **describe)
                 known = epoch + 1
@@ -662,7 +662,7 @@ def select_classes(annotations: Annotations, split: str | None = None, names: li
     from stale_cli.data.splits import load_split, match_classes
 
     if split is not None and names is not None:
-        raise InputError("give either --split or --classes-file, not both")
+        raise InputError("give either --split or --classes / --classes-file, not both")
     if split is not None:
         seen, _ = load_split(split)
         return match_classes(seen, annotations.classes, f"split {split}")

@@ -1,6 +1,6 @@
 """Video decoding: frames sampled at a fixed rate by presentation time, RGB, resized right after decoding.
 
-Sampling contract (DESIGN.md §2, seconds are the truth): with ``t0`` the presentation time of the stream's first
+Sampling contract (docs/design.md, seconds are the truth): with ``t0`` the presentation time of the stream's first
 frame, sample ``k`` is the frame *displayed* at ``t0 + k / fps``, i.e. the last frame whose presentation time is
 at or before that instant. A video is displayed from ``t0`` to ``end`` = last frame's time + its duration, and
 ``duration = end - t0``; samples are taken for every ``k`` with ``k / fps < duration``. This is right for

@@ -33,7 +33,7 @@ def run(args, tiny_clip_name, tiny_clip_weights):
 
 
 def test_detect_feature_file_to_json_csv_table(feature_dir, tiny_clip_name, tiny_clip_weights, tmp_path):
-    args = [str(feature_dir / "game.npy"), "--classes", "high jump,pole vault", "--top-k", "3"]
+    args = [str(feature_dir / "game.npy"), "--classes", "high jump,pole vault", "--all", "--top-k", "3"]
     r = run([*args, "--output", str(tmp_path / "p.json")], tiny_clip_name, tiny_clip_weights)
     assert r.exit_code == 0, r.output
     obj = json.loads((tmp_path / "p.json").read_text())
@@ -71,7 +71,7 @@ def test_detect_video_batch_with_a_bad_file(videos, bad_files, tiny_clip_name, t
         (["--classes", "a,,b"], "empty class name"),
         (["--classes", "high jump,High_Jump"], "duplicate class name"),
         (["--classes", "jump " * 80], "too long"),
-        (["--classes", "a", "--classes-file", "x"], "exactly one of"),
+        (["--classes", "a", "--classes-file", "x"], "not both"),
         (["--classes", "a", "--format", "xml"], "--format"),
         (["--classes", "a", "--mode", "fast"], "--mode"),
         (["--classes", "a", "--checkpoint", "missing.pt"], "checkpoint not found"),

@@ -152,7 +152,7 @@ def test_detect_output_file_is_written_once_and_resumes(feats, tmp_path, monkeyp
     assert r.exit_code == 0 and calls == [] and "0 video(s) done, 3 resumed" in r.output
     assert json.loads(out.read_text())["results"] == first
 
-    r = detect([feats, "-o", out, "--top-k", "2"], tiny_clip_name, tiny_clip_weights)  # other settings: redone
+    r = detect([feats, "-o", out, "--all", "--top-k", "2"], tiny_clip_name, tiny_clip_weights)  # other settings
     assert len(calls) == 3 and "3 video(s) done, 0 resumed" in r.output
     assert all(len(v) <= 2 for v in json.loads(out.read_text())["results"].values())
 

@@ -158,10 +158,16 @@ def test_feature_file_input_gets_a_timeline_without_player(tmp_path):
     assert len(page.find("lane")) == 3 and page.data("video-data")[0]["src"] is None
 
 
-def test_clock():
-    from stale_cli.report import _clock
+CLOCK_CASES = [(0, "0:00:00.0"), (0.625, "0:00:00.6"), (0.65, "0:00:00.7"), (59.96, "0:01:00.0"),
+               (61.04, "0:01:01.0"), (3599.96, "1:00:00.0"), (7322.25, "2:02:02.3"), (-1, "0:00:00.0"),
+               (float("nan"), "-:--:--.-")]
 
-    assert [_clock(0), _clock(59.6), _clock(3599.96, 1), _clock(7322.25, 1)] == ["0:00", "1:00", "1:00:00.0", "2:02:02.2"]
+
+def test_clock_is_h_mm_ss_tenth_everywhere_for_people():
+    from stale_cli.outputs import clock, srt_timestamp
+
+    assert [clock(t) for t, _ in CLOCK_CASES] == [text for _, text in CLOCK_CASES]
+    assert srt_timestamp(7322.25) == "02:02:02,250"  # SRT keeps its own format
 
 
 def test_a_video_of_other_classes_draws_in_their_lanes(tmp_path):
@@ -174,7 +180,7 @@ def test_a_video_of_other_classes_draws_in_their_lanes(tmp_path):
     writer.add(video)
     assert writer.classes == CLASSES + ["z"]
     (data,) = Page((tmp_path / "r.html").read_text()).data("video-data")
-    assert data["segments"] == [[3, 0.0, 0.5, 0.7]]
+    assert data["segments"] == [[3, 0.0, 0.5, 0.7, 0]]  # lane 3, kept (its own parent)
     curves = np.stack([np.frombuffer(base64.b64decode(v), np.uint8) for v in data["curves"]["values"]], axis=1)
     np.testing.assert_allclose(curves / 255, [[0.9, 0, 0, 0.1], [0.8, 0, 0, 0.2]], atol=0.5 / 255)
 
@@ -219,11 +225,13 @@ def test_one_page_for_all_or_one_page_per_video(tmp_path):
     page = Page((tmp_path / "pages" / "b.html").read_text())
     assert len(page.find(tag="section")) == 1 and page.find(tag="nav") == []
     assert page.elements[page.find(tag="video")[0]][1]["src"] == "../b.mp4"
-    # An index links the pages (link, length, segments, best segment); it has no script at all.
+    # An index links the pages (link, length, segments, per class found: count and best score, best first, and a
+    # timeline strip of the segments); it has no script at all.
     index = Page((tmp_path / "pages" / "index.html").read_text())
     assert [index.elements[i][1]["href"] for i in index.find(tag="a")] == ["a.html", "b.html"]
     rows = [index.text[i] for i in index.find(tag="tr")][1:]
-    assert rows[1] == "b0:103high jump 0:01.0-0:03.5 (0.910)"
+    assert rows[1].startswith("b0:00:10.03high jump 1 × best 0.91<script>alert(1)</script> 1 × best 0.42")
+    assert len([t for t, _ in index.elements if t == "rect"]) == 2 * 3  # one per segment, two videos
     (policy,) = [a["content"] for t, a in index.elements if a.get("http-equiv") == "Content-Security-Policy"]
     assert index.scripts == [] and "script-src 'none';" in policy
 
@@ -281,10 +289,13 @@ def test_cli_html_for_feature_files_and_videos(feature_file, videos, tiny_clip_n
     page = Page((tmp_path / "r.html").read_text())
     preds = json.loads((tmp_path / "p.json").read_text())["results"]["game"]
     data = page.data("video-data")[0]
-    assert len(data["segments"]) == len(preds) and data["src"] is None
+    # The page holds the full ranked list; the segments kept for reading (their own parent) are those of -o.
+    kept = [s for i, s in enumerate(data["segments"]) if s[4] == i]
+    assert len(kept) == len(preds) < len(data["segments"]) and data["src"] is None
     # The JSON holds 6 decimals and the page 4: compare within the page's rounding (round(round(x, 6), 4) can differ
     # from round(x, 4) in the last digit).
-    np.testing.assert_allclose(sorted(s[3] for s in data["segments"]), sorted(p["score"] for p in preds), atol=6e-5)
+    np.testing.assert_allclose(sorted(s[3] for s in kept), sorted(p["score"] for p in preds), atol=6e-5)
+    assert all(0 <= s[4] < len(data["segments"]) or s[4] in (-1, -2) for s in data["segments"])
     assert len(data["curves"]["values"]) == 2 and page.text_of("lane-name") == ["high jump", "pole vault"]
 
     r = run([str(videos["cfr25"]["path"]), "-c", "a dog,a cat", "--html", str(tmp_path / "pages/")],

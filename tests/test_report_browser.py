@@ -40,8 +40,8 @@ pytestmark = [
 ]
 BEST_BAR = """(() => { const r = [...window.staleReports.values()][0]; let b = 0;
     for (let i = 0; i < r.n; i++) if (r.score[i] > r.score[b]) b = i;
-    const box = r.canvas.getBoundingClientRect();
-    return [box.left + r.toX((r.s[b] + r.e[b]) / 2), box.top + (r.k[b] + 0.5) * r.laneH(), r.s[b]]; })()"""
+    const box = r.canvas.getBoundingClientRect(), [y, h] = r.barY(b);
+    return [box.left + r.toX((r.s[b] + r.e[b]) / 2), box.top + y + h / 2, r.s[b]]; })()"""
 CLASSES = ["high jump", "pole vault", "<script>window.__xss = 1</script>", '<img src=x onerror="window.__xss = 2">']
 REPORT = "(() => [...window.staleReports.values()][0])()"
 
@@ -85,6 +85,32 @@ def test_report_in_chromium(report, tmp_path):
         browser.wait_for("document.querySelector('video').readyState >= 1 || document.querySelector('video').error")
         assert browser.evaluate("document.querySelector('video').error") is None
         assert browser.evaluate("document.querySelector('video').duration") == pytest.approx(12.0, abs=0.1)
+
+        # It opens best first, at the score floor the detections were reduced with (--min-score 0.01 here), showing
+        # the kept segments; "alternatives" adds the overlapping ones, each under the segment it is an alternative
+        # of, in the table and in sub-rows of its lane (the lane grows).
+        assert browser.evaluate("document.querySelector('.thead button[data-key=score]').getAttribute('aria-sort')") \
+            == "descending"
+        assert browser.evaluate("document.querySelector('input.min-score').value") == "0.01"
+        assert browser.evaluate(f"{REPORT}.order.map(i => {REPORT}.score[i])") == sorted(
+            (pytest.approx(p["score"], abs=1e-4) for p in preds), key=lambda a: -a.expected)
+        n_all = browser.evaluate(f"(() => {{ const r = {REPORT}; let c = 0; for (let i = 0; i < r.n; i++) "
+                                 "c += r.score[i] >= r.minScore; return c; })()")
+        height = browser.evaluate(f"{REPORT}.canvas.clientHeight")
+        browser.evaluate("document.querySelector('input.show-all').click()")
+        assert browser.evaluate(f"{REPORT}.order.length") == n_all > len(preds)
+        assert browser.evaluate(f"""(() => {{ const r = {REPORT}; return r.order.every((i, j) => r.parent[i] === i ||
+            r.parent[i] < 0 || r.order.indexOf(r.parent[i]) < j); }})()""")
+        assert browser.evaluate(f"{REPORT}.canvas.clientHeight") > height
+        browser.evaluate("document.querySelector('input.show-all').click()")
+        assert browser.evaluate(f"{REPORT}.order.length") == len(preds)
+        assert browser.evaluate(f"{REPORT}.canvas.clientHeight") == height
+
+        # The page writes times as the Python side does (one format for people: h:mm:ss.s).
+        from stale_cli.outputs import clock
+
+        times = [0, 0.05, 0.625, 0.65, 59.96, 61.04, 3599.96, 7322.25, -1]
+        assert browser.evaluate(f"{json.dumps(times)}.map(window.staleClock)") == [clock(t) for t in times]
 
         # Class names are text, never markup that runs.
         assert browser.evaluate("window.__xss === undefined && !document.querySelector('main img')")
@@ -159,7 +185,9 @@ def test_feature_file_report_and_zoom_in_chromium(report):
         assert start == pytest.approx(max(preds, key=lambda p: p["score"])["segment"][0], abs=1e-3)
         browser.click(x, y)
         assert browser.evaluate(f"{REPORT}.time") == pytest.approx(start, abs=1e-6)
-        assert browser.evaluate("document.querySelector('.clock').textContent") == f"0:{start:04.1f} / 0:12.0"
+        from stale_cli.outputs import clock
+
+        assert browser.evaluate("document.querySelector('.clock').textContent") == f"{clock(start)} / 0:00:12.0"
         # "n" plays the next segment of the table (sorted by start): the cursor goes to its start.
         following = browser.evaluate(f"(() => {{ const r = {REPORT}; return r.s[r.order[Math.min(r.order.indexOf(r.selected) + 1, r.order.length - 1)]]; }})()")
         browser.press("n")

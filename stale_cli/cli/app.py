@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from stale_cli import CLIP_WEIGHTS_ENV, __version__
 from stale_cli.errors import StaleError
@@ -60,9 +60,60 @@ class _Group(TyperGroup):
     def get_params(self, ctx):
         params = super().get_params(ctx)
         for param in params:
-            if getattr(param, "count", False):
-                param.display_type_rich = lambda ctx: None  # a counter takes no value: no "<int>"
+            _tidy_help(param)
         return params
+
+
+# Old option names that still work, so that scripts keep running, but are left out of -h: extract-features and
+# train called their --output "--out" before every command that writes a file took --output/-o.
+HIDDEN_ALIASES = frozenset({"--out"})
+
+
+class Command(TyperCommand):
+    """A command whose options look alike in -h (:func:`_tidy_help`) and whose old option names
+    (HIDDEN_ALIASES) are accepted but not shown."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            _tidy_help(param)  # also -h itself, which click adds here
+        return params
+
+    def shell_complete(self, ctx, incomplete):
+        return [item for item in super().shell_complete(ctx, incomplete) if item.value not in HIDDEN_ALIASES]
+
+    def format_help(self, ctx, formatter):
+        renamed = [(param, param.opts) for param in self.params if HIDDEN_ALIASES & set(param.opts)]
+        for param, opts in renamed:
+            param.opts = [o for o in opts if o not in HIDDEN_ALIASES]
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            for param, opts in renamed:
+                param.opts = opts
+
+
+# Type labels in -h: the words click users know, instead of Typer's "<str>", "<list[str]>", "<bool>".
+_TYPE_LABELS = {"<str>": "TEXT", "<path>": "PATH", "<float>": "NUMBER", "<int>": "INTEGER"}
+
+
+def _tidy_help(param) -> None:
+    """One look for every option in -h: a flag or a counter shows no type label (it takes no value), an argument
+    its own name only (``INPUT...``), other options a readable label (TEXT, PATH, NUMBER, INTEGER, or their own
+    metavar); every default is shown as ``[default: X]``, also a default described in words
+    (``show_default="the checkpoint's, else 4"``), which Typer would put in parentheses."""
+    takes_no_value = getattr(param, "is_flag", False) or getattr(param, "count", False)
+    if takes_no_value or (param.param_type_name == "argument" and param.metavar is not None):
+        param.display_type_rich = lambda ctx: None
+    elif param.metavar is None and hasattr(param, "display_type"):
+        typer_label = param.display_type
+        param.display_type_rich = lambda ctx: _TYPE_LABELS.get(typer_label(ctx), typer_label(ctx))
+    shown = [o for o in param.opts if o not in HIDDEN_ALIASES]
+    if len(shown) < len(param.opts):  # "missing option '--output' / '-o'", without the old name
+        param.get_error_hint = lambda ctx=None: " / ".join(f"'{o}'" for o in shown)
+    if isinstance(param.show_default, str):
+        words = param.show_default
+        param._get_default_string = lambda **kwargs: words
 
 
 app = typer.Typer(
@@ -70,7 +121,7 @@ app = typer.Typer(
     name="stale",
     help="Zero-shot temporal action detection (STALE, ECCV 2022): when does each named action happen in a video?",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -106,6 +157,34 @@ class _Console(Console):
 stdout = _Console(soft_wrap=True, markup=False, highlight=False)
 stderr = _Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
+def OutputOption(help: str, required: bool = False, metavar: str = "PATH"):
+    """``--output/-o``, the one name of what a command writes (``--out`` still works, unshown)."""
+    return typer.Option(... if required else None, "--output", "-o", *sorted(HIDDEN_ALIASES), metavar=metavar,
+                        help=help)
+
+
+ClassesOption = typer.Option(
+    None, "--classes", "-c", metavar='"A,B"', help='Action names, comma-separated: "high jump,pole vault".')
+ClassesFileOption = typer.Option(
+    None, "--classes-file", metavar="FILE", help="Action names, one per line (# comments).")
+
+
+def read_class_names(classes: Optional[str], classes_file, required: bool = True) -> Optional[list]:
+    """The names of ``--classes "a,b"`` or ``--classes-file F`` (at most one of them; one if ``required``)."""
+    from stale_cli.errors import InputError
+    from stale_cli.vocab import parse_classes, read_classes_file
+
+    if classes is not None and classes_file is not None:
+        raise InputError('give the action names with either --classes "a,b" or --classes-file FILE, not both')
+    if classes is not None:
+        return parse_classes(classes)
+    if classes_file is not None:
+        return read_classes_file(classes_file)
+    if required:
+        raise InputError('give the action names with --classes "a,b" or --classes-file FILE')
+    return None
+
+
 ClipModelOption = typer.Option(
     "ViT-B-16", "--clip-model", help="open_clip architecture of the frame/text encoder."
 )
@@ -113,15 +192,16 @@ ClipWeightsOption = typer.Option(
     "openai",
     "--clip-weights",
     envvar=CLIP_WEIGHTS_ENV,
-    help="open_clip pretrained tag (default: OpenAI's weights, downloaded once and cached) or a path to a "
-    f"local weights file. Also read from ${CLIP_WEIGHTS_ENV}.",
+    help="open_clip pretrained tag (openai: OpenAI's weights, downloaded once and cached; see stale models) or a "
+    f"path to a local weights file. Also read from ${CLIP_WEIGHTS_ENV}.",
 )
 DeviceOption = typer.Option(
-    "auto", "--device", help="auto | cpu | cuda[:N] | mps (auto: cuda when available, then Apple's mps, then cpu)."
+    "auto", "--device", metavar="auto|cpu|cuda[:N]|mps",
+    help="Where to run; auto: cuda when available, then Apple's mps, then cpu."
 )
 PrecisionOption = typer.Option(
-    "auto", "--precision", help="auto | fp32 | bf16 | fp16: dtype CLIP's weights are cast to (auto: fp16 on CUDA, "
-    "bf16 on CPUs with native bf16 (AMX / AVX512-BF16), else fp32).",
+    "auto", "--precision", metavar="auto|fp32|bf16|fp16", help="dtype CLIP's weights are cast to; auto: fp16 on "
+    "CUDA, bf16 on CPUs with native bf16 (AMX / AVX512-BF16), else fp32.",
 )
 ProgressOption = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 

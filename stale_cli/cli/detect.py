@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import List, Optional
@@ -9,16 +10,21 @@ from typing import List, Optional
 import typer
 
 from stale_cli.cli.app import (
+    ClassesFileOption,
+    ClassesOption,
     ClipWeightsOption,
+    Command,
     DeviceOption,
     PrecisionOption,
     ProgressOption,
     MAX_BATCH,
     MAX_COUNT,
+    OutputOption,
     app,
     check_range,
     error,
     info,
+    read_class_names,
     resolve_device,
     show_progress,
     stderr,
@@ -27,6 +33,7 @@ from stale_cli.cli.app import (
     warning,
     wrote,
 )
+from stale_cli.reading import ReadingConfig  # no numpy: -h stays fast
 
 
 class _Progress:
@@ -80,28 +87,30 @@ def note(message: str) -> None:
     logging.getLogger("stale_cli.cli").info(message)
 
 
-@app.command("detect")
+@app.command("detect", cls=Command)
 def detect(
     inputs: List[str] = typer.Argument(
-        ..., metavar="INPUT...",
+        ..., metavar="INPUT",
         help="Video files, feature files (.npy with their .json sidecar), directories (searched recursively) and "
         "@list.txt files.",
     ),
-    classes: Optional[str] = typer.Option(None, "--classes", "-c", help='Action names, comma-separated: "high jump,pole vault".'),
-    classes_file: Optional[Path] = typer.Option(None, "--classes-file", help="Action names, one per line (# comments)."),
+    classes: Optional[str] = ClassesOption,
+    classes_file: Optional[Path] = ClassesFileOption,
     checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", help="A trained STALE checkpoint (stale train). Default: the one checkpoint in weights/, "
-        "else the training-free mode.",
+        None, "--checkpoint", help="A trained STALE checkpoint (stale train).",
+        show_default="the one checkpoint in weights/, else the training-free mode",
     ),
     mode: Optional[str] = typer.Option(
-        None, "--mode", help="stale | clip: force the trained model or the training-free CLIP similarity baseline."
+        None, "--mode", metavar="stale|clip",
+        help="Force the trained model or the training-free CLIP similarity baseline."
     ),
-    output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="A file (all videos), a directory (one <video_id>.<ext> per video) or - "
-        "(stdout). Default: a table per video on stdout. A rerun resumes; concurrent runs share the work.",
+    output: Optional[Path] = OutputOption(
+        "A file (all videos), a directory (one <video_id>.<ext> per video) or - (stdout). A rerun resumes; "
+        "concurrent runs share the work. Without it: a table per video on stdout.", metavar="FILE|DIR|-",
     ),
     fmt: Optional[str] = typer.Option(
-        None, "--format", "-f", help="json | csv | srt. Default: from the --output extension, else json."
+        None, "--format", "-f", metavar="json|csv|srt", help="Format of --output.",
+        show_default="from the --output extension, else json",
     ),
     plot: Optional[Path] = typer.Option(
         None, "--plot", help="Draw per-class scores over time and the segments to this PNG (one per video: "
@@ -116,13 +125,22 @@ def detect(
     cache_features: Optional[Path] = typer.Option(
         None, "--cache-features", help="Keep the features of videos in this directory and reuse them on a rerun."
     ),
-    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop segments scoring below this (0-1)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep at most this many segments per video."),
+    min_score: Optional[float] = typer.Option(
+        None, "--min-score", help="Drop segments scoring below this (0-1).",
+        show_default=f"{ReadingConfig.min_score:g}; with --all 0.001"),
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", help="Keep at most this many segments of each class per video (with --all: this many "
+        "per video).", show_default=f"{ReadingConfig.per_class}; with --all the checkpoint's preset, 200 "
+        "(THUMOS14) or 100 (ActivityNet)"),
+    all_segments: bool = typer.Option(
+        False, "--all", help="Keep the full ranked list that mAP needs (overlapping alternatives, scores down to "
+        "0.001) instead of what is worth reading: for files given to stale evaluate."),
     fps: Optional[float] = typer.Option(
-        None, "--fps", help="Frames per second sampled from videos. Default: the checkpoint's rate, else 4."
+        None, "--fps", help="Frames per second sampled from videos.", show_default="the checkpoint's rate, else 4"
     ),
     clip_model: Optional[str] = typer.Option(
-        None, "--clip-model", help="open_clip architecture. Default: the checkpoint's, else ViT-B-16."
+        None, "--clip-model", help="open_clip architecture (see stale models).",
+        show_default="the checkpoint's, else ViT-B-16"
     ),
     clip_weights: str = ClipWeightsOption,
     device: str = DeviceOption,
@@ -130,18 +148,18 @@ def detect(
     batch_size: int = typer.Option(32, "--batch-size", help="Video frames per CLIP forward pass."),
     distractors: bool = typer.Option(
         True, "--distractors/--no-distractors", help="Score each snippet against 213 generic action names and a "
-        "checkpoint's training names too, reporting only yours (default), so that a name is not given to every "
+        "checkpoint's training names too, reporting only yours, so that a name is not given to every "
         "action in the video; --no-distractors: your names are all the actions there are."),
     scoring: str = typer.Option(
-        "open", "--scoring", help="STALE mode: open (default: names, distractors, frozen CLIP's reading fused in) | "
-        "paper (the paper's softmax over your names and the background)."),
+        "open", "--scoring", metavar="open|paper", help="STALE mode: open (names, distractors, frozen CLIP's reading "
+        "fused in) | paper (the paper's softmax over your names and the background)."),
     prior_weight: Optional[float] = typer.Option(
         None, "--prior-weight", help="STALE mode, open scoring: share of frozen CLIP's own reading of the names in "
-        "the class posterior, 0-1 (default 0.5; 0: the trained classifier alone)."),
+        "the class posterior, 0-1 (0: the trained classifier alone).", show_default="0.5"),
     new_names: str = typer.Option(
-        "clip", "--new-names", help="STALE mode: names the checkpoint was not trained on are scored by frozen CLIP "
-        "(clip, default: the trained classifier does not carry to new names on our zero-shot benchmark) or by the "
-        "trained model (stale)."),
+        "clip", "--new-names", metavar="clip|stale", help="STALE mode: names the checkpoint was not trained on are "
+        "scored by frozen CLIP (clip: the trained classifier does not carry to new names on our zero-shot "
+        "benchmark) or by the trained model (stale)."),
     progress: bool = ProgressOption,
 ) -> None:
     """Detect the named actions in each input and write or print the segments (seconds, label, score).
@@ -156,14 +174,10 @@ def detect(
         from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
         from stale_cli.defaults import DEFAULT_FEATURE_FPS
         from stale_cli.detect import DetectSettings
-        from stale_cli.errors import InputError
         from stale_cli.outputs import require_matplotlib, resolve_format
         from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS
-        from stale_cli.vocab import parse_classes, read_classes_file
 
-        if (classes is None) == (classes_file is None):
-            raise InputError("give the action names with exactly one of --classes \"a,b\" or --classes-file FILE")
-        names = parse_classes(classes) if classes is not None else read_classes_file(classes_file)
+        names = read_class_names(classes, classes_file)
         check_range("--fps", fps, MIN_FEATURE_FPS, MAX_FEATURE_FPS)
         check_range("--batch-size", batch_size, 1, MAX_BATCH)
         check_range("--top-k", top_k, 1, MAX_COUNT)
@@ -177,9 +191,16 @@ def detect(
         list_files: list = []
         paths, bad_inputs = _collect(inputs, kinds=("video", "features"), lists=list_files,
                                      nothing="no videos or feature files to detect in")
+        reading = None  # --all: the ranked list as detection makes it; --min-score and --top-k act on it
+        if not all_segments:
+            reading = ReadingConfig()
+            reading = dataclasses.replace(reading, min_score=reading.min_score if min_score is None else min_score,
+                                          per_class=reading.per_class if top_k is None else top_k)
+            min_score = top_k = None
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
             fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
+            reading=reading,
             precision=precision, distractors=distractors, scoring=scoring, prior_weight=prior_weight,
             new_names=new_names,
         )

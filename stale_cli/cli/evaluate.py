@@ -8,7 +8,17 @@ from typing import Optional
 
 import typer
 
-from stale_cli.cli.app import app, stdout, user_errors, wrote
+from stale_cli.cli.app import (
+    ClassesFileOption,
+    ClassesOption,
+    Command,
+    OutputOption,
+    app,
+    read_class_names,
+    stdout,
+    user_errors,
+    wrote,
+)
 
 
 def results_table(result: dict, title: str):
@@ -25,29 +35,29 @@ def results_table(result: dict, title: str):
     return table
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=Command)
 def evaluate_command(
     predictions: Path = typer.Argument(
         ..., help="Predictions: ActivityNet results JSON (as `stale detect` writes) or CSV video,label,start,end,score."
     ),
     annotations: Path = typer.Option(..., "--annotations", "-a", help="Ground truth, ActivityNet-format JSON."),
     subset: Optional[str] = typer.Option(
-        None, "--subset", help="Subset of the annotations to evaluate on (default: 'test' if present, else 'validation')."
+        None, "--subset", help="Subset of the annotations to evaluate on.",
+        show_default="test if present, else validation"
     ),
     split: Optional[str] = typer.Option(
         None, "--split", help="Evaluate only the unseen classes of this zero-shot split, e.g. thumos14/75_25/3."
     ),
-    classes_file: Optional[Path] = typer.Option(
-        None, "--classes-file", help="Evaluate only the classes listed in this file (one per line)."
-    ),
+    classes: Optional[str] = ClassesOption,
+    classes_file: Optional[Path] = ClassesFileOption,
     tiou: Optional[str] = typer.Option(
         None,
         "--tiou",
-        help="tIoU thresholds, '0.3,0.5,0.7' or 'start:stop:step'. Default: THUMOS14 0.3..0.7 (test subset or a "
-        "thumos14 split), else ActivityNet 0.5:0.95:0.05.",
+        help="tIoU thresholds, '0.3,0.5,0.7' or 'start:stop:step'.",
+        show_default="THUMOS14's 0.3:0.7:0.1 for a test subset or a thumos14 split, else ActivityNet's 0.5:0.95:0.05",
     ),
-    output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Also write the results as JSON here; - prints the JSON on stdout instead of the table."
+    output: Optional[Path] = OutputOption(
+        "Also write the results as JSON here; - prints the JSON on stdout instead of the table.", metavar="FILE|-"
     ),
 ) -> None:
     """Compute detection mAP per tIoU threshold, its average and the AP of each class.
@@ -62,11 +72,10 @@ def evaluate_command(
     from stale_cli.fileio import write_json_atomic
     from stale_cli.guard import OutputGuard
     from stale_cli.outputs import write_stdout
-    from stale_cli.vocab import read_classes_file
 
     with user_errors():
-        if split is not None and classes_file is not None:
-            raise InputError("give either --split or --classes-file, not both")
+        if split is not None and (classes is not None or classes_file is not None):
+            raise InputError("give either --split or --classes / --classes-file, not both")
         to_stdout = output is not None and str(output) == "-"
         if output is not None and not to_stdout:
             guard = OutputGuard()
@@ -74,10 +83,10 @@ def evaluate_command(
             guard.input(annotations, f"the annotations file {annotations}")
             guard.input(classes_file, f"the classes file {classes_file}")
             guard.output(output, "--output")
-        classes = read_classes_file(classes_file) if classes_file is not None else None
+        names = read_class_names(classes, classes_file, required=False)
         tious = parse_tious(tiou) if tiou is not None else None
-        result = evaluate_files(predictions, annotations, subset, split, classes, tious)
-        what = f"split {split}, unseen classes" if split else ("listed classes" if classes else "all classes")
+        result = evaluate_files(predictions, annotations, subset, split, names, tious)
+        what = f"split {split}, unseen classes" if split else ("listed classes" if names else "all classes")
         title = f"{predictions.name}: {result['subset']} subset, {what} ({len(result['per_class'])}), AP %"
         if to_stdout:
             write_stdout(json.dumps(result, indent=2) + "\n", stdout.file)

@@ -10,10 +10,12 @@ import typer
 from stale_cli.cli.app import (
     ClipModelOption,
     ClipWeightsOption,
+    Command,
     DeviceOption,
     PrecisionOption,
     ProgressOption,
     MAX_BATCH,
+    OutputOption,
     app,
     check_range,
     error,
@@ -28,12 +30,12 @@ from stale_cli.cli.app import (
 from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers
 
 
-@app.command("extract-features")
+@app.command("extract-features", cls=Command)
 def extract_features(
     inputs: List[str] = typer.Argument(
-        ..., metavar="INPUT...", help="Video files, directories (searched recursively) and @list.txt files."
+        ..., metavar="INPUT", help="Video files, directories (searched recursively) and @list.txt files."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for <video>.npy + <video>.json."),
+    output: Path = OutputOption("Directory for <video>.npy + <video>.json.", required=True, metavar="DIR"),
     fps: float = typer.Option(
         DEFAULT_FEATURE_FPS, "--fps", help="Frames per second to sample (by presentation time); one feature row each."
     ),
@@ -44,7 +46,7 @@ def extract_features(
     batch_size: int = typer.Option(DEFAULT_BATCH_SIZE, "--batch-size", help="Frames per forward pass."),
     workers: int = typer.Option(
         default_workers(), "--workers", "-j", help="Decoding processes, each on its own video, feeding the one "
-        "encoder (default: half the CPUs, at most 8). 1: decode in a thread of this process.",
+        "encoder. 1: decode in a thread of this process.", show_default="half the CPUs, at most 8",
     ),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: do only shard I of N (0-based; deterministic, by file name). Under torchrun "
@@ -52,8 +54,8 @@ def extract_features(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos whose features already exist."),
     decoder: str = typer.Option(
-        "auto", "--decoder", help="auto (PyAV, decord for files PyAV cannot read) | pyav | decord (PyAV takes over "
-        "where decord fails part-way).",
+        "auto", "--decoder", metavar="auto|pyav|decord", help="auto (PyAV, decord for files PyAV cannot read) | "
+        "pyav | decord (PyAV takes over where decord fails part-way).",
     ),
     progress: bool = ProgressOption,
 ) -> None:
@@ -62,7 +64,7 @@ def extract_features(
     A rerun skips videos whose files exist with the same settings; bad files are reported and skipped, and the
     command exits with status 1 at the end if any failed.
 
-    Example: stale extract-features videos/ --out feats/
+    Example: stale extract-features videos/ -o feats/
     """
     with user_errors():
         from stale_cli.clip_backbone import load_clip
@@ -73,8 +75,9 @@ def extract_features(
         from stale_cli.guard import OutputGuard
         from stale_cli.inputs import parse_shard, select_shard
 
+        out = output
         if str(out) == "-":
-            raise InputError("--out -: features are files (<video>.npy + <video>.json); give a directory")
+            raise InputError("--output -: features are files (<video>.npy + <video>.json); give a directory")
         check_range("--fps", fps, MIN_FEATURE_FPS, MAX_FEATURE_FPS)
         check_range("--batch-size", batch_size, 1, MAX_BATCH)
         if workers < 1:
@@ -91,7 +94,7 @@ def extract_features(
             ids = [v for p, v in zip(paths, ids) if p in keep]
             paths = [p for p in paths if p in keep]
             info(f"shard {index}/{count}: {len(paths)} video(s)")
-        check_writable(out, f"--out {out}")
+        check_writable(out, f"--output {out}")
         guard = OutputGuard()  # extract_many declares each file it will write to it, before any video is decoded
         guard.inputs(paths)
         for list_file in list_files:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from stale_cli.cli.app import app, info, stdout, user_errors
+from stale_cli.cli.app import Command, app, info, stdout, user_errors
 
 
 def is_cached(model: str, tag: str, cache_dir=None) -> bool:
@@ -21,12 +21,13 @@ def is_cached(model: str, tag: str, cache_dir=None) -> bool:
     return any(isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir), str) for name in names)
 
 
-@app.command("models")
+@app.command("models", cls=Command)
 def models_command(
     cached: bool = typer.Option(False, "--cached", help="Only the weights already downloaded (usable offline)."),
 ) -> None:
-    """List open_clip's CLIP architectures (--clip-model) and their pretrained tags (--clip-weights); tags whose
-    weights are cached locally are marked with *.
+    """List the CLIP architectures (--clip-model) and pretrained tags (--clip-weights) open_clip knows.
+
+    Tags whose weights are cached locally are marked with *.
 
     Example: stale models --cached
     """

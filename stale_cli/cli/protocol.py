@@ -10,6 +10,7 @@ import typer
 from stale_cli.cli.app import (
     ClipModelOption,
     ClipWeightsOption,
+    Command,
     DeviceOption,
     ProgressOption,
     MAX_COUNT,
@@ -23,11 +24,15 @@ from stale_cli.cli.app import (
     wrote,
 )
 from stale_cli.cli.train import (
+    EPOCHS_DEFAULT,
+    BatchSizeOption,
     DropoutOption,
     FreezeTextOption,
     LrPromptOption,
+    LrOption,
     LrTextOption,
     PromptInitOption,
+    SeedOption,
     UnseenAsBackgroundOption,
     check_training_options,
 )
@@ -57,10 +62,10 @@ def summary_table(summary: dict):
     return table
 
 
-@app.command("zero-shot")
+@app.command("zero-shot", cls=Command)
 def zero_shot_command(
-    dataset: str = typer.Option(..., "--dataset", help="thumos14 | activitynet13"),
-    setting: str = typer.Option("75_25", "--setting", help="75_25 | 50_50 (seen % _ unseen % of the classes)."),
+    dataset: str = typer.Option(..., "--dataset", metavar="thumos14|activitynet13", help="The benchmark."),
+    setting: str = typer.Option("75_25", "--setting", metavar="75_25|50_50", help="Seen % _ unseen % of the classes."),
     features: Path = typer.Option(..., "--features", help="Feature files of the dataset (from `stale extract-features`)."),
     annotations: Path = typer.Option(..., "--annotations", "-a", help="The dataset's ActivityNet-format annotations."),
     work_dir: Path = typer.Option(
@@ -69,20 +74,24 @@ def zero_shot_command(
     splits: str = typer.Option("0-9", "--splits", help="Which of the 10 standard splits, e.g. 0-9, 0,3 or 0-2."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also run the training-free CLIP mode."),
     train_stale: bool = typer.Option(True, "--train/--no-train", help="Train and evaluate STALE (--no-train: baseline only)."),
-    train_subset: Optional[str] = typer.Option(None, "--train-subset", help="Default: val (THUMOS14), training (ActivityNet)."),
-    test_subset: Optional[str] = typer.Option(None, "--test-subset", help="Default: test (THUMOS14), validation (ActivityNet)."),
-    tiou: Optional[str] = typer.Option(None, "--tiou", help="tIoU thresholds (default: the dataset's)."),
+    train_subset: Optional[str] = typer.Option(
+        None, "--train-subset", help="Annotation subset to train on.",
+        show_default="val (THUMOS14), training (ActivityNet)"),
+    test_subset: Optional[str] = typer.Option(
+        None, "--test-subset", help="Annotation subset to detect and evaluate on.",
+        show_default="test (THUMOS14), validation (ActivityNet)"),
+    tiou: Optional[str] = typer.Option(
+        None, "--tiou", help="tIoU thresholds, as for stale evaluate.", show_default="the dataset's"),
     epochs: Optional[int] = typer.Option(
-        None, "--epochs", help="Training epochs per split (default 15, or more on a small training set so that "
-        "training takes at least 240 steps)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4; the paper's single rate: 1e-5 THUMOS14, 1e-4 ActivityNet)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per training step."),
+        None, "--epochs", help="Training epochs per split.", show_default=EPOCHS_DEFAULT),
+    lr: Optional[float] = LrOption,
+    batch_size: Optional[int] = BatchSizeOption,
     lr_prompt: Optional[float] = LrPromptOption,
     lr_text: Optional[float] = LrTextOption,
     dropout: Optional[float] = DropoutOption,
-    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (same for every split)."),
+    seed: Optional[int] = SeedOption,
     num_snippets: Optional[int] = typer.Option(
-        None, "--num-snippets", help="T, snippets per window (default: the dataset preset's, 256 / 100)."
+        None, "--num-snippets", help="T, snippets per window.", show_default="the dataset preset's, 256 / 100"
     ),
     freeze_text_encoder: bool = FreezeTextOption,
     unseen_as_background: bool = UnseenAsBackgroundOption,
@@ -92,9 +101,11 @@ def zero_shot_command(
     device: str = DeviceOption,
     progress: bool = ProgressOption,
 ) -> None:
-    """Reproduce (or beat) the paper's zero-shot Table 1 row: for each split train on the seen classes, detect
-    the unseen classes on the test subset, evaluate; print mean ± std over the splits, with the training-free
-    baseline. Writes results.json and results.md into the work dir.
+    """Run the paper's zero-shot protocol and print its Table 1 row.
+
+    For each split: train on the seen classes, detect the unseen classes on the test subset, evaluate; then print
+    mean ± std over the splits, with the training-free baseline. Writes results.json and results.md into the
+    work dir.
 
     Example: stale zero-shot --dataset thumos14 --features feats/ --annotations thumos14.json --work-dir zs/
     """

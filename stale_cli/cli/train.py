@@ -9,15 +9,20 @@ from typing import Optional
 import typer
 
 from stale_cli.cli.app import (
+    ClassesFileOption,
+    ClassesOption,
     ClipModelOption,
     ClipWeightsOption,
+    Command,
     DeviceOption,
     ProgressOption,
     MAX_BATCH,
     MAX_COUNT,
     MAX_SEED,
+    OutputOption,
     app,
     check_range,
+    read_class_names,
     resolve_device,
     show_progress,
     stdout,
@@ -28,16 +33,22 @@ from stale_cli.cli.app import (
 
 # Training options `train` and `zero-shot` share, defined once.
 LrPromptOption = typer.Option(
-    None, "--lr-prompt", help="Learning rate of the prompt context and background embedding (default 1e-3).")
+    None, "--lr-prompt", help="Learning rate of the prompt context and background embedding.", show_default="1e-3")
 LrTextOption = typer.Option(
-    None, "--lr-text", help="Learning rate of CLIP's text tower when fine-tuned (default 1e-6).")
-DropoutOption = typer.Option(None, "--dropout", help="Dropout in the head's transformer layers (default 0.1).")
+    None, "--lr-text", help="Learning rate of CLIP's text tower when fine-tuned.", show_default="1e-6")
+DropoutOption = typer.Option(None, "--dropout", help="Dropout in the head's transformer layers.", show_default="0.1")
+LrOption = typer.Option(
+    None, "--lr", help="AdamW learning rate of the head's layers (the paper's single rate: 1e-5 THUMOS14, 1e-4 "
+    "ActivityNet).", show_default="5e-4")
+BatchSizeOption = typer.Option(None, "--batch-size", help="Windows per training step.", show_default="16")
+SeedOption = typer.Option(None, "--seed", help="Random seed of training.", show_default="0")
+EPOCHS_DEFAULT = "15, or more on a small training set so that training takes at least 240 steps"
 FreezeTextOption = typer.Option(
-    True, "--freeze-text-encoder/--tune-text-encoder", help="Keep CLIP's text encoder fixed (default; the prompt "
+    True, "--freeze-text-encoder/--tune-text-encoder", help="Keep CLIP's text encoder fixed (the prompt "
     "context still learns), or fine-tune it as the paper does.")
 UnseenAsBackgroundOption = typer.Option(
     False, "--unseen-as-background", help="Call instances of classes outside the training names background "
-    "(strict open-vocabulary training); default: leave them out of every loss term.")
+    "(strict open-vocabulary training); without it they are left out of every loss term.")
 PromptInitOption = typer.Option(
     "a video of a person", "--prompt-init", help="Hand-made prompt the learned context starts from; '' for the "
     "paper's 16 random vectors.")
@@ -57,35 +68,37 @@ def check_training_options(epochs, lr, batch_size, seed, lr_prompt=None, lr_text
         raise InputError(f"--dropout must be in [0, 1), got {dropout}")
 
 
-@app.command("train")
+@app.command("train", cls=Command)
 def train_command(
     features: Path = typer.Option(..., "--features", help="Directory of <video_id>.npy + .json from extract-features."),
     annotations: Path = typer.Option(..., "--annotations", help="ActivityNet-format annotation JSON."),
-    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint of the best epoch (the last goes to <out>.last.pt)."),
+    output: Path = OutputOption("Checkpoint of the best epoch (the last goes to <output>.last.pt).", required=True,
+                                metavar="FILE"),
     split: Optional[str] = typer.Option(
         None, "--split", help="Zero-shot split, e.g. thumos14/75_25/3: train on its seen classes only."),
-    classes_file: Optional[Path] = typer.Option(
-        None, "--classes-file", help="Train on these classes (one per line). Default: every annotated class."),
+    classes: Optional[str] = ClassesOption,
+    classes_file: Optional[Path] = ClassesFileOption,
     subset: Optional[str] = typer.Option(
-        None, "--subset", help="Annotation subset to train on (default: 'training' if present, THUMOS14: 'val')."),
-    preset: str = typer.Option("thumos14", "--preset", help="thumos14 (windows of 256 snippets) | activitynet13 "
-                               "(whole video resized to 100 snippets; also spelled activitynet)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 15, or more on a small training set so "
-                                         "that training takes at least 240 steps)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate of the head's layers (default 5e-4)."),
+        None, "--subset", help="Annotation subset to train on.",
+        show_default="training (or train) if present, THUMOS14: val"),
+    preset: str = typer.Option("thumos14", "--preset", metavar="thumos14|activitynet13", help="thumos14 (windows "
+                               "of 256 snippets) | activitynet13 (whole video resized to 100 snippets; also "
+                               "spelled activitynet)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs.", show_default=EPOCHS_DEFAULT),
+    lr: Optional[float] = LrOption,
     lr_prompt: Optional[float] = LrPromptOption,
     lr_text: Optional[float] = LrTextOption,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per step (default 16)."),
+    batch_size: Optional[int] = BatchSizeOption,
     window_jitter: Optional[float] = typer.Option(
         None, "--window-jitter", help="Move each training window by up to this fraction of the stride (0-1, "
-        "default 0.5; window mode)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
+        "window mode).", show_default="0.5"),
+    seed: Optional[int] = SeedOption,
     val_fraction: Optional[float] = typer.Option(
-        None, "--val-fraction", help="Share of training videos held out to pick the best epoch (default 0: train "
-        "on all, keep the last epoch)."),
+        None, "--val-fraction", help="Share of training videos held out to pick the best epoch (0: train "
+        "on all, keep the last epoch).", show_default="0"),
     balance_classes: Optional[bool] = typer.Option(
         None, "--balance-classes/--no-balance-classes", help="Draw windows of rare classes more often (repeat "
-        "factor sampling; default on)."),
+        "factor sampling).", show_default="on"),
     dropout: Optional[float] = DropoutOption,
     freeze_text_encoder: bool = FreezeTextOption,
     unseen_as_background: bool = UnseenAsBackgroundOption,
@@ -95,19 +108,20 @@ def train_command(
     device: str = DeviceOption,
     resume: Optional[Path] = typer.Option(
         None, "--resume", help="Continue from this checkpoint up to --epochs. Rerunning the same command does this "
-        "by itself from <out>.last.pt."),
+        "by itself from <output>.last.pt."),
     fresh: bool = typer.Option(
-        False, "--fresh", "--restart", help="Start over even if <out>.last.pt holds a run (it is replaced)."),
+        False, "--fresh", "--restart", help="Start over even if <output>.last.pt holds a run (it is replaced)."),
     progress: bool = ProgressOption,
 ) -> None:
     """Train the STALE head (and CLIP's prompted text encoder) on features of annotated videos.
 
-    Rerunning the same command resumes from <out>.last.pt (an interrupted run goes on where it stopped); a rerun
-    with other settings is refused: pass --fresh to start over, or another --out. Under
+    Rerunning the same command resumes from <output>.last.pt (an interrupted run goes on where it stopped); a rerun
+    with other settings is refused: pass --fresh to start over, or another --output. Under
     `torchrun --nproc-per-node N stale train ...` it trains on N GPUs (or N CPU processes).
 
-    Example: stale train --features feats/ --annotations thumos14.json --split thumos14/75_25/0 --out th75_0.pt
+    Example: stale train --features feats/ --annotations thumos14.json --split thumos14/75_25/0 -o th75_0.pt
     """
+    out = output
     with user_errors():
         from stale_cli import datasets
         from stale_cli.checkpoint import check_checkpoint_path
@@ -116,7 +130,6 @@ def train_command(
         from stale_cli.model.config import ModelConfig
         from stale_cli.guard import OutputGuard
         from stale_cli.train import default_training_subset, last_path_for, select_classes, train
-        from stale_cli.vocab import read_classes_file
 
         spec = datasets.get(preset, "--preset")
         data_cfg = spec.data
@@ -134,16 +147,16 @@ def train_command(
             raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
         train_cfg = dataclasses.replace(spec.train, **overrides)
         # Before CLIP is loaded and anything is trained. --resume is not declared: it is read whole before the first
-        # save, and continuing into the <out>.last.pt it came from is the usual resume.
+        # save, and continuing into the <output>.last.pt it came from is the usual resume.
         guard = OutputGuard()
         guard.input(annotations, f"the annotations file {annotations}")
         guard.input(classes_file, f"the classes file {classes_file}")
         guard.input_if_file(clip_weights, f"the CLIP weights {clip_weights}")
-        guard.output(out, "--out", "the best checkpoint")
-        guard.output(last_path_for(out), "--out", "the last checkpoint")  # <out>.last.pt, written every epoch
+        guard.output(out, "--output", "the best checkpoint")
+        guard.output(last_path_for(out), "--output", "the last checkpoint")  # <output>.last.pt, written every epoch
         check_checkpoint_path(out)
         ann = load_annotations(annotations)
-        names = read_classes_file(classes_file) if classes_file is not None else None
+        names = read_class_names(classes, classes_file, required=False)
         class_names = select_classes(ann, split, names)
         ann = ann.select_subset(subset if subset is not None else default_training_subset(ann))
         dev = resolve_device(device)
@@ -151,7 +164,7 @@ def train_command(
             raise InputError("give either --resume PATH (go on) or --fresh (start over), not both")
         rerun = resume is None and not fresh and last_path_for(out).is_file()
         clip, recorded = None, "random"
-        if rerun:  # the same command again: resume from <out>.last.pt if its settings are these (train() checks)
+        if rerun:  # the same command again: resume from <output>.last.pt if its settings are these (train() checks)
             from stale_cli.clip_backbone import weights_label
 
             resume, recorded = last_path_for(out), weights_label(clip_model, clip_weights)

@@ -1,4 +1,4 @@
-"""Temporal annotations in the ActivityNet format (DESIGN.md §3), for THUMOS14 and ActivityNet 1.3.
+"""Temporal annotations in the ActivityNet format (docs/formats.md), for THUMOS14 and ActivityNet 1.3.
 
     {"database": {video_id: {"subset": str, "duration": float,
                              "annotations": [{"segment": [start_s, end_s], "label": str}, ...]}, ...}}

@@ -1,6 +1,6 @@
 """Annotated videos + their feature files -> a torch Dataset of labelled windows.
 
-Features are those written by ``stale extract-features`` (``<video_id>.npy`` + ``.json`` sidecar, DESIGN.md §3),
+Features are those written by ``stale extract-features`` (``<video_id>.npy`` + ``.json`` sidecar, docs/formats.md),
 found anywhere below the features directory. Annotated videos without a feature file are counted and skipped
 (:class:`VideoSet` reports how many); none at all, or no training window left, is a DataError. Features are kept
 in memory as float16 (as on disk) and each window is cut when it is read.

@@ -14,7 +14,7 @@ Two temporal modes (:class:`DataConfig`):
 Each window carries its :class:`~stale_cli.timeline.Timeline`, the only way between its snippet indices and
 seconds. Used by training and by detection alike, so both see the same snippets.
 
-Label assignment (§3.3, DESIGN.md §4): a snippet whose *centre* lies in ``[start, end)`` of an instance takes that
+Label assignment (§3.3, docs/model.md): a snippet whose *centre* lies in ``[start, end)`` of an instance takes that
 instance's class and, as its column of the ``(T, T)`` mask target, that instance's binary mask (all snippets of
 the window whose centre lies in the instance). An instance shorter than a snippet, containing no centre, gets the
 one snippet holding its midpoint. Where instances overlap, the *shorter* one wins the shared snippets (otherwise
@@ -111,7 +111,7 @@ class Window:
 
 def feature_timeline(meta: FeatureMeta | Mapping, num_rows: int) -> Timeline:
     """Timeline of a feature file's rows: row k is the frame at ``timestamps[0] + k / fps`` (the sidecar's
-    contract), the centre of its snippet. ``meta``: the sidecar (or its JSON object) here and below."""
+    contract, docs/formats.md), the centre of its snippet. ``meta``: the sidecar (or its JSON object) here and below."""
     meta = FeatureMeta.of(meta)
     return Timeline(origin=meta.first_time - 0.5 / meta.fps, step=1.0 / meta.fps, num=num_rows)
 

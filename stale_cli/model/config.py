@@ -1,4 +1,4 @@
-"""Model, loss and training configuration: frozen dataclasses whose defaults are the paper's values (DESIGN.md §4).
+"""Model, loss and training configuration: frozen dataclasses whose defaults are the paper's values (docs/model.md).
 
 Letters: B batch, T snippets, D input feature width, C channels, K classes (+1 background), Q mask queries,
 N context tokens. CLI flags override fields with ``dataclasses.replace``; a checkpoint stores

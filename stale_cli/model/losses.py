@@ -4,7 +4,7 @@ Letters as in stale.py: B batch, T snippets, K classes (+1 background, the last 
 
 Padding (``valid`` False) is excluded from every term, both as a snippet to score and, for the masks, as a row of
 a mask column. So are snippets of instances whose class is outside the training vocabulary (``ignore`` True,
-zero-shot training): they are neither foreground nor background (DESIGN.md §4), since calling them background
+zero-shot training): they are neither foreground nor background (docs/model.md), since calling them background
 would teach the class-agnostic parts (completeness, masks) that unseen actions are background. Each term is a
 mean over what it is defined on; a term with nothing to average over (no foreground in the batch) is an exact
 zero that stays in the autograd graph, never NaN.

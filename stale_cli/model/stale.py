@@ -139,7 +139,7 @@ class VisionLanguageClassifier(nn.Module):
 class MaskLocalizer(nn.Module):
     """Eq. (8), pairwise: M[i, t] = sigmoid(<q_t, k_i> / sqrt(d) + r[i - t] + b), column t = snippet t's mask.
 
-    Departure from Eq. (8) (README "The model"): the paper's head, three 1-D dynamic convolutions emitting Tm
+    Departure from Eq. (8) (docs/model.md): the paper's head, three 1-D dynamic convolutions emitting Tm
     channels at each position, computes column t from F_vis[t-3 .. t+3] alone. F_vis carries no position (no
     positional encoding, by design), so that head is translation-equivariant and local, while its target names
     *absolute* rows: shift a window and the prediction shifts with it but the row indices of the target do not.

@@ -11,13 +11,16 @@
     return "hsla(" + hue(k).toFixed(1) + ",62%,46%," + alpha.toFixed(3) + ")";
   }
 
-  function clock(t, digits) {
-    t = Math.max(0, t);
-    const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60);
-    let s = (t % 60).toFixed(digits);
-    if (s.length < (digits ? 3 + digits : 2)) s = "0" + s;
-    return (h ? h + ":" + String(m).padStart(2, "0") : String(m)) + ":" + s;
+  // Seconds -> h:mm:ss.s, tenths rounded half up: the same text as stale_cli.outputs.clock (tested to agree).
+  function clock(t) {
+    if (!Number.isFinite(t)) return "-:--:--.-";
+    let tenths = Math.floor(Math.max(0, t) * 10 + 0.5);
+    const h = Math.floor(tenths / 36000); tenths -= h * 36000;
+    const m = Math.floor(tenths / 600); tenths -= m * 600;
+    const s = Math.floor(tenths / 10);
+    return h + ":" + String(m).padStart(2, "0") + ":" + String(s).padStart(2, "0") + "." + (tenths - s * 10);
   }
+  window.staleClock = clock;
 
   function bytes(b64) {
     const bin = atob(b64), out = new Uint8Array(bin.length);
@@ -66,6 +69,8 @@
   }
 
   const SHADES = 10;  // bars are drawn in this many score shades, one path per (shade, class)
+  const SUBROW_H = 9;  // px, each sub-row of alternatives under a lane's kept segments
+  const MAX_SUBROWS = 8;  // alternatives past this many rows share the row that frees first
   const TICKS = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
 
   class VideoReport {
@@ -78,8 +83,14 @@
       const n = d.segments.length;
       this.n = n;
       this.k = new Int32Array(n); this.s = new Float64Array(n); this.e = new Float64Array(n);
-      this.score = new Float64Array(n);
-      d.segments.forEach((g, i) => { this.k[i] = g[0]; this.s[i] = g[1]; this.e[i] = g[2]; this.score[i] = g[3]; });
+      this.score = new Float64Array(n); this.parent = new Int32Array(n);
+      d.segments.forEach((g, i) => {
+        this.k[i] = g[0]; this.s[i] = g[1]; this.e[i] = g[2]; this.score[i] = g[3];
+        this.parent[i] = g.length > 4 ? g[4] : i;
+      });
+      // Kept segments lead; an overlapping alternative (parent: the kept one it overlaps) shows only with "all".
+      this.kept = 0;
+      for (let i = 0; i < n; i++) if (this.parent[i] === i) this.kept++;
       this.byClass = Array.from({ length: this.K }, () => []);
       for (let i = 0; i < n; i++) this.byClass[this.k[i]].push(i);
       this.curves = null;
@@ -89,13 +100,18 @@
         const times = c.times ? Float64Array.from(c.times) : Float64Array.from({ length: T }, (_, i) => c.t0 + i * c.step);
         this.curves = pyramid(times, values);
       }
-      this.minScore = 0; this.view = [0, this.duration]; this.time = 0; this.selected = -1;
-      this.sortKey = "start"; this.sortDir = 1;
+      // The table opens best first, at the score floor the detections were reduced with.
+      this.minScore = PAGE.floor || 0; this.showAll = false;
+      this.view = [0, this.duration]; this.time = 0; this.selected = -1;
+      this.sortKey = "score"; this.sortDir = -1;
       this.video = q("video.player");
       this.canvas = q("canvas.lanes"); this.axis = q("canvas.axis"); this.plot = q(".plot");
       this.playhead = q(".playhead"); this.tip = q(".tip"); this.clockEl = q(".clock");
       this.rows = q(".rows"); this.spacer = q(".spacer"); this.emptyEl = q(".empty"); this.shownEl = q(".shown");
       this.slider = q("input.min-score"); this.sliderOut = q("output.min-score-value");
+      this.slider.value = this.minScore; this.sliderOut.textContent = this.minScore.toFixed(2);
+      this.allBox = q("input.show-all"); this.laneEls = [...section.querySelectorAll(".lane")];
+      this.layout();
       this.pool = [];
       section.querySelectorAll(".lane").forEach((el, k) => { el.querySelector(".swatch").style.background = colour(k, 0.9); });
       this.sortRows();
@@ -106,7 +122,51 @@
 
     // ---- time <-> pixels ------------------------------------------------------------------------------------
     width() { return this.canvas.clientWidth || 1; }
-    laneH() { return this.canvas.clientHeight / Math.max(this.K, 1); }
+    baseH() { return parseFloat(getComputedStyle(this.section).getPropertyValue("--lane-h")) || 26; }
+    laneH() { return this.baseH(); }  // a lane without sub-rows
+    laneTop(k) { return this.tops[k]; }
+    visible(i) { return this.score[i] >= this.minScore && (this.showAll || this.parent[i] === i); }
+
+    // Sub-rows: each shown segment's row within its class lane, so that overlapping segments of one class read as
+    // stacked choices rather than as one chopped bar. Kept segments come first (row 0 unless they overlap each
+    // other), with "all" their alternatives below them; each goes to the first row free at its start, in order
+    // of start. A lane is as tall as its rows need.
+    layout() {
+      this.row = new Int32Array(this.n);
+      const depth = new Int32Array(this.K).fill(1), first = new Int32Array(this.K);
+      const pack = (list) => {
+        const ends = Array.from({ length: this.K }, () => []);  // per class: end time of each row of this pack
+        list.sort((i, j) => this.s[i] - this.s[j]);
+        for (const i of list) {
+          const k = this.k[i], rows = ends[k];
+          let r = rows.findIndex((end) => end <= this.s[i]);
+          if (r < 0) r = rows.length < MAX_SUBROWS ? rows.length : rows.indexOf(Math.min(...rows));
+          rows[r] = Math.max(rows[r] || 0, this.e[i]);
+          this.row[i] = first[k] + r;
+          depth[k] = Math.max(depth[k], first[k] + r + 1);
+        }
+      };
+      const kept = [], rest = [];
+      for (let i = 0; i < this.n; i++) if (this.visible(i)) (this.parent[i] === i ? kept : rest).push(i);
+      pack(kept);
+      for (let k = 0; k < this.K; k++) first[k] = depth[k];
+      if (this.showAll) pack(rest);
+      const base = this.baseH();
+      this.depth = depth; this.tops = new Float64Array(this.K + 1); this.heights = new Float64Array(this.K);
+      for (let k = 0; k < this.K; k++) {
+        this.heights[k] = base + (depth[k] - 1) * SUBROW_H;
+        this.tops[k + 1] = this.tops[k] + this.heights[k];
+        if (this.laneEls[k]) this.laneEls[k].style.height = this.heights[k] + "px";
+      }
+      this.layerKey = null;
+    }
+
+    // The bar of segment i: [y, height] in CSS pixels.
+    barY(i) {
+      const base = this.baseH(), pad = Math.round(base * 0.28), h = base - 2 * pad, top = this.tops[this.k[i]];
+      const r = this.row[i];
+      return r === 0 ? [top + pad, h] : [top + pad + h + 2 + (r - 1) * SUBROW_H, SUBROW_H - 3];
+    }
     toX(t) { return (t - this.view[0]) * this.width() / (this.view[1] - this.view[0]); }
     toT(x) { return this.view[0] + x * (this.view[1] - this.view[0]) / this.width(); }
 
@@ -127,8 +187,7 @@
     // ---- drawing --------------------------------------------------------------------------------------------
     draw() {
       const dpr = window.devicePixelRatio || 1, W = this.width();
-      const laneH = parseFloat(getComputedStyle(this.section).getPropertyValue("--lane-h")) || 26;
-      const H = laneH * this.K;
+      const laneH = this.baseH(), H = this.tops[this.K];
       this.canvas.style.height = H + "px";
       for (const [cv, h] of [[this.canvas, H], [this.axis, this.axis.clientHeight]]) {
         const w = Math.round(W * dpr), hh = Math.round(h * dpr);
@@ -137,19 +196,19 @@
       const ctx = this.canvas.getContext("2d");
       // Lanes and curves are one pixel layer, kept while the view and size stay (the slider and selection
       // redraw only the bars); the bars go over it.
-      const key = [this.view[0], this.view[1], this.canvas.width, this.canvas.height, laneH].join();
-      if (!this.layer || this.layerKey !== key) { this.layer = this.curveLayer(ctx, dpr, laneH); this.layerKey = key; }
+      const key = [this.view[0], this.view[1], this.canvas.width, this.canvas.height, laneH, ...this.depth].join();
+      if (!this.layer || this.layerKey !== key) { this.layer = this.curveLayer(ctx, dpr); this.layerKey = key; }
       ctx.setTransform(1, 0, 0, 1, 0, 0);
       ctx.putImageData(this.layer, 0, 0);
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
       // Bars take the middle of the lane so the curve shows above and below them; an outline separates overlaps.
       // One path per (score shade, class), shades drawn lowest first: the best of overlapping bars is on top.
-      const [a, b] = this.view, sx = W / (b - a), pad = Math.round(laneH * 0.28), h = laneH - 2 * pad;
+      const [a, b] = this.view, sx = W / (b - a);
       const fills = new Map(), edges = new Map();
       for (let i = 0; i < this.n; i++) {
-        if (this.score[i] < this.minScore || this.e[i] < a || this.s[i] > b) continue;
+        if (!this.visible(i) || this.e[i] < a || this.s[i] > b) continue;
         // Whole device pixels: axis-aligned rectangles then fill without anti-aliasing, the fast path.
-        const x0 = Math.round((this.s[i] - a) * sx * dpr) / dpr, y = this.k[i] * laneH + pad;
+        const x0 = Math.round((this.s[i] - a) * sx * dpr) / dpr, [y, h] = this.barY(i);
         const x1 = Math.max(Math.round((this.e[i] - a) * sx * dpr) / dpr, x0 + 2);
         const key = Math.min(Math.floor(this.score[i] * SHADES), SHADES - 1) * this.K + this.k[i];
         if (!fills.has(key)) { fills.set(key, new Path2D()); edges.set(key, new Path2D()); }
@@ -162,10 +221,11 @@
         ctx.fillStyle = colour(k, 0.15 + 0.85 * shade); ctx.fill(fills.get(key));
         ctx.strokeStyle = colour(k, 0.9); ctx.stroke(edges.get(key));
       }
-      if (this.selected >= 0 && this.score[this.selected] >= this.minScore) {
+      if (this.selected >= 0 && this.visible(this.selected)) {
         const i = this.selected, x0 = (this.s[i] - a) * sx, x1 = Math.max((this.e[i] - a) * sx, x0 + 2);
+        const [y, h] = this.barY(i);
         ctx.strokeStyle = "#111"; ctx.lineWidth = 2;
-        ctx.strokeRect(x0, this.k[i] * laneH + pad - 1, x1 - x0, laneH - 2 * pad + 2);
+        ctx.strokeRect(x0, y - 1, x1 - x0, h + 2);
       }
       this.drawAxis(dpr, W);
     }
@@ -174,11 +234,13 @@
     // device resolution: one value per pixel column (the max of the rows in it, read from the pyramid level with
     // about one row per column; interpolated between rows when zoomed in further). Canvas paths of thousands of
     // anti-aliased vertices cost 25 ms a frame to rasterise on a 2-hour video; this costs about a millisecond.
-    curveLayer(ctx, dpr, laneH) {
+    // Heights are on a square-root scale (SQRT[byte]): a score of 0.1 reaches a third of the lane, so the low
+    // scores where most detections of the training-free mode live are read, not guessed.
+    curveLayer(ctx, dpr) {
       const Wd = this.canvas.width, Hd = this.canvas.height, img = ctx.createImageData(Wd, Hd);
       const px = new Uint32Array(img.data.buffer), white = rgba(255, 255, 255), stripe = rgba(248, 249, 251);
-      const laneD = laneH * dpr;
-      for (let y = 0; y < Hd; y++) px.fill(Math.floor(y / laneD) % 2 ? stripe : white, y * Wd, (y + 1) * Wd);
+      const laneOf = (y) => lowerBound(this.tops, y / dpr + 1e-9) - 1;
+      for (let y = 0; y < Hd; y++) px.fill(laneOf(y + 0.5) % 2 ? stripe : white, y * Wd, (y + 1) * Wd);
       if (!this.curves) return img;
       const [a, b] = this.view, dt = (b - a) / Wd;
       const level = this.curves[Math.min(Math.floor(Math.log2(Math.max(
@@ -199,13 +261,13 @@
           col[c] = best;
         }
         const bg = k % 2 ? [248, 249, 251] : [255, 255, 255], rgb = hslRgb(k);
-        const area = rgba(...rgb.map((x, n) => Math.round(bg[n] + (x - bg[n]) * 0.18)));
+        const area = rgba(...rgb.map((x, n) => Math.round(bg[n] + (x - bg[n]) * 0.34)));
         const edge = rgba(...rgb.map((x) => Math.round(x * 0.62)));
-        const base = Math.round((k + 1) * laneD) - 1, amp = (laneD - 3 * dpr) / 255;
+        const base = Math.round(this.tops[k + 1] * dpr) - 1, amp = this.heights[k] * dpr - 3 * dpr;
         let prevTop = -1;
         for (let c = 0; c < Wd; c++) {
           if (col[c] < 0) { prevTop = -1; continue; }
-          const top = Math.round(base - col[c] * amp);
+          const top = Math.round(base - Math.sqrt(col[c] / 255) * amp);
           for (let y = top + 1; y <= base; y++) px[y * Wd + c] = area;
           const y0 = prevTop < 0 ? top : Math.min(top, prevTop + 1), y1 = prevTop < 0 ? top : Math.max(top, prevTop - 1);
           for (let y = y0; y <= y1 + (dpr > 1 ? 1 : 0); y++) px[y * Wd + c] = edge;
@@ -226,7 +288,7 @@
       for (let t = Math.ceil(a / step) * step; t <= b; t += step) {
         const x = Math.round(this.toX(t)) + 0.5;
         ctx.beginPath(); ctx.moveTo(x, H - 6); ctx.lineTo(x, H); ctx.stroke();
-        ctx.fillText(clock(t, step < 1 ? 1 : 0), x + 3, H / 2 - 2);
+        ctx.fillText(clock(t), x + 3, H / 2 - 2);
       }
     }
 
@@ -245,7 +307,7 @@
         this.setView(t - 0.1 * span, t + 0.9 * span);
       }
       this.placePlayhead();
-      this.clockEl.textContent = clock(t, 1) + " / " + clock(this.duration, 1);
+      this.clockEl.textContent = clock(t) + " / " + clock(this.duration);
       this.markNow();
     }
 
@@ -314,20 +376,21 @@
 
     // ---- hit testing ----------------------------------------------------------------------------------------
     hit(x, y) {
-      const k = Math.floor(y / this.laneH());
+      const k = lowerBound(this.tops, y + 1e-9) - 1;
       if (k < 0 || k >= this.K) return -1;
       const t = this.toT(x), tol = 3 * (this.view[1] - this.view[0]) / this.width();
-      let found = -1;
+      let found = -1, near = Infinity;
       for (const i of this.byClass[k]) {
-        if (this.score[i] < this.minScore || t < this.s[i] - tol || t > this.e[i] + tol) continue;
-        if (found < 0 || this.score[i] > this.score[found]) found = i;
+        if (!this.visible(i) || t < this.s[i] - tol || t > this.e[i] + tol) continue;
+        const [by, bh] = this.barY(i), off = y < by ? by - y : y > by + bh ? y - by - bh : 0;  // its sub-row first
+        if (off < near || (off === near && this.score[i] > this.score[found])) { found = i; near = off; }
       }
       return found;
     }
 
     showTip(i, x, y) {
       if (i < 0) { this.tip.hidden = true; return; }
-      this.tip.textContent = PAGE.classes[this.k[i]] + "  " + clock(this.s[i], 2) + " – " + clock(this.e[i], 2) +
+      this.tip.textContent = PAGE.classes[this.k[i]] + "  " + clock(this.s[i]) + " – " + clock(this.e[i]) +
         "  score " + this.score[i].toFixed(3);
       this.tip.hidden = false;
       const w = this.tip.offsetWidth, W = this.plot.clientWidth;
@@ -340,16 +403,26 @@
       const key = { label: (i) => PAGE.classes[this.k[i]], start: (i) => this.s[i], end: (i) => this.e[i],
         score: (i) => this.score[i] }[this.sortKey];
       const dir = this.sortDir;
+      const leads = [], under = new Map();  // with "all": each kept segment's alternatives right under it
+      for (let i = 0; i < this.n; i++) {
+        if (!this.visible(i)) continue;
+        const p = this.parent[i];
+        if (p === i || p < 0 || !this.visible(p)) leads.push(i);
+        else { if (!under.has(p)) under.set(p, []); under.get(p).push(i); }
+      }
+      leads.sort((i, j) => { const a = key(i), b = key(j); return (a < b ? -1 : a > b ? 1 : this.s[i] - this.s[j]) * dir; });
       const idx = [];
-      for (let i = 0; i < this.n; i++) if (this.score[i] >= this.minScore) idx.push(i);
-      idx.sort((i, j) => { const a = key(i), b = key(j); return (a < b ? -1 : a > b ? 1 : this.s[i] - this.s[j]) * dir; });
+      for (const i of leads) {
+        idx.push(i);
+        if (under.has(i)) idx.push(...under.get(i).sort((p, q) => this.score[q] - this.score[p]));
+      }
       this.order = idx;
       this.section.querySelectorAll(".thead button").forEach((btn) => {
         btn.setAttribute("aria-sort", btn.dataset.key === this.sortKey ? (dir > 0 ? "ascending" : "descending") : "none");
       });
       this.spacer.style.height = idx.length * ROW_H + "px";
       this.emptyEl.hidden = idx.length > 0;
-      this.shownEl.textContent = idx.length + " of " + this.n + " segments shown";
+      this.shownEl.textContent = idx.length + " of " + (this.showAll ? this.n : this.kept) + " segments shown";
       this.renderRows();
     }
 
@@ -373,11 +446,12 @@
         row.style.display = ""; row.style.top = r * ROW_H + "px"; row.dataset.seg = i;
         row.classList.toggle("selected", i === this.selected);
         row.classList.toggle("now", this.s[i] <= this.time && this.time < this.e[i]);
+        row.classList.toggle("alt", this.parent[i] !== i);
         cells[0].querySelector(".dot").style.background = colour(this.k[i], 0.9);
         cells[0].querySelector("b").textContent = PAGE.classes[this.k[i]];
         cells[0].title = PAGE.classes[this.k[i]];
-        cells[1].textContent = clock(this.s[i], 2);
-        cells[2].textContent = clock(this.e[i], 2);
+        cells[1].textContent = clock(this.s[i]);
+        cells[2].textContent = clock(this.e[i]);
         cells[3].querySelector("em").textContent = this.score[i].toFixed(3);
         cells[3].querySelector(".scorebar").style.width = Math.round(28 * this.score[i]) + "px";
       });
@@ -389,8 +463,16 @@
       this.slider.addEventListener("input", () => {
         this.minScore = parseFloat(this.slider.value);
         this.sliderOut.textContent = this.minScore.toFixed(2);
+        this.layout();
         this.sortRows();
         this.draw();
+      });
+      this.allBox.addEventListener("change", () => {
+        this.showAll = this.allBox.checked;
+        this.layout();
+        this.sortRows();
+        this.draw();
+        this.placePlayhead();
       });
       this.section.querySelectorAll(".thead button").forEach((btn) => btn.addEventListener("click", () => {
         if (this.sortKey === btn.dataset.key) this.sortDir = -this.sortDir;
