@@ -19,6 +19,10 @@ parallel work while a decord VideoReader is open), while PyAV's stays flat (1.46
 faster of the two on that file. A truncated or corrupt file yields what is
 decodable, with a warning; no decodable frame at all raises :class:`~stale_cli.errors.DecodeError`.
 
+Timestamps that jump back by more than half a second (two files joined with ``cat a.ts b.ts``) restart the
+timeline: the frames after the jump follow those before it, one frame step later, as a player shows them, with a
+warning. A smaller step back (a frame or two out of order in a damaged file) keeps the time of the frame before.
+
 Orientation: a phone video is usually stored landscape with a display matrix saying how to turn it (PyAV reports
 ``frame.rotation == 90`` for a portrait clip). Frames are turned as a player shows them (rotation by a multiple of
 90 degrees, then a left-right mirror where the matrix has one) *before* the resize, so CLIP sees people upright;
@@ -55,6 +59,9 @@ log = logging.getLogger(__name__)
 
 EPS = 1e-6  # seconds: timestamps closer than this count as equal (pts are exact rationals; k / fps is a float)
 DECODE_GROUP = 8  # full-resolution frames held at once before they are resized
+# seconds: timestamps going back by more than this (and two frame steps) restart the timeline (joined files);
+# less is a frame or two out of order, shown at the time of the frame before
+BACKWARD_JUMP = 0.5
 
 
 @dataclass
@@ -370,6 +377,7 @@ class FrameSampler:
             pending = []  # [(k, t, av.VideoFrame)] waiting to be converted and resized as a group
             t0 = None
             last_t, last_dur, count = 0.0, None, 0
+            shift = 0.0  # seconds added to the timestamps after each jump back
             converted = {}  # frame number -> resized tensor, so a frame picked by several samples is converted once
             orientation = Orientation()
 
@@ -397,9 +405,18 @@ class FrameSampler:
                         t0 = t
                         self.info.start_time = t0
                         orientation = self.info.orientation = frame_orientation(frame)
-                    t = t - t0
-                    if t < last_t:  # out-of-order timestamps in a broken file: keep display order
-                        t = last_t
+                    t = t - t0 + shift
+                    if t < last_t:
+                        step = last_dur or (1.0 / rate if rate else 1.0 / self.fps)
+                        if t < last_t - max(2 * step, BACKWARD_JUMP):
+                            # Timestamps restart (files joined with `cat a.ts b.ts`): the frames that follow are
+                            # shown after those before, as a player shows them, one frame step later.
+                            shift += last_t + step - t
+                            self._warn(f"timestamps jump back by {last_t - t:.2f} s at {last_t:.2f} s (joined "
+                                       "files?); the frames after it are taken in file order")
+                            t = last_t + step
+                        else:  # a frame or two out of order in a broken file: keep display order
+                            t = last_t
                     last_t = t
                     last_dur = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else None
                     for s in selector.push(t, (count, frame)):
