@@ -43,6 +43,7 @@ from stale_cli.errors import CheckpointError, DataError, InputError, ResourceErr
 from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, read_features, source_identity, write_features
 from stale_cli.outputs import Segment, VideoDetections
 from stale_cli.postprocess import DetectConfig
+from stale_cli.text import unicode_name
 from stale_cli.vocab import class_to_text
 
 log = logging.getLogger(__name__)
@@ -394,7 +395,7 @@ class Detector:
         self, path: Path, video_id: Optional[str] = None, progress: Optional[Callable[[int], None]] = None
     ) -> VideoDetections:
         """Segments of one input file (video or feature file); ``video_id`` defaults to the file stem."""
-        video_id = video_id or path.stem
+        video_id = video_id or unicode_name(path.stem)
         feats, meta = self.load_input(path, video_id, progress)
         return self.detect_features(feats, meta, video_id=video_id, source=str(path))
 

@@ -41,6 +41,7 @@ from stale_cli.errors import DecodeError, InputError, ResourceError, StaleError
 from stale_cli.fileio import (MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable, source_identity, source_mismatch,
                               write_features)
 from stale_cli.locks import OutputLock
+from stale_cli.text import unicode_name
 from stale_cli.video import FrameSampler, VideoInfo, num_samples, probe_header
 
 log = logging.getLogger(__name__)
@@ -396,16 +397,21 @@ def extract_video(
 def video_ids(paths: Sequence[Path]) -> list[str]:
     """Output name of each input: its stem, or, where several inputs share a stem, ``stem-<8 hex>`` from a hash of
     the absolute path, so that no two inputs of a batch write the same file."""
-    stems = [Path(p).stem for p in paths]
+    stems = [input_id(p) for p in paths]
     counts: dict = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
     return [s if counts[s] == 1 else hashed_id(p) for s, p in zip(stems, paths)]
 
 
+def input_id(path: Path) -> str:
+    """An input's name in outputs: its stem, with bytes that are not UTF-8 written as ``\\xNN``."""
+    return unicode_name(Path(path).stem)
+
+
 def hashed_id(path: Path) -> str:
     """``stem-<8 hex>``: the name of an input whose stem another input (of this run or an earlier one) has."""
-    return f"{Path(path).stem}-{zlib.crc32(str(Path(path).resolve()).encode('utf-8')):08x}"
+    return f"{input_id(path)}-{zlib.crc32(os.fsencode(Path(path).resolve())):08x}"
 
 
 def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
@@ -449,7 +455,7 @@ def plan_features(path: Path, vid: str, out_dir: Path, fps: float, clip, overwri
     "absent", with a ``warn`` line); "other-settings" files are never replaced unless ``overwrite``.
     """
     state, why = _finished(out_dir / f"{vid}.npy", path, fps, clip)
-    if state == "other-source" and vid == path.stem:
+    if state == "other-source" and vid == input_id(path):
         warn(f"{path}: {vid}.npy in {out_dir} holds another video's features ({why}); writing this one as "
              f"{hashed_id(path)}.npy")
         vid = hashed_id(path)
@@ -528,7 +534,7 @@ def extract_many(
     summary = ExtractSummary()
     todo, todo_ids = [], []
     for path, vid in zip(paths, ids):
-        if vid != path.stem:
+        if vid != input_id(path):
             on_warning(f"{path}: another input has the same name; writing it as {vid}.npy")
         vid, state, why = plan_features(path, vid, out_dir, fps, clip, overwrite, on_warning)
         if guard is not None and state == "absent":

@@ -217,8 +217,11 @@ def check_file_writable(path: Path, label: str) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` as UTF-8; bytes of file names that are not UTF-8 in it are written as ``\\xNN``."""
+    from stale_cli.text import unicode_name
+
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(unicode_name(text), encoding="utf-8")
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

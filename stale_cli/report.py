@@ -67,14 +67,18 @@ def script_json(obj) -> str:
 def relative_src(source: str | os.PathLike, report_dir: str | os.PathLike) -> str:
     """URL of ``source`` relative to the directory of the report (each path part percent-encoded).
 
-    Where no relative path exists (another drive on Windows) it is an absolute ``file://`` URL.
+    The path is made from both absolute paths as given, symbolic links not followed: the browser resolves the URL
+    against the report's own address the same way, so a report written through a symlinked folder finds the video
+    (made from resolved paths, ``../`` climbs out of the link's target instead). A file name that is not UTF-8 is
+    encoded from its bytes (``caf%E9.mp4``). Where no relative path exists (another drive on Windows) it is an
+    absolute ``file://`` URL.
     """
-    target = Path(source).resolve()
+    target = os.path.abspath(source)
     try:
-        rel = os.path.relpath(target, Path(report_dir).resolve())
+        rel = os.path.relpath(target, os.path.abspath(report_dir))
     except ValueError:
-        return target.as_uri()
-    return "/".join(quote(part) for part in Path(rel).parts)
+        return Path(target).as_uri()
+    return "/".join(quote(os.fsencode(part)) for part in Path(rel).parts)
 
 
 def curve_payload(times: Optional[np.ndarray], scores: Optional[np.ndarray], num_classes: int) -> Optional[dict]:

@@ -16,11 +16,13 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.segment import Segment
 from rich.text import Text
 from typer.core import TyperGroup
 
 from stale_cli import CLIP_WEIGHTS_ENV, __version__
 from stale_cli.errors import StaleError
+from stale_cli.text import terminal_text
 
 # click's exceptions, wherever this Typer takes click from (its own vendored copy, or the click package)
 _click_errors = sys.modules[typer.BadParameter.__module__]
@@ -79,6 +81,14 @@ STATUS_BROKEN_PIPE = 128 + 13  # SIGPIPE: the reader of stdout went away (`stale
 
 
 class _Console(Console):
+    def _render_buffer(self, buffer) -> str:
+        """User text (file, class and label names) printed escaped: control characters as ``\\xNN``, so a name
+        cannot drive the terminal, and bytes of file names that are not UTF-8 as ``\\xNN``, which any stream
+        takes. rich's own control segments (cursor moves) pass untouched."""
+        return super()._render_buffer(
+            Segment(terminal_text(text), style, control) if not control else Segment(text, style, control)
+            for text, style, control in buffer)
+
     def on_broken_pipe(self) -> None:
         """Rich's default ends the run with status 1, the status of a user error; end it as SIGPIPE would."""
         self.quiet = True
@@ -130,18 +140,18 @@ QUIET = False  # -q: only error lines on stderr (results still go to stdout)
 
 
 def error(message: str) -> None:
-    stderr.print(Text.assemble(("error:", "bold red"), " ", str(message)))
+    stderr.print(Text.assemble(("error:", "bold red"), " ", terminal_text(str(message))))
 
 
 def warning(message: str) -> None:
     if not QUIET:
-        stderr.print(Text.assemble(("warning:", "yellow"), " ", str(message)))
+        stderr.print(Text.assemble(("warning:", "yellow"), " ", terminal_text(str(message))))
 
 
 def info(message: str) -> None:
     """A line for the person at the terminal (a summary, where outputs went) on stderr; none under ``-q``."""
     if not QUIET:
-        stderr.print(str(message), highlight=False)
+        stderr.print(terminal_text(str(message)), highlight=False)
 
 
 def wrote(path, what: str = "") -> None:

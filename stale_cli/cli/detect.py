@@ -51,10 +51,12 @@ class _Progress:
             return
         from tqdm import tqdm
 
+        from stale_cli.text import terminal_text
         from stale_cli.video import num_samples, probe_header
 
         _, end = probe_header(path)
         name = path.name if self.count == 1 else f"video {self.position.get(path, 0) + 1}/{self.count} {path.name}"
+        name = terminal_text(name)  # tqdm writes it to the terminal as it is
         self.bar = tqdm(total=num_samples(end, self.fps) if end else None, desc=name, unit="frame",
                         file=stderr.file, dynamic_ncols=True, leave=False)
 
@@ -173,7 +175,7 @@ def detect(
         out_format = resolve_format(None if to_stdout else output, fmt)
 
         from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
-        from stale_cli.extract import video_ids
+        from stale_cli.extract import input_id, video_ids
         from stale_cli.guard import OutputGuard
         from stale_cli.inputs import one_per_video
         from stale_cli.report import ReportWriter
@@ -186,7 +188,7 @@ def detect(
         paths = one_per_video(paths, note)
         ids = video_ids(paths)
         for path, vid in zip(paths, ids):
-            if vid != path.stem:
+            if vid != input_id(path):
                 warning(f"{path}: another input has the same name; its detections are named {vid}")
         writer = ResultWriter(output, out_format, {}, console=stdout, num_inputs=len(paths), order=ids)
 
