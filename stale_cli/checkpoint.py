@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,46 @@ def is_stale_checkpoint(path: str | Path) -> bool:
     return isinstance(ckpt, dict) and ckpt.get("format") == FORMAT
 
 
+# What a checkpoint may hold, checked before anything is built from it, as a feature sidecar is: each config field
+# of the type of its default, finite, in these bounds (far beyond any real model: the paper's has 256 snippets, 20
+# queries, 2 layers; low enough that a crafted file cannot make stale allocate without end). The sizes are then
+# held against the state dict's shapes on a model built without memory (:func:`load_weights`).
+MAX_SNIPPETS = 4096
+MAX_CLASSES = 100_000
+_BIG = 1 << 20
+_LIMITS = {
+    "model config": dict(
+        feature_dim=(1, 16384), embed_dim=(1, 16384), num_snippets=(2, MAX_SNIPPETS), encoder_layers=(0, 64),
+        num_heads=(1, 1024), ffn_dim=(1, 65536), dropout=(0, 1), context_tokens=(0, 1024), context_init_std=(0, 100),
+        num_queries=(1, 4096), decoder_layers=(0, 64), theta_bin=(0, 1), alpha_init=(-100, 100), mask_dim=(1, 16384),
+        dynconv_kernels=(1, 256), dynconv_kernel_size=(1, 255), dynconv_temperature=(1e-6, 1e6), theta_c=(0, 1),
+        theta_m=(0, 1), consistency_topk=(1, MAX_SNIPPETS)),
+    "loss config": dict(weight_cls=(0, 1e6), weight_mask=(0, 1e6), dice_weight=(0, 1e6), weight_comp=(0, 1e6),
+                        weight_const=(0, 1e6)),
+    "data config": dict(num_snippets=(2, MAX_SNIPPETS), overlap=(0, 0.999), empty_window_keep=(0, 1), jitter=(0, 1),
+                        max_snippet_seconds=(1e-3, 1e6), video_mean=(0, 1)),
+    "detect config": dict(theta_c=(0, 1), thetas=(0, 1), mask_weight=(0, 1), prior_weight=(0, 1),
+                          max_candidates=(1, _BIG), nms_sigma=(1e-6, 1e6), pre_nms_top_n=(1, _BIG), top_k=(1, _BIG),
+                          min_score=(0, 1), fragment_weight=(0, 1)),
+}
+MAX_THETAS = 100
+
+
+def _bad(path: Path, what: str, expected: str, value) -> CheckpointError:
+    shown = repr(value) if not isinstance(value, (dict, list, tuple)) else type(value).__name__
+    return CheckpointError(f"{path}: bad checkpoint: {what} must be {expected}, got {shown[:80]}; it is damaged or "
+                           "was not written by `stale train`")
+
+
+def _number(path: Path, what: str, value, kind: type, lo, hi):
+    """``value`` checked to be a finite ``kind`` (int, or float accepting ints) in [lo, hi]."""
+    noun = "an integer" if kind is int else "a number"
+    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and lo <= value <= hi):
+        raise _bad(path, what, f"{noun} in [{lo:g}, {hi:g}]", value)
+    return kind(value)
+
+
 def _config(cls, d, name: str, path: Path):
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: checkpoint has no {name}")
@@ -134,10 +175,59 @@ def _config(cls, d, name: str, path: Path):
     unknown = sorted(set(d) - names)
     if unknown:
         raise CheckpointError(f"{path}: {name} has fields {unknown} this version of stale does not know; upgrade stale")
+    limits = _LIMITS.get(name, {})
+    checked = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        value, default, what = d[f.name], f.default, f"{name} {f.name}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise _bad(path, what, "true or false", value)
+        elif isinstance(default, (int, float)):
+            value = _number(path, what, value, type(default), *limits.get(f.name, (-math.inf, math.inf)))
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise _bad(path, what, "a string", value)
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_THETAS:
+                raise _bad(path, what, f"a list of 1 to {MAX_THETAS} numbers", value)
+            value = tuple(_number(path, what, v, float, *limits.get(f.name, (-math.inf, math.inf))) for v in value)
+        checked[f.name] = value
     try:
-        return cls(**d)
+        return cls(**checked)
     except (TypeError, StaleError) as e:
         raise CheckpointError(f"{path}: bad {name} ({e})") from None
+
+
+def _check_top_level(ckpt: dict, path: Path) -> None:
+    """The fields beside the configs: class names, feature rate and width, CLIP names, epoch, extra."""
+    from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS
+
+    names = ckpt.get("class_names")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise _bad(path, "class_names", "a list of names", names)
+    if not names:
+        raise CheckpointError(f"{path}: checkpoint has no class names")
+    if len(names) > MAX_CLASSES:
+        raise _bad(path, "class_names", f"at most {MAX_CLASSES} names", f"{len(names)} names")
+    _number(path, "feature_fps", ckpt.get("feature_fps"), float, MIN_FEATURE_FPS, MAX_FEATURE_FPS)
+    _number(path, "feature_dim", ckpt.get("feature_dim"), int, *_LIMITS["model config"]["feature_dim"])
+    _number(path, "epoch", ckpt.get("epoch", 0), int, 0, _BIG)
+    for key in ("clip_model", "clip_weights"):
+        if not isinstance(ckpt.get(key), str):
+            raise _bad(path, key, "a string", ckpt.get(key))
+    if not isinstance(ckpt.get("clip_activation", ""), (str, type(None))):
+        raise _bad(path, "clip_activation", "a string", ckpt.get("clip_activation"))
+    if not isinstance(ckpt.get("extra") or {}, dict):
+        raise _bad(path, "extra", "a dict", ckpt.get("extra"))
+    state = ckpt["state_dict"]
+    for key, tensor in state.items():
+        if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
+            raise _bad(path, "the state dict", "names of tensors", key)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: checkpoint weight {key} holds NaN or infinite values: the model would "
+                                  "detect nothing; use an earlier checkpoint of the run (<out>.last.pt) or train again")
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
@@ -161,9 +251,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
         )
     if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path}: checkpoint has no state dict")
+    _check_top_level(ckpt, path)
     from stale_cli.clip_backbone import activation_problem, recorded_activation
 
-    clip_model, clip_weights = str(ckpt.get("clip_model", "")), str(ckpt.get("clip_weights", ""))
+    clip_model, clip_weights = ckpt["clip_model"], ckpt["clip_weights"]
     problem = activation_problem(clip_model, clip_weights, ckpt.get("clip_activation"))
     if problem:
         raise CheckpointError(f"{path}: checkpoint {problem}; train it again with this version of stale")
@@ -171,9 +262,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
     if ckpt.get("detect_config") is None:  # written before checkpoints recorded it: the data preset's
         detect_config = detect_config_for(data_config)
     else:
-        d = ckpt["detect_config"]
-        d = dict(d, thetas=tuple(d["thetas"])) if isinstance(d, dict) and isinstance(d.get("thetas"), list) else d
-        detect_config = _config(DetectConfig, d, "detect config", path)
+        detect_config = _config(DetectConfig, ckpt["detect_config"], "detect config", path)
     model_config = ckpt.get("model_config")
     if isinstance(model_config, dict) and "context_init" not in model_config:
         model_config = dict(model_config, context_init="")  # before 0.3 the context always started random
@@ -182,43 +271,65 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
         loss_config=_config(LossConfig, ckpt.get("loss_config"), "loss config", path),
         data_config=data_config,
         detect_config=detect_config,
-        class_names=tuple(ckpt.get("class_names") or ()),
-        feature_fps=float(ckpt.get("feature_fps", 0.0)),
-        feature_dim=int(ckpt.get("feature_dim", 0)),
+        class_names=tuple(ckpt["class_names"]),
+        feature_fps=float(ckpt["feature_fps"]),
+        feature_dim=int(ckpt["feature_dim"]),
         clip_model=clip_model,
         clip_weights=clip_weights,
         epoch=int(ckpt.get("epoch", 0)),
         clip_activation=recorded_activation(clip_model, ckpt.get("clip_activation")),
         extra=dict(ckpt.get("extra") or {}),
     )
-    if not info.class_names:
-        raise CheckpointError(f"{path}: checkpoint has no class names")
+    if info.feature_dim != info.model_config.feature_dim:
+        raise CheckpointError(f"{path}: bad checkpoint: feature_dim {info.feature_dim} is not the model config's "
+                              f"{info.model_config.feature_dim}")
+    if info.model_config.num_snippets != info.data_config.num_snippets:
+        raise CheckpointError(f"{path}: bad checkpoint: the model config's num_snippets "
+                              f"{info.model_config.num_snippets} is not the data config's {info.data_config.num_snippets}")
     return ckpt, info
 
 
-def build_model(model_cfg: ModelConfig, clip_activation: str = "gelu") -> torch.nn.Module:
+def build_model(model_cfg: ModelConfig, clip_activation: str = "gelu", device: str = "cpu") -> torch.nn.Module:
     """A STALE model with an architecture-only CLIP text tower (random weights; nothing is downloaded), built
-    with ``clip_activation`` (the checkpoint's ``clip_activation``)."""
+    with ``clip_activation`` (the checkpoint's ``clip_activation``). ``device="meta"``: shapes only, no memory."""
     import open_clip
 
     from stale_cli.clip_backbone import QUICK_GELU, random_init_warning_silenced
     from stale_cli.model.stale import STALE
 
     try:
-        with random_init_warning_silenced():  # the state dict is loaded right after
-            clip = open_clip.create_model(model_cfg.clip_model, pretrained=None,
+        with random_init_warning_silenced(), torch.device(device):  # the state dict is loaded right after
+            clip = open_clip.create_model(model_cfg.clip_model, pretrained=None, device=device,
                                           force_quick_gelu=clip_activation == QUICK_GELU)
+            return STALE(model_cfg, clip)
     except RuntimeError as e:
         raise CheckpointError(f"unknown open_clip model {model_cfg.clip_model!r} in the checkpoint ({e})") from None
-    return STALE(model_cfg, clip)
+
+
+def load_weights(path: str | Path, ckpt: dict, info: CheckpointInfo) -> torch.nn.Module:
+    """The model a checkpoint describes with its weights, on the CPU. Its config is first built without memory
+    (the "meta" device) and held against the state dict, so a config that does not fit the weights (another
+    shape, a crafted ``ffn_dim: 1e10``) is one CheckpointError line before anything is allocated."""
+    state = ckpt["state_dict"]
+    try:
+        shapes = {k: tuple(v.shape) for k, v in build_model(info.model_config, info.clip_activation, "meta")
+                  .state_dict().items()}
+    except StaleError as e:
+        raise CheckpointError(f"{path}: bad checkpoint: {e}") from None
+    missing = sorted(set(shapes) - set(state))
+    unexpected = sorted(set(state) - set(shapes))
+    wrong = [k for k in shapes if k in state and tuple(state[k].shape) != shapes[k]]
+    if missing or unexpected or wrong:
+        first = (f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, the config makes it {shapes[wrong[0]]}" if wrong
+                 else f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}")
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({first}); the checkpoint "
+                              "is damaged or of another shape")
+    model = build_model(info.model_config, info.clip_activation)
+    model.load_state_dict(state)
+    return model
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, CheckpointInfo]:
     """Rebuild the trained model (eval mode, on ``device``) and its description from a checkpoint."""
     ckpt, info = read_checkpoint(path)
-    model = build_model(info.model_config, info.clip_activation)
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes ({str(e)[:300]})") from None
-    return model.to(device).eval(), info
+    return load_weights(path, ckpt, info).to(device).eval(), info

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from stale_cli.checkpoint import (build_model, check_checkpoint_path, detect_config_for, read_checkpoint,
+from stale_cli.checkpoint import (check_checkpoint_path, detect_config_for, load_weights, read_checkpoint,
                                   save_checkpoint)
 from stale_cli.clip_backbone import activation_of
 from stale_cli.data.annotations import Annotations
@@ -466,8 +466,7 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
                  len(train_ids), len(ds), len(val_ids), len(class_names))
 
     if resume is not None:
-        model = build_model(model_cfg, info.clip_activation)
-        model.load_state_dict(ckpt["state_dict"])
+        model = load_weights(resume, ckpt, info)
     else:
         if clip_model is None:
             raise InputError("a CLIP model is needed to start training (or resume from a checkpoint)")
@@ -482,7 +481,12 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
             step_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(param_groups(model, train_cfg))
     if ckpt is not None and ckpt.get("extra", {}).get("optimizer"):
-        optimizer.load_state_dict(ckpt["extra"]["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["extra"]["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:  # torch's words for "another optimizer"
+            raise CheckpointError(f"{resume}: its optimizer state does not fit this model's parameters "
+                                  f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}); the checkpoint is damaged or of another shape: pass --fresh "
+                                  "to start over") from None
         for g, fresh in zip(optimizer.param_groups, param_groups(model, train_cfg)):
             g["base_lr"] = fresh["base_lr"]
     amp_dtype = None  # mixed precision on CUDA only: bfloat16 where supported, else float16 with a grad scaler

@@ -125,3 +125,111 @@ def test_terminal_text_escapes_controls_and_undecodable_bytes():
     assert unicode_name(LATIN1) == "caf\\xe9" and terminal_text(LATIN1) == "caf\\xe9"
     assert unicode_name("caf\u00e9 \ud800") == "caf\u00e9 \\ud800"  # a lone surrogate from JSON
     assert terminal_text(terminal_text("\x1b")) == "\\x1b"
+
+
+# ---------------------------------------------------------------- 11, 12: crafted checkpoints, --resume of another shape
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory, tiny_clip, tiny_clip_name) -> Path:
+    import torch
+
+    from stale_cli.checkpoint import save_checkpoint
+    from stale_cli.data.windows import DataConfig
+    from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.stale import STALE
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(feature_dim=DIM, embed_dim=32, num_snippets=16, clip_model=tiny_clip_name, encoder_layers=1,
+                      num_heads=2, ffn_dim=64, decoder_layers=1, num_queries=4, context_tokens=4, dropout=0.0)
+    path = tmp_path_factory.mktemp("ckpt") / "good.pt"
+    save_checkpoint(path, STALE(cfg, tiny_clip).eval(), cfg, LossConfig(), DataConfig(num_snippets=16),
+                    ["HighJump", "Diving"], feature_fps=4.0, clip_model=tiny_clip_name, epoch=1)
+    return path
+
+
+def _nan_first_weight(ck):
+    key = next(k for k, v in ck["state_dict"].items() if v.is_floating_point())
+    ck["state_dict"][key] = ck["state_dict"][key].clone().fill_(float("nan"))
+
+
+def _config_change(section: str, **change):
+    return lambda ck: ck[section].update(change)
+
+
+CRAFTED_CHECKPOINTS = {
+    "feature_fps_text": (lambda ck: ck.update(feature_fps="abc"), "feature_fps must be a number"),
+    "feature_fps_nan": (lambda ck: ck.update(feature_fps=float("nan")), "feature_fps must be a number"),
+    "class_names_int": (lambda ck: ck.update(class_names=5), "class_names must be a list of names"),
+    "class_names_empty": (lambda ck: ck.update(class_names=[]), "no class names"),
+    "epoch_text": (lambda ck: ck.update(epoch="x"), "epoch must be an integer"),
+    "clip_model_list": (lambda ck: ck.update(clip_model=["x"]), "clip_model must be a string"),
+    "num_heads_negative": (_config_change("model_config", num_heads=-2), "num_heads must be an integer in"),
+    "ffn_dim_huge_float": (_config_change("model_config", ffn_dim=1e10), "ffn_dim must be an integer in"),
+    "ffn_dim_huge": (_config_change("model_config", ffn_dim=10**10), "ffn_dim must be an integer in"),
+    "ffn_dim_other_shape": (_config_change("model_config", ffn_dim=4096), "weights do not fit the model"),
+    "num_snippets_huge": (_config_change("model_config", num_snippets=20000), "num_snippets must be an integer in"),
+    "dropout_text": (_config_change("model_config", dropout="0.1"), "dropout must be a number"),
+    "freeze_int": (_config_change("model_config", freeze_text_encoder=3), "must be true or false"),
+    "theta_c_text": (_config_change("detect_config", theta_c="0.1"), "theta_c must be a number"),
+    "thetas_empty": (_config_change("detect_config", thetas=[]), "thetas must be a list of 1 to"),
+    "thetas_nan": (_config_change("detect_config", thetas=[float("nan")]), "thetas must be a number"),
+    "top_k_zero": (_config_change("detect_config", top_k=0), "top_k must be an integer in"),
+    "nms_sigma_inf": (_config_change("detect_config", nms_sigma=float("inf")), "nms_sigma must be a number"),
+    "loss_negative": (_config_change("loss_config", weight_cls=-1.0), "weight_cls must be a number"),
+    "overlap_one": (_config_change("data_config", overlap=1.0), "overlap must be a number"),
+    "nan_weights": (_nan_first_weight, "NaN or infinite"),
+    "state_dict_list": (lambda ck: ck.update(state_dict=[1, 2]), "no state dict"),
+    "state_dict_junk": (lambda ck: ck["state_dict"].update(junk="x"), "the state dict must be names of tensors"),
+}
+
+
+def craft_checkpoint(good: Path, path: Path, change) -> Path:
+    import torch
+
+    ck = torch.load(good, map_location="cpu", weights_only=True)
+    change(ck)
+    torch.save(ck, path)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED_CHECKPOINTS))
+def test_crafted_checkpoint_is_one_line(run, tmp_path, good_checkpoint, name):
+    change, message = CRAFTED_CHECKPOINTS[name]
+    bad = craft_checkpoint(good_checkpoint, tmp_path / f"{name}.pt", change)
+    write_features(tmp_path / "v.npy", *features())
+    r = run(*detect_args(tmp_path / "v.npy", "--checkpoint", bad, "-o", tmp_path / "out.json"), clip=False)
+    assert r.exit_code == 1
+    assert len(error_lines(r)) == 1 and message in error_lines(r)[0], r.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_good_checkpoint_detects(run, tmp_path, good_checkpoint):
+    write_features(tmp_path / "v.npy", *features())
+    r = run(*detect_args(tmp_path / "v.npy", "--checkpoint", good_checkpoint, "-o", tmp_path / "out.json"),
+            clip=False)
+    assert r.exit_code == 0, r.output
+
+
+def test_train_resume_from_a_checkpoint_of_another_shape_is_one_line(tmp_path, tiny_clip_name, tiny_clip_weights):
+    import torch
+
+    from test_train import cli_args, make_dataset, run_cli
+
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--epochs", "1"))
+    assert r.exit_code == 0, r.output
+    last = tmp_path / "w" / "m.last.pt"
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    key = next(k for k, v in ck["state_dict"].items() if v.ndim == 2 and not k.startswith("text_encoder"))
+    ck["state_dict"][key] = torch.zeros(3, 5)  # one tensor of another shape
+    torch.save(ck, tmp_path / "shape.pt")
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    ck["extra"]["optimizer"]["param_groups"] = ck["extra"]["optimizer"]["param_groups"][:1]  # another optimizer
+    torch.save(ck, tmp_path / "optim.pt")
+    for bad, message in (("shape.pt", "weights do not fit the model"), ("optim.pt", "optimizer state does not fit")):
+        r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--resume", tmp_path / bad,
+                              "--epochs", "2", "--out", tmp_path / "w2" / "m.pt"))
+        errors = error_lines(r)
+        assert r.exit_code == 1 and len(errors) == 1 and message in errors[0], r.output
+        assert "Traceback" not in r.output

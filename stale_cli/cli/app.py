@@ -238,7 +238,7 @@ def _flush_stdout() -> None:
 
 # Upper bounds of numeric options: far beyond any real use, low enough that no loop or allocation runs away.
 MAX_BATCH = 1 << 16
-MAX_COUNT = 1 << 20  # --top-k, --epochs, --num-snippets
+MAX_COUNT = 1 << 20  # --top-k, --epochs
 MAX_SEED = 2**32 - 1
 
 

@@ -12,7 +12,6 @@ from stale_cli.cli.app import (
     ClipWeightsOption,
     DeviceOption,
     ProgressOption,
-    MAX_COUNT,
     app,
     check_range,
     info,
@@ -110,7 +109,9 @@ def zero_shot_command(
         from stale_cli.train import TRAIN_PRESETS
 
         check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
-        check_range("--num-snippets", num_snippets, 2, MAX_COUNT)
+        from stale_cli.checkpoint import MAX_SNIPPETS
+
+        check_range("--num-snippets", num_snippets, 2, MAX_SNIPPETS)  # what a checkpoint may hold
         cfg = ProtocolConfig(
             dataset=dataset,
             setting=setting,
