@@ -119,15 +119,25 @@ def stale_checkpoints(weights_dir: Path) -> list[Path]:
     return found
 
 
+# Largest array a feature file may be resampled to (1M rows of 512 floats: 72 hours at 4 fps), so a sidecar with a
+# tiny fps cannot make a small file ask for tens of GiB.
+MAX_RESAMPLED_BYTES = 2 << 30
+
+
 def resample_features(features: np.ndarray, meta: dict, fps: float) -> tuple[np.ndarray, dict]:
     """Linear interpolation of (N, D) features sampled at ``meta["fps"]`` to ``fps`` rows per second.
 
     Row k of the result is the frame at ``t0 + k / fps``; the result covers the same span as the source.
     """
     src_fps = float(meta["fps"])
-    N = features.shape[0]
+    N, D = features.shape
     t0 = float((meta.get("timestamps") or [0.0])[0])
     M = max(1, int(round(N * fps / src_fps)))
+    if M * D * 4 > MAX_RESAMPLED_BYTES:  # float32 (M, D), before it is allocated
+        raise DataError(
+            f"resampling its {N} rows at {src_fps:g} fps to {fps:g} fps would make {M} rows "
+            f"({M * D * 4 / 2**30:.1f} GiB); its sidecar's fps is likely wrong: extract the features again "
+            f"(at --fps {fps:g})")
     out = interpolate_rows(features, np.arange(M) * (src_fps / fps))  # (M, D): source row at each new row's time
     new_meta = dict(meta, fps=float(fps), timestamps=[t0 + k / fps for k in range(M)], resampled_from_fps=src_fps)
     return out, new_meta
@@ -586,6 +596,10 @@ def detect_batch(
             on_result(result)
         except ResourceError:
             raise  # every further input would fail the same way
+        except MemoryError as e:  # an array this input needed: the next, smaller one may fit
+            failure = Failure(path, f"{path}: out of memory ({e or 'MemoryError'}); the other inputs go on")
+            failures.append(failure)
+            on_error(failure)
         except StaleError as e:
             msg = str(e)
             failure = Failure(path, msg if str(path) in msg or path.name in msg else f"{path}: {msg}")

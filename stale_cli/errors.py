@@ -30,6 +30,11 @@ class CheckpointError(StaleError):
     """A checkpoint is missing, of another format or version, or does not fit the features."""
 
 
+class OutOfMemory(StaleError):
+    """The machine's memory ran out on one input (a frame batch, an array it needed): that input fails, the batch
+    goes on (a smaller input, or the next one, may fit)."""
+
+
 class ResourceError(StaleError):
     """The machine ran out of something every further input needs too (GPU memory): the whole run stops."""
 

@@ -37,7 +37,7 @@ import torch
 from stale_cli import __version__
 from stale_cli.clip_backbone import resize_and_crop
 from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers  # noqa: F401 (re-exported)
-from stale_cli.errors import DecodeError, InputError, ResourceError, StaleError
+from stale_cli.errors import DecodeError, InputError, OutOfMemory, ResourceError, StaleError
 from stale_cli.fileio import (MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable, source_identity, source_mismatch,
                               write_features)
 from stale_cli.locks import OutputLock
@@ -96,13 +96,22 @@ _DONE = object()
 
 
 def _encode(clip, frames, batch_size: int, path) -> np.ndarray:
-    """float16 ``(n, D)`` embeddings of a chunk; CUDA running out of memory ends the run with one line."""
+    """float16 ``(n, D)`` embeddings of a chunk. CUDA running out of memory ends the run with one line; the
+    machine's memory running out fails this video (:class:`OutOfMemory`), the batch goes on."""
     try:
         return clip.encode_images(frames, batch_size=batch_size).half().numpy()
     except torch.cuda.OutOfMemoryError:
         raise ResourceError(
             f"{path}: CUDA out of memory encoding {batch_size} frames at once; rerun with a smaller "
             f"--batch-size (e.g. {max(1, batch_size // 2)})"
+        ) from None
+    except (MemoryError, RuntimeError) as e:
+        text = str(e)
+        if isinstance(e, RuntimeError) and "can't allocate memory" not in text and "not enough memory" not in text:
+            raise
+        raise OutOfMemory(
+            f"{path}: out of memory encoding {batch_size} frames at once; rerun it with a smaller --batch-size "
+            f"(e.g. {max(1, batch_size // 2)})"
         ) from None
 
 
@@ -280,6 +289,7 @@ def _iter_features_processes(
     transform = functools.partial(resize_and_crop, size=clip.image_size, resize_mode=clip.resize_mode)
     pool = _Decoders(workers, (fps, transform, batch_size, decoder))
     rows: dict = {}  # video index -> encoded chunks so far
+    failed: dict = {}  # video index -> OutOfMemory of a video whose frames did not fit
     finished: dict = {}  # video index -> VideoResult waiting for its turn
     sent, next_out, ahead = 0, 0, AHEAD_PER_WORKER * workers
     try:
@@ -309,15 +319,20 @@ def _iter_features_processes(
                     continue
                 kind, i, payload = msg
                 if kind == "chunk":
+                    if i in failed:  # the rest of a video that ran out of memory
+                        continue
                     frames = torch.from_numpy(payload)
-                    rows[i].append(_encode(clip, frames, batch_size, paths[i]))  # (n, D)
+                    try:
+                        rows[i].append(_encode(clip, frames, batch_size, paths[i]))  # (n, D)
+                    except OutOfMemory as e:
+                        failed[i] = e
                     if on_frames:
                         on_frames(frames.shape[0])
                     continue
                 del pool.holding[wid]
                 chunks = rows.pop(i)
-                if kind == "error":
-                    finished[i] = VideoResult(i, paths[i], error=payload)
+                if kind == "error" or i in failed:
+                    finished[i] = VideoResult(i, paths[i], error=failed.pop(i, payload))
                 else:
                     finished[i] = _result(i, paths[i], chunks, payload, fps, clip)
     finally:
@@ -357,19 +372,25 @@ def iter_features(
     )
     worker.start()
     rows: list = []
+    failed: Optional[OutOfMemory] = None  # the current video's frames did not fit in memory
     try:
         while True:
             kind, i, payload = q.get()
             if kind is _DONE:
                 break
             if kind == "chunk":
-                rows.append(_encode(clip, payload.frames, batch_size, paths[i]))  # (n, D)
+                if failed is None:
+                    try:
+                        rows.append(_encode(clip, payload.frames, batch_size, paths[i]))  # (n, D)
+                    except OutOfMemory as e:
+                        failed, rows = e, []
                 if on_frames:
                     on_frames(len(payload.indices))
                 continue
-            if kind == "error":
+            if kind == "error" or failed is not None:
                 rows = []
-                yield VideoResult(i, Path(paths[i]), error=payload)
+                yield VideoResult(i, Path(paths[i]), error=failed or payload)
+                failed = None
                 continue
             if kind == "unclaimed":
                 yield VideoResult(i, Path(paths[i]), claimed=False)

@@ -233,3 +233,80 @@ def test_train_resume_from_a_checkpoint_of_another_shape_is_one_line(tmp_path, t
         errors = error_lines(r)
         assert r.exit_code == 1 and len(errors) == 1 and message in errors[0], r.output
         assert "Traceback" not in r.output
+
+
+# ---------------------------------------------------------------- 13: memory: tiny fps, MemoryError, CPU OOM
+
+
+def test_tiny_sidecar_fps_is_refused_before_resampling(run, tmp_path, good_checkpoint):
+    rows = 5000  # at 0.001 fps: 5 million seconds, 20 million rows at the checkpoint's 4 fps (2.4 GiB)
+    feats = np.random.default_rng(0).normal(size=(rows, DIM)).astype(np.float16)
+    meta = {"fps": 0.001, "timestamps": [k * 1000.0 for k in range(rows)], "duration": rows * 1000.0,
+            "source": "synthetic", "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": rows}
+    write_features(tmp_path / "slow.npy", feats, meta)
+    write_features(tmp_path / "ok.npy", *features())
+    r = run(*detect_args(tmp_path / "slow.npy", tmp_path / "ok.npy", "--checkpoint", good_checkpoint, "-o",
+                         tmp_path / "out.json"), clip=False)
+    assert r.exit_code == 1
+    (line,) = [ln for ln in error_lines(r) if "slow.npy" in ln and "input(s) failed" not in ln]
+    assert "would make 20000000 rows" in line and "sidecar's fps is likely wrong" in line
+    assert '"ok"' in (tmp_path / "out.json").read_text()  # the batch went on
+
+
+class _OutOfMemoryOnce:
+    """A loaded CLIP whose image encoder runs out of the machine's memory on its first call, as a --batch-size too
+    large for the RAM does (torch's CPU allocator raises a RuntimeError), then works."""
+
+    def __init__(self, clip, error):
+        self.clip, self.error = clip, error
+
+    def __getattr__(self, name):
+        return getattr(self.clip, name)
+
+    def encode_images(self, images, batch_size=64):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return self.clip.encode_images(images, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError(),
+])
+@pytest.mark.parametrize("command", ["extract-features", "detect"])
+def test_out_of_memory_fails_one_video_and_the_batch_goes_on(tmp_path, videos, monkeypatch, tiny_clip_name,
+                                                             tiny_clip_weights, error, command):
+    import stale_cli.clip_backbone as backbone
+
+    real = backbone.load_clip
+    monkeypatch.setattr(backbone, "load_clip", lambda *a, **kw: _OutOfMemoryOnce(real(*a, **kw), error))
+    first, second = videos["cfr25"]["path"], videos["ntsc"]["path"]
+    where = ["--out", tmp_path / "o"] if command == "extract-features" else ["-c", "a dog", "-o", tmp_path / "o.csv"]
+    r = CliRunner().invoke(app, [command, str(first), str(second), *map(str, where), "--clip-model", tiny_clip_name,
+                                 "--clip-weights", str(tiny_clip_weights), "--no-progress", "--batch-size", "64"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    oom = [ln for ln in error_lines(r) if "out of memory" in ln]
+    assert len(oom) == 1 and "cfr25.mp4" in oom[0] and "smaller --batch-size (e.g. 32)" in oom[0]
+    if command == "extract-features":
+        assert (tmp_path / "o" / "ntsc.npy").is_file()
+    else:
+        assert "1 video(s) done" in r.stderr and (tmp_path / "o.csv").is_file()
+
+
+def test_memory_error_on_one_input_of_a_batch_is_one_failure(tmp_path):
+    from stale_cli.detect import detect_batch
+    from stale_cli.outputs import VideoDetections
+
+    class Detector:  # stands in for stale_cli.detect.Detector: the first input needs more memory than there is
+        def detect(self, path, video_id, progress=None):
+            if path.name == "big.npy":
+                raise MemoryError("Unable to allocate 7.63 GiB for an array with shape (4000000, 512)")
+            return VideoDetections(video_id=video_id, source=str(path), duration=1.0, segments=[])
+
+    results, errors = [], []
+    failures = detect_batch(Detector(), [tmp_path / "big.npy", tmp_path / "small.npy"], results.append,
+                            errors.append, ids=["big", "small"])
+    assert [f.path.name for f in failures] == ["big.npy"] and [v.video_id for v in results] == ["small"]
+    assert "out of memory (Unable to allocate 7.63 GiB" in errors[0].message
