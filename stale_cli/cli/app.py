@@ -40,6 +40,10 @@ class _Group(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except SystemExit as e:
+            if e.code == 1 and _asks_help(args) and _stdout_gone():
+                sys.exit(0)  # `stale --help | head -1`: the reader had what it wanted (rich ends with status 1)
+            raise
         except _click_errors.UsageError as e:
             if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # `stale` alone: the help
                 text = e.ctx.get_help()  # Typer's rich help prints itself and returns ""
@@ -54,7 +58,10 @@ class _Group(TyperGroup):
         except _click_errors.ClickException as e:  # a bad file argument and the like: still one line
             error(e.format_message())
             sys.exit(e.exit_code)
-        except typer.Abort:
+        except typer.Abort as e:
+            if isinstance(e.__cause__, KeyboardInterrupt):  # Ctrl-C while the options were read
+                error("interrupted")
+                sys.exit(STATUS_INTERRUPTED)
             error("aborted")
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -65,6 +72,20 @@ class _Group(TyperGroup):
             if getattr(param, "count", False):
                 param.display_type_rich = lambda ctx: None  # a counter takes no value: no "<int>"
         return params
+
+
+def _asks_help(args) -> bool:
+    args = sys.argv[1:] if args is None else list(args)
+    args = args[: args.index("--")] if "--" in args else args
+    return "-h" in args or "--help" in args
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout now goes to the null device: what rich does when its reader went away (a broken pipe)."""
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 app = typer.Typer(
