@@ -104,6 +104,22 @@ def _finite(x: float, digits: int) -> float:
     return round(float(x), digits) if np.isfinite(x) else 0.0
 
 
+def curves_from_payload(payload: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`curve_payload`: ``(times (T,), scores (T, K))``, the scores at its one-byte precision.
+    Raises ValueError (or KeyError, TypeError) for a payload that is not one."""
+    levels = [np.frombuffer(base64.b64decode(v, validate=True), np.uint8) for v in payload["values"]]
+    if not levels or any(len(v) != len(levels[0]) for v in levels):
+        raise ValueError("curves of different lengths")
+    T = len(levels[0])
+    if "times" in payload:
+        times = np.asarray(payload["times"], np.float64)
+    else:
+        times = float(payload["t0"]) + float(payload["step"]) * np.arange(T)
+    if times.shape != (T,) or not np.all(np.isfinite(times)):
+        raise ValueError("times do not fit the curves")
+    return times, np.stack(levels, axis=1).astype(np.float64) / CURVE_LEVELS  # (T,), (T, K)
+
+
 def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) -> dict:
     """What the page's script needs about one video (segments as ``[class index, start, end, score]``)."""
     index = {name: k for k, name in enumerate(classes)}

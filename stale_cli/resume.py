@@ -46,6 +46,9 @@ class DetectJournal:
         self.run = _plain(run)
         self.target = target
         self.resumed = 0  # videos taken from the journal in this run
+        # Record each video's score curves (compact, as the HTML report holds them) and resume only videos recorded
+        # with them: set when the run writes a report, which draws them.
+        self.curves = False
         self.busy: list = []  # [(input path, "pid N")] left to another run holding their lock
         self._records: dict[str, dict] = {}
         self._offset = 0  # bytes of the journal read so far
@@ -105,6 +108,10 @@ class DetectJournal:
             segments = [Segment(str(s["label"]), float(s["start"]), float(s["end"]), float(s["score"]))
                         for s in rec["segments"]]
             video = VideoDetections(video_id, str(rec["source"]), float(rec["duration"]), segments)
+            if self.curves:
+                from stale_cli.report import curves_from_payload
+
+                video.times, video.scores = curves_from_payload(rec["curves"])  # none recorded: detected again
         except (OSError, KeyError, TypeError, ValueError):
             return None
         video.extra = {"mode": self.run.get("mode"), "resumed": True}
@@ -134,6 +141,10 @@ class DetectJournal:
             "input": source_identity(path),
             "run": self.run,
         }
+        if self.curves and video.times is not None and video.scores is not None:
+            from stale_cli.report import curve_payload
+
+            rec["curves"] = curve_payload(video.times, video.scores, video.scores.shape[1])
         line = (json.dumps(rec) + "\n").encode("utf-8")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)

@@ -344,3 +344,71 @@ def test_help_into_a_pipe_whose_reader_is_gone_exits_0(argv):
     finally:
         os.close(write)
     assert r.returncode == 0 and r.stderr == b""
+
+
+# ---------------------------------------------------------------- 15: one report from concurrent runs, curves on a rerun
+
+
+def report_videos(page: Path) -> dict:
+    """video id -> its curves payload (None: drawn without score curves) of an HTML report."""
+    import json
+    import re
+
+    found = {}
+    for data in re.findall(r'<script type="application/json" class="video-data">(.*?)</script>', page.read_text()):
+        video = json.loads(data)
+        found[video["id"]] = video["curves"]
+    return found
+
+
+def test_a_rerun_keeps_the_score_curves_in_the_report(run, tmp_path):
+    for i in range(2):
+        write_features(tmp_path / "feats" / f"v{i}.npy", *features(seed=i))
+    args = detect_args(tmp_path / "feats", "-o", tmp_path / "out.json", "--html", tmp_path / "rep.html")
+    assert run(*args).exit_code == 0
+    first = report_videos(tmp_path / "rep.html")
+    r = run(*args)
+    assert r.exit_code == 0 and "2 resumed" in r.stderr
+    again = report_videos(tmp_path / "rep.html")
+    assert sorted(again) == ["v0", "v1"] and all(again[v] is not None for v in again)
+    assert again == first  # the curves as the first run drew them (one byte per probability)
+
+
+def test_concurrent_runs_into_one_report_show_every_video(run, tmp_path):
+    """Run A finds v1 taken by run B, detects v0, and B records v1 before A ends: A's report has both videos, as
+    its detections file has (it had only A's own)."""
+    import threading
+
+    from stale_cli.locks import lock_path
+    from test_resume_concurrency import hold_lock
+
+    for i in range(2):
+        write_features(tmp_path / "feats" / f"v{i}.npy", *features(seed=i))
+    inputs = [tmp_path / "feats" / "v1.npy", tmp_path / "feats" / "v0.npy"]
+    # what run B will record for v1: the same detection made beforehand into another output
+    assert run(*detect_args(inputs[0], "-o", tmp_path / "b" / "out.json", "--html", tmp_path / "b" / "r.html"))\
+        .exit_code == 0
+    record = (tmp_path / "b" / ".out.json.journal").read_bytes()
+    out = tmp_path / "out.json"
+    holder = hold_lock(out.with_name("out.json.v1"))  # B is detecting v1
+
+    def b_finishes_v1():  # once A has taken v0 (so it has left v1 to B), B records v1
+        while not lock_path(out.with_name("out.json.v0")).exists():
+            threading.Event().wait(0.002)
+        with open(tmp_path / ".out.json.journal", "ab") as f:
+            f.write(record)
+
+    b = threading.Thread(target=b_finishes_v1, daemon=True)
+    b.start()
+    try:
+        r = run(*detect_args(*inputs, "-o", out, "--html", tmp_path / "rep.html"))
+    finally:
+        holder.kill()
+        holder.wait()
+    b.join(timeout=10)
+    import json
+
+    assert r.exit_code == 0 and "left to another run" in r.stderr
+    assert sorted(json.loads(out.read_text())["results"]) == ["v0", "v1"]
+    shown = report_videos(tmp_path / "rep.html")
+    assert sorted(shown) == ["v0", "v1"] and shown["v1"] is not None

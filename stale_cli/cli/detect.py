@@ -232,6 +232,8 @@ def detect(
         detector = Detector(settings, device=dev, need_video=need_video)
         writer.meta = detector.metadata()
         journal = DetectJournal.for_writer(writer, detector.run_key())
+        if journal is not None:
+            journal.curves = html is not None  # the report draws them, also for videos a rerun resumes
         if journal is not None and writer.directory is not None:
             ids = assign_ids(journal, paths, ids, lambda v: writer.path_of(v).is_file(), warning)
             writer.order = {v: i for i, v in enumerate(ids)}
@@ -274,6 +276,8 @@ def detect(
             if journal is not None and writer.file is not None:  # videos other runs finished meanwhile
                 for video in finished_outputs(journal, paths, ids, writer.ids):
                     writer.add(video)
+                    if report is not None:
+                        report.add(video)
             writer.close()
             if report is not None:
                 report.close()
