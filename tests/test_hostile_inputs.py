@@ -412,3 +412,16 @@ def test_concurrent_runs_into_one_report_show_every_video(run, tmp_path):
     assert sorted(json.loads(out.read_text())["results"]) == ["v0", "v1"]
     shown = report_videos(tmp_path / "rep.html")
     assert sorted(shown) == ["v0", "v1"] and shown["v1"] is not None
+
+
+# ---------------------------------------------------------------- 18: an unwritable --cache-features, before the work
+
+
+def test_unwritable_cache_folder_is_refused_before_any_work(run, tmp_path, videos):
+    (tmp_path / "notes.txt").write_text("a file, not a folder\n")
+    r = run(*detect_args(videos["single"]["path"], "-o", tmp_path / "out.json", "--cache-features",
+                         tmp_path / "notes.txt" / "cache"))
+    assert r.exit_code == 1 and len(error_lines(r)) == 1, r.output
+    assert "--cache-features" in error_lines(r)[0] and "cannot write there" in error_lines(r)[0]
+    assert "mode:" not in r.stderr  # refused before the model was loaded and any video decoded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -221,6 +221,10 @@ def detect(
 
             check_plot_format(plot)  # after the clobber checks: writing over an input is the graver mistake
         need_video = any(p.suffix.lower() != ".npy" for p in paths)
+        if cache_features is not None and need_video:
+            from stale_cli.fileio import check_writable
+
+            check_writable(cache_features, f"--cache-features {cache_features}")  # before any video is decoded
         settings = DetectSettings(
             classes=names, mode=mode, checkpoint=checkpoint, clip_model=clip_model, clip_weights=clip_weights,
             fps=fps, min_score=min_score, top_k=top_k, batch_size=batch_size, cache_features=cache_features,
