@@ -425,3 +425,33 @@ def test_unwritable_cache_folder_is_refused_before_any_work(run, tmp_path, video
     assert "--cache-features" in error_lines(r)[0] and "cannot write there" in error_lines(r)[0]
     assert "mode:" not in r.stderr  # refused before the model was loaded and any video decoded
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+# ---------------------------------------------------------------- 19: @list files: a bad byte, a list that includes itself
+
+
+def test_list_with_a_latin1_line_loses_that_line_at_most(run, tmp_path):
+    d = tmp_path / "feats"
+    write_features(d / f"{LATIN1}.npy", *features(seed=1))
+    write_features(d / "ok.npy", *features(seed=2))
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + b"feats/ok.npy\nfeats/caf\xe9.npy\nfeats/gone\xff.npy\n")
+    r = run(*detect_args(f"@{listing}", "-o", tmp_path / "out.json"))
+    assert r.exit_code == 1, r.output
+    (line,) = [ln for ln in error_lines(r) if "gone" in ln and "failed" not in ln]
+    assert "gone\\xff.npy" in line and "no such file" in line
+    import json
+
+    assert sorted(json.loads((tmp_path / "out.json").read_text())["results"]) == ["caf\\xe9", "ok"]
+
+
+def test_a_list_that_includes_itself_reports_each_bad_line_once(run, tmp_path):
+    write_features(tmp_path / "ok.npy", *features())
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"ok.npy\nmissing.npy\n@{listing}\n")
+    r = run(*detect_args(f"@{listing}", "-o", tmp_path / "out.json"))
+    assert r.exit_code == 1, r.output
+    errors = [ln for ln in error_lines(r) if "failed:" not in ln]
+    assert sum("missing.npy" in ln for ln in errors) == 1, r.stderr
+    assert sum("includes itself" in ln for ln in errors) == 1, r.stderr
+    assert (tmp_path / "out.json").is_file()
