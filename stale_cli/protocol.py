@@ -105,6 +105,7 @@ class ProtocolConfig:
 def parse_splits(text: str) -> tuple[int, ...]:
     """``"0-9"``, ``"0,3,5"`` or ``"0-2,7"`` -> split indices, in order, each once."""
     out: list[int] = []
+    outside = f"--splits: split numbers must be in 0-{NUM_SPLITS - 1}, got {text!r}"
     try:
         for part in text.split(","):
             part = part.strip()
@@ -112,6 +113,8 @@ def parse_splits(text: str) -> tuple[int, ...]:
                 continue
             if "-" in part:
                 a, b = (int(x) for x in part.split("-", 1))
+                if not (0 <= a < NUM_SPLITS and 0 <= b < NUM_SPLITS):  # before the range is made: 0-99999999
+                    raise InputError(outside)
                 out.extend(range(a, b + 1))
             else:
                 out.append(int(part))
@@ -119,7 +122,7 @@ def parse_splits(text: str) -> tuple[int, ...]:
         raise InputError(f"--splits: expected e.g. 0-9 or 0,3,5, got {text!r}") from None
     out = list(dict.fromkeys(out))
     if not out or any(not 0 <= k < NUM_SPLITS for k in out):
-        raise InputError(f"--splits: split numbers must be in 0-{NUM_SPLITS - 1}, got {text!r}")
+        raise InputError(outside)
     return tuple(out)
 
 

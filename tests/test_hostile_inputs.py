@@ -455,3 +455,20 @@ def test_a_list_that_includes_itself_reports_each_bad_line_once(run, tmp_path):
     assert sum("missing.npy" in ln for ln in errors) == 1, r.stderr
     assert sum("includes itself" in ln for ln in errors) == 1, r.stderr
     assert (tmp_path / "out.json").is_file()
+
+
+# ---------------------------------------------------------------- 21: zero-shot --splits of a huge range
+
+
+@pytest.mark.parametrize("splits", ["0-99999999", "3-1" + "0" * 30, "5-12", "0-9,10-99999999999"])
+def test_huge_split_ranges_are_refused_before_they_are_made(tmp_path, splits):
+    from stale_cli.errors import InputError
+    from stale_cli.protocol import parse_splits
+
+    with pytest.raises(InputError, match="split numbers must be in 0-9"):
+        parse_splits(splits)
+    ann = tmp_path / "ann.json"
+    ann.write_text('{"database": {}}')
+    r = CliRunner().invoke(app, ["zero-shot", "--dataset", "thumos14", "--features", str(tmp_path), "-a", str(ann),
+                                 "--work-dir", str(tmp_path / "w"), "--splits", splits])
+    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "--splits" in r.stderr and "Traceback" not in r.output
