@@ -314,6 +314,11 @@ def _npy_shape(npy_path: Path) -> tuple:
     return tuple(shape)
 
 
+# Sidecar timestamps may run this share (plus 1 s) past the recorded duration (rounding, a last frame's display
+# time); further, they describe another video or another rate.
+TIMESTAMP_SLACK = 1.05
+
+
 def _finite(x, lo: float, hi: float) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and lo <= x <= hi
 
@@ -335,6 +340,12 @@ def check_sidecar(meta: dict, where: str) -> None:
     if stamps is not None:
         if not isinstance(stamps, list) or not all(_finite(t, -MAX_DURATION, MAX_DURATION) for t in stamps):
             problems.append("'timestamps' must be a list of finite seconds")
+        elif any(b < a for a, b in zip(stamps, stamps[1:])):
+            k = next(k for k in range(1, len(stamps)) if stamps[k] < stamps[k - 1])
+            problems.append(f"'timestamps' must not decrease (row {k} at {stamps[k]} s follows {stamps[k - 1]} s)")
+        elif stamps and _finite(meta.get("duration"), 0.0, MAX_DURATION) and \
+                stamps[-1] > TIMESTAMP_SLACK * meta["duration"] + 1.0:
+            problems.append(f"'timestamps' run to {stamps[-1]} s, past the video's 'duration' of {meta['duration']} s")
     for key in ("num_rows", "num_frames", "embed_dim"):
         value = meta.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):

@@ -472,3 +472,34 @@ def test_huge_split_ranges_are_refused_before_they_are_made(tmp_path, splits):
     r = CliRunner().invoke(app, ["zero-shot", "--dataset", "thumos14", "--features", str(tmp_path), "-a", str(ann),
                                  "--work-dir", str(tmp_path / "w"), "--splits", splits])
     assert r.exit_code == 1 and len(error_lines(r)) == 1 and "--splits" in r.stderr and "Traceback" not in r.output
+
+
+# ---------------------------------------------------------------- 22: negative segments, sidecar timestamps
+
+
+def test_a_segment_before_the_video_starts_is_refused(run, tmp_path):
+    import json
+
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"database": {"v": {"subset": "test", "duration": 10, "annotations": [
+        {"segment": [1, 2], "label": "A"}, {"segment": [-5, -2], "label": "A"}]}}}))
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"results": {"v": [{"label": "A", "score": 0.9, "segment": [1, 2]}]}}))
+    r = run("evaluate", preds, "-a", ann, clip=False)
+    assert r.exit_code == 1 and len(error_lines(r)) == 1, r.output
+    assert "annotation 1: segment [-5.0, -2.0] ends before the video starts" in error_lines(r)[0]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["timestamps"].reverse(), "'timestamps' must not decrease (row 1 at 5.5 s follows 5.75 s)"),
+    (lambda m: m.update(timestamps=[k * 100.0 for k in range(24)]), "past the video's 'duration' of 6.0 s"),
+])
+def test_sidecar_timestamps_that_decrease_or_run_past_the_duration_are_refused(run, tmp_path, change, message):
+    import json
+
+    write_features(tmp_path / "v.npy", *features())
+    meta = json.loads((tmp_path / "v.json").read_text())
+    change(meta)
+    (tmp_path / "v.json").write_text(json.dumps(meta))
+    r = run(*detect_args(tmp_path / "v.npy"))
+    assert r.exit_code == 1 and message in error_lines(r)[0] and "bad sidecar" in error_lines(r)[0], r.output
