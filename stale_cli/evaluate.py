@@ -227,7 +227,7 @@ def evaluate_detection(
 
 def _read_json(path: Path, what: str):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise InputError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -294,7 +294,7 @@ def read_predictions(path: str | Path) -> dict[str, list[tuple[str, float, float
     if path.suffix.lower() != ".csv":
         return parse_predictions(_read_json(path, "prediction file"), str(path))
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # spreadsheet programs write a BOM
             reader = csv.DictReader(f)
             need = {"video", "label", "start", "end", "score"}
             if reader.fieldnames is None or not need <= set(reader.fieldnames):

@@ -258,7 +258,7 @@ def read_features(npy_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             "features must be written by `stale extract-features` (or come with a .json giving at least fps)"
         )
     try:
-        meta = parse_json(sidecar.read_text(encoding="utf-8"), str(sidecar))
+        meta = parse_json(sidecar.read_text(encoding="utf-8-sig"), str(sidecar))
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{sidecar}: unreadable sidecar ({e})") from e
     if not isinstance(meta, dict) or "fps" not in meta:

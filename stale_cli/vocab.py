@@ -44,7 +44,7 @@ def read_classes_file(path: str | Path) -> list[str]:
     """One class per line; blank lines and lines starting with ``#`` are skipped."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Excel, Notepad) is not in the first name
     except FileNotFoundError:
         raise InputError(f"{path}: classes file not found") from None
     except (OSError, UnicodeDecodeError) as e:

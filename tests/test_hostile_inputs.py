@@ -503,3 +503,25 @@ def test_sidecar_timestamps_that_decrease_or_run_past_the_duration_are_refused(r
     (tmp_path / "v.json").write_text(json.dumps(meta))
     r = run(*detect_args(tmp_path / "v.npy"))
     assert r.exit_code == 1 and message in error_lines(r)[0] and "bad sidecar" in error_lines(r)[0], r.output
+
+
+# ---------------------------------------------------------------- 23: a UTF-8 BOM, as spreadsheet programs write it
+
+
+def test_a_bom_in_a_prediction_csv_classes_file_and_annotations_is_dropped(run, tmp_path):
+    import json
+
+    ann = tmp_path / "ann.json"
+    ann.write_bytes(b"\xef\xbb\xbf" + json.dumps({"database": {"v": {"subset": "test", "duration": 10,
+                                                  "annotations": [{"segment": [1, 2], "label": "A"}]}}}).encode())
+    preds = tmp_path / "p.csv"
+    preds.write_bytes(b"\xef\xbb\xbfvideo,label,start,end,score\r\nv,A,1,2,0.9\r\n")
+    r = run("evaluate", preds, "-a", ann, "--tiou", "0.5", clip=False)
+    assert r.exit_code == 0, r.output
+    assert "100.00" in r.stdout
+    classes = tmp_path / "classes.txt"
+    classes.write_bytes(b"\xef\xbb\xbfhigh jump\r\npole vault\r\n")
+    write_features(tmp_path / "v.npy", *features())
+    r = run("detect", tmp_path / "v.npy", "--classes-file", classes, "-o", tmp_path / "out.json", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "out.json").read_text())["external_data"]["classes"] == ["high jump", "pole vault"]

@@ -141,7 +141,7 @@ def load_annotations(path: str | Path, subset: str | None = None) -> Annotations
     """Read an ActivityNet-format annotation file, optionally keeping one subset (e.g. THUMOS14 ``val``)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"{path}: annotation file not found") from None
     except (OSError, UnicodeDecodeError) as e:
