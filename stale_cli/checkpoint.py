@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from stale_cli.errors import CheckpointError, StaleError
 from stale_cli.fileio import atomic_path
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.postprocess import DETECT_PRESETS, DetectConfig
+from stale_cli.text import number_text
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +120,31 @@ def check_checkpoint_path(path: str | Path) -> None:
         raise CheckpointError(f"--out {path}: cannot write to {path.parent} ({e.strerror or e})") from e
 
 
+def archive_problem(path: str | Path) -> str | None:
+    """Why the ``.pt`` at ``path`` must not be loaded, or None: a zip archive whose members declare more bytes
+    than such a file can hold. torch.save stores its tensors uncompressed; a crafted archive of deflated zeros (2 MB
+    that declare 2.6 GB) would make torch.load allocate all of it before anything could be checked."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return None  # another format: torch.load says what it is
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(member.file_size for member in archive.infolist())
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    if declared > 2 * size + (64 << 20):
+        return (f"its archive expands to {declared / 2**30:.1f} GiB from a {size / 2**20:.1f} MB file, which "
+                "torch.save does not write (a compressed or crafted file); refused before loading it")
+    return None
+
+
 def is_stale_checkpoint(path: str | Path) -> bool:
     """Cheaply, whether ``path`` holds a checkpoint of ours: its dict's format key, read with the tensors memory-
     mapped (not read), so an unrelated 100 MB ``.pt`` costs only its small pickle."""
+    if archive_problem(path) is not None:
+        return False
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # anything torch cannot read as a weights-only zip checkpoint is not ours
@@ -154,7 +178,7 @@ MAX_THETAS = 100
 
 
 def _bad(path: Path, what: str, expected: str, value) -> CheckpointError:
-    shown = repr(value) if not isinstance(value, (dict, list, tuple)) else type(value).__name__
+    shown = number_text(value) if not isinstance(value, (dict, list, tuple)) else type(value).__name__
     return CheckpointError(f"{path}: bad checkpoint: {what} must be {expected}, got {shown[:80]}; it is damaged or "
                            "was not written by `stale train`")
 
@@ -164,7 +188,7 @@ def _number(path: Path, what: str, value, kind: type, lo, hi):
     noun = "an integer" if kind is int else "a number"
     ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
     if not (ok and math.isfinite(value) and lo <= value <= hi):
-        raise _bad(path, what, f"{noun} in [{lo:g}, {hi:g}]", value)
+        raise _bad(path, what, f"{noun} in [{number_text(lo)}, {number_text(hi)}]", value)
     return kind(value)
 
 
@@ -235,6 +259,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    problem = archive_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"{path}: not a stale checkpoint: {problem}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (pickle, zip, runtime) for a file that is not a checkpoint

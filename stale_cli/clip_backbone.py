@@ -334,6 +334,11 @@ def load_clip(
                     f"--clip-weights {weights!r} is neither a file nor a pretrained tag of {model_name} "
                     f"(tags: {', '.join(tags) or 'none'}); pass a path to a local weights file"
                 )
+            from stale_cli.checkpoint import archive_problem
+
+            problem = archive_problem(path)
+            if problem is not None:
+                raise WeightsError(f"--clip-weights {path}: {problem}")
             pretrained, recorded = str(path), str(path.resolve())
             openai_cfg = open_clip.get_pretrained_cfg(model_name, "openai")
             if openai_cfg.get("quick_gelu") and not _model_quick_gelu(model_name):

@@ -27,3 +27,14 @@ def terminal_text(text: str) -> str:
     """``text`` as it may be printed: :func:`unicode_name`, and control characters other than tab and newline
     written as ``\\xNN``."""
     return unicode_name(text).translate(_CONTROLS)
+
+
+def number_text(x) -> str:
+    """A number as a person writes it: ``100000000`` (not ``1e+08``), ``1048576``, ``0.25``, ``1e-300``, ``nan``."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return repr(x)
+    if isinstance(x, int):
+        return str(x)
+    if x == x and abs(x) < 1e16 and x.is_integer():
+        return str(int(x))
+    return repr(x)

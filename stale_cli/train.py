@@ -33,8 +33,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from stale_cli.checkpoint import (check_checkpoint_path, detect_config_for, load_weights, read_checkpoint,
-                                  save_checkpoint)
+from stale_cli.checkpoint import (archive_problem, check_checkpoint_path, detect_config_for, load_weights,
+                                  read_checkpoint, save_checkpoint)
 from stale_cli.clip_backbone import activation_of
 from stale_cli.data.annotations import Annotations
 from stale_cli.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset, collate_windows, load_video_set,
@@ -159,7 +159,7 @@ def run_key_differences(ours: dict, theirs) -> list[str]:
 def saved_epoch(path: Path) -> int:
     """Epochs completed in the checkpoint at ``path`` (0 when there is none or it cannot be read); cheap: the
     tensors are memory-mapped, not read."""
-    if not path.is_file():
+    if not path.is_file() or archive_problem(path) is not None:
         return 0
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

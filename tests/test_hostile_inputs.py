@@ -525,3 +525,54 @@ def test_a_bom_in_a_prediction_csv_classes_file_and_annotations_is_dropped(run, 
     r = run("detect", tmp_path / "v.npy", "--classes-file", classes, "-o", tmp_path / "out.json", "--no-progress")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "out.json").read_text())["external_data"]["classes"] == ["high jump", "pole vault"]
+
+
+# ---------------------------------------------------------------- 24: a deflate bomb, 8K frames, numbers as typed
+
+
+def deflate_bomb(path: Path) -> Path:
+    """A zip of 160 MB of deflated zeros in about 160 kB: torch.load would allocate all of it."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data/0", "w", force_zip64=True) as member:
+            block = bytes(1 << 20)
+            for _ in range(160):
+                member.write(block)
+    return path
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_expanded(run, tmp_path):
+    from stale_cli.checkpoint import archive_problem
+
+    bomb = deflate_bomb(tmp_path / "bomb.pt")
+    assert bomb.stat().st_size < 1 << 20 and "expands to 0.2 GiB" in archive_problem(bomb)
+    write_features(tmp_path / "v.npy", *features())
+    r = run(*detect_args(tmp_path / "v.npy", "--checkpoint", bomb), clip=False)
+    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "expands to 0.2 GiB" in error_lines(r)[0], r.output
+    r = run("extract-features", tmp_path / "v.npy", "--out", tmp_path / "o", "--clip-weights", bomb, clip=False)
+    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "--clip-weights" in error_lines(r)[0], r.output
+    assert "expands to" in error_lines(r)[0]
+
+
+def test_huge_frames_are_decoded_few_at_a_time_or_refused(videos):
+    from stale_cli.errors import DecodeError
+    from stale_cli.video import DECODE_GROUP, FrameSampler, frames_per_group
+
+    assert frames_per_group(1920, 1080) == DECODE_GROUP and frames_per_group(8192, 4320) == 2
+    assert frames_per_group(16384, 16384) == 1
+    small = videos["cfr25"]["path"]  # 96 x 64 = 6144 pixels
+    with pytest.raises(DecodeError, match="frames of 96 x 64 pixels are larger than stale decodes"):
+        list(FrameSampler(small, 4.0, decoder="pyav", max_pixels=6000))
+    assert len(list(FrameSampler(small, 4.0, decoder="pyav", max_pixels=6144))) > 0
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--batch-size", "100000000", "--batch-size must be a number in [1, 65536], got 100000000"),
+    ("--top-k", "100000000", "--top-k must be a number in [1, 1048576], got 100000000"),
+    ("--fps", "20000", "--fps must be a number in [0.001, 1000], got 20000"),
+])
+def test_numbers_in_messages_are_printed_as_typed(run, tmp_path, option, value, expected):
+    write_features(tmp_path / "v.npy", *features())
+    r = run(*detect_args(tmp_path / "v.npy", option, value))
+    assert r.exit_code == 1 and error_lines(r) == [f"error: {expected}"], r.output

@@ -22,7 +22,7 @@ from typer.core import TyperGroup
 
 from stale_cli import CLIP_WEIGHTS_ENV, __version__
 from stale_cli.errors import StaleError
-from stale_cli.text import terminal_text
+from stale_cli.text import number_text, terminal_text
 
 # click's exceptions, wherever this Typer takes click from (its own vendored copy, or the click package)
 _click_errors = sys.modules[typer.BadParameter.__module__]
@@ -274,8 +274,8 @@ def check_range(option: str, value, lo, hi, low_open: bool = False):
         return None
     ok = math.isfinite(value) and (lo < value if low_open else lo <= value) and value <= hi
     if not ok:
-        interval = f"{'(' if low_open else '['}{lo:g}, {hi:g}]"
-        raise InputError(f"{option} must be a number in {interval}, got {value:g}")
+        interval = f"{'(' if low_open else '['}{number_text(lo)}, {number_text(hi)}]"
+        raise InputError(f"{option} must be a number in {interval}, got {number_text(value)}")
     return value
 
 
