@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,12 +111,12 @@ def check_checkpoint_path(path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"--out {path}: is a directory; give a checkpoint file name, e.g. {path / 'model.pt'}")
+    from stale_cli.fileio import check_writable
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".stale-write-test."):
-            pass
-    except OSError as e:
-        raise CheckpointError(f"--out {path}: cannot write to {path.parent} ({e.strerror or e})") from e
+        check_writable(path.parent, f"--out {path}")  # the folder is made by the first save, not here
+    except StaleError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def archive_problem(path: str | Path) -> str | None:

@@ -196,10 +196,17 @@ def _streamed(path: Path, node: Path) -> Iterator[Path]:
 
 
 def check_writable(directory: Path, label: str) -> None:
-    """Raise InputError unless files can be created in ``directory`` (made if missing): checked before any work."""
+    """Raise InputError unless files can be created in ``directory``: checked before any work. A missing directory
+    is not made here (a run that then fails on its inputs leaves nothing behind): its nearest existing ancestor
+    must be a directory that takes new files, and the writes make it."""
+    directory = Path(os.path.abspath(directory))
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".stale-write-test."):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".stale-write-test."):
             pass
     except OSError as e:
         raise InputError(f"{label}: cannot write there ({e.strerror or e})") from e

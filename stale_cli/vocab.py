@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 from stale_cli.errors import InputError
@@ -27,8 +28,9 @@ def check_classes(names: list[str], source: str = "class list") -> list[str]:
     seen: dict[str, str] = {}
     for n in names:
         key = class_to_text(n)
-        if not key:  # "_" or "--": nothing left for CLIP to read
-            raise InputError(f"{source}: class name {n!r} has no words (only separators)")
+        if not "".join(c for c in key if not unicodedata.category(c).startswith("C")).strip():
+            # "_" or "--", or control characters only: nothing left for CLIP to read
+            raise InputError(f"{source}: class name {n!r} has no words (only separators or control characters)")
         if key in seen:
             raise InputError(f"{source}: duplicate class name {n!r} (same as {seen[key]!r})")
         seen[key] = n

@@ -132,6 +132,11 @@ def test_terminal_text_escapes_controls_and_undecodable_bytes():
 
 @pytest.fixture(scope="module")
 def good_checkpoint(tmp_path_factory, tiny_clip, tiny_clip_name) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "good.pt", tiny_clip, tiny_clip_name)
+
+
+def make_checkpoint(path: Path, tiny_clip, tiny_clip_name) -> Path:
+    """A small, valid checkpoint over the tiny CLIP (32-dimensional features, classes HighJump and Diving)."""
     import torch
 
     from stale_cli.checkpoint import save_checkpoint
@@ -142,7 +147,6 @@ def good_checkpoint(tmp_path_factory, tiny_clip, tiny_clip_name) -> Path:
     torch.manual_seed(0)
     cfg = ModelConfig(feature_dim=DIM, embed_dim=32, num_snippets=16, clip_model=tiny_clip_name, encoder_layers=1,
                       num_heads=2, ffn_dim=64, decoder_layers=1, num_queries=4, context_tokens=4, dropout=0.0)
-    path = tmp_path_factory.mktemp("ckpt") / "good.pt"
     save_checkpoint(path, STALE(cfg, tiny_clip).eval(), cfg, LossConfig(), DataConfig(num_snippets=16),
                     ["HighJump", "Diving"], feature_fps=4.0, clip_model=tiny_clip_name, epoch=1)
     return path

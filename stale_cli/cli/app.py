@@ -180,6 +180,16 @@ def wrote(path, what: str = "") -> None:
     info(f"wrote {what}{' to ' if what else ''}{path}")
 
 
+def fail_batch(failed: list, inputs: int) -> None:
+    """End a batch of which the inputs ``failed`` (paths, each already reported with its own error line) with
+    status 1: a line counting them and the list, under ``-q`` too; a run of one input has said it all already."""
+    if inputs > 1:
+        error(f"{len(failed)} input(s) failed:")
+        for path in failed:
+            stderr.print(f"  {path}", highlight=False)  # part of the error, shown under -q too
+    raise typer.Exit(1)
+
+
 def show_progress(flag: bool) -> bool:
     """Whether to draw progress bars: asked for (``--progress``, the default), not ``-q``, and stderr a terminal
     (bars in a batch log or a pipe are only noise)."""

@@ -18,6 +18,7 @@ from stale_cli.cli.app import (
     app,
     check_range,
     error,
+    fail_batch,
     info,
     resolve_device,
     show_progress,
@@ -298,7 +299,4 @@ def detect(
              f"{len(failures) + len(bad_inputs)} failed")
         failed = bad_inputs + [str(f.path) for f in failures]
         if failed:
-            error(f"{len(failed)} input(s) failed:")
-            for path in failed:
-                stderr.print(f"  {path}", highlight=False)  # part of the error, shown under -q too
-            raise typer.Exit(1)
+            fail_batch(failed, len(paths) + len(bad_inputs))

@@ -17,10 +17,10 @@ from stale_cli.cli.app import (
     app,
     check_range,
     error,
+    fail_batch,
     info,
     resolve_device,
     show_progress,
-    stderr,
     user_errors,
     warning,
     wrote,
@@ -111,10 +111,7 @@ def extract_features(
              f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s)")
         failed = bad_inputs + [str(path) for path, _ in summary.failed]
         if failed:
-            error(f"{len(failed)} input(s) failed:")
-            for path in failed:
-                stderr.print(f"  {path}", highlight=False)
-            raise typer.Exit(1)
+            fail_batch(failed, len(paths) + len(bad_inputs))
 
 
 def _collect(inputs, kinds=("video",), nothing: str = "no videos to extract", lists: Optional[list] = None):
