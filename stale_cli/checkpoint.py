@@ -242,8 +242,19 @@ def _check_top_level(ckpt: dict, path: Path) -> None:
             raise _bad(path, key, "a string", ckpt.get(key))
     if not isinstance(ckpt.get("clip_activation", ""), (str, type(None))):
         raise _bad(path, "clip_activation", "a string", ckpt.get("clip_activation"))
-    if not isinstance(ckpt.get("extra") or {}, dict):
+    extra = ckpt.get("extra") or {}
+    if not isinstance(extra, dict):
         raise _bad(path, "extra", "a dict", ckpt.get("extra"))
+    for key, kind in (("history", list), ("run_key", dict), ("optimizer", dict)):  # what --resume reads
+        if extra.get(key) is not None and not isinstance(extra[key], kind):
+            raise _bad(path, f"extra {key}", f"a {kind.__name__}", extra[key])
+    for record in extra.get("history") or []:  # one dict of numbers per epoch
+        if not isinstance(record, dict):
+            raise _bad(path, "extra history", "a list of dicts", record)
+        _number(path, "extra history epoch", record.get("epoch"), int, 1, _BIG)
+        for key, value in record.items():
+            if key != "epoch" and value is not None:
+                _number(path, f"extra history {key}", value, float, -math.inf, math.inf)
     state = ckpt["state_dict"]
     for key, tensor in state.items():
         if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):

@@ -183,6 +183,10 @@ CRAFTED_CHECKPOINTS = {
     "loss_negative": (_config_change("loss_config", weight_cls=-1.0), "weight_cls must be a number"),
     "overlap_one": (_config_change("data_config", overlap=1.0), "overlap must be a number"),
     "nan_weights": (_nan_first_weight, "NaN or infinite"),
+    "history_text": (lambda ck: ck["extra"].update(history="x"), "extra history must be a list"),
+    "history_record_text": (lambda ck: ck["extra"].update(history=[{"epoch": 1, "val_map50": "x"}]),
+                            "extra history val_map50 must be a number"),
+    "optimizer_list": (lambda ck: ck["extra"].update(optimizer=[1]), "extra optimizer must be a dict"),
     "state_dict_list": (lambda ck: ck.update(state_dict=[1, 2]), "no state dict"),
     "state_dict_junk": (lambda ck: ck["state_dict"].update(junk="x"), "the state dict must be names of tensors"),
 }
