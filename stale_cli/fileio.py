@@ -212,6 +212,20 @@ def check_writable(directory: Path, label: str) -> None:
         raise InputError(f"{label}: cannot write there ({e.strerror or e})") from e
 
 
+def missing_dirs(path: str | os.PathLike) -> list[Path]:
+    """The folders of ``path`` (itself included) that do not exist yet, outermost first."""
+    path = Path(os.path.abspath(path))
+    return [p for p in (*reversed(path.parents), path) if not p.exists()]
+
+
+def remove_empty_dirs(dirs: list) -> None:
+    """Remove those of ``dirs`` (from :func:`missing_dirs`) that are empty, innermost first: the folders a run
+    made for outputs it never wrote (every input failed)."""
+    for folder in reversed(dirs):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def check_file_writable(path: Path, label: str) -> None:
     """Raise InputError unless the file ``path`` can be written (checked before any work): a FIFO or device must
     be writable itself, a file's directory (made if missing) must take new files."""

@@ -184,19 +184,13 @@ class ResultWriter:
             raise InputError("an SRT file holds one video's subtitles; give --output a directory for several videos")
         if output is None or self.to_stdout:
             return
+        # A missing folder is made by the first write (shell loops write out/<name>.json), not here: a run that
+        # fails on its inputs leaves nothing behind.
         if output_is_directory(output):
             self.directory = Path(output)
-            try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise InputError(f"--output {output}: cannot create directory ({e.strerror or e})") from e
             check_writable(self.directory, f"--output {output}")
         else:
             self.file = Path(output)
-            try:  # a missing parent is created, as for a directory output (shell loops write out/<name>.json)
-                self.file.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise InputError(f"--output {output}: cannot create {self.file.parent} ({e.strerror or e})") from e
             check_file_writable(self.file, f"--output {output}")
 
     def path_of(self, video_id: str) -> Optional[Path]:

@@ -37,8 +37,7 @@ from urllib.parse import quote
 import numpy as np
 
 from stale_cli.detect import CLIP_MODE, STALE_MODE
-from stale_cli.errors import InputError
-from stale_cli.fileio import write_text_atomic
+from stale_cli.fileio import check_writable, write_text_atomic
 from stale_cli.outputs import VideoDetections, output_is_directory
 
 log = logging.getLogger(__name__)
@@ -295,10 +294,7 @@ class ReportWriter:
         self.directory: Optional[Path] = Path(target) if output_is_directory(target) else None
         self.file: Optional[Path] = None if self.directory is not None else Path(target)
         where = self.directory if self.directory is not None else self.file.parent
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"--html {target}: cannot create {where} ({e.strerror or e})") from e
+        check_writable(where, f"--html {target}")  # made by the first page written, not before
 
     def add(self, video: VideoDetections) -> Path:
         """Add one video's detections; returns the path of the report that shows it."""

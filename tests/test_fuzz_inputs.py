@@ -163,8 +163,8 @@ def test_crafted_checkpoint(invoke, tmp_path, good_checkpoint, name, command):
 def test_crafted_sidecar(invoke, tmp_path, name, command):
     npy = SIDECARS[name](tmp_path / "feats")
     if command == "detect":
-        invoke(tmp_path, ["detect", npy, "-c", "a,b", "-o", tmp_path / "out.json", "--html", tmp_path / "r.html",
-                          "--no-progress"])
+        invoke(tmp_path, ["detect", npy, "-c", "a,b", "-o", tmp_path / "new" / "out.json", "--html",
+                          tmp_path / "pages" / "r.html", "--no-progress"])
     elif command == "zero-shot":
         thumos = json.loads((Path(__file__).parent / "fixtures" / "thumos14_mini.json").read_text())
         every_class = [{"segment": [0.25 * i, 0.25 * i + 0.2], "label": c} for i, c in enumerate(thumos["classes"])]
@@ -192,7 +192,8 @@ def test_crafted_annotations(invoke, tmp_path, name, command):
     if command == "evaluate":
         (tmp_path / "p.json").write_text(json.dumps({"results": {"v": [{"label": "A", "score": 0.9,
                                                                          "segment": [1, 2]}]}}))
-        invoke(tmp_path, ["evaluate", tmp_path / "p.json", "-a", ann, "-o", tmp_path / "scores.json"], clip=False)
+        invoke(tmp_path, ["evaluate", tmp_path / "p.json", "-a", ann, "-o", tmp_path / "new" / "scores.json"],
+               clip=False)
     elif command == "train":
         invoke(tmp_path, ["train", "--features", tmp_path / "feats", "--annotations", ann, "--out",
                           tmp_path / "w" / "m.pt", "--device", "cpu", "--no-progress"])
@@ -217,8 +218,8 @@ def test_crafted_classes_file(invoke, tmp_path, name, command):
     classes.write_bytes(CLASS_FILES[name])
     write_features(tmp_path / "feats" / "v.npy", *features())
     if command == "detect":
-        invoke(tmp_path, ["detect", tmp_path / "feats", "--classes-file", classes, "-o", tmp_path / "out.csv",
-                          "--no-progress"])
+        invoke(tmp_path, ["detect", tmp_path / "feats", "--classes-file", classes, "-o", f"{tmp_path / 'out'}/",
+                          "--html", f"{tmp_path / 'pages'}/", "--no-progress"])
     else:
         (tmp_path / "ann.json").write_bytes(annotations_text(video([1, 2])))
         invoke(tmp_path, ["train", "--features", tmp_path / "feats", "--annotations", tmp_path / "ann.json",
@@ -238,5 +239,5 @@ LISTS = {
 @pytest.mark.parametrize("command", ["detect", "extract-features"])
 def test_crafted_list_file(invoke, tmp_path, name, command):
     (tmp_path / "list.txt").write_bytes(LISTS[name])
-    out = ["-c", "a", "-o", tmp_path / "out.json"] if command == "detect" else ["--out", tmp_path / "feats"]
+    out = ["-c", "a", "-o", f"{tmp_path / 'out'}/"] if command == "detect" else ["--out", tmp_path / "feats"]
     invoke(tmp_path, [command, f"@{tmp_path / 'list.txt'}", *out, "--no-progress"])

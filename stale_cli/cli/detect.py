@@ -159,7 +159,8 @@ def detect(
         from stale_cli.detect import DetectSettings, Detector, detect_batch
         from stale_cli.errors import InputError
         from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS
-        from stale_cli.outputs import ResultWriter, plot_detections, plot_paths, require_matplotlib, resolve_format
+        from stale_cli.outputs import (ResultWriter, output_is_directory, plot_detections, plot_paths,
+                                       require_matplotlib, resolve_format)
         from stale_cli.vocab import parse_classes, read_classes_file
 
         if (classes is None) == (classes_file is None):
@@ -191,6 +192,11 @@ def detect(
         for path, vid in zip(paths, ids):
             if vid != input_id(path):
                 warning(f"{path}: another input has the same name; its detections are named {vid}")
+        from stale_cli.fileio import missing_dirs, remove_empty_dirs
+
+        folders = [t if output_is_directory(t) else Path(t).parent for t in (output, html) if t is not None]
+        made = [d for folder in folders + ([Path(plot).parent] if plot is not None else []) if str(folder) != "-"
+                for d in missing_dirs(folder)]
         writer = ResultWriter(output, out_format, {}, console=stdout, num_inputs=len(paths), order=ids)
 
         def check_outputs(checkpoint_path) -> None:
@@ -286,6 +292,7 @@ def detect(
             writer.close()
             if report is not None:
                 report.close()
+            remove_empty_dirs(made)  # folders made for outputs no input reached (lock files come and go there)
         for path in writer.written + plotted + (report.written if report is not None else []):
             wrote(path)
         resumed = journal.resumed if journal is not None else 0

@@ -68,7 +68,7 @@ def extract_features(
         from stale_cli.clip_backbone import load_clip
         from stale_cli.errors import InputError
         from stale_cli.extract import extract_many, video_ids
-        from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable
+        from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable, missing_dirs, remove_empty_dirs
         from stale_cli.guard import OutputGuard
         from stale_cli.inputs import parse_shard, select_shard
 
@@ -97,10 +97,14 @@ def extract_features(
             guard.input(list_file, f"the list file {list_file}")
         guard.input_if_file(clip_weights, f"the CLIP weights {clip_weights}")
         clip = load_clip(clip_model, clip_weights, resolve_device(device), precision=precision)
-        summary = extract_many(
-            paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=show_progress(progress), ids=ids,
-            decoder=decoder, on_warning=warning, on_error=error, workers=workers, guard=guard,
-        )
+        made = missing_dirs(out)
+        try:
+            summary = extract_many(
+                paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=show_progress(progress),
+                ids=ids, decoder=decoder, on_warning=warning, on_error=error, workers=workers, guard=guard,
+            )
+        finally:
+            remove_empty_dirs(made)  # --out made for lock files only: every video failed
         if summary.busy:
             holders = ", ".join(sorted({holder for _, holder in summary.busy}))
             warning(f"{len(summary.busy)} video(s) left to another run that is extracting them ({holders}); "
