@@ -42,3 +42,12 @@ class ResourceError(StaleError):
 class StdoutError(ResourceError):
     """Standard output cannot take what is printed (a full disk behind a redirection, ``> /dev/full``): every
     further input would fail the same way, so the run stops."""
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says memory ran out: a MemoryError, torch's CPU allocator ("can't allocate memory", "not
+    enough memory" on Windows) or CUDA's ("CUDA out of memory")."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e) if isinstance(e, RuntimeError) else ""
+    return any(words in text for words in ("can't allocate memory", "not enough memory", "out of memory"))

@@ -37,7 +37,7 @@ import torch
 from stale_cli import __version__
 from stale_cli.clip_backbone import resize_and_crop
 from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers  # noqa: F401 (re-exported)
-from stale_cli.errors import DecodeError, InputError, OutOfMemory, ResourceError, StaleError
+from stale_cli.errors import DecodeError, InputError, OutOfMemory, ResourceError, StaleError, out_of_memory
 from stale_cli.fileio import (MAX_FEATURE_FPS, MIN_FEATURE_FPS, check_writable, source_identity, source_mismatch,
                               write_features)
 from stale_cli.locks import OutputLock
@@ -106,8 +106,7 @@ def _encode(clip, frames, batch_size: int, path) -> np.ndarray:
             f"--batch-size (e.g. {max(1, batch_size // 2)})"
         ) from None
     except (MemoryError, RuntimeError) as e:
-        text = str(e)
-        if isinstance(e, RuntimeError) and "can't allocate memory" not in text and "not enough memory" not in text:
+        if not out_of_memory(e):
             raise
         raise OutOfMemory(
             f"{path}: out of memory encoding {batch_size} frames at once; rerun it with a smaller --batch-size "

@@ -40,7 +40,7 @@ from stale_cli.data.annotations import Annotations
 from stale_cli.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset, collate_windows, load_video_set,
                                     repeat_factors, unseen_spans, video_instances)
 from stale_cli.data.windows import DataConfig
-from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
+from stale_cli.errors import CheckpointError, DataError, InputError, StaleError, out_of_memory
 from stale_cli.evaluate import evaluate_detection
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.model.losses import STALELoss
@@ -317,6 +317,13 @@ def _covered(start: float, end: float, spans: list[tuple[float, float]]) -> floa
     return float(inside.mean())
 
 
+def _kept(last_path: Path, epoch: int, start_epoch: int) -> str:
+    """What is left on disk when training stops during ``epoch`` (0-based)."""
+    if epoch > start_epoch:
+        return f"the last good checkpoint is {last_path} (epoch {epoch})"
+    return f"{last_path} is left as it was" if last_path.exists() else "no checkpoint was written"
+
+
 def _score(record: dict) -> tuple[float, float]:
     """Order of epochs: higher held-out mAP@0.5, then lower held-out loss."""
     return (record["val_map50"] or 0.0, -record["val_loss"])
@@ -530,12 +537,15 @@ def _train(features_dir, annotations, class_names, out, clip_model, clip_name, c
                 sums = _run_epoch(loader, bar, step_module, criterion, optimizer, scaler, schedule,
                                   train_cfg.grad_clip, device, amp_dtype, world)
             except _NonFinite as e:
-                if epoch > start_epoch:
-                    kept = f"the last good checkpoint is {last_path} (epoch {epoch})"
-                else:
-                    kept = f"{last_path} is left as it was" if last_path.exists() else "no checkpoint was written"
                 raise TrainingError(f"loss became NaN/inf at epoch {epoch + 1} step {e.step} ({e.terms}); stopped, "
-                                    f"{kept}; try a lower --lr") from None
+                                    f"{_kept(last_path, epoch, start_epoch)}; try a lower --lr") from None
+            except (MemoryError, RuntimeError) as e:  # the machine's memory or the GPU's: every step needs as much
+                if not out_of_memory(e):
+                    raise
+                smaller = max(1, train_cfg.batch_size // 2)
+                raise TrainingError(f"out of memory at epoch {epoch + 1} with --batch-size {train_cfg.batch_size}; "
+                                    f"stopped, {_kept(last_path, epoch, start_epoch)}; rerun with a smaller "
+                                    f"--batch-size (e.g. {smaller})") from None
             record = {"epoch": epoch + 1, **{k: v / max(len(loader), 1) for k, v in sums.items()},
                       "seconds": time.perf_counter() - t0, "val_loss": None, "val_map50": None}
             if val_ids:

@@ -584,3 +584,20 @@ def test_numbers_in_messages_are_printed_as_typed(run, tmp_path, option, value, 
     write_features(tmp_path / "v.npy", *features())
     r = run(*detect_args(tmp_path / "v.npy", option, value))
     assert r.exit_code == 1 and error_lines(r) == [f"error: {expected}"], r.output
+
+
+def test_train_out_of_memory_is_one_line(tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
+    import stale_cli.train as training
+    from test_train import cli_args, make_dataset, run_cli
+
+    def no_memory(*args, **kwargs):  # what torch's CPU allocator raises for a --batch-size the RAM cannot hold
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 137438953472 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(training, "_run_epoch", no_memory)
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--epochs", "1"))
+    errors = error_lines(r)
+    assert r.exit_code == 1 and len(errors) == 1 and "Traceback" not in r.output, r.output
+    assert "out of memory at epoch 1 with --batch-size 4" in errors[0] and "(e.g. 2)" in errors[0]
+    assert "no checkpoint was written" in errors[0]
