@@ -97,8 +97,11 @@ class DetectJournal:
                 self._records[rec["video_id"]] = rec
         return self._records
 
-    def finished(self, video_id: str, path: Path, records: Optional[dict] = None) -> Optional[VideoDetections]:
-        """The detections of ``video_id`` if the journal holds them for ``path`` as it is now and this run."""
+    def finished(self, video_id: str, path: Path, records: Optional[dict] = None,
+                 resuming: bool = True) -> Optional[VideoDetections]:
+        """The detections of ``video_id`` if the journal holds them for ``path`` as it is now and this run, with
+        their score curves where recorded. ``resuming``: for this run to skip the video, which with ``curves``
+        needs them recorded (else it is detected again); a video another run finished is taken either way."""
         rec = (self.records() if records is None else records).get(video_id)
         if rec is None or rec.get("run") != self.run:
             return None
@@ -108,12 +111,16 @@ class DetectJournal:
             segments = [Segment(str(s["label"]), float(s["start"]), float(s["end"]), float(s["score"]))
                         for s in rec["segments"]]
             video = VideoDetections(video_id, str(rec["source"]), float(rec["duration"]), segments)
-            if self.curves:
-                from stale_cli.report import curves_from_payload
-
-                video.times, video.scores = curves_from_payload(rec["curves"])  # none recorded: detected again
         except (OSError, KeyError, TypeError, ValueError):
             return None
+        if self.curves:
+            from stale_cli.report import curves_from_payload
+
+            try:
+                video.times, video.scores = curves_from_payload(rec["curves"])
+            except (KeyError, TypeError, ValueError):  # recorded by a run without --html, or damaged
+                if resuming:
+                    return None
         video.extra = {"mode": self.run.get("mode"), "resumed": True}
         return video
 
@@ -181,5 +188,5 @@ def assign_ids(journal: DetectJournal, paths: Sequence[Path], ids: list[str], ex
 def finished_outputs(journal: DetectJournal, paths: Sequence[Path], ids: Sequence[str], have: set) -> list:
     """Detections of this batch's videos the journal holds beyond ``have`` (ids): those other runs finished."""
     records = journal.records()
-    found = (journal.finished(v, p, records) for p, v in zip(paths, ids) if v not in have)
+    found = (journal.finished(v, p, records, resuming=False) for p, v in zip(paths, ids) if v not in have)
     return [v for v in found if v is not None]

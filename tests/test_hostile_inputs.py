@@ -601,3 +601,23 @@ def test_train_out_of_memory_is_one_line(tmp_path, monkeypatch, tiny_clip_name, 
     assert r.exit_code == 1 and len(errors) == 1 and "Traceback" not in r.output, r.output
     assert "out of memory at epoch 1 with --batch-size 4" in errors[0] and "(e.g. 2)" in errors[0]
     assert "no checkpoint was written" in errors[0]
+
+
+def test_a_video_recorded_without_curves_is_redone_by_a_report_run_but_shown_when_another_run_did_it(tmp_path):
+    from stale_cli.outputs import Segment, VideoDetections
+    from stale_cli.resume import DetectJournal
+
+    source = tmp_path / "v.npy"
+    source.write_bytes(b"x")
+    video = VideoDetections("v", str(source), 6.0, [Segment("a", 1.0, 2.0, 0.5)],
+                            times=np.arange(24) / 4, scores=np.full((24, 1), 0.5))
+    plain = DetectJournal(tmp_path / ".j", {"classes": ["a"]}, target=lambda v: tmp_path / v)
+    plain.append(video, source)  # a run without --html: no curves recorded
+    report_run = DetectJournal(tmp_path / ".j", {"classes": ["a"]}, target=lambda v: tmp_path / v)
+    report_run.curves = True
+    assert report_run.finished("v", source) is None  # resuming it would draw no curves: detected again
+    shown = report_run.finished("v", source, resuming=False)  # finished by another run: in the report as it is
+    assert shown is not None and shown.scores is None and shown.segments == video.segments
+    report_run.append(video, source)
+    again = report_run.finished("v", source)
+    assert again is not None and np.allclose(again.scores, 0.5, atol=1 / 255) and np.allclose(again.times, video.times)
