@@ -359,6 +359,13 @@ def load_clip(
             "pass a weights file made for this --clip-model"
         ) from e
     model.eval()
+    if pretrained is not None:
+        from stale_cli.checkpoint import nonfinite_tensor
+
+        broken = nonfinite_tensor(model.state_dict())
+        if broken is not None:  # every feature would be NaN: detections silently none
+            raise WeightsError(f"CLIP weights {recorded}: {broken} holds NaN or infinite values; the file is "
+                               "damaged, download or convert it again")
     pp = model.visual.preprocess_cfg
     size = pp["size"]
     size = size if isinstance(size, int) else size[0]

@@ -196,6 +196,11 @@ def _result(i: int, path: Path, rows: list, info: VideoInfo, fps: float, clip) -
     """The finished VideoResult of video ``i`` from its encoded chunks ``rows`` [(n, D) float16]."""
     feats = np.concatenate(rows) if rows else np.zeros((0, clip.embed_dim), np.float16)  # (T, D)
     assert feats.shape[0] == info.num_samples == num_samples(info.duration, fps), (feats.shape, info)
+    if not np.isfinite(feats).all():  # features no command could read back (read_features refuses them)
+        bad = int((~np.isfinite(feats).all(axis=1)).sum())
+        return VideoResult(i, Path(path), error=DecodeError(
+            f"{path}: CLIP gave NaN or infinite features for {bad} of {len(feats)} frames; check --clip-weights "
+            "and --precision (fp16 can overflow: try --precision fp32)"))
     meta = sidecar(path, info, fps, clip, feats.shape[0])
     return VideoResult(i, Path(path), features=feats, meta=meta, warnings=list(info.warnings))
 

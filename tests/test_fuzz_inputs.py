@@ -241,3 +241,36 @@ def test_crafted_list_file(invoke, tmp_path, name, command):
     (tmp_path / "list.txt").write_bytes(LISTS[name])
     out = ["-c", "a", "-o", f"{tmp_path / 'out'}/"] if command == "detect" else ["--out", tmp_path / "feats"]
     invoke(tmp_path, [command, f"@{tmp_path / 'list.txt'}", *out, "--no-progress"])
+
+
+def _nan_clip(path: Path, tiny_clip_weights: Path) -> None:
+    import torch
+
+    state = torch.load(tiny_clip_weights, map_location="cpu", weights_only=True)
+    torch.save({k: (v.clone().fill_(float("nan")) if v.is_floating_point() else v) for k, v in state.items()}, path)
+
+
+def _other_dict(path: Path, tiny_clip_weights: Path) -> None:
+    import torch
+
+    torch.save({"hologram.weight": torch.zeros(3, 3)}, path)
+
+
+CLIP_WEIGHTS = {
+    "deflate_bomb": lambda path, _: deflate_bomb(path),
+    "garbage": lambda path, _: path.write_bytes(bytes(range(256)) * 16),
+    "text": lambda path, _: path.write_text("not weights\n"),
+    "other_state_dict": _other_dict,
+    "nan": _nan_clip,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLIP_WEIGHTS))
+@pytest.mark.parametrize("command", ["extract-features", "detect"])
+def test_crafted_clip_weights(invoke, tmp_path, videos, tiny_clip_name, tiny_clip_weights, name, command):
+    weights = tmp_path / "clip.pt"
+    CLIP_WEIGHTS[name](weights, tiny_clip_weights)
+    video = videos["single"]["path"]
+    out = ["--out", tmp_path / "feats"] if command == "extract-features" else ["-c", "a", "-o", tmp_path / "o.json"]
+    invoke(tmp_path, [command, video, *out, "--clip-model", tiny_clip_name, "--clip-weights", weights,
+                      "--no-progress"], clip=False)

@@ -626,3 +626,36 @@ def test_a_video_recorded_without_curves_is_redone_by_a_report_run_but_shown_whe
     report_run.append(video, source)
     again = report_run.finished("v", source)
     assert again is not None and np.allclose(again.scores, 0.5, atol=1 / 255) and np.allclose(again.times, video.times)
+
+
+def test_nonfinite_tensor_finds_nan_and_inf_also_in_half_precision():
+    import torch
+
+    from stale_cli.checkpoint import nonfinite_tensor
+
+    state = {"a": torch.ones(1000, 1000, dtype=torch.float16), "b": torch.arange(5), "c": torch.zeros(3)}
+    assert nonfinite_tensor(state) is None  # a float16 sum of 10^6 ones overflows float16, not float32
+    state["c"][1] = float("inf")
+    assert nonfinite_tensor(state) == "c"
+    state["a"][3, 3] = float("nan")
+    assert nonfinite_tensor(state) == "a"
+
+
+class _NaNClip(_OutOfMemoryOnce):
+    """A loaded CLIP whose image encoder gives NaN (fp16 overflow, a broken GPU kernel)."""
+
+    def encode_images(self, images, batch_size=64):
+        return self.clip.encode_images(images, batch_size=batch_size) * float("nan")
+
+
+def test_nan_features_are_not_written(tmp_path, videos, monkeypatch, tiny_clip_name, tiny_clip_weights):
+    import stale_cli.clip_backbone as backbone
+
+    real = backbone.load_clip
+    monkeypatch.setattr(backbone, "load_clip", lambda *a, **kw: _NaNClip(real(*a, **kw), None))
+    r = CliRunner().invoke(app, ["extract-features", str(videos["single"]["path"]), "--out", str(tmp_path / "o"),
+                                 "--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights),
+                                 "--no-progress"])
+    assert r.exit_code == 1 and len(error_lines(r)) == 1, r.output
+    assert "CLIP gave NaN or infinite features for 1 of 1 frames" in error_lines(r)[0]
+    assert not (tmp_path / "o").exists()
