@@ -312,6 +312,7 @@ def load_clip(
             f"unknown --clip-model {model_name!r}; open_clip knows e.g. ViT-B-16, ViT-B-32, ViT-L-14 "
             "(see open_clip.list_models())"
         )
+    cfg = None
     if weights is None:
         pretrained, recorded = None, "random"
     else:
@@ -359,7 +360,7 @@ def load_clip(
             "pass a weights file made for this --clip-model"
         ) from e
     model.eval()
-    if pretrained is not None:
+    if pretrained is not None and not cfg:  # a local file (a tag is open_clip's own download)
         from stale_cli.checkpoint import nonfinite_tensor
 
         broken = nonfinite_tensor(model.state_dict())
