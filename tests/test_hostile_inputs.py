@@ -63,6 +63,8 @@ def test_latin1_feature_file_names_in_every_output(run, tmp_path):
     r = run(*detect_args(d, "-o", tmp_path / "per_video/"))
     assert r.exit_code == 0 and (tmp_path / "per_video" / "caf\\xe9.json").is_file()
     assert "caf\\xe9" in r.stderr  # the "wrote" line, printable
+    r = run(*detect_args(d, "-o", "-", "-f", "csv"))  # a pipe takes it too
+    assert r.exit_code == 0 and "caf\\xe9," in r.stdout
 
 
 def test_latin1_video_plays_from_the_report_and_extracts(run, tmp_path, videos):
