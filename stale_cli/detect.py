@@ -39,7 +39,7 @@ from stale_cli.clipmode import MODE_NAME as CLIP_MODE
 from stale_cli.clipmode import (ClipModeConfig, class_text_features, ensemble, normalize_rows, snippet_directions,
                                 snippet_probabilities)
 from stale_cli.data.windows import DataConfig, interpolate_rows
-from stale_cli.errors import CheckpointError, DataError, InputError, ResourceError, StaleError
+from stale_cli.errors import CheckpointError, DataError, InputError, ResourceError, StaleError, out_of_memory
 from stale_cli.fileio import MAX_FEATURE_FPS, MIN_FEATURE_FPS, read_features, source_identity, write_features
 from stale_cli.outputs import Segment, VideoDetections
 from stale_cli.postprocess import DetectConfig
@@ -596,8 +596,16 @@ def detect_batch(
             on_result(result)
         except ResourceError:
             raise  # every further input would fail the same way
-        except MemoryError as e:  # an array this input needed: the next, smaller one may fit
-            failure = Failure(path, f"{path}: out of memory ({e or 'MemoryError'}); the other inputs go on")
+        except (MemoryError, RuntimeError) as e:  # an array this input needed: the next, smaller one may fit
+            import torch
+
+            if not out_of_memory(e):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            if isinstance(e, torch.cuda.OutOfMemoryError):  # the GPU's: every further input needs it too
+                raise ResourceError(f"{path}: CUDA out of memory ({first}); rerun with a smaller --batch-size, or "
+                                    "--device cpu") from None
+            failure = Failure(path, f"{path}: out of memory ({first}); the other inputs go on")
             failures.append(failure)
             on_error(failure)
         except StaleError as e:
