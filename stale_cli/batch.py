@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from stale_cli.detect import DetectSettings, Detector, Failure, detect_batch
-from stale_cli.extract import video_ids
+from stale_cli.extract import input_id, video_ids
+from stale_cli.fileio import check_writable, missing_dirs, remove_empty_dirs
 from stale_cli.guard import OutputGuard
 from stale_cli.inputs import one_per_video
-from stale_cli.outputs import ResultWriter, VideoDetections, check_plot_format, plot_detections, plot_paths
+from stale_cli.outputs import (ResultWriter, VideoDetections, check_plot_format, output_is_directory, plot_detections,
+                               plot_paths)
 from stale_cli.report import ReportWriter
 from stale_cli.resume import DetectJournal, assign_ids, finished_outputs
 
@@ -59,14 +61,20 @@ class DetectBatch:
         self.paths = one_per_video(self.inputs, note)
         self.ids = video_ids(self.paths)
         for path, vid in zip(self.paths, self.ids):
-            if vid != path.stem:
+            if vid != input_id(path):
                 warn(f"{path}: another input has the same name; its detections are named {vid}")
-        # Where results go, checked (directories made) now; the writer itself is made once the run's metadata is
-        # known (load).
+        # Where results go, checked now; the writer itself is made once the run's metadata is known (load). Missing
+        # folders are made by the first write, and removed again at the end when no input reached them.
+        folders = [t if output_is_directory(t) else Path(t).parent for t in (outputs.output, outputs.html)
+                   if t is not None]
+        folders += [Path(outputs.plot).parent] if outputs.plot is not None else []
+        self._made = [d for folder in folders if str(folder) != "-" for d in missing_dirs(folder)]
         self._targets = ResultWriter(outputs.output, outputs.fmt, {}, num_inputs=len(self.paths))
         self._check(settings.checkpoint)
         if outputs.plot is not None:
             check_plot_format(outputs.plot)  # after the clobber checks: writing over an input is the graver mistake
+        if settings.cache_features is not None and self.need_video:  # before any video is decoded
+            check_writable(Path(settings.cache_features), f"--cache-features {settings.cache_features}")
         self.detector: Optional[Detector] = None
         self.journal: Optional[DetectJournal] = None
 
@@ -106,6 +114,8 @@ class DetectBatch:
         settings = dataclasses.replace(self.settings, precision=resolve_precision(self.settings.precision, device))
         self.detector = Detector(settings, device=device, need_video=self.need_video)
         self.journal = DetectJournal.for_writer(self._targets, self.detector.run_key())
+        if self.journal is not None:
+            self.journal.curves = self.outputs.html is not None  # the report draws them, also for resumed videos
         if self.journal is not None and self._targets.directory is not None:
             self.ids = assign_ids(self.journal, self.paths, self.ids, lambda v: self._targets.path_of(v).is_file(),
                                   self.warn)
@@ -151,9 +161,12 @@ class DetectBatch:
             if journal is not None and writer.file is not None:  # videos other runs finished meanwhile
                 for video in finished_outputs(journal, self.paths, self.ids, writer.ids):
                     writer.add(video)
+                    if report is not None:
+                        report.add(video)
             writer.close()
             if report is not None:
                 report.close()
+            remove_empty_dirs(self._made)  # folders made for outputs no input reached (lock files come and go there)
         resumed = journal.resumed if journal is not None else 0
         busy = journal.busy if journal is not None else []
         return BatchResult(

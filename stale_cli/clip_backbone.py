@@ -319,6 +319,7 @@ def load_clip(
             f"unknown --clip-model {model_name!r}; open_clip knows e.g. ViT-B-16, ViT-B-32, ViT-L-14 "
             "(see open_clip.list_models())"
         )
+    cfg = None
     if weights is None:
         pretrained, recorded = None, "random"
     else:
@@ -341,6 +342,11 @@ def load_clip(
                     f"--clip-weights {weights!r} is neither a file nor a pretrained tag of {model_name} "
                     f"(tags: {', '.join(tags) or 'none'}); pass a path to a local weights file"
                 )
+            from stale_cli.checkpoint import archive_problem
+
+            problem = archive_problem(path)
+            if problem is not None:
+                raise WeightsError(f"--clip-weights {path}: {problem}")
             pretrained, recorded = str(path), str(path.resolve())
             openai_cfg = open_clip.get_pretrained_cfg(model_name, "openai")
             if openai_cfg.get("quick_gelu") and not _model_quick_gelu(model_name):
@@ -361,6 +367,13 @@ def load_clip(
             "pass a weights file made for this --clip-model"
         ) from e
     model.eval()
+    if pretrained is not None and not cfg:  # a local file (a tag is open_clip's own download)
+        from stale_cli.checkpoint import nonfinite_tensor
+
+        broken = nonfinite_tensor(model.state_dict())
+        if broken is not None:  # every feature would be NaN: detections silently none
+            raise WeightsError(f"CLIP weights {recorded}: {broken} holds NaN or infinite values; the file is "
+                               "damaged, download or convert it again")
     pp = model.visual.preprocess_cfg
     size = pp["size"]
     size = size if isinstance(size, int) else size[0]

@@ -43,12 +43,14 @@ from stale_cli.clipmode import (ClipModeConfig, class_text_features, ensemble, n
 from stale_cli.data.windows import (DataConfig, center_video, cut_windows, detection_grid, feature_timeline,
                                     interpolate_rows, video_duration)
 from stale_cli.defaults import DEFAULT_FEATURE_FPS
-from stale_cli.errors import CheckpointError, DataError, InputError, ResourceError, StaleError
+from stale_cli.errors import (CheckpointError, DataError, InputError, ResourceError, StaleError, first_line,
+                              out_of_memory)
 from stale_cli.fileio import read_features, source_identity, write_features
 from stale_cli.outputs import Segment, VideoDetections
 from stale_cli.postprocess import DetectConfig, Segments, WindowedVideo, finalize, segments_from_curve
 from stale_cli.reading import ReadingConfig, reading_parents
 from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta
+from stale_cli.text import unicode_name
 from stale_cli.textcache import cached_rows
 from stale_cli.vocab import class_to_text, distractors, name_key
 
@@ -125,15 +127,25 @@ def stale_checkpoints(weights_dir: Path) -> list[Path]:
     return found
 
 
+# Largest array a feature file may be resampled to (1M rows of 512 floats: 72 hours at 4 fps), so a sidecar with a
+# tiny fps cannot make a small file ask for tens of GiB.
+MAX_RESAMPLED_BYTES = 2 << 30
+
+
 def resample_features(features: np.ndarray, meta: FeatureMeta, fps: float) -> tuple[np.ndarray, FeatureMeta]:
     """Linear interpolation of (N, D) features sampled at ``meta.fps`` to ``fps`` rows per second.
 
     Row k of the result is the frame at ``t0 + k / fps``; the result covers the same span as the source.
     """
     src_fps = meta.fps
-    N = features.shape[0]
+    N, D = features.shape
     t0 = meta.first_time
     M = max(1, int(round(N * fps / src_fps)))
+    if M * D * 4 > MAX_RESAMPLED_BYTES:  # float32 (M, D), before it is allocated
+        raise DataError(
+            f"resampling its {N} rows at {src_fps:g} fps to {fps:g} fps would make {M} rows "
+            f"({M * D * 4 / 2**30:.1f} GiB); its sidecar's fps is likely wrong: extract the features again "
+            f"(at --fps {fps:g})")
     out = interpolate_rows(features, np.arange(M) * (src_fps / fps))  # (M, D): source row at each new row's time
     return out, meta.replace(fps=float(fps), timestamps=tuple(t0 + k / fps for k in range(M)), resampled_from_fps=src_fps)
 
@@ -399,7 +411,7 @@ class Detector:
         self, path: Path, video_id: Optional[str] = None, progress: Optional[Callable[[int], None]] = None
     ) -> VideoDetections:
         """Segments of one input file (video or feature file); ``video_id`` defaults to the file stem."""
-        video_id = video_id or path.stem
+        video_id = video_id or unicode_name(path.stem)
         feats, meta = self.load_input(path, video_id, progress)
         return self.detect_features(feats, meta, video_id=video_id, source=str(path))
 
@@ -616,6 +628,18 @@ def detect_batch(
             on_result(result)
         except ResourceError:
             raise  # every further input would fail the same way
+        except (MemoryError, RuntimeError) as e:  # an array this input needed: the next, smaller one may fit
+            import torch
+
+            if not out_of_memory(e):
+                raise
+            first = first_line(e)[:200]
+            if isinstance(e, torch.cuda.OutOfMemoryError):  # the GPU's: every further input needs it too
+                raise ResourceError(f"{path}: CUDA out of memory ({first}); rerun with a smaller --batch-size, or "
+                                    "--device cpu") from None
+            failure = Failure(path, f"{path}: out of memory ({first}); the other inputs go on")
+            failures.append(failure)
+            on_error(failure)
         except StaleError as e:
             msg = str(e)
             failure = Failure(path, msg if str(path) in msg or path.name in msg else f"{path}: {msg}")

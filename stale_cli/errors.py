@@ -30,6 +30,11 @@ class CheckpointError(StaleError):
     """A checkpoint is missing, of another format or version, or does not fit the features."""
 
 
+class OutOfMemory(StaleError):
+    """The machine's memory ran out on one input (a frame batch, an array it needed): that input fails, the batch
+    goes on (a smaller input, or the next one, may fit)."""
+
+
 class ResourceError(StaleError):
     """The machine ran out of something every further input needs too (GPU memory): the whole run stops."""
 
@@ -43,3 +48,12 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (a third-party library's may run on), else its type's name."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says memory ran out: a MemoryError, torch's CPU allocator ("can't allocate memory", "not
+    enough memory" on Windows) or CUDA's ("CUDA out of memory")."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e) if isinstance(e, RuntimeError) else ""
+    return any(words in text for words in ("can't allocate memory", "not enough memory", "out of memory"))

@@ -286,7 +286,7 @@ def read_predictions(path: str | Path) -> dict[str, list[tuple[str, float, float
     if path.suffix.lower() != ".csv":
         return parse_predictions(read_json(path, "prediction file"), str(path))
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # spreadsheet programs write a BOM
             reader = csv.DictReader(f)
             need = {"video", "label", "start", "end", "score"}
             if reader.fieldnames is None or not need <= set(reader.fieldnames):

@@ -37,10 +37,11 @@ from stale_cli import __version__
 from stale_cli.clip_backbone import resize_and_crop
 from stale_cli.clip_identity import WeightsId
 from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS, default_workers  # noqa: F401 (re-exported)
-from stale_cli.errors import DecodeError, InputError, ResourceError, StaleError
+from stale_cli.errors import DecodeError, InputError, OutOfMemory, ResourceError, StaleError, out_of_memory
 from stale_cli.fileio import check_writable, read_json_or_none, source_identity, write_features
 from stale_cli.locks import OutputLock
 from stale_cli.sidecar import FEATURE_FORMAT, MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta, source_mismatch
+from stale_cli.text import unicode_name
 from stale_cli.video import FrameSampler, VideoInfo, num_samples, probe_header
 
 log = logging.getLogger(__name__)
@@ -98,13 +99,21 @@ _DONE = object()
 
 
 def _encode(clip, frames, batch_size: int, path) -> np.ndarray:
-    """float16 ``(n, D)`` embeddings of a chunk; CUDA running out of memory ends the run with one line."""
+    """float16 ``(n, D)`` embeddings of a chunk. CUDA running out of memory ends the run with one line; the
+    machine's memory running out fails this video (:class:`OutOfMemory`), the batch goes on."""
     try:
         return clip.encode_images(frames, batch_size=batch_size).half().numpy()
     except torch.cuda.OutOfMemoryError:
         raise ResourceError(
             f"{path}: CUDA out of memory encoding {batch_size} frames at once; rerun with a smaller "
             f"--batch-size (e.g. {max(1, batch_size // 2)})"
+        ) from None
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        raise OutOfMemory(
+            f"{path}: out of memory encoding {batch_size} frames at once; rerun it with a smaller --batch-size "
+            f"(e.g. {max(1, batch_size // 2)})"
         ) from None
 
 
@@ -190,6 +199,11 @@ def _result(i: int, path: Path, rows: list, info: VideoInfo, fps: float, clip) -
     """The finished VideoResult of video ``i`` from its encoded chunks ``rows`` [(n, D) float16]."""
     feats = np.concatenate(rows) if rows else np.zeros((0, clip.embed_dim), np.float16)  # (T, D)
     assert feats.shape[0] == info.num_samples == num_samples(info.duration, fps), (feats.shape, info)
+    if not np.isfinite(feats).all():  # features no command could read back (read_features refuses them)
+        bad = int((~np.isfinite(feats).all(axis=1)).sum())
+        return VideoResult(i, Path(path), error=DecodeError(
+            f"{path}: CLIP gave NaN or infinite features for {bad} of {len(feats)} frames; check --clip-weights "
+            "and --precision (fp16 can overflow: try --precision fp32)"))
     meta = sidecar(path, info, fps, clip, feats.shape[0])
     return VideoResult(i, Path(path), features=feats, meta=meta, warnings=list(info.warnings))
 
@@ -282,6 +296,7 @@ def _iter_features_processes(
     transform = functools.partial(resize_and_crop, size=clip.image_size, resize_mode=clip.resize_mode)
     pool = _Decoders(workers, (fps, transform, batch_size, decoder))
     rows: dict = {}  # video index -> encoded chunks so far
+    failed: dict = {}  # video index -> OutOfMemory of a video whose frames did not fit
     finished: dict = {}  # video index -> VideoResult waiting for its turn
     sent, next_out, ahead = 0, 0, AHEAD_PER_WORKER * workers
     try:
@@ -311,15 +326,20 @@ def _iter_features_processes(
                     continue
                 kind, i, payload = msg
                 if kind == "chunk":
+                    if i in failed:  # the rest of a video that ran out of memory
+                        continue
                     frames = torch.from_numpy(payload)
-                    rows[i].append(_encode(clip, frames, batch_size, paths[i]))  # (n, D)
+                    try:
+                        rows[i].append(_encode(clip, frames, batch_size, paths[i]))  # (n, D)
+                    except OutOfMemory as e:
+                        failed[i] = e
                     if on_frames:
                         on_frames(frames.shape[0])
                     continue
                 del pool.holding[wid]
                 chunks = rows.pop(i)
-                if kind == "error":
-                    finished[i] = VideoResult(i, paths[i], error=payload)
+                if kind == "error" or i in failed:
+                    finished[i] = VideoResult(i, paths[i], error=failed.pop(i, payload))
                 else:
                     finished[i] = _result(i, paths[i], chunks, payload, fps, clip)
     finally:
@@ -359,19 +379,25 @@ def iter_features(
     )
     worker.start()
     rows: list = []
+    failed: Optional[OutOfMemory] = None  # the current video's frames did not fit in memory
     try:
         while True:
             kind, i, payload = q.get()
             if kind is _DONE:
                 break
             if kind == "chunk":
-                rows.append(_encode(clip, payload.frames, batch_size, paths[i]))  # (n, D)
+                if failed is None:
+                    try:
+                        rows.append(_encode(clip, payload.frames, batch_size, paths[i]))  # (n, D)
+                    except OutOfMemory as e:
+                        failed, rows = e, []
                 if on_frames:
                     on_frames(len(payload.indices))
                 continue
-            if kind == "error":
+            if kind == "error" or failed is not None:
                 rows = []
-                yield VideoResult(i, Path(paths[i]), error=payload)
+                yield VideoResult(i, Path(paths[i]), error=failed or payload)
+                failed = None
                 continue
             if kind == "unclaimed":
                 yield VideoResult(i, Path(paths[i]), claimed=False)
@@ -399,16 +425,21 @@ def extract_video(
 def video_ids(paths: Sequence[Path]) -> list[str]:
     """Output name of each input: its stem, or, where several inputs share a stem, ``stem-<8 hex>`` from a hash of
     the absolute path, so that no two inputs of a batch write the same file."""
-    stems = [Path(p).stem for p in paths]
+    stems = [input_id(p) for p in paths]
     counts: dict = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
     return [s if counts[s] == 1 else hashed_id(p) for s, p in zip(stems, paths)]
 
 
+def input_id(path: Path) -> str:
+    """An input's name in outputs: its stem, with bytes that are not UTF-8 written as ``\\xNN``."""
+    return unicode_name(Path(path).stem)
+
+
 def hashed_id(path: Path) -> str:
     """``stem-<8 hex>``: the name of an input whose stem another input (of this run or an earlier one) has."""
-    return f"{Path(path).stem}-{zlib.crc32(str(Path(path).resolve()).encode('utf-8')):08x}"
+    return f"{input_id(path)}-{zlib.crc32(os.fsencode(Path(path).resolve())):08x}"
 
 
 def _finished(npy: Path, path: Path, fps: float, clip) -> tuple[str, str]:
@@ -451,7 +482,7 @@ def plan_features(path: Path, vid: str, out_dir: Path, fps: float, clip, overwri
     "absent", with a ``warn`` line); "other-settings" files are never replaced unless ``overwrite``.
     """
     state, why = _finished(out_dir / f"{vid}.npy", path, fps, clip)
-    if state == "other-source" and vid == path.stem:
+    if state == "other-source" and vid == input_id(path):
         warn(f"{path}: {vid}.npy in {out_dir} holds another video's features ({why}); writing this one as "
              f"{hashed_id(path)}.npy")
         vid = hashed_id(path)
@@ -530,7 +561,7 @@ def extract_many(
     summary = ExtractSummary()
     todo, todo_ids = [], []
     for path, vid in zip(paths, ids):
-        if vid != path.stem:
+        if vid != input_id(path):
             on_warning(f"{path}: another input has the same name; writing it as {vid}.npy")
         vid, state, why = plan_features(path, vid, out_dir, fps, clip, overwrite, on_warning)
         if guard is not None and state == "absent":

@@ -48,7 +48,7 @@ def read_json(path: str | os.PathLike, what: str):
     """The parsed JSON of the file at ``path``, a ``what`` ("annotation file", ...) the command needs: missing is
     an InputError, unreadable or not JSON a DataError, each one line naming the file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM (spreadsheets, Windows editors) is dropped
     except FileNotFoundError:
         raise InputError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -62,7 +62,7 @@ def read_json_or_none(path: str | os.PathLike, max_bytes: Optional[int] = None):
     try:
         if max_bytes is not None and os.path.getsize(path) > max_bytes:
             return None
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
 
@@ -216,13 +216,34 @@ def _streamed(path: Path, node: Path) -> Iterator[Path]:
 
 
 def check_writable(directory: Path, label: str) -> None:
-    """Raise InputError unless files can be created in ``directory`` (made if missing): checked before any work."""
+    """Raise InputError unless files can be created in ``directory``: checked before any work. A missing directory
+    is not made here (a run that then fails on its inputs leaves nothing behind): its nearest existing ancestor
+    must be a directory that takes new files, and the writes make it."""
+    directory = Path(os.path.abspath(directory))
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".stale-write-test."):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".stale-write-test."):
             pass
     except OSError as e:
         raise InputError(f"{label}: cannot write there ({e.strerror or e})") from e
+
+
+def missing_dirs(path: str | os.PathLike) -> list[Path]:
+    """The folders of ``path`` (itself included) that do not exist yet, outermost first."""
+    path = Path(os.path.abspath(path))
+    return [p for p in (*reversed(path.parents), path) if not p.exists()]
+
+
+def remove_empty_dirs(dirs: list) -> None:
+    """Remove those of ``dirs`` (from :func:`missing_dirs`) that are empty, innermost first: the folders a run
+    made for outputs it never wrote (every input failed)."""
+    for folder in reversed(dirs):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def check_file_writable(path: Path, label: str) -> None:
@@ -237,8 +258,11 @@ def check_file_writable(path: Path, label: str) -> None:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` as UTF-8; bytes of file names that are not UTF-8 in it are written as ``\\xNN``."""
+    from stale_cli.text import unicode_name
+
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(unicode_name(text), encoding="utf-8")
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

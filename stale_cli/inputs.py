@@ -45,11 +45,15 @@ def walk_files(root: Path, on_broken: Callable[[Path], None]) -> Iterator[Path]:
 
 
 def _read_list(list_file: Path) -> list[str]:
-    """Lines of an @list file: one path per line, blank lines and # comments skipped, relative to the file."""
+    """Lines of an @list file: one path per line, blank lines and # comments skipped, relative to the file.
+
+    Read as UTF-8 (a BOM, as editors on Windows write, is dropped); a line that is not UTF-8 is taken as the bytes
+    of a file name (``caf\xe9.mp4`` in Latin-1), as the file system holds them, so it costs that line at most."""
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"@{list_file}: cannot read the list file ({getattr(e, 'strerror', None) or e})") from e
+        data = list_file.read_bytes()
+    except OSError as e:
+        raise InputError(f"@{list_file}: cannot read the list file ({e.strerror or e})") from e
+    lines = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape").splitlines()
     out = []
     for line in lines:
         line = line.strip()
@@ -78,6 +82,8 @@ def collect_inputs(
     assert not unknown, unknown
     found: list[Path] = []
     seen: set = set()
+    reading: list = []  # the @list files being read, outermost first: one that includes itself is read once
+    read: set = set()  # every @list file read: one included twice (by two lists) adds nothing the second time
 
     def add(p: Path) -> None:
         key = os.path.normcase(os.path.abspath(p))
@@ -88,20 +94,30 @@ def collect_inputs(
     def visit(item: str, depth: int) -> None:
         if item.startswith("@"):
             if depth > 8:
-                raise InputError(f"{item}: @list files nested too deeply (a list that includes itself?)")
+                raise InputError(f"{item}: @list files nested too deeply")
             list_file = Path(item[1:]).expanduser()
             if not list_file.is_file():
                 raise InputError(f"{item}: list file {list_file} does not exist")
+            key = os.path.normcase(os.path.realpath(list_file))
+            if key in reading:
+                raise InputError(f"{item}: the list includes itself; each of its lines is read once")
+            if key in read:
+                return
+            read.add(key)
             if lists is not None:
                 lists.append(list_file)
-            for entry in _read_list(list_file):
-                if bad is None:
-                    visit(entry, depth + 1)
-                    continue
-                try:
-                    visit(entry, depth + 1)
-                except InputError as e:
-                    bad.append((entry, f"{item}: {e}"))
+            reading.append(key)
+            try:
+                for entry in _read_list(list_file):
+                    if bad is None:
+                        visit(entry, depth + 1)
+                        continue
+                    try:
+                        visit(entry, depth + 1)
+                    except InputError as e:
+                        bad.append((entry, f"{item}: {e}"))
+            finally:
+                reading.pop()
             return
         path = Path(item).expanduser()
         if path.is_dir():

@@ -34,6 +34,7 @@ import numpy as np
 
 from stale_cli.errors import InputError, StdoutError
 from stale_cli.fileio import atomic_path, check_file_writable, check_writable, write_text_atomic
+from stale_cli.text import terminal_text
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,15 @@ STDOUT = "-"
 def write_stdout(text: str, file=None) -> None:
     """Write ``text`` to ``file`` (default: sys.stdout) and flush it; a failure (a full disk behind ``> out.json``,
     ``> /dev/full``) is one StdoutError line. A reader that went away (BrokenPipeError) is left to the caller."""
+    from stale_cli.text import unicode_name
+
     file = file if file is not None else sys.stdout
     try:
-        file.write(text)
+        interactive = file.isatty()
+    except (AttributeError, ValueError):
+        interactive = False
+    try:
+        file.write(terminal_text(text) if interactive else unicode_name(text))  # a terminal gets no raw ESC
         file.flush()
     except BrokenPipeError:
         raise
@@ -189,19 +196,13 @@ class ResultWriter:
             raise InputError("an SRT file holds one video's subtitles; give --output a directory for several videos")
         if output is None or self.to_stdout:
             return
+        # A missing folder is made by the first write (shell loops write out/<name>.json), not here: a run that
+        # fails on its inputs leaves nothing behind.
         if output_is_directory(output):
             self.directory = Path(output)
-            try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise InputError(f"--output {output}: cannot create directory ({e.strerror or e})") from e
             check_writable(self.directory, f"--output {output}")
         else:
             self.file = Path(output)
-            try:  # a missing parent is created, as for a directory output (shell loops write out/<name>.json)
-                self.file.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise InputError(f"--output {output}: cannot create {self.file.parent} ({e.strerror or e})") from e
             check_file_writable(self.file, f"--output {output}")
 
     def path_of(self, video_id: str) -> Optional[Path]:
@@ -275,6 +276,9 @@ class TextTable:
         return "\n".join(out)
 
     def print(self, console) -> None:
+        # Escaped first (as the console would print them), so that the columns are as wide as what is printed.
+        self.title, self.headers = terminal_text(self.title), [terminal_text(h) for h in self.headers]
+        self.rows = [[terminal_text(c) for c in row] for row in self.rows]
         # A rich table with its default padding and borders takes 3 columns per column plus 1.
         if not console.is_terminal or sum(self.widths()) + 3 * len(self.headers) + 1 > console.width:
             console.print(self.plain(), markup=False, highlight=False, soft_wrap=True)

@@ -22,9 +22,11 @@ with other settings in the same work dir is refused (the row would mix two exper
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -34,9 +36,9 @@ import numpy as np
 from stale_cli.data.annotations import load_annotations
 from stale_cli.data.splits import NUM_SPLITS, RATIOS, load_split, match_classes
 from stale_cli.datasets import DATASETS, Dataset, get as get_dataset
-from stale_cli.errors import DataError, InputError
+from stale_cli.errors import DataError, InputError, StaleError
 from stale_cli.evaluate import evaluate_detection, ground_truth, parse_predictions
-from stale_cli.fileio import read_json_or_none, write_json_atomic, write_text_atomic
+from stale_cli.fileio import missing_dirs, read_json_or_none, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class ProtocolConfig:
 def parse_splits(text: str) -> tuple[int, ...]:
     """``"0-9"``, ``"0,3,5"`` or ``"0-2,7"`` -> split indices, in order, each once."""
     out: list[int] = []
+    outside = f"--splits: split numbers must be in 0-{NUM_SPLITS - 1}, got {text!r}"
     try:
         for part in text.split(","):
             part = part.strip()
@@ -84,6 +87,8 @@ def parse_splits(text: str) -> tuple[int, ...]:
                 continue
             if "-" in part:
                 a, b = (int(x) for x in part.split("-", 1))
+                if not (0 <= a < NUM_SPLITS and 0 <= b < NUM_SPLITS):  # before the range is made: 0-99999999
+                    raise InputError(outside)
                 out.extend(range(a, b + 1))
             else:
                 out.append(int(part))
@@ -91,7 +96,7 @@ def parse_splits(text: str) -> tuple[int, ...]:
         raise InputError(f"--splits: expected e.g. 0-9 or 0,3,5, got {text!r}") from None
     out = list(dict.fromkeys(out))
     if not out or any(not 0 <= k < NUM_SPLITS for k in out):
-        raise InputError(f"--splits: split numbers must be in 0-{NUM_SPLITS - 1}, got {text!r}")
+        raise InputError(outside)
     return tuple(out)
 
 
@@ -164,7 +169,9 @@ def _settings_record(cfg: ProtocolConfig, features_dir, annotations, model_cfg, 
     }
 
 
-def _check_work_dir(work_dir: Path, record: dict) -> None:
+def _check_work_dir(work_dir: Path, record: dict) -> list:
+    """Refuse a work dir holding a run with other settings, else record these; returns what was made (the folders
+    that did not exist, outermost first, and ``protocol.json`` when it is new)."""
     path = work_dir / "protocol.json"
     old = _load_done(path)
     plain = json.loads(json.dumps(record))  # as it reads back from the file
@@ -174,7 +181,11 @@ def _check_work_dir(work_dir: Path, record: dict) -> None:
             f"{work_dir} holds a run with other settings ({', '.join(changed)} differ); rerun with the same "
             "settings to resume it, or choose another --work-dir"
         )
+    made = missing_dirs(work_dir)
+    if not path.exists():
+        made.append(Path(os.path.abspath(path)))
     write_json_atomic(path, record)
+    return made
 
 
 def run_protocol(
@@ -199,9 +210,7 @@ def run_protocol(
     step (the CLI prints them).
     """
     from stale_cli.data.dataset import index_features
-    from stale_cli.detect import DetectSettings, Detector
     from stale_cli.model.config import LossConfig, ModelConfig
-    from stale_cli.train import train
 
     spec = cfg.spec
     model_cfg = model_cfg or ModelConfig()
@@ -230,13 +239,9 @@ def run_protocol(
             "%d of %d test videos have no features in %s: they are evaluated as videos with no detections",
             len(test_ids) - len(feature_paths), len(test_ids), features_dir,
         )
-    _check_work_dir(work_dir, _settings_record(cfg, features_dir, annotations_path, model_cfg, loss_cfg, data_cfg,
-                                               train_cfg, clip.name, str(clip.weights)))
-
-    per_split: dict[str, dict[int, dict]] = {CLIP_METHOD: {}, STALE_METHOD: {}}
+    vocabularies = {}  # every split's classes checked against the annotations before anything is written
     for k in cfg.splits:
         name = cfg.split_name(k)
-        split_dir = work_dir / f"split_{k}"
         seen, unseen = load_split(name)
         labels = annotations.labels()
         seen = match_classes(seen, labels, f"split {name}")
@@ -244,6 +249,42 @@ def run_protocol(
         missing_gt = [c for c in unseen if not any(lab == c for insts in gt.values() for lab, _, _ in insts)]
         if missing_gt:
             raise DataError(f"split {name}: unseen class(es) {missing_gt[:5]} have no instance in the test subset")
+        vocabularies[k] = seen, unseen
+    made = _check_work_dir(work_dir, _settings_record(cfg, features_dir, annotations_path, model_cfg, loss_cfg,
+                                                      data_cfg, train_cfg, clip.name, str(clip.weights)))
+    try:
+        return _run_splits(cfg, vocabularies, work_dir, features_dir, train_ann, feature_paths, gt, test_ids, tious,
+                           clip, detect_cfg, model_cfg, loss_cfg, data_cfg, train_cfg, device, progress, say)
+    except StaleError:
+        _undo_start(work_dir, made)  # a run that failed on its inputs before any result leaves nothing behind
+        raise
+
+
+def _undo_start(work_dir: Path, made: list) -> None:
+    """Remove what :func:`_check_work_dir` made (``made``: the folders and the settings file, outermost first)
+    when nothing else was written in the work dir since."""
+    work_dir = Path(os.path.abspath(work_dir))
+    found = list(work_dir.rglob("*")) if work_dir.is_dir() else []
+    if any(p.is_file() and p not in made for p in found):
+        return
+    with contextlib.suppress(OSError):
+        for path in [p for p in made if p.is_file()]:
+            path.unlink()
+        for folder in sorted((p for p in found if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            folder.rmdir()  # split folders left empty
+        for folder in reversed([p for p in made if p.is_dir()]):
+            folder.rmdir()
+
+
+def _run_splits(cfg, vocabularies, work_dir, features_dir, train_ann, feature_paths, gt, test_ids, tious, clip,
+                detect_cfg, model_cfg, loss_cfg, data_cfg, train_cfg, device, progress, say) -> dict:
+    from stale_cli.detect import DetectSettings, Detector
+    from stale_cli.train import train
+
+    per_split: dict[str, dict[int, dict]] = {CLIP_METHOD: {}, STALE_METHOD: {}}
+    for k in cfg.splits:
+        split_dir = work_dir / f"split_{k}"
+        seen, unseen = vocabularies[k]
 
         if cfg.baseline:
             done = _load_done(split_dir / f"{CLIP_METHOD}_eval.json")

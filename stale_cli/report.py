@@ -37,8 +37,7 @@ from urllib.parse import quote
 import numpy as np
 
 from stale_cli.detect import CLIP_MODE, STALE_MODE
-from stale_cli.errors import InputError
-from stale_cli.fileio import write_text_atomic
+from stale_cli.fileio import check_writable, write_text_atomic
 from stale_cli.outputs import VideoDetections, clock, output_is_directory
 from stale_cli.reading import ReadingConfig
 
@@ -68,14 +67,18 @@ def script_json(obj) -> str:
 def relative_src(source: str | os.PathLike, report_dir: str | os.PathLike) -> str:
     """URL of ``source`` relative to the directory of the report (each path part percent-encoded).
 
-    Where no relative path exists (another drive on Windows) it is an absolute ``file://`` URL.
+    The path is made from both absolute paths as given, symbolic links not followed: the browser resolves the URL
+    against the report's own address the same way, so a report written through a symlinked folder finds the video
+    (made from resolved paths, ``../`` climbs out of the link's target instead). A file name that is not UTF-8 is
+    encoded from its bytes (``caf%E9.mp4``). Where no relative path exists (another drive on Windows) it is an
+    absolute ``file://`` URL.
     """
-    target = Path(source).resolve()
+    target = os.path.abspath(source)
     try:
-        rel = os.path.relpath(target, Path(report_dir).resolve())
+        rel = os.path.relpath(target, os.path.abspath(report_dir))
     except ValueError:
-        return target.as_uri()
-    return "/".join(quote(part) for part in Path(rel).parts)
+        return Path(target).as_uri()
+    return "/".join(quote(os.fsencode(part)) for part in Path(rel).parts)
 
 
 def curve_payload(times: Optional[np.ndarray], scores: Optional[np.ndarray], num_classes: int) -> Optional[dict]:
@@ -99,6 +102,22 @@ def curve_payload(times: Optional[np.ndarray], scores: Optional[np.ndarray], num
 def _finite(x: float, digits: int) -> float:
     """``x`` rounded, 0 for NaN or infinity (JSON has neither)."""
     return round(float(x), digits) if np.isfinite(x) else 0.0
+
+
+def curves_from_payload(payload: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`curve_payload`: ``(times (T,), scores (T, K))``, the scores at its one-byte precision.
+    Raises ValueError (or KeyError, TypeError) for a payload that is not one."""
+    levels = [np.frombuffer(base64.b64decode(v, validate=True), np.uint8) for v in payload["values"]]
+    if not levels or any(len(v) != len(levels[0]) for v in levels):
+        raise ValueError("curves of different lengths")
+    T = len(levels[0])
+    if "times" in payload:
+        times = np.asarray(payload["times"], np.float64)
+    else:
+        times = float(payload["t0"]) + float(payload["step"]) * np.arange(T)
+    if times.shape != (T,) or not np.all(np.isfinite(times)):
+        raise ValueError("times do not fit the curves")
+    return times, np.stack(levels, axis=1).astype(np.float64) / CURVE_LEVELS  # (T,), (T, K)
 
 
 def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) -> dict:
@@ -327,10 +346,7 @@ class ReportWriter:
         self.directory: Optional[Path] = Path(target) if output_is_directory(target) else None
         self.file: Optional[Path] = None if self.directory is not None else Path(target)
         where = self.directory if self.directory is not None else self.file.parent
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"--html {target}: cannot create {where} ({e.strerror or e})") from e
+        check_writable(where, f"--html {target}")  # made by the first page written, not before
 
     def add(self, video: VideoDetections) -> Path:
         """Add one video's detections; returns the path of the report that shows it."""

@@ -46,6 +46,9 @@ class DetectJournal:
         self.run = _plain(run)
         self.target = target
         self.resumed = 0  # videos taken from the journal in this run
+        # Record each video's score curves (compact, as the HTML report holds them) and resume only videos recorded
+        # with them: set when the run writes a report, which draws them.
+        self.curves = False
         self.busy: list = []  # [(input path, "pid N")] left to another run holding their lock
         self._records: dict[str, dict] = {}
         self._offset = 0  # bytes of the journal read so far
@@ -94,8 +97,11 @@ class DetectJournal:
                 self._records[rec["video_id"]] = rec
         return self._records
 
-    def finished(self, video_id: str, path: Path, records: Optional[dict] = None) -> Optional[VideoDetections]:
-        """The detections of ``video_id`` if the journal holds them for ``path`` as it is now and this run."""
+    def finished(self, video_id: str, path: Path, records: Optional[dict] = None,
+                 resuming: bool = True) -> Optional[VideoDetections]:
+        """The detections of ``video_id`` if the journal holds them for ``path`` as it is now and this run, with
+        their score curves where recorded. ``resuming``: for this run to skip the video, which with ``curves``
+        needs them recorded (else it is detected again); a video another run finished is taken either way."""
         rec = (self.records() if records is None else records).get(video_id)
         if rec is None or rec.get("run") != self.run:
             return None
@@ -109,6 +115,17 @@ class DetectJournal:
             video = VideoDetections(video_id, str(rec["source"]), float(rec["duration"]), segments, classes=classes)
         except (OSError, KeyError, TypeError, ValueError):  # a record this run cannot read is detected again
             return None
+        if self.curves:
+            from stale_cli.report import curves_from_payload
+
+            try:
+                times, scores = curves_from_payload(rec["curves"])  # (T,), (T, K)
+                if scores.shape[1] != len(classes):
+                    raise ValueError(f"curves of {scores.shape[1]} classes, the run asks {len(classes)}")
+                video.times, video.scores = times, scores
+            except (KeyError, TypeError, ValueError):  # recorded by a run without --html, or damaged
+                if resuming:
+                    return None
         video.extra = {"mode": self.run.get("mode"), "resumed": True}
         return video
 
@@ -136,6 +153,10 @@ class DetectJournal:
             "input": source_identity(path),
             "run": self.run,
         }
+        if self.curves and video.times is not None and video.scores is not None:
+            from stale_cli.report import curve_payload
+
+            rec["curves"] = curve_payload(video.times, video.scores, video.scores.shape[1])
         line = (json.dumps(rec) + "\n").encode("utf-8")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
@@ -172,5 +193,5 @@ def assign_ids(journal: DetectJournal, paths: Sequence[Path], ids: list[str], ex
 def finished_outputs(journal: DetectJournal, paths: Sequence[Path], ids: Sequence[str], have: set) -> list:
     """Detections of this batch's videos the journal holds beyond ``have`` (ids): those other runs finished."""
     records = journal.records()
-    found = (journal.finished(v, p, records) for p, v in zip(paths, ids) if v not in have)
+    found = (journal.finished(v, p, records, resuming=False) for p, v in zip(paths, ids) if v not in have)
     return [v for v in found if v is not None]

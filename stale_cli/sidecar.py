@@ -23,6 +23,9 @@ MIN_FEATURE_FPS, MAX_FEATURE_FPS = 1e-3, 1000.0  # rows per second
 MAX_DURATION = 1e7  # seconds (about 116 days)
 # What extract-features always writes, and write_features requires: the fields a reader of the format relies on.
 REQUIRED_TO_WRITE = ("fps", "timestamps", "duration", "source", "clip_model", "clip_weights", "num_frames")
+# Sidecar timestamps may run this share (plus 1 s) past the recorded duration (rounding, a last frame's display
+# time); further, they describe another video or another rate.
+TIMESTAMP_SLACK = 1.05
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,12 @@ def _problems(meta: Mapping) -> list[str]:
     if stamps is not None:
         if not isinstance(stamps, (list, tuple)) or not all(_finite(t, -MAX_DURATION, MAX_DURATION) for t in stamps):
             problems.append("'timestamps' must be a list of finite seconds")
+        elif any(b < a for a, b in zip(stamps, stamps[1:])):
+            k = next(k for k in range(1, len(stamps)) if stamps[k] < stamps[k - 1])
+            problems.append(f"'timestamps' must not decrease (row {k} at {stamps[k]} s follows {stamps[k - 1]} s)")
+        elif stamps and _finite(meta.get("duration"), 0.0, MAX_DURATION) and \
+                stamps[-1] > TIMESTAMP_SLACK * meta["duration"] + 1.0:
+            problems.append(f"'timestamps' run to {stamps[-1]} s, past the video's 'duration' of {meta['duration']} s")
     for key in ("num_rows", "num_frames", "embed_dim"):
         value = meta.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -164,7 +173,7 @@ def read_sidecar(path: Path) -> FeatureMeta:
     from stale_cli.fileio import parse_json
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is dropped
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: unreadable sidecar ({e})") from e
     return FeatureMeta.from_json(parse_json(text, str(path)), str(path))

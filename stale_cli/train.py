@@ -34,14 +34,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from stale_cli import datasets
-from stale_cli.checkpoint import build_model, check_checkpoint_path, read_checkpoint, save_checkpoint
+from stale_cli.checkpoint import archive_problem, check_checkpoint_path, load_weights, read_checkpoint, save_checkpoint
 from stale_cli.clip_backbone import activation_of
 from stale_cli.clip_identity import WeightsId, mismatch_hint, weights_sha256
 from stale_cli.data.annotations import Annotations
 from stale_cli.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset, collate_windows, load_video_set,
                                     repeat_factors, unseen_spans, video_instances)
 from stale_cli.data.windows import DataConfig
-from stale_cli.errors import CheckpointError, DataError, InputError, StaleError
+from stale_cli.errors import CheckpointError, DataError, InputError, StaleError, first_line, out_of_memory
 from stale_cli.evaluate import evaluate_detection
 from stale_cli.model.config import LossConfig, ModelConfig, TrainConfig
 from stale_cli.model.losses import STALELoss
@@ -121,7 +121,7 @@ def run_key_differences(ours: dict, theirs) -> list[str]:
 def saved_epoch(path: Path) -> int:
     """Epochs completed in the checkpoint at ``path`` (0 when there is none or it cannot be read); cheap: the
     tensors are memory-mapped, not read."""
-    if not path.is_file():
+    if not path.is_file() or archive_problem(path) is not None:
         return 0
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -304,6 +304,13 @@ def _covered(start: float, end: float, spans: list[tuple[float, float]]) -> floa
     return float(inside.mean())
 
 
+def _kept(last_path: Path, epoch: int, start_epoch: int) -> str:
+    """What is left on disk when training stops during ``epoch`` (0-based)."""
+    if epoch > start_epoch:
+        return f"the last good checkpoint is {last_path} (epoch {epoch})"
+    return f"{last_path} is left as it was" if last_path.exists() else "no checkpoint was written"
+
+
 def _score(record: dict) -> tuple[float, float]:
     """Order of epochs: higher held-out mAP@0.5, then lower held-out loss."""
     return (record["val_map50"] or 0.0, -record["val_loss"])
@@ -447,12 +454,11 @@ class _Start:
     state_dict: dict | None = None
     optimizer_state: dict | None = None
     clip_model: torch.nn.Module | None = None
+    checkpoint: Path | None = None  # the checkpoint state_dict comes from (for messages)
 
     def build_model(self) -> torch.nn.Module:
-        if self.state_dict is not None:
-            model = build_model(self.model_cfg, self.activation)
-            model.load_state_dict(self.state_dict)
-            return model
+        if self.state_dict is not None:  # held against the config first (another shape is one line)
+            return load_weights(self.checkpoint, self.state_dict, self.model_cfg, self.activation)
         if self.clip_model is None:
             raise InputError("a CLIP model is needed to start training (or resume from a checkpoint)")
         from stale_cli.model.stale import STALE
@@ -509,7 +515,7 @@ def _from_checkpoint(job: _Job, key: dict) -> _Start:
                   weights=info.weights_id, activation=info.clip_activation,
                   key=info.extra.get("run_key") or key,  # --resume: the run goes on as it was set up
                   start_epoch=info.epoch, history=list(info.extra.get("history", [])),
-                  state_dict=ckpt["state_dict"], optimizer_state=ckpt.get("extra", {}).get("optimizer") or None)
+                  state_dict=ckpt["state_dict"], checkpoint=resume, optimizer_state=ckpt.get("extra", {}).get("optimizer") or None)
 
 
 def _train(job: _Job) -> TrainResult:
@@ -546,7 +552,12 @@ def _train(job: _Job) -> TrainResult:
             step_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(param_groups(model, train_cfg))
     if start.optimizer_state:
-        optimizer.load_state_dict(start.optimizer_state)
+        try:
+            optimizer.load_state_dict(start.optimizer_state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:  # torch's words for "another optimizer"
+            raise CheckpointError(f"{job.resume}: its optimizer state does not fit this model's parameters "
+                                  f"({first_line(e)[:200]}); the checkpoint is damaged or of another shape: pass "
+                                  "--fresh to start over") from None
         for g, now in zip(optimizer.param_groups, param_groups(model, train_cfg)):
             g["base_lr"] = now["base_lr"]
     amp_dtype = None  # mixed precision on CUDA only: bfloat16 where supported, else float16 with a grad scaler
@@ -592,12 +603,15 @@ def _train(job: _Job) -> TrainResult:
                 sums = _run_epoch(loader, bar, step_module, criterion, optimizer, scaler, schedule,
                                   train_cfg.grad_clip, device, amp_dtype, world)
             except _NonFinite as e:
-                if epoch > start_epoch:
-                    kept = f"the last good checkpoint is {last_path} (epoch {epoch})"
-                else:
-                    kept = f"{last_path} is left as it was" if last_path.exists() else "no checkpoint was written"
                 raise TrainingError(f"loss became NaN/inf at epoch {epoch + 1} step {e.step} ({e.terms}); stopped, "
-                                    f"{kept}; try a lower --lr") from None
+                                    f"{_kept(last_path, epoch, start_epoch)}; try a lower --lr") from None
+            except (MemoryError, RuntimeError) as e:  # the machine's memory or the GPU's: every step needs as much
+                if not out_of_memory(e):
+                    raise
+                smaller = max(1, train_cfg.batch_size // 2)
+                raise TrainingError(f"out of memory at epoch {epoch + 1} with --batch-size {train_cfg.batch_size}; "
+                                    f"stopped, {_kept(last_path, epoch, start_epoch)}; rerun with a smaller "
+                                    f"--batch-size (e.g. {smaller})") from None
             record = {"epoch": epoch + 1, **{k: v / max(len(loader), 1) for k, v in sums.items()},
                       "seconds": time.perf_counter() - t0, "val_loss": None, "val_map50": None}
             if val_ids:

@@ -19,6 +19,10 @@ parallel work while a decord VideoReader is open), while PyAV's stays flat (1.46
 faster of the two on that file. A truncated or corrupt file yields what is
 decodable, with a warning; no decodable frame at all raises :class:`~stale_cli.errors.DecodeError`.
 
+Timestamps that jump back by more than half a second (two files joined with ``cat a.ts b.ts``) restart the
+timeline: the frames after the jump follow those before it, one frame step later, as a player shows them, with a
+warning. A smaller step back (a frame or two out of order in a damaged file) keeps the time of the frame before.
+
 Orientation: a phone video is usually stored landscape with a display matrix saying how to turn it (PyAV reports
 ``frame.rotation == 90`` for a portrait clip). Frames are turned as a player shows them (rotation by a multiple of
 90 degrees, then a left-right mirror where the matrix has one) *before* the resize, so CLIP sees people upright;
@@ -28,7 +32,9 @@ itself but ignores its mirror; the decord path applies what remains.
 Stream: the video stream decoded is the first one that is not an attached picture (the cover art of an audio file
 or the thumbnail of a recording); a file with no other video stream is "no video stream", whatever the decoder.
 
-Memory is bounded: :class:`FrameSampler` yields chunks of at most ``chunk_size`` sampled frames, already resized.
+Memory is bounded: :class:`FrameSampler` yields chunks of at most ``chunk_size`` sampled frames, already resized,
+and decodes at most ``DECODE_GROUP`` full-resolution frames (fewer for 8K video, ``GROUP_BYTES``) before resizing
+them; frames of more than ``MAX_FRAME_PIXELS`` are refused before any is decoded.
 """
 
 from __future__ import annotations
@@ -55,6 +61,13 @@ log = logging.getLogger(__name__)
 
 EPS = 1e-6  # seconds: timestamps closer than this count as equal (pts are exact rationals; k / fps is a float)
 DECODE_GROUP = 8  # full-resolution frames held at once before they are resized
+GROUP_BYTES = 256 << 20  # ... fewer where 8 RGB frames would take more than this (8K video: 2 at a time)
+# Frames larger than this are refused (8192 x 8192: beyond any camera's video; one such RGB frame is 200 MB, and
+# decoding holds several copies of it).
+MAX_FRAME_PIXELS = 8192 * 8192
+# seconds: timestamps going back by more than this (and two frame steps) restart the timeline (joined files);
+# less is a frame or two out of order, shown at the time of the frame before
+BACKWARD_JUMP = 0.5
 
 
 @dataclass
@@ -140,6 +153,18 @@ def _have_decord() -> bool:
     return True
 
 
+def frames_per_group(width: int, height: int) -> int:
+    """Full-resolution frames decoded before they are resized together: ``DECODE_GROUP``, fewer for large frames."""
+    return max(1, min(DECODE_GROUP, GROUP_BYTES // max(1, width * height * 3)))
+
+
+def check_frame_size(path, width: int, height: int, max_pixels: int) -> None:
+    """A DecodeError for frames of more than ``max_pixels`` pixels, before any is decoded in full."""
+    if width * height > max_pixels:
+        raise DecodeError(f"{path}: frames of {width} x {height} pixels are larger than stale decodes (at most "
+                          f"{max_pixels} pixels, e.g. 8192 x 8192); scale the video down first")
+
+
 def num_samples(duration: float, fps: float) -> int:
     """Number of samples k with k / fps < duration (at least 1 for a video with any frame)."""
     return max(1, math.ceil(duration * fps - EPS * fps))
@@ -201,9 +226,11 @@ class FrameSampler:
         chunk_size: int = 32,
         decoder: str = "auto",
         threads: int = 1,
+        max_pixels: int = MAX_FRAME_PIXELS,
     ):
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
+        self.max_pixels = max_pixels  # a larger frame is a DecodeError (memory)
         self.path = Path(path)
         self.fps = float(fps)
         self.transform = transform or (lambda x: x)
@@ -292,6 +319,8 @@ class FrameSampler:
 
         decord.logging.set_level(decord.logging.QUIET)  # its ffmpeg's messages; failures are reported by us
         shown, coded, turned = probe_orientation(self.path)  # raises NoVideoStream for cover art only
+        if coded is not None:
+            check_frame_size(self.path, *coded, self.max_pixels)
         # Run the transform once before decord opens the file: when torch's first parallel resize in this
         # process starts while a VideoReader is open, resident memory jumps by about the file's index size
         # times ~10 (measured: +0.45 GB for a 1-minute, +1.6 GB for a 30-minute 768x576 video), and stays.
@@ -327,8 +356,9 @@ class FrameSampler:
         # Decode distinct frames in small groups, resize each group at once, then repeat a frame where several
         # samples fall on it (fps above the video's own rate).
         distinct = np.unique(picks)
-        for g in range(0, len(distinct), DECODE_GROUP):
-            group = distinct[g : g + DECODE_GROUP]
+        step = DECODE_GROUP if coded is None else frames_per_group(*coded)
+        for g in range(0, len(distinct), step):
+            group = distinct[g : g + step]
             try:
                 # (g, H, W, 3) uint8 RGB. Copied: torch's resize on decord's own buffer (16-byte aligned) runs
                 # ~100x slower than on a fresh numpy array.
@@ -363,6 +393,8 @@ class FrameSampler:
             stream = main_video_stream(container)
             if stream is None:
                 raise NoVideoStream(_no_video_message(self.path, container))
+            check_frame_size(self.path, stream.codec_context.width, stream.codec_context.height, self.max_pixels)
+            group = frames_per_group(stream.codec_context.width, stream.codec_context.height)
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = self.threads
             rate = float(stream.average_rate) if stream.average_rate else None
@@ -370,6 +402,7 @@ class FrameSampler:
             pending = []  # [(k, t, av.VideoFrame)] waiting to be converted and resized as a group
             t0 = None
             last_t, last_dur, count = 0.0, None, 0
+            shift = 0.0  # seconds added to the timestamps after each jump back
             converted = {}  # frame number -> resized tensor, so a frame picked by several samples is converted once
             orientation = Orientation()
 
@@ -397,15 +430,24 @@ class FrameSampler:
                         t0 = t
                         self.info.start_time = t0
                         orientation = self.info.orientation = frame_orientation(frame)
-                    t = t - t0
-                    if t < last_t:  # out-of-order timestamps in a broken file: keep display order
-                        t = last_t
+                    t = t - t0 + shift
+                    if t < last_t:
+                        step = last_dur or (1.0 / rate if rate else 1.0 / self.fps)
+                        if t < last_t - max(2 * step, BACKWARD_JUMP):
+                            # Timestamps restart (files joined with `cat a.ts b.ts`): the frames that follow are
+                            # shown after those before, as a player shows them, one frame step later.
+                            shift += last_t + step - t
+                            self._warn(f"timestamps jump back by {last_t - t:.2f} s at {last_t:.2f} s (joined "
+                                       "files?); the frames after it are taken in file order")
+                            t = last_t + step
+                        else:  # a frame or two out of order in a broken file: keep display order
+                            t = last_t
                     last_t = t
                     last_dur = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else None
                     for s in selector.push(t, (count, frame)):
                         pending.append(s)
                     count += 1
-                    if len(pending) >= DECODE_GROUP:
+                    if len(pending) >= group:
                         yield from flush()
             except (av.FFmpegError, OSError) as e:
                 self._warn(f"decoding stopped at {last_t:.2f} s ({first_line(e)}); the rest of the file is unreadable")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 from stale_cli.errors import InputError
@@ -27,8 +28,9 @@ def check_classes(names: list[str], source: str = "class list") -> list[str]:
     seen: dict[str, str] = {}
     for n in names:
         key = class_to_text(n)
-        if not key:  # "_" or "--": nothing left for CLIP to read
-            raise InputError(f"{source}: class name {n!r} has no words (only separators)")
+        if not "".join(c for c in key if not unicodedata.category(c).startswith("C")).strip():
+            # "_" or "--", or control characters only: nothing left for CLIP to read
+            raise InputError(f"{source}: class name {n!r} has no words (only separators or control characters)")
         if key in seen:
             raise InputError(f"{source}: duplicate class name {n!r} (same as {seen[key]!r})")
         seen[key] = n
@@ -44,7 +46,7 @@ def read_classes_file(path: str | Path) -> list[str]:
     """One class per line; blank lines and lines starting with ``#`` are skipped."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Excel, Notepad) is not in the first name
     except FileNotFoundError:
         raise InputError(f"{path}: classes file not found") from None
     except (OSError, UnicodeDecodeError) as e:

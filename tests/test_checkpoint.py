@@ -78,7 +78,7 @@ def test_other_version_or_unknown_fields_are_refused(saved, tmp_path):
 def test_state_dict_that_does_not_fit_its_config(saved, tmp_path):
     path, _, cfg = saved
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    bad = dict(raw, model_config=dataclasses.asdict(dataclasses.replace(cfg, feature_dim=48)))
+    bad = dict(raw, feature_dim=48, model_config=dataclasses.asdict(dataclasses.replace(cfg, feature_dim=48)))
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="weights do not fit the model"):
         load_checkpoint(tmp_path / "bad.pt")

@@ -43,7 +43,7 @@ def test_collect_errors(tmp_path):
         collect_inputs([f"@{tmp_path / 'nolist.txt'}"])
     loop = tmp_path / "loop.txt"
     loop.write_text(f"@{loop}\n")
-    with pytest.raises(InputError, match="nested too deeply"):
+    with pytest.raises(InputError, match="the list includes itself"):
         collect_inputs([f"@{loop}"])
 
 

@@ -210,7 +210,7 @@ def test_lock_files_on_a_full_disk(videos, tmp_path, monkeypatch, tiny_clip_name
     assert r.exit_code == 1 and "Traceback" not in r.output
     lines = [e for e in error_lines(r) if "No space left on device" in e]
     assert len(lines) == 2 and all(".lock" in e for e in lines), r.stderr
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert not out.exists()  # made for the lock files only, and left empty: removed again
 
 
 @pytest.fixture
@@ -242,7 +242,7 @@ def test_a_really_full_disk(full_tmpfs, videos, tiny_clip_name, tiny_clip_weight
                                  str(tiny_clip_weights), "--no-progress"])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert len([e for e in error_lines(r) if "No space left on device" in e]) == 2, r.stderr
-    assert list(out.iterdir()) == []  # nothing partial, no temporary file
+    assert not out.exists() or list(out.iterdir()) == []  # nothing partial, no temporary file
 
 
 # ---------------------------------------------------------------- numeric options
@@ -469,5 +469,5 @@ def test_checkpoint_with_an_unusable_feature_rate_is_refused(tmp_path, tiny_clip
     model, cfg = _tiny_model(tiny_clip, tiny_clip_name)
     save_checkpoint(tmp_path / "m.pt", model, cfg, LossConfig(), DataConfig(num_snippets=16), ["A"], feature_fps=fps,
                     clip_model=tiny_clip_name)
-    with pytest.raises(CheckpointError, match="no usable feature rate"):
+    with pytest.raises(CheckpointError, match="feature_fps must be a number in"):
         Detector(DetectSettings(classes=["a dog"], mode="stale", checkpoint=tmp_path / "m.pt"))

@@ -199,4 +199,4 @@ def test_detect_checks_the_output_before_any_work(feats, tmp_path, monkeypatch, 
     monkeypatch.setattr(detect_module.Detector, "__init__", never)
     (tmp_path / "file").write_text("")
     r = detect([feats, "-o", tmp_path / "file" / "preds.json"], tiny_clip_name, tiny_clip_weights)
-    assert r.exit_code == 1 and "cannot create" in r.output
+    assert r.exit_code == 1 and "cannot write" in r.output

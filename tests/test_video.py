@@ -147,3 +147,49 @@ def test_auto_uses_pyav_and_decord_for_files_pyav_cannot_read(videos, monkeypatc
     info, frames, _, _ = decode(videos["cfr25"]["path"], 4.0, "auto")
     assert info.decoder == "decord"
     assert [read_frame_number(f) for f in frames] == [int(k * 25 / 4) for k in range(16)]
+
+
+def _joined_ts(tmp_path):
+    """Two 2-second MPEG-TS files joined byte for byte (`cat a.ts b.ts`): the timestamps restart at 0 half way."""
+    from fractions import Fraction
+
+    import av
+
+    from conftest import make_video
+
+    if "mpegts" not in av.formats_available:
+        pytest.skip("this PyAV's FFmpeg has no MPEG-TS muxer to make the joined file with")
+    part = make_video(tmp_path / "part.ts", [Fraction(i, 25) for i in range(50)], Fraction(1, 25))
+    joined = tmp_path / "backwards.ts"
+    joined.write_bytes(part.read_bytes() * 2)
+    part.unlink()
+    return joined
+
+
+def test_timestamps_jumping_back_continue_the_timeline(tmp_path):
+    """Issue 17 item 8: the second half of a joined file was dropped (8 samples, 2.0 s for a 4 s file)."""
+    info, frames, indices, chunks = decode(_joined_ts(tmp_path), 4.0, "pyav")
+    assert info.duration == pytest.approx(4.0, abs=1e-6) and info.num_frames == 100
+    assert indices.tolist() == list(range(16))
+    times = np.concatenate([c.frame_times for c in chunks])
+    assert np.all(np.diff(times) > 0) and times[8] == pytest.approx(2.0)
+    # sample k (at k / 4 s) shows frame floor(25 k / 4) of its own half (each half numbers its frames from 0)
+    assert [read_frame_number(f) for f in frames] == [25 * k // 4 for k in range(8)] * 2
+    assert any("jump back" in w for w in info.warnings)
+
+
+def test_extract_features_of_a_joined_file_covers_both_halves(tmp_path, tiny_clip_name, tiny_clip_weights):
+    import json
+
+    from typer.testing import CliRunner
+
+    from stale_cli.cli import app
+
+    joined = _joined_ts(tmp_path)
+    r = CliRunner().invoke(app, ["extract-features", str(joined), "--out", str(tmp_path / "f"), "--fps", "4",
+                                 "--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights),
+                                 "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "jump back" in r.stderr
+    meta = json.loads((tmp_path / "f" / "backwards.json").read_text())
+    assert meta["num_rows"] == 16 and meta["duration"] == pytest.approx(4.0)

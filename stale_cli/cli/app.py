@@ -16,11 +16,13 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.segment import Segment
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from stale_cli import CLIP_WEIGHTS_ENV, __version__
 from stale_cli.errors import StaleError
+from stale_cli.text import number_text, terminal_text
 
 # click's exceptions, wherever this Typer takes click from (its own vendored copy, or the click package)
 _click_errors = sys.modules[typer.BadParameter.__module__]
@@ -38,6 +40,10 @@ class _Group(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except SystemExit as e:
+            if e.code == 1 and _asks_help(args) and _stdout_gone():
+                sys.exit(0)  # `stale --help | head -1`: the reader had what it wanted (rich ends with status 1)
+            raise
         except _click_errors.UsageError as e:
             if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # `stale` alone: the help
                 text = e.ctx.get_help()  # Typer's rich help prints itself and returns ""
@@ -52,7 +58,10 @@ class _Group(TyperGroup):
         except _click_errors.ClickException as e:  # a bad file argument and the like: still one line
             error(e.format_message())
             sys.exit(e.exit_code)
-        except typer.Abort:
+        except typer.Abort as e:
+            if isinstance(e.__cause__, KeyboardInterrupt):  # Ctrl-C while the options were read
+                error("interrupted")
+                sys.exit(STATUS_INTERRUPTED)
             error("aborted")
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -116,6 +125,20 @@ def _tidy_help(param) -> None:
         param._get_default_string = lambda **kwargs: words
 
 
+def _asks_help(args) -> bool:
+    args = sys.argv[1:] if args is None else list(args)
+    args = args[: args.index("--")] if "--" in args else args
+    return "-h" in args or "--help" in args
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout now goes to the null device: what rich does when its reader went away (a broken pipe)."""
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 app = typer.Typer(
     cls=_Group,
     name="stale",
@@ -130,6 +153,14 @@ STATUS_BROKEN_PIPE = 128 + 13  # SIGPIPE: the reader of stdout went away (`stale
 
 
 class _Console(Console):
+    def _render_buffer(self, buffer) -> str:
+        """User text (file, class and label names) printed escaped: control characters as ``\\xNN``, so a name
+        cannot drive the terminal, and bytes of file names that are not UTF-8 as ``\\xNN``, which any stream
+        takes. rich's own control segments (cursor moves) pass untouched."""
+        return super()._render_buffer(
+            Segment(terminal_text(text), style, control) if not control else Segment(text, style, control)
+            for text, style, control in buffer)
+
     def on_broken_pipe(self) -> None:
         """Rich's default ends the run with status 1, the status of a user error; end it as SIGPIPE would."""
         self.quiet = True
@@ -210,23 +241,33 @@ QUIET = False  # -q: only error lines on stderr (results still go to stdout)
 
 
 def error(message: str) -> None:
-    stderr.print(Text.assemble(("error:", "bold red"), " ", str(message)))
+    stderr.print(Text.assemble(("error:", "bold red"), " ", terminal_text(str(message))))
 
 
 def warning(message: str) -> None:
     if not QUIET:
-        stderr.print(Text.assemble(("warning:", "yellow"), " ", str(message)))
+        stderr.print(Text.assemble(("warning:", "yellow"), " ", terminal_text(str(message))))
 
 
 def info(message: str) -> None:
     """A line for the person at the terminal (a summary, where outputs went) on stderr; none under ``-q``."""
     if not QUIET:
-        stderr.print(str(message), highlight=False)
+        stderr.print(terminal_text(str(message)), highlight=False)
 
 
 def wrote(path, what: str = "") -> None:
     """Name a file (or folder) a command wrote, once, on stderr: ``wrote PATH`` (``-q``: nothing)."""
     info(f"wrote {what}{' to ' if what else ''}{path}")
+
+
+def fail_batch(failed: list, inputs: int) -> None:
+    """End a batch of which the inputs ``failed`` (paths, each already reported with its own error line) with
+    status 1: a line counting them and the list, under ``-q`` too; a run of one input has said it all already."""
+    if inputs > 1:
+        error(f"{len(failed)} input(s) failed:")
+        for path in failed:
+            stderr.print(f"  {path}", highlight=False)  # part of the error, shown under -q too
+    raise typer.Exit(1)
 
 
 def show_progress(flag: bool) -> bool:
@@ -308,7 +349,7 @@ def _flush_stdout() -> None:
 
 # Upper bounds of numeric options: far beyond any real use, low enough that no loop or allocation runs away.
 MAX_BATCH = 1 << 16
-MAX_COUNT = 1 << 20  # --top-k, --epochs, --num-snippets
+MAX_COUNT = 1 << 20  # --top-k, --epochs
 MAX_SEED = 2**32 - 1
 
 
@@ -323,8 +364,8 @@ def check_range(option: str, value, lo, hi, low_open: bool = False):
         return None
     ok = math.isfinite(value) and (lo < value if low_open else lo <= value) and value <= hi
     if not ok:
-        interval = f"{'(' if low_open else '['}{lo:g}, {hi:g}]"
-        raise InputError(f"{option} must be a number in {interval}, got {value:g}")
+        interval = f"{'(' if low_open else '['}{number_text(lo)}, {number_text(hi)}]"
+        raise InputError(f"{option} must be a number in {interval}, got {number_text(value)}")
     return value
 
 

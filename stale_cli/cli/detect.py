@@ -23,6 +23,7 @@ from stale_cli.cli.app import (
     app,
     check_range,
     error,
+    fail_batch,
     info,
     read_class_names,
     resolve_device,
@@ -58,10 +59,12 @@ class _Progress:
             return
         from tqdm import tqdm
 
+        from stale_cli.text import terminal_text
         from stale_cli.video import num_samples, probe_header
 
         _, end = probe_header(path)
         name = path.name if self.count == 1 else f"video {self.position.get(path, 0) + 1}/{self.count} {path.name}"
+        name = terminal_text(name)  # tqdm writes it to the terminal as it is
         self.bar = tqdm(total=num_samples(end, self.fps) if end else None, desc=name, unit="frame",
                         file=stderr.file, dynamic_ncols=True, leave=False)
 
@@ -230,7 +233,4 @@ def detect(
              f"{len(result.failures) + len(bad_inputs)} failed")
         failed = bad_inputs + [str(f.path) for f in result.failures]
         if failed:
-            error(f"{len(failed)} input(s) failed:")
-            for path in failed:
-                stderr.print(f"  {path}", highlight=False)  # part of the error, shown under -q too
-            raise typer.Exit(1)
+            fail_batch(failed, len(paths) + len(bad_inputs))

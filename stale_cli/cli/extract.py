@@ -19,10 +19,10 @@ from stale_cli.cli.app import (
     app,
     check_range,
     error,
+    fail_batch,
     info,
     resolve_device,
     show_progress,
-    stderr,
     user_errors,
     warning,
     wrote,
@@ -70,7 +70,7 @@ def extract_features(
         from stale_cli.clip_backbone import load_clip
         from stale_cli.errors import InputError
         from stale_cli.extract import extract_many, video_ids
-        from stale_cli.fileio import check_writable
+        from stale_cli.fileio import check_writable, missing_dirs, remove_empty_dirs
         from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS
         from stale_cli.guard import OutputGuard
         from stale_cli.inputs import parse_shard, select_shard
@@ -101,10 +101,14 @@ def extract_features(
             guard.input(list_file, f"the list file {list_file}")
         guard.input_if_file(clip_weights, f"the CLIP weights {clip_weights}")
         clip = load_clip(clip_model, clip_weights, resolve_device(device), precision=precision)
-        summary = extract_many(
-            paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=show_progress(progress), ids=ids,
-            decoder=decoder, on_warning=warning, on_error=error, workers=workers, guard=guard,
-        )
+        made = missing_dirs(out)
+        try:
+            summary = extract_many(
+                paths, out, clip, fps=fps, batch_size=batch_size, overwrite=overwrite, progress=show_progress(progress),
+                ids=ids, decoder=decoder, on_warning=warning, on_error=error, workers=workers, guard=guard,
+            )
+        finally:
+            remove_empty_dirs(made)  # --output made for lock files only: every video failed
         if summary.busy:
             holders = ", ".join(sorted({holder for _, holder in summary.busy}))
             warning(f"{len(summary.busy)} video(s) left to another run that is extracting them ({holders}); "
@@ -115,10 +119,7 @@ def extract_features(
              f"{summary.frames} frames in {summary.seconds:.1f} s ({summary.frames_per_second:.1f} frames/s)")
         failed = bad_inputs + [str(path) for path, _ in summary.failed]
         if failed:
-            error(f"{len(failed)} input(s) failed:")
-            for path in failed:
-                stderr.print(f"  {path}", highlight=False)
-            raise typer.Exit(1)
+            fail_batch(failed, len(paths) + len(bad_inputs))
 
 
 def _collect(inputs, kinds=("video",), nothing: str = "no videos to extract", lists: Optional[list] = None):

@@ -13,7 +13,6 @@ from stale_cli.cli.app import (
     Command,
     DeviceOption,
     ProgressOption,
-    MAX_COUNT,
     app,
     check_range,
     info,
@@ -119,7 +118,9 @@ def zero_shot_command(
         from stale_cli.protocol import ProtocolConfig, parse_splits, planned_outputs, run_protocol
 
         check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
-        check_range("--num-snippets", num_snippets, 2, MAX_COUNT)
+        from stale_cli.checkpoint import MAX_SNIPPETS
+
+        check_range("--num-snippets", num_snippets, 2, MAX_SNIPPETS)  # what a checkpoint may hold
         cfg = ProtocolConfig(
             dataset=dataset,
             setting=setting,

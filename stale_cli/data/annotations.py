@@ -109,6 +109,9 @@ def _parse_video(vid: str, entry) -> VideoAnnotation:
         start, end = _number(seg[0], f"{where}: start"), _number(seg[1], f"{where}: end")
         if end < start:
             raise ValueError(f"{where}: segment ends before it starts ({start} > {end})")
+        if end < 0:
+            raise ValueError(f"{where}: segment [{start}, {end}] ends before the video starts (seconds from its "
+                             "start are expected)")
         instances.append(Instance(max(start, 0.0), end, label))
     return VideoAnnotation(vid, subset, duration, tuple(instances))
 

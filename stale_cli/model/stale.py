@@ -261,7 +261,9 @@ class STALE(nn.Module):
         self.temporal_encoder = TemporalEncoder(cfg)
         self.representation_masking = RepresentationMasking(cfg)
         self.cross_modal = CrossModalAdaptation(cfg)
-        self.classifier = VisionLanguageClassifier(float(clip_model.logit_scale.detach().reshape(-1)[0]))
+        scale = clip_model.logit_scale.detach().reshape(-1)[0]
+        # a model built on the "meta" device (shapes only, to check a checkpoint) has no value to read
+        self.classifier = VisionLanguageClassifier(1.0 if scale.is_meta else float(scale))
         self.mask_localizer = MaskLocalizer(cfg)
         self.consistency = ConsistencyProjections(cfg)
 

@@ -71,7 +71,8 @@ class PromptedTextEncoder(nn.Module):
         width = self.token_embedding.weight.shape[1]  # C'
         self._tokenizer = open_clip.get_tokenizer(clip_model_name)
         if context_init.strip():
-            ids = self._tokenizer([context_init.strip()], context_length=_TOKENIZE_LENGTH)[0]  # SOT words EOT 0...
+            with torch.device("cpu"):  # token ids are data, also when the model is built on "meta" to be checked
+                ids = self._tokenizer([context_init.strip()], context_length=_TOKENIZE_LENGTH)[0]  # SOT words EOT 0...
             words = ids[1 : int((ids != 0).sum()) - 1]  # (N,) the prompt's own tokens, without SOT and EOT
             with torch.no_grad():
                 init = self.token_embedding.weight[words].detach().clone().float()  # (N, C')
