@@ -372,7 +372,7 @@ def main() -> None:
         run_cli("train", "--features", str(feats / "val"), "--annotations", str(ann_path), "--preset", "thumos14",
                 "--clip-model", args.clip_model, "--device", args.device,
                 "--clip-weights", str(random_clip_weights(args.clip_model, out.parent)),
-                "--out", str(ckpt), "--no-progress", *extra, log=log)
+                "--output", str(ckpt), "--no-progress", *extra, log=log)
         res["train_seconds"] = time.perf_counter() - t_train
         preds = out / "predictions.json"
         classes_file = out / "classes.txt"
