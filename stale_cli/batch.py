@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from stale_cli.detect import DetectSettings, Detector, Failure, detect_batch
-from stale_cli.extract import input_id, video_ids
+from stale_cli.video_ids import input_id, video_ids
 from stale_cli.fileio import check_writable, missing_dirs, remove_empty_dirs
 from stale_cli.guard import OutputGuard
 from stale_cli.inputs import one_per_video

@@ -176,7 +176,7 @@ def assign_ids(journal: DetectJournal, paths: Sequence[Path], ids: list[str], ex
                warn: Callable[[str], None]) -> list[str]:
     """Ids for a directory output: an id whose file an earlier run wrote for another input moves to
     ``stem-<8 hex>``, as a name clash within a run does."""
-    from stale_cli.extract import hashed_id
+    from stale_cli.video_ids import hashed_id
 
     records = journal.records()
     out = []
