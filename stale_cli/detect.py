@@ -46,7 +46,7 @@ from stale_cli.defaults import DEFAULT_FEATURE_FPS
 from stale_cli.errors import (CheckpointError, DataError, InputError, ResourceError, StaleError, first_line,
                               out_of_memory)
 from stale_cli.fileio import read_features, source_identity, write_features
-from stale_cli.outputs import Segment, VideoDetections
+from stale_cli.detections import Segment, VideoDetections
 from stale_cli.postprocess import DetectConfig, Segments, WindowedVideo, finalize, segments_from_curve
 from stale_cli.reading import ReadingConfig, reading_parents
 from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta

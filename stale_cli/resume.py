@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 from stale_cli.errors import InputError
 from stale_cli.fileio import is_stream, source_identity
 from stale_cli.locks import OutputLock
-from stale_cli.outputs import Segment, VideoDetections
+from stale_cli.detections import Segment, VideoDetections
 
 log = logging.getLogger(__name__)
 

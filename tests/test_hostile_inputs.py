@@ -312,7 +312,7 @@ def test_out_of_memory_fails_one_video_and_the_batch_goes_on(tmp_path, videos, m
 
 def test_memory_error_on_one_input_of_a_batch_is_one_failure(tmp_path):
     from stale_cli.detect import detect_batch
-    from stale_cli.outputs import VideoDetections
+    from stale_cli.detections import VideoDetections
 
     class Detector:  # stands in for stale_cli.detect.Detector: two inputs need more memory than there is
         def detect(self, path, video_id, progress=None):
@@ -619,7 +619,7 @@ def test_train_out_of_memory_is_one_line(tmp_path, monkeypatch, tiny_clip_name, 
 
 
 def test_a_video_recorded_without_curves_is_redone_by_a_report_run_but_shown_when_another_run_did_it(tmp_path):
-    from stale_cli.outputs import Segment, VideoDetections
+    from stale_cli.detections import Segment, VideoDetections
     from stale_cli.resume import DetectJournal
 
     source = tmp_path / "v.npy"

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.outputs import Segment
+from stale_cli.detections import Segment
 from stale_cli.reading import BELOW_FLOOR, OVER_LIMIT, ReadingConfig, for_reading, overlap, reading_parents
 
 from test_detect_cli import feature_dir, run  # noqa: F401  (fixture and helper; tests/ is on sys.path)
