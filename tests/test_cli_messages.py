@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
@@ -132,3 +134,41 @@ def test_train_and_zero_shot_share_one_bound_per_training_option(tmp_path):
         for command in (train, zero_shot):
             r = invoke(*command, option, value)
             assert r.exit_code == 1 and f"error: {message}" in r.output, (command[0], r.output)
+
+
+def stale_process(*args, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    # A suite started in the background of a non-interactive shell inherits SIGINT ignored, and Python then keeps
+    # it ignored: give the command the default disposition, as a terminal would.
+    return subprocess.Popen([sys.executable, "-m", "stale_cli", *map(str, args)], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+
+
+@pytest.mark.parametrize("signum, status, word", [
+    (signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted"),
+])
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, signum, status, word):
+    fifo = tmp_path / "annotations.json"
+    os.mkfifo(fifo)
+    proc = stale_process("evaluate", tmp_path / "p.json", "-a", fifo, stdout=subprocess.DEVNULL)
+    with open(fifo, "w"):  # returns once the command is blocked reading the annotations
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert f"error: {word}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_broken_pipe_ends_quietly(tmp_path):
+    classes = [f"class{i:05d}" for i in range(3000)]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"database": {"v": {"subset": "test", "duration": 10, "annotations": [
+        {"segment": [1, 2], "label": c} for c in classes]}}}))
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"results": {"v": [{"label": c, "score": 0.5, "segment": [1, 2]} for c in classes]}}))
+    proc = stale_process("evaluate", preds, "-a", ann, stdout=subprocess.PIPE)
+    proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141 and err == "", (proc.returncode, err)

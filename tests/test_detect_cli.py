@@ -10,7 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.fileio import write_features
+from stale_cli.fileio import read_features, write_features
+
+from feature_files import (  # tests/ is on sys.path (rootdir conftest)
+    BAD_SIDECARS, DIM, detect, error_lines, good_features, huge_header, sidecar, write_pair,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +101,76 @@ def test_feature_file_without_sidecar_and_other_checkpoint(tmp_path, feature_dir
     r = run([str(feature_dir / "game.npy"), "--classes", "a", "--checkpoint", str(tmp_path / "bad.pt")],
             tiny_clip_name, tiny_clip_weights)
     assert r.exit_code == 1 and "not a stale checkpoint" in r.output
+
+
+def test_detect_batch_reports_each_bad_feature_file_once_and_goes_on(tmp_path, tiny_clip_name, tiny_clip_weights):
+    d = tmp_path / "feats"
+    bad = [write_pair(d / f"{name}.npy", good_features(), sidecar(40, **change))
+           for name, change in BAD_SIDECARS.items()]
+    bad.append(huge_header(d / "huge.npy"))
+    bad.append(write_pair(d / "big.npy", np.full((40, DIM), 1e300), sidecar(40)))
+    write_pair(d / "good.npy", good_features(), sidecar(40))
+    r = detect(d, "-c", "high jump,pole vault", "-o", tmp_path / "out", clip_name=tiny_clip_name,
+               clip_weights=tiny_clip_weights)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    errors = error_lines(r)
+    for path in bad:
+        # One error line names it (the summary's list of failed inputs is not on error: lines).
+        assert sum(str(path) in e or str(path.with_suffix(".json")) in e for e in errors) == 1, (path.name, errors)
+    assert (tmp_path / "out" / "good.json").is_file()
+    assert f"{len(bad)} input(s) failed" in r.stderr
+
+
+def test_a_damaged_cache_entry_is_extracted_again(videos, tmp_path, tiny_clip_name, tiny_clip_weights):
+    cache = tmp_path / "cache"
+    write_pair(cache / "cfr25.npy", good_features(), sidecar(40, fps="inf"))
+    r = detect(videos["cfr25"]["path"], "-c", "a dog", "--cache-features", cache, "-o", tmp_path / "p.json",
+               clip_name=tiny_clip_name, clip_weights=tiny_clip_weights)
+    assert r.exit_code == 0 and "extracting again" in " ".join(r.stderr.split()), r.output
+    feats, meta = read_features(cache / "cfr25.npy")
+    assert meta.fps == 4.0 and feats.shape == (16, DIM)
+
+
+@pytest.mark.parametrize("args", [
+    ["--fps", "inf"], ["--fps", "nan"], ["--fps", "1e9"], ["--fps", "0"], ["--fps", "1e-300"], ["--batch-size", "0"],
+    ["--top-k", "0"], ["--top-k", "100000000000000000000"], ["--min-score", "nan"], ["--min-score", "inf"],
+])
+def test_detect_numeric_options_are_bounded(args, tmp_path):
+    f = write_pair(tmp_path / "v.npy", good_features(), sidecar(40))
+    r = CliRunner().invoke(app, ["detect", str(f), "-c", "a dog", *args])
+    assert r.exit_code == 1 and len(error_lines(r)) == 1 and args[0] in r.stderr, r.output
+
+
+def test_class_name_without_words_is_refused(tmp_path):
+    f = write_pair(tmp_path / "v.npy", good_features(), sidecar(40))
+    for classes in ("_", "high jump,--", "a, _ "):
+        r = CliRunner().invoke(app, ["detect", str(f), "--classes", classes])
+        assert r.exit_code == 1 and "has no words" in r.stderr, (classes, r.output)
+
+
+def test_file_class_and_label_text_is_printed_as_is(tmp_path, tiny_clip_name, tiny_clip_weights):
+    f = write_pair(tmp_path / "race [final].npy", good_features(), sidecar(40))
+    r = detect(f, "-c", "ride [/bike],[bold]swim", "--min-score", "0", "--top-k", "3",
+               clip_name=tiny_clip_name, clip_weights=tiny_clip_weights)
+    assert r.exit_code == 0, r.output
+    assert "race [final]" in r.stdout and "[bold]swim" in r.stdout
+    # The same table on a terminal (rich rendering), with the label that crashed rich's markup parser.
+    from rich.console import Console
+
+    from stale_cli.cli.table import print_table
+    from stale_cli.detections import Segment, VideoDetections
+
+    console = Console(force_terminal=True, width=120, record=True)
+    print_table(VideoDetections("race [final]", "x", 20.0, [Segment("ride [/bike]", 1.0, 2.0, 0.5, 0)],
+                                classes=("ride [/bike]",)), console)
+    text = console.export_text()
+    assert "race [final]" in text and "ride [/bike]" in text and "┃" in text
+    missing = tmp_path / "[/x].npy"
+    r = detect(missing, f, "-c", "[red]a", clip_name=tiny_clip_name, clip_weights=tiny_clip_weights)
+    assert r.exit_code == 1 and "Traceback" not in r.output and "MarkupError" not in r.output
+    assert any("[/x].npy" in e for e in error_lines(r)), r.stderr
+
+
+def test_plot_help_shows_the_extra():
+    r = CliRunner().invoke(app, ["detect", "--help"], env={"COLUMNS": "300"})
+    assert "stale-cli[plot]" in r.stdout
