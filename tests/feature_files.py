@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,32 @@ def detect(*args, clip_name, clip_weights):
 
 def error_lines(result) -> list[str]:
     return [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+
+
+LATIN1 = os.fsdecode(b"caf\xe9")  # a Latin-1 file name: not UTF-8, so Python holds it with a surrogate escape
+
+
+ESC_TITLE = "\x1b]0;owned\x07"  # retitles a terminal that prints it raw
+
+
+def features(rows: int = 24, seed: int = 0) -> tuple[np.ndarray, dict]:
+    feats = np.random.default_rng(seed).normal(size=(rows, DIM)).astype(np.float32)
+    meta = {"fps": 4.0, "timestamps": [k / 4 for k in range(rows)], "duration": rows / 4, "source": "synthetic",
+            "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": rows}
+    return feats, meta
+
+
+def detect_args(*args, classes="high jump,pole vault"):
+    return ("detect", *args, "-c", classes, "--no-progress")
+
+
+def deflate_bomb(path: Path) -> Path:
+    """A zip of 160 MB of deflated zeros in about 160 kB: torch.load would allocate all of it."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data/0", "w", force_zip64=True) as member:
+            block = bytes(1 << 20)
+            for _ in range(160):
+                member.write(block)
+    return path

@@ -172,3 +172,34 @@ def test_broken_pipe_ends_quietly(tmp_path):
     err = proc.stderr.read()
     proc.wait(timeout=120)
     assert proc.returncode == 141 and err == "", (proc.returncode, err)
+
+
+ENTRY = "import sys; from stale_cli.cli import main; sys.exit(main())"  # what the `stale` console script runs
+
+
+def test_ctrl_c_while_the_commands_are_imported_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    fake = tmp_path / "typer"  # the first heavy import of the CLI is interrupted, as Ctrl-C in the first moments
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    r = subprocess.run([sys.executable, "-c", ENTRY, "detect", "x.mp4", "-c", "a"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 130 and r.stderr == "error: interrupted\n" and r.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["detect", "--help"], ["-h"]])
+def test_help_into_a_pipe_whose_reader_is_gone_exits_0(argv):
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # `stale --help | head -1`, head long gone: every write is a broken pipe
+    try:
+        r = subprocess.run([sys.executable, "-c", ENTRY, *argv], stdout=write, stderr=subprocess.PIPE,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+    finally:
+        os.close(write)
+    assert r.returncode == 0 and r.stderr == b""

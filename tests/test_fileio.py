@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from stale_cli.errors import DataError
-from stale_cli.fileio import read_features
+from stale_cli.fileio import read_features, write_features
 
-from feature_files import DIM, good_features, huge_header, sidecar, write_pair  # tests/ is on sys.path
+from feature_files import (  # tests/ is on sys.path (rootdir conftest)
+    DIM, deflate_bomb, detect_args, error_lines, features, good_features, huge_header, sidecar, write_pair,
+)
 
 
 def test_array_checks_huge_header_overflow_and_deep_json(tmp_path):
@@ -27,3 +29,16 @@ def test_array_checks_huge_header_overflow_and_deep_json(tmp_path):
         read_features(deep)
     feats, meta = read_features(write_pair(tmp_path / "ok.npy", good_features(), sidecar(40)))
     assert feats.shape == (40, DIM) and feats.dtype == np.float32
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_expanded(run, tmp_path):
+    from stale_cli.checkpoint import archive_problem
+
+    bomb = deflate_bomb(tmp_path / "bomb.pt")
+    assert bomb.stat().st_size < 1 << 20 and "expands to 0.2 GiB" in archive_problem(bomb)
+    write_features(tmp_path / "v.npy", *features())
+    r = run(*detect_args(tmp_path / "v.npy", "--checkpoint", bomb), clip=False)
+    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "expands to 0.2 GiB" in error_lines(r)[0], r.output
+    r = run("extract-features", tmp_path / "v.npy", "--output", tmp_path / "o", "--clip-weights", bomb, clip=False)
+    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "--clip-weights" in error_lines(r)[0], r.output
+    assert "expands to" in error_lines(r)[0]

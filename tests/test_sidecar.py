@@ -12,7 +12,9 @@ from stale_cli.errors import DataError
 from stale_cli.fileio import read_features, write_features
 from stale_cli.sidecar import FeatureMeta, source_mismatch
 
-from feature_files import BAD_SIDECARS, good_features, sidecar, write_pair  # tests/ is on sys.path
+from feature_files import (  # tests/ is on sys.path (rootdir conftest)
+    BAD_SIDECARS, detect_args, error_lines, features, good_features, sidecar, write_pair,
+)
 
 # A sidecar as `stale extract-features` 0.4 wrote it (every key, in its order), plus a key of a later version.
 WRITTEN = {
@@ -84,3 +86,18 @@ def test_malformed_sidecar_is_one_data_error(tmp_path, name):
     with pytest.raises(DataError, match="does not describe" if name in ("num_rows_wrong", "timestamps_short")
                        else "bad sidecar"):
         read_features(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["timestamps"].reverse(), "'timestamps' must not decrease (row 1 at 5.5 s follows 5.75 s)"),
+    (lambda m: m.update(timestamps=[k * 100.0 for k in range(24)]), "past the video's 'duration' of 6.0 s"),
+])
+def test_sidecar_timestamps_that_decrease_or_run_past_the_duration_are_refused(run, tmp_path, change, message):
+    import json
+
+    write_features(tmp_path / "v.npy", *features())
+    meta = json.loads((tmp_path / "v.json").read_text())
+    change(meta)
+    (tmp_path / "v.json").write_text(json.dumps(meta))
+    r = run(*detect_args(tmp_path / "v.npy"))
+    assert r.exit_code == 1 and message in error_lines(r)[0] and "bad sidecar" in error_lines(r)[0], r.output
