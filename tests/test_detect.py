@@ -63,7 +63,8 @@ def test_clip_mode_finds_constructed_segments(clip, tmp_path, tiny_clip_name):
         seg = best[name]
         # Rows are frames at k / fps: the frames inside [s, e) are s .. e - 1/fps, whose snippets span
         # [s - row/2, e - row/2]. Either edge may be one row off: the smoothed curve's half-height falls between two
-        # rows and the noise picks the side (the centring itself is checked at 4 fps in test_small_correctness).
+        # rows and the noise picks the side (the centring itself is checked at 4 fps, below, by
+        # test_training_free_segments_are_centred_on_the_action_frames).
         row = 1 / FPS
         assert abs(seg.start - (s - row / 2)) <= row + 1e-6 and abs(seg.end - (e - row / 2)) <= row + 1e-6, seg
         assert seg.score > 0.5

@@ -17,6 +17,8 @@ from stale_cli.errors import InputError
 from stale_cli.fileio import write_features
 from stale_cli.protocol import ProtocolConfig, markdown, parse_splits, summarise
 
+from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
+
 ROWS = 48  # feature rows (seconds at 1 fps) per synthetic video
 
 
@@ -196,3 +198,17 @@ def test_protocol_baseline_uses_the_dataset_preset(tmp_path, tiny_clip_name, tin
     assert seen == [("clip", 0.75, 100)]
     preds = json.loads((tmp_path / "w" / "split_0" / "clip_predictions.json").read_text())
     assert preds["external_data"]["detect_config"]["nms_sigma"] == 0.75
+
+
+@pytest.mark.parametrize("splits", ["0-99999999", "3-1" + "0" * 30, "5-12", "0-9,10-99999999999"])
+def test_huge_split_ranges_are_refused_before_they_are_made(tmp_path, splits):
+    from stale_cli.errors import InputError
+    from stale_cli.protocol import parse_splits
+
+    with pytest.raises(InputError, match="split numbers must be in 0-9"):
+        parse_splits(splits)
+    ann = tmp_path / "ann.json"
+    ann.write_text('{"database": {}}')
+    r = CliRunner().invoke(app, ["zero-shot", "--dataset", "thumos14", "--features", str(tmp_path), "-a", str(ann),
+                                 "--work-dir", str(tmp_path / "w"), "--splits", splits])
+    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "--splits" in r.stderr and "Traceback" not in r.output
