@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stale_cli.fileio import write_text_atomic  # noqa: E402
-from stale_cli.outputs import ResultWriter, Segment, VideoDetections, render  # noqa: E402
+from stale_cli.detections import Segment, VideoDetections  # noqa: E402
+from stale_cli.outputs import ResultWriter, render  # noqa: E402
 from stale_cli.resume import DetectJournal  # noqa: E402
 
 META = {"mode": "clip", "classes": [f"class {k}" for k in range(20)]}

@@ -74,7 +74,7 @@ def synthetic_report(path: Path, seconds: float, num_segments: int, num_classes:
     """A report of ``seconds`` of video with smooth random score curves and random segments."""
     import numpy as np
 
-    from stale_cli.outputs import Segment, VideoDetections
+    from stale_cli.detections import Segment, VideoDetections
     from stale_cli.report import ReportWriter
 
     rng = np.random.default_rng(0)

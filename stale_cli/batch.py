@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from stale_cli.detect import DetectSettings, Detector, Failure, detect_batch
-from stale_cli.extract import input_id, video_ids
+from stale_cli.detections import VideoDetections
 from stale_cli.fileio import check_writable, missing_dirs, remove_empty_dirs
 from stale_cli.guard import OutputGuard
 from stale_cli.inputs import one_per_video
-from stale_cli.outputs import (ResultWriter, VideoDetections, check_plot_format, output_is_directory, plot_detections,
-                               plot_paths)
+from stale_cli.outputs import ResultWriter, output_is_directory
+from stale_cli.plot import check_plot_format, plot_detections, plot_paths
 from stale_cli.report import ReportWriter
 from stale_cli.resume import DetectJournal, assign_ids, finished_outputs
+from stale_cli.video_ids import input_id, video_ids
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,16 @@ class BatchResult:
 class DetectBatch:
     """One batch: ``inputs`` (video and feature files, in order), detected with ``settings``, written to
     ``outputs``. ``reads``: other files the run reads, as (path or None, description), which no output may
-    replace (a classes file, list files). ``console``: where tables go when there is no output file; ``warn`` and
-    ``note``: lines for the user (a renamed video id, an input given twice)."""
+    replace (a classes file, list files). ``show``: what shows a video's detections when there is no output file
+    (the CLI's table); ``console``: whose file ``--output -`` writes to; ``warn`` and ``note``: lines for the user
+    (a renamed video id, an input given twice)."""
 
     def __init__(self, settings: DetectSettings, inputs: Sequence[Path], outputs: BatchOutputs,
                  reads: Sequence[tuple[Optional[Path], str]] = (), console=None,
-                 warn: Callable[[str], None] = log.warning, note: Callable[[str], None] = log.info):
+                 warn: Callable[[str], None] = log.warning, note: Callable[[str], None] = log.info,
+                 show: Optional[Callable[[VideoDetections], None]] = None):
         self.settings, self.outputs, self.reads, self.console, self.warn = settings, outputs, list(reads), console, warn
+        self.show = show
         self.inputs = list(inputs)  # all stay inputs, also a video detected from its features
         self.paths = one_per_video(self.inputs, note)
         self.ids = video_ids(self.paths)
@@ -134,7 +138,7 @@ class DetectBatch:
         assert self.detector is not None, "load() first"
         detector, journal, outputs = self.detector, self.journal, self.outputs
         writer = ResultWriter(outputs.output, outputs.fmt, detector.metadata(), console=self.console,
-                              num_inputs=len(self.paths), order=self.ids)
+                              num_inputs=len(self.paths), order=self.ids, show=self.show)
         report = ReportWriter(outputs.html, detector.metadata()) if outputs.html is not None else None
         plots = plot_paths(outputs.plot, self.ids) if outputs.plot is not None else {}
         plotted: list[Path] = []

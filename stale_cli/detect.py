@@ -46,7 +46,7 @@ from stale_cli.defaults import DEFAULT_FEATURE_FPS
 from stale_cli.errors import (CheckpointError, DataError, InputError, ResourceError, StaleError, first_line,
                               out_of_memory)
 from stale_cli.fileio import read_features, source_identity, write_features
-from stale_cli.outputs import Segment, VideoDetections
+from stale_cli.detections import Segment, VideoDetections
 from stale_cli.postprocess import DetectConfig, Segments, WindowedVideo, finalize, segments_from_curve
 from stale_cli.reading import ReadingConfig, reading_parents
 from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta
@@ -587,14 +587,14 @@ def detect_batch(
 ) -> list[Failure]:
     """Detect every input in turn; a StaleError on one input is recorded and the batch goes on.
 
-    ``ids``: video ids (default: :func:`~stale_cli.extract.video_ids`). With a ``journal``
+    ``ids``: video ids (default: :func:`~stale_cli.video_ids.video_ids`). With a ``journal``
     (:class:`stale_cli.resume.DetectJournal`) a video it holds for the same input and settings is not detected
     again (its recorded detections go to ``on_result``, marked ``extra["resumed"]``) provided the files
     ``needs(video_id)`` exist; every other video is detected under its lock (skipped while another run holds it)
     and recorded in the journal before ``on_result`` sees it. ``on_start(path, video_id)`` is called just before an
     input is detected (not for one resumed or left to another run), then ``progress(n)`` as its frames are encoded.
     """
-    from stale_cli.extract import video_ids
+    from stale_cli.video_ids import video_ids
 
     failures = []
     ids = ids or video_ids(paths)

@@ -38,7 +38,8 @@ import numpy as np
 
 from stale_cli.detect import CLIP_MODE, STALE_MODE
 from stale_cli.fileio import check_writable, write_text_atomic
-from stale_cli.outputs import VideoDetections, clock, output_is_directory
+from stale_cli.detections import VideoDetections
+from stale_cli.outputs import clock, output_is_directory
 from stale_cli.reading import ReadingConfig
 
 log = logging.getLogger(__name__)

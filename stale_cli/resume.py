@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 from stale_cli.errors import InputError
 from stale_cli.fileio import is_stream, source_identity
 from stale_cli.locks import OutputLock
-from stale_cli.outputs import Segment, VideoDetections
+from stale_cli.detections import Segment, VideoDetections
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def assign_ids(journal: DetectJournal, paths: Sequence[Path], ids: list[str], ex
                warn: Callable[[str], None]) -> list[str]:
     """Ids for a directory output: an id whose file an earlier run wrote for another input moves to
     ``stem-<8 hex>``, as a name clash within a run does."""
-    from stale_cli.extract import hashed_id
+    from stale_cli.video_ids import hashed_id
 
     records = journal.records()
     out = []

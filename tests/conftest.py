@@ -185,3 +185,19 @@ def bad_files(tmp_path_factory, videos):
         "garbage": d / "garbage.mp4",
         "text": d / "notes.txt",
     }
+
+
+@pytest.fixture
+def run(tiny_clip_name, tiny_clip_weights):
+    """``run(command, *args, clip=True)``: the command through CliRunner, asserting it raised nothing."""
+    from typer.testing import CliRunner
+
+    from stale_cli.cli import app
+
+    def invoke(command, *args, clip=True):
+        extra = ["--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights)] if clip else []
+        r = CliRunner().invoke(app, [command, *map(str, args), *extra])
+        assert "Traceback" not in r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+        return r
+    return invoke

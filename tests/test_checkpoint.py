@@ -82,3 +82,73 @@ def test_state_dict_that_does_not_fit_its_config(saved, tmp_path):
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="weights do not fit the model"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def _tiny_model(tiny_clip, tiny_clip_name, num_snippets=16):
+    from stale_cli.model.config import ModelConfig
+    from stale_cli.model.stale import STALE
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(feature_dim=32, embed_dim=32, num_snippets=num_snippets, clip_model=tiny_clip_name,
+                      encoder_layers=1, num_heads=2, ffn_dim=64, decoder_layers=1, num_queries=4, context_tokens=4,
+                      dropout=0.0)
+    return STALE(cfg, tiny_clip).eval(), cfg
+
+
+def test_activitynet_checkpoint_detects_with_its_preset(tmp_path, tiny_clip, tiny_clip_name):
+    from stale_cli.checkpoint import read_checkpoint, save_checkpoint
+    from stale_cli.data.windows import DataConfig
+    from stale_cli.detect import DetectSettings, Detector
+    from stale_cli.model.config import LossConfig
+
+    model, cfg = _tiny_model(tiny_clip, tiny_clip_name)
+    paths = {}
+    for name, data_cfg in (("anet", DataConfig(mode="resize", num_snippets=16, overlap=0.0)),
+                           ("thumos", DataConfig(num_snippets=16))):
+        paths[name] = tmp_path / f"{name}.pt"
+        save_checkpoint(paths[name], model, cfg, LossConfig(), data_cfg, ["HighJump", "Diving"], feature_fps=2.0,
+                        clip_model=tiny_clip_name)
+    _, info = read_checkpoint(paths["anet"])
+    assert (info.detect_config.nms_sigma, info.detect_config.top_k) == (0.75, 100)
+    _, info = read_checkpoint(paths["thumos"])
+    assert (info.detect_config.nms_sigma, info.detect_config.top_k) == (0.5, 200)
+
+    assert info.dataset == "thumos14" and read_checkpoint(paths["anet"])[1].dataset == "activitynet13"
+
+    # A checkpoint written before checkpoints recorded them gets its data preset's dataset and detect config.
+    raw = torch.load(paths["anet"], weights_only=True)
+    del raw["detect_config"], raw["dataset"]
+    torch.save(raw, tmp_path / "old.pt")
+    old = read_checkpoint(tmp_path / "old.pt")[1]
+    assert old.detect_config.nms_sigma == 0.75 and old.dataset == "activitynet13"
+    # One that names its dataset gets that dataset's detect config, whatever its data mode; the old spelling
+    # "activitynet" reads as activitynet13, an unknown name is refused.
+    raw = torch.load(paths["thumos"], weights_only=True)
+    del raw["detect_config"]
+    for name, want in (("activitynet", 0.75), ("thumos14", 0.5)):
+        torch.save(dict(raw, dataset=name), tmp_path / "named.pt")
+        assert read_checkpoint(tmp_path / "named.pt")[1].detect_config.nms_sigma == want
+    torch.save(dict(raw, dataset="kinetics"), tmp_path / "named.pt")
+    with pytest.raises(CheckpointError, match="unknown dataset 'kinetics'"):
+        read_checkpoint(tmp_path / "named.pt")
+
+    det = Detector(DetectSettings(classes=["a dog"], mode="stale", checkpoint=paths["anet"]))
+    assert (det.detect_cfg.nms_sigma, det.detect_cfg.top_k) == (0.75, 100)
+    assert det.metadata()["detect_config"]["nms_sigma"] == 0.75
+    det = Detector(DetectSettings(classes=["a dog"], mode="stale", checkpoint=tmp_path / "old.pt", top_k=7))
+    assert (det.detect_cfg.nms_sigma, det.detect_cfg.top_k) == (0.75, 7)  # --top-k still wins
+
+
+@pytest.mark.parametrize("fps", [float("inf"), float("nan"), 1e300])
+def test_checkpoint_with_an_unusable_feature_rate_is_refused(tmp_path, tiny_clip, tiny_clip_name, fps):
+    from stale_cli.checkpoint import save_checkpoint
+    from stale_cli.data.windows import DataConfig
+    from stale_cli.detect import DetectSettings, Detector
+    from stale_cli.errors import CheckpointError
+    from stale_cli.model.config import LossConfig
+
+    model, cfg = _tiny_model(tiny_clip, tiny_clip_name)
+    save_checkpoint(tmp_path / "m.pt", model, cfg, LossConfig(), DataConfig(num_snippets=16), ["A"], feature_fps=fps,
+                    clip_model=tiny_clip_name)
+    with pytest.raises(CheckpointError, match="feature_fps must be a number in"):
+        Detector(DetectSettings(classes=["a dog"], mode="stale", checkpoint=tmp_path / "m.pt"))

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
@@ -132,3 +134,72 @@ def test_train_and_zero_shot_share_one_bound_per_training_option(tmp_path):
         for command in (train, zero_shot):
             r = invoke(*command, option, value)
             assert r.exit_code == 1 and f"error: {message}" in r.output, (command[0], r.output)
+
+
+def stale_process(*args, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    # A suite started in the background of a non-interactive shell inherits SIGINT ignored, and Python then keeps
+    # it ignored: give the command the default disposition, as a terminal would.
+    return subprocess.Popen([sys.executable, "-m", "stale_cli", *map(str, args)], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+
+
+@pytest.mark.parametrize("signum, status, word", [
+    (signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted"),
+])
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, signum, status, word):
+    fifo = tmp_path / "annotations.json"
+    os.mkfifo(fifo)
+    proc = stale_process("evaluate", tmp_path / "p.json", "-a", fifo, stdout=subprocess.DEVNULL)
+    with open(fifo, "w"):  # returns once the command is blocked reading the annotations
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert f"error: {word}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_broken_pipe_ends_quietly(tmp_path):
+    classes = [f"class{i:05d}" for i in range(3000)]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"database": {"v": {"subset": "test", "duration": 10, "annotations": [
+        {"segment": [1, 2], "label": c} for c in classes]}}}))
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"results": {"v": [{"label": c, "score": 0.5, "segment": [1, 2]} for c in classes]}}))
+    proc = stale_process("evaluate", preds, "-a", ann, stdout=subprocess.PIPE)
+    proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141 and err == "", (proc.returncode, err)
+
+
+ENTRY = "import sys; from stale_cli.cli import main; sys.exit(main())"  # what the `stale` console script runs
+
+
+def test_ctrl_c_while_the_commands_are_imported_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    fake = tmp_path / "typer"  # the first heavy import of the CLI is interrupted, as Ctrl-C in the first moments
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    r = subprocess.run([sys.executable, "-c", ENTRY, "detect", "x.mp4", "-c", "a"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 130 and r.stderr == "error: interrupted\n" and r.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["detect", "--help"], ["-h"]])
+def test_help_into_a_pipe_whose_reader_is_gone_exits_0(argv):
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # `stale --help | head -1`, head long gone: every write is a broken pipe
+    try:
+        r = subprocess.run([sys.executable, "-c", ENTRY, *argv], stdout=write, stderr=subprocess.PIPE,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
+    finally:
+        os.close(write)
+    assert r.returncode == 0 and r.stderr == b""

@@ -331,3 +331,17 @@ def test_repeat_factor_sampler_draws_rare_windows_more_often_and_splits_ranks():
     merged = [None] * 8
     merged[0::2], merged[1::2] = list(halves[0]), list(halves[1])
     assert merged == list(whole)
+
+
+def test_feature_rows_are_centred_on_their_timestamps():
+    from stale_cli.data.windows import feature_timeline, plan_windows, DataConfig
+
+    meta = {"fps": 4.0, "timestamps": [1.0 + k / 4 for k in range(40)]}
+    src = feature_timeline(meta, 40)
+    np.testing.assert_allclose(src.centres(), meta["timestamps"])
+    # A run of rows [a, b) spans half a row either side of its first and last frames.
+    assert float(src.to_seconds(8)) == pytest.approx(meta["timestamps"][8] - 0.125)
+    assert float(src.to_seconds(12)) == pytest.approx(meta["timestamps"][11] + 0.125)
+    for w in plan_windows(40, meta, DataConfig(num_snippets=16, overlap=0.5)):
+        np.testing.assert_allclose(w.timeline.centres()[: w.valid_len],
+                                   meta["timestamps"][w.start_row : w.start_row + w.valid_len])

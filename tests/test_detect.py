@@ -63,7 +63,8 @@ def test_clip_mode_finds_constructed_segments(clip, tmp_path, tiny_clip_name):
         seg = best[name]
         # Rows are frames at k / fps: the frames inside [s, e) are s .. e - 1/fps, whose snippets span
         # [s - row/2, e - row/2]. Either edge may be one row off: the smoothed curve's half-height falls between two
-        # rows and the noise picks the side (the centring itself is checked at 4 fps in test_small_correctness).
+        # rows and the noise picks the side (the centring itself is checked at 4 fps, below, by
+        # test_training_free_segments_are_centred_on_the_action_frames).
         row = 1 / FPS
         assert abs(seg.start - (s - row / 2)) <= row + 1e-6 and abs(seg.end - (e - row / 2)) <= row + 1e-6, seg
         assert seg.score > 0.5
@@ -158,3 +159,25 @@ def test_clip_mode_one_wrong_name_and_absent_action_score_low(clip, tiny_clip_na
     assert max((seg.score for seg in ask("high jump", nothing).segments), default=0.0) < 0.3
     best = max(ask("high jump", only_jump).segments, key=lambda seg: seg.score)
     assert best.score > 0.3 and abs(best.start - 10.0) <= 1.0 and abs(best.end - 20.0) <= 1.0
+
+
+def test_training_free_segments_are_centred_on_the_action_frames(tiny_clip_name, tiny_clip_weights):
+    """Frames 20-39 of 80 (at 4 fps: 5.0 .. 9.75 s) show the action: the segment is centred on them, not late."""
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.detect import DetectSettings, Detector
+
+    fps, rows = 4.0, 80
+    clip = load_clip(tiny_clip_name, str(tiny_clip_weights))
+    det = Detector(DetectSettings(classes=["a dog", "a cat"], mode="clip", clip_model=tiny_clip_name,
+                                  distractors=False), clip=clip)  # about where segments sit, not which name wins
+    rng = np.random.default_rng(0)
+    feats = rng.normal(0, 0.02, size=(rows, det.text.shape[1]))
+    feats[:, 0] += 1.0  # the scene
+    feats[20:40] += 0.6 * det.text[0]
+    meta = {"fps": fps, "timestamps": [k / fps for k in range(rows)], "duration": rows / fps}
+    video = det.detect_features(feats.astype(np.float32), meta, "v", "synthetic")
+    best = max((s for s in video.segments if s.label == "a dog"), key=lambda s: s.score)
+    first, last = 20 / fps, 39 / fps
+    assert (best.start + best.end) / 2 == pytest.approx((first + last) / 2, abs=0.02), best
+    assert best.end - best.start > 0.7 * (last - first)  # smoothing takes about a row off either side
+    np.testing.assert_allclose(video.times, meta["timestamps"])  # the plot's curves sit on the frames too

@@ -201,3 +201,27 @@ def test_cli_evaluate_bad_inputs(files, tmp_path):
     notjson.write_text("{")
     res = CliRunner().invoke(app, ["evaluate", str(notjson), "--annotations", str(ann)])
     assert res.exit_code == 1 and "not valid JSON" in res.output
+
+
+def test_evaluate_leaves_out_labels_without_ground_truth_with_one_warning(tmp_path):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"database": {
+        "v1": {"subset": "test", "duration": 30, "annotations": [{"segment": [1, 5], "label": "HighJump"}]},
+        "v2": {"subset": "test", "duration": 30, "annotations": [{"segment": [2, 6], "label": "Diving"}]},
+    }}))
+    preds = tmp_path / "p.json"  # detect was run with a wider class list than this subset holds
+    preds.write_text(json.dumps({"results": {
+        "v1": [{"label": "high jump", "score": 0.9, "segment": [1, 5]},
+               {"label": "pole vault", "score": 0.95, "segment": [1, 5]},
+               {"label": "pole vault", "score": 0.5, "segment": [10, 15]}],
+        "v2": [{"label": "Diving", "score": 0.8, "segment": [2, 6]},
+               {"label": "Shotput", "score": 0.7, "segment": [2, 6]}],
+    }}))
+    r = CliRunner().invoke(app, ["evaluate", str(preds), "-a", str(ann), "--tiou", "0.5", "-o",
+                                 str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    log = " ".join(r.stderr.split())  # the log handler wraps long lines
+    assert log.count("without ground truth") == 1 and "left out 3 prediction(s) of 2 label(s)" in log, r.stderr
+    assert "'Shotput', 'pole vault'" in log
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["per_class"] == {"Diving": [1.0], "HighJump": [1.0]} and result["average_mAP"] == 1.0

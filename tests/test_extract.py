@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from stale_cli.errors import DecodeError
-from stale_cli.extract import extract_many, extract_video, video_ids
+from stale_cli.extract import extract_many, extract_video
+from stale_cli.video_ids import video_ids
 from stale_cli.fileio import read_features
 from stale_cli.timeline import Timeline
 

@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from stale_cli.cli import app
 
+from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
+
 
 @pytest.fixture
 def run(tiny_clip_name, tiny_clip_weights):
@@ -109,3 +111,11 @@ def test_decoder_choice(run, videos, tmp_path):
         assert meta["decoder"] == name
         rows[name] = meta["timestamps"]
     assert rows["decord"] == rows["pyav"]  # both decoders sample the same presentation times
+
+
+@pytest.mark.parametrize("args", [
+    ["--fps", "inf"], ["--fps", "-1"], ["--batch-size", "0"], ["--batch-size", "10000000"],
+])
+def test_extract_numeric_options_are_bounded(args, tmp_path):
+    r = CliRunner().invoke(app, ["extract-features", str(tmp_path), "--out", str(tmp_path / "o"), *args])
+    assert r.exit_code == 1 and len(error_lines(r)) == 1 and args[0] in r.stderr, r.output

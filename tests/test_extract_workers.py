@@ -9,8 +9,7 @@ import signal
 import numpy as np
 import pytest
 
-from stale_cli import extract
-from stale_cli.extract import extract_many, iter_features
+from stale_cli.extract import extract_many, iter_features, processes
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_a_dead_decoding_process_fails_only_its_video(clip, videos, monkeypatch)
     import multiprocessing
 
     paths = [videos["cfr25"]["path"], videos["ntsc"]["path"], videos["late"]["path"], videos["single"]["path"]]
-    monkeypatch.setattr(extract, "WORKER_POLL_S", 0.2)
+    monkeypatch.setattr(processes, "WORKER_POLL_S", 0.2)
     killed = []
 
     def on_frames(n):

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from stale_cli.cli import app
 from stale_cli.fileio import write_features
-from test_hostile_inputs import (CRAFTED_CHECKPOINTS, ESC_TITLE, craft_checkpoint, deflate_bomb, features,
-                                 make_checkpoint)
+from feature_files import ESC_TITLE, deflate_bomb, features  # tests/ is on sys.path (rootdir conftest)
+from test_hostile_inputs import CRAFTED_CHECKPOINTS, craft_checkpoint, make_checkpoint
 
 BOM = b"\xef\xbb\xbf"
 

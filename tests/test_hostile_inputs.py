@@ -1,6 +1,7 @@
-"""Issue 17, the second reliability round (items 8, 10-19, 21-24): file names that are not UTF-8, terminal escapes,
-crafted checkpoints, sidecars, annotations, lists and class files. Each bad input is one ``error:`` line, never a
-traceback; a batch goes on past it."""
+"""Issue 17, the second reliability round, the parts that span several commands: crafted checkpoints, memory
+running out, the HTML report from concurrent runs, file names that are not UTF-8 and BOMs across commands. Each bad
+input is one ``error:`` line, never a traceback; a batch goes on past it. (Its other tests are in the files of the
+modules they test.)"""
 
 from __future__ import annotations
 
@@ -15,56 +16,12 @@ from typer.testing import CliRunner
 from stale_cli.cli import app
 from stale_cli.fileio import write_features
 
-DIM = 32  # the tiny CLIP's embedding width
-LATIN1 = os.fsdecode(b"caf\xe9")  # a Latin-1 file name: not UTF-8, so Python holds it with a surrogate escape
-ESC_TITLE = "\x1b]0;owned\x07"  # retitles a terminal that prints it raw
-
-
-def features(rows: int = 24, seed: int = 0) -> tuple[np.ndarray, dict]:
-    feats = np.random.default_rng(seed).normal(size=(rows, DIM)).astype(np.float32)
-    meta = {"fps": 4.0, "timestamps": [k / 4 for k in range(rows)], "duration": rows / 4, "source": "synthetic",
-            "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": rows}
-    return feats, meta
-
-
-@pytest.fixture
-def run(tiny_clip_name, tiny_clip_weights):
-    """``run(command, *args, clip=True)``: the command through CliRunner, asserting it raised nothing."""
-    def invoke(command, *args, clip=True):
-        extra = ["--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights)] if clip else []
-        r = CliRunner().invoke(app, [command, *map(str, args), *extra])
-        assert "Traceback" not in r.output
-        assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-        return r
-    return invoke
-
-
-def detect_args(*args, classes="high jump,pole vault"):
-    return ("detect", *args, "-c", classes, "--no-progress")
-
-
-def error_lines(r) -> list[str]:
-    return [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+from feature_files import (  # tests/ is on sys.path (rootdir conftest)
+    DIM, LATIN1, detect_args, error_lines, features,
+)
 
 
 # ---------------------------------------------------------------- 10: file names that are not UTF-8
-
-
-def test_latin1_feature_file_names_in_every_output(run, tmp_path):
-    d = tmp_path / "feats"
-    write_features(d / f"{LATIN1}.npy", *features(seed=1))
-    write_features(d / "ok.npy", *features(seed=2))
-    r = run(*detect_args(d, "-o", tmp_path / "x.csv", "--plot", tmp_path / "p.png", "--html", tmp_path / "r.html"))
-    assert r.exit_code == 0, r.output
-    assert "caf\\xe9," in (tmp_path / "x.csv").read_text(encoding="utf-8")  # the byte, written as \xe9
-    assert (tmp_path / "p_caf\\xe9.png").is_file() and (tmp_path / "p_ok.png").is_file()
-    page = (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert "caf\\xe9" in page and "ok" in page
-    r = run(*detect_args(d, "-o", tmp_path / "per_video/"))
-    assert r.exit_code == 0 and (tmp_path / "per_video" / "caf\\xe9.json").is_file()
-    assert "caf\\xe9" in r.stderr  # the "wrote" line, printable
-    r = run(*detect_args(d, "-o", "-", "-f", "csv"))  # a pipe takes it too
-    assert r.exit_code == 0 and "caf\\xe9," in r.stdout
 
 
 def test_latin1_video_plays_from_the_report_and_extracts(run, tmp_path, videos):
@@ -100,33 +57,6 @@ def test_report_finds_the_video_through_a_symlinked_folder(run, tmp_path, videos
         os.chdir(cwd)
     assert r.exit_code == 0, r.output
     assert 'src="../match.mp4"' in (tmp_path / "elsewhere" / "reports" / "r.html").read_text()
-
-
-# ---------------------------------------------------------------- 17: terminal escapes printed escaped
-
-
-def test_escape_sequences_in_names_and_labels_are_printed_escaped(run, tmp_path):
-    d = tmp_path / f"feats{ESC_TITLE}"
-    write_features(d / f"v{ESC_TITLE}.npy", *features(seed=1))
-    r = run(*detect_args(d, classes=f"high jump{ESC_TITLE},pole vault"))  # the table of each video on stdout
-    assert r.exit_code == 0, r.output
-    assert "\x1b" not in r.output and "\x07" not in r.output
-    assert "v\\x1b]0;owned\\x07" in r.stdout
-    missing = tmp_path / f"gone{ESC_TITLE}.npy"
-    r = run(*detect_args(missing, d))
-    assert r.exit_code == 1 and "\x1b" not in r.output
-    assert any("gone\\x1b]0;owned\\x07.npy" in line for line in error_lines(r)), r.stderr
-    r = run(*detect_args(d, "-o", "-", "-f", "csv"))  # data on stdout: written as given to a file or pipe
-    assert r.exit_code == 0 and f"v{ESC_TITLE}," in r.stdout
-
-
-def test_terminal_text_escapes_controls_and_undecodable_bytes():
-    from stale_cli.text import terminal_text, unicode_name
-
-    assert terminal_text("a\x1b[2Jb\x9b1m\tc\nd\x7f") == "a\\x1b[2Jb\\x9b1m\tc\nd\\x7f"
-    assert unicode_name(LATIN1) == "caf\\xe9" and terminal_text(LATIN1) == "caf\\xe9"
-    assert unicode_name("caf\u00e9 \ud800") == "caf\u00e9 \\ud800"  # a lone surrogate from JSON
-    assert terminal_text(terminal_text("\x1b")) == "\\x1b"
 
 
 # ---------------------------------------------------------------- 11, 12: crafted checkpoints, --resume of another shape
@@ -221,30 +151,6 @@ def test_good_checkpoint_detects(run, tmp_path, good_checkpoint):
     assert r.exit_code == 0, r.output
 
 
-def test_train_resume_from_a_checkpoint_of_another_shape_is_one_line(tmp_path, tiny_clip_name, tiny_clip_weights):
-    import torch
-
-    from test_train import cli_args, make_dataset, run_cli
-
-    feats, ann = make_dataset(tmp_path, tiny_clip_name)
-    r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--epochs", "1"))
-    assert r.exit_code == 0, r.output
-    last = tmp_path / "w" / "m.last.pt"
-    ck = torch.load(last, map_location="cpu", weights_only=True)
-    key = next(k for k, v in ck["state_dict"].items() if v.ndim == 2 and not k.startswith("text_encoder"))
-    ck["state_dict"][key] = torch.zeros(3, 5)  # one tensor of another shape
-    torch.save(ck, tmp_path / "shape.pt")
-    ck = torch.load(last, map_location="cpu", weights_only=True)
-    ck["extra"]["optimizer"]["param_groups"] = ck["extra"]["optimizer"]["param_groups"][:1]  # another optimizer
-    torch.save(ck, tmp_path / "optim.pt")
-    for bad, message in (("shape.pt", "weights do not fit the model"), ("optim.pt", "optimizer state does not fit")):
-        r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--resume", tmp_path / bad,
-                              "--epochs", "2", "--output", tmp_path / "w2" / "m.pt"))
-        errors = error_lines(r)
-        assert r.exit_code == 1 and len(errors) == 1 and message in errors[0], r.output
-        assert "Traceback" not in r.output
-
-
 # ---------------------------------------------------------------- 13: memory: tiny fps, MemoryError, CPU OOM
 
 
@@ -312,7 +218,7 @@ def test_out_of_memory_fails_one_video_and_the_batch_goes_on(tmp_path, videos, m
 
 def test_memory_error_on_one_input_of_a_batch_is_one_failure(tmp_path):
     from stale_cli.detect import detect_batch
-    from stale_cli.outputs import VideoDetections
+    from stale_cli.detections import VideoDetections
 
     class Detector:  # stands in for stale_cli.detect.Detector: two inputs need more memory than there is
         def detect(self, path, video_id, progress=None):
@@ -333,40 +239,6 @@ def test_memory_error_on_one_input_of_a_batch_is_one_failure(tmp_path):
     assert "DefaultCPUAllocator: can't allocate memory" in errors[1].message
     with pytest.raises(RuntimeError, match="shape mismatch"):
         detect_batch(Detector(), [tmp_path / "bug.npy"], results.append, errors.append, ids=["bug"])
-
-
-# ---------------------------------------------------------------- 14: Ctrl-C while importing, help into a closed pipe
-
-REPO = Path(__file__).resolve().parent.parent
-ENTRY = "import sys; from stale_cli.cli import main; sys.exit(main())"  # what the `stale` console script runs
-
-
-def test_ctrl_c_while_the_commands_are_imported_is_one_line(tmp_path):
-    import subprocess
-    import sys
-
-    fake = tmp_path / "typer"  # the first heavy import of the CLI is interrupted, as Ctrl-C in the first moments
-    fake.mkdir()
-    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
-    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
-    r = subprocess.run([sys.executable, "-c", ENTRY, "detect", "x.mp4", "-c", "a"], env=env, capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 130 and r.stderr == "error: interrupted\n" and r.stdout == ""
-
-
-@pytest.mark.parametrize("argv", [["--help"], ["detect", "--help"], ["-h"]])
-def test_help_into_a_pipe_whose_reader_is_gone_exits_0(argv):
-    import subprocess
-    import sys
-
-    read, write = os.pipe()
-    os.close(read)  # `stale --help | head -1`, head long gone: every write is a broken pipe
-    try:
-        r = subprocess.run([sys.executable, "-c", ENTRY, *argv], stdout=write, stderr=subprocess.PIPE,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
-    finally:
-        os.close(write)
-    assert r.returncode == 0 and r.stderr == b""
 
 
 # ---------------------------------------------------------------- 15: one report from concurrent runs, curves on a rerun
@@ -437,64 +309,7 @@ def test_concurrent_runs_into_one_report_show_every_video(run, tmp_path):
     assert sorted(shown) == ["v0", "v1"] and shown["v1"] is not None
 
 
-# ---------------------------------------------------------------- 18: an unwritable --cache-features, before the work
-
-
-def test_unwritable_cache_folder_is_refused_before_any_work(run, tmp_path, videos):
-    (tmp_path / "notes.txt").write_text("a file, not a folder\n")
-    r = run(*detect_args(videos["single"]["path"], "-o", tmp_path / "out.json", "--cache-features",
-                         tmp_path / "notes.txt" / "cache"))
-    assert r.exit_code == 1 and len(error_lines(r)) == 1, r.output
-    assert "--cache-features" in error_lines(r)[0] and "cannot write there" in error_lines(r)[0]
-    assert "mode:" not in r.stderr  # refused before the model was loaded and any video decoded
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-
-
-# ---------------------------------------------------------------- 19: @list files: a bad byte, a list that includes itself
-
-
-def test_list_with_a_latin1_line_loses_that_line_at_most(run, tmp_path):
-    d = tmp_path / "feats"
-    write_features(d / f"{LATIN1}.npy", *features(seed=1))
-    write_features(d / "ok.npy", *features(seed=2))
-    listing = tmp_path / "list.txt"
-    listing.write_bytes(b"\xef\xbb\xbf" + b"feats/ok.npy\nfeats/caf\xe9.npy\nfeats/gone\xff.npy\n")
-    r = run(*detect_args(f"@{listing}", "-o", tmp_path / "out.json"))
-    assert r.exit_code == 1, r.output
-    (line,) = [ln for ln in error_lines(r) if "gone" in ln and "failed" not in ln]
-    assert "gone\\xff.npy" in line and "no such file" in line
-    import json
-
-    assert sorted(json.loads((tmp_path / "out.json").read_text())["results"]) == ["caf\\xe9", "ok"]
-
-
-def test_a_list_that_includes_itself_reports_each_bad_line_once(run, tmp_path):
-    write_features(tmp_path / "ok.npy", *features())
-    listing = tmp_path / "list.txt"
-    listing.write_text(f"ok.npy\nmissing.npy\n@{listing}\n")
-    r = run(*detect_args(f"@{listing}", "-o", tmp_path / "out.json"))
-    assert r.exit_code == 1, r.output
-    errors = [ln for ln in error_lines(r) if "failed:" not in ln]
-    assert sum("missing.npy" in ln for ln in errors) == 1, r.stderr
-    assert sum("includes itself" in ln for ln in errors) == 1, r.stderr
-    assert (tmp_path / "out.json").is_file()
-
-
 # ---------------------------------------------------------------- 21: zero-shot --splits of a huge range
-
-
-@pytest.mark.parametrize("splits", ["0-99999999", "3-1" + "0" * 30, "5-12", "0-9,10-99999999999"])
-def test_huge_split_ranges_are_refused_before_they_are_made(tmp_path, splits):
-    from stale_cli.errors import InputError
-    from stale_cli.protocol import parse_splits
-
-    with pytest.raises(InputError, match="split numbers must be in 0-9"):
-        parse_splits(splits)
-    ann = tmp_path / "ann.json"
-    ann.write_text('{"database": {}}')
-    r = CliRunner().invoke(app, ["zero-shot", "--dataset", "thumos14", "--features", str(tmp_path), "-a", str(ann),
-                                 "--work-dir", str(tmp_path / "w"), "--splits", splits])
-    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "--splits" in r.stderr and "Traceback" not in r.output
 
 
 # ---------------------------------------------------------------- 22: negative segments, sidecar timestamps
@@ -511,21 +326,6 @@ def test_a_segment_before_the_video_starts_is_refused(run, tmp_path):
     r = run("evaluate", preds, "-a", ann, clip=False)
     assert r.exit_code == 1 and len(error_lines(r)) == 1, r.output
     assert "annotation 1: segment [-5.0, -2.0] ends before the video starts" in error_lines(r)[0]
-
-
-@pytest.mark.parametrize("change, message", [
-    (lambda m: m["timestamps"].reverse(), "'timestamps' must not decrease (row 1 at 5.5 s follows 5.75 s)"),
-    (lambda m: m.update(timestamps=[k * 100.0 for k in range(24)]), "past the video's 'duration' of 6.0 s"),
-])
-def test_sidecar_timestamps_that_decrease_or_run_past_the_duration_are_refused(run, tmp_path, change, message):
-    import json
-
-    write_features(tmp_path / "v.npy", *features())
-    meta = json.loads((tmp_path / "v.json").read_text())
-    change(meta)
-    (tmp_path / "v.json").write_text(json.dumps(meta))
-    r = run(*detect_args(tmp_path / "v.npy"))
-    assert r.exit_code == 1 and message in error_lines(r)[0] and "bad sidecar" in error_lines(r)[0], r.output
 
 
 # ---------------------------------------------------------------- 23: a UTF-8 BOM, as spreadsheet programs write it
@@ -550,76 +350,11 @@ def test_a_bom_in_a_prediction_csv_classes_file_and_annotations_is_dropped(run, 
     assert json.loads((tmp_path / "out.json").read_text())["external_data"]["classes"] == ["high jump", "pole vault"]
 
 
-# ---------------------------------------------------------------- 24: a deflate bomb, 8K frames, numbers as typed
-
-
-def deflate_bomb(path: Path) -> Path:
-    """A zip of 160 MB of deflated zeros in about 160 kB: torch.load would allocate all of it."""
-    import zipfile
-
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("archive/data/0", "w", force_zip64=True) as member:
-            block = bytes(1 << 20)
-            for _ in range(160):
-                member.write(block)
-    return path
-
-
-def test_a_deflate_bomb_is_refused_before_it_is_expanded(run, tmp_path):
-    from stale_cli.checkpoint import archive_problem
-
-    bomb = deflate_bomb(tmp_path / "bomb.pt")
-    assert bomb.stat().st_size < 1 << 20 and "expands to 0.2 GiB" in archive_problem(bomb)
-    write_features(tmp_path / "v.npy", *features())
-    r = run(*detect_args(tmp_path / "v.npy", "--checkpoint", bomb), clip=False)
-    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "expands to 0.2 GiB" in error_lines(r)[0], r.output
-    r = run("extract-features", tmp_path / "v.npy", "--output", tmp_path / "o", "--clip-weights", bomb, clip=False)
-    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "--clip-weights" in error_lines(r)[0], r.output
-    assert "expands to" in error_lines(r)[0]
-
-
-def test_huge_frames_are_decoded_few_at_a_time_or_refused(videos):
-    from stale_cli.errors import DecodeError
-    from stale_cli.video import DECODE_GROUP, FrameSampler, frames_per_group
-
-    assert frames_per_group(1920, 1080) == DECODE_GROUP and frames_per_group(8192, 4320) == 2
-    assert frames_per_group(16384, 16384) == 1
-    small = videos["cfr25"]["path"]  # 96 x 64 = 6144 pixels
-    with pytest.raises(DecodeError, match="frames of 96 x 64 pixels are larger than stale decodes"):
-        list(FrameSampler(small, 4.0, decoder="pyav", max_pixels=6000))
-    assert len(list(FrameSampler(small, 4.0, decoder="pyav", max_pixels=6144))) > 0
-
-
-@pytest.mark.parametrize("option, value, expected", [
-    ("--batch-size", "100000000", "--batch-size must be a number in [1, 65536], got 100000000"),
-    ("--top-k", "100000000", "--top-k must be a number in [1, 1048576], got 100000000"),
-    ("--fps", "20000", "--fps must be a number in [0.001, 1000], got 20000"),
-])
-def test_numbers_in_messages_are_printed_as_typed(run, tmp_path, option, value, expected):
-    write_features(tmp_path / "v.npy", *features())
-    r = run(*detect_args(tmp_path / "v.npy", option, value))
-    assert r.exit_code == 1 and error_lines(r) == [f"error: {expected}"], r.output
-
-
-def test_train_out_of_memory_is_one_line(tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
-    import stale_cli.train as training
-    from test_train import cli_args, make_dataset, run_cli
-
-    def no_memory(*args, **kwargs):  # what torch's CPU allocator raises for a --batch-size the RAM cannot hold
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
-                           "you tried to allocate 137438953472 bytes. Error code 12 (Cannot allocate memory)")
-
-    monkeypatch.setattr(training, "_run_epoch", no_memory)
-    feats, ann = make_dataset(tmp_path, tiny_clip_name)
-    r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--epochs", "1"))
-    errors = error_lines(r)
-    assert r.exit_code == 1 and len(errors) == 1 and "Traceback" not in r.output, r.output
-    assert "out of memory at epoch 1 with --batch-size 4" in errors[0] and "(e.g. 2)" in errors[0]
-    assert "no checkpoint was written" in errors[0]
+# ---------------------------------------------------------------- training out of memory, report curves, non-finite features
 
 
 def test_a_video_recorded_without_curves_is_redone_by_a_report_run_but_shown_when_another_run_did_it(tmp_path):
-    from stale_cli.outputs import Segment, VideoDetections
+    from stale_cli.detections import Segment, VideoDetections
     from stale_cli.resume import DetectJournal
 
     source = tmp_path / "v.npy"

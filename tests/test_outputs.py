@@ -10,11 +10,11 @@ import re
 import numpy as np
 import pytest
 
+from stale_cli.cli.table import print_table
+from stale_cli.detections import Segment, VideoDetections
 from stale_cli.errors import InputError
-from stale_cli.outputs import (
-    ResultWriter, Segment, VideoDetections, plot_detections, plot_paths, resolve_format, results_csv,
-    results_json, results_srt, srt_timestamp,
-)
+from stale_cli.outputs import ResultWriter, resolve_format, results_csv, results_json, results_srt, srt_timestamp
+from stale_cli.plot import plot_detections, plot_paths
 
 META = {"mode": "clip", "checkpoint": None, "classes": ["a", "b"], "fps": 4.0, "stale_version": "0.1.0"}
 
@@ -88,7 +88,7 @@ def test_writer_directory_file_and_stdout(tmp_path):
     from rich.console import Console
 
     console = Console(file=io.StringIO(), width=100)
-    ResultWriter(None, "json", META, console=console).add(video("v1"))
+    ResultWriter(None, "json", META, show=lambda v: print_table(v, console)).add(video("v1"))
     out = console.file.getvalue()
     assert "v1" in out and "0:00:01.3" in out and "0.900" in out
 

@@ -17,6 +17,8 @@ from stale_cli.errors import InputError
 from stale_cli.fileio import write_features
 from stale_cli.protocol import ProtocolConfig, markdown, parse_splits, summarise
 
+from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
+
 ROWS = 48  # feature rows (seconds at 1 fps) per synthetic video
 
 
@@ -161,3 +163,52 @@ def test_parse_splits_and_summary():
     assert s["paper"]["mAP"] == [32.1, 20.7, 5.9] and s["paper"]["average_mAP"] == 20.5
     md = markdown(s)
     assert "| STALE | 2 | 30.0 ± 10.0 | 20.0 ± 0.0 | 5.0 ± 5.0 | 15.0 ± 5.0 |" in md
+
+
+def test_protocol_baseline_uses_the_dataset_preset(tmp_path, tiny_clip_name, tiny_clip_weights, monkeypatch):
+    """The protocol's training-free baseline on ActivityNet detects with sigma 0.75 and top 100."""
+    import stale_cli.detect as detect_module
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.protocol import ProtocolConfig, run_protocol
+
+    seen = []
+    real = detect_module.Detector.__init__
+
+    def spy(self, settings, *a, **kw):
+        real(self, settings, *a, **kw)
+        seen.append((self.mode, self.detect_cfg.nms_sigma, self.detect_cfg.top_k))
+
+    monkeypatch.setattr(detect_module.Detector, "__init__", spy)
+    from stale_cli.data.splits import load_split
+    from stale_cli.fileio import write_features
+
+    seen_classes, unseen = load_split("activitynet13/75_25/0")
+    db = {"t0": {"subset": "training", "duration": 20.0,
+                 "annotations": [{"segment": [1, 2], "label": name} for name in seen_classes]}}
+    for i, name in enumerate(unseen):
+        feats = np.random.default_rng(i).normal(size=(20, 32)).astype(np.float32)
+        write_features(tmp_path / "f" / f"v{i}.npy", feats, {
+            "fps": 1.0, "timestamps": [float(k) for k in range(20)], "duration": 20.0, "source": f"v{i}.mp4",
+            "clip_model": tiny_clip_name, "clip_weights": str(tiny_clip_weights), "num_frames": 20})
+        db[f"v{i}"] = {"subset": "validation", "duration": 20.0, "annotations": [{"segment": [2, 8], "label": name}]}
+    (tmp_path / "a.json").write_text(json.dumps({"database": db}))
+    cfg = ProtocolConfig("activitynet13", "75_25", splits=(0,), train=False)
+    run_protocol(cfg, tmp_path / "f", tmp_path / "a.json", tmp_path / "w",
+                 load_clip(tiny_clip_name, str(tiny_clip_weights)), progress=False)
+    assert seen == [("clip", 0.75, 100)]
+    preds = json.loads((tmp_path / "w" / "split_0" / "clip_predictions.json").read_text())
+    assert preds["external_data"]["detect_config"]["nms_sigma"] == 0.75
+
+
+@pytest.mark.parametrize("splits", ["0-99999999", "3-1" + "0" * 30, "5-12", "0-9,10-99999999999"])
+def test_huge_split_ranges_are_refused_before_they_are_made(tmp_path, splits):
+    from stale_cli.errors import InputError
+    from stale_cli.protocol import parse_splits
+
+    with pytest.raises(InputError, match="split numbers must be in 0-9"):
+        parse_splits(splits)
+    ann = tmp_path / "ann.json"
+    ann.write_text('{"database": {}}')
+    r = CliRunner().invoke(app, ["zero-shot", "--dataset", "thumos14", "--features", str(tmp_path), "-a", str(ann),
+                                 "--work-dir", str(tmp_path / "w"), "--splits", splits])
+    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "--splits" in r.stderr and "Traceback" not in r.output

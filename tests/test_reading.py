@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.outputs import Segment
+from stale_cli.detections import Segment
 from stale_cli.reading import BELOW_FLOOR, OVER_LIMIT, ReadingConfig, for_reading, overlap, reading_parents
 
-from test_detect_cli import feature_dir, run  # noqa: F401  (fixture and helper; tests/ is on sys.path)
+from test_detect_cli import feature_dir, run_detect  # noqa: F401  (fixture and helper; tests/ is on sys.path)
 
 
 def test_overlap_is_tiou():
@@ -47,8 +47,8 @@ def test_detect_reads_by_default_and_all_keeps_the_ranked_list(feature_dir, tiny
     npy = feature_dir / "game.npy"
     classes = ["high jump", "pole vault"]
     common = [str(npy), "--classes", ",".join(classes)]
-    assert run([*common, "--all", "-o", str(tmp_path / "all.json")], tiny_clip_name, tiny_clip_weights).exit_code == 0
-    assert run([*common, "-o", str(tmp_path / "read.json")], tiny_clip_name, tiny_clip_weights).exit_code == 0
+    assert run_detect([*common, "--all", "-o", str(tmp_path / "all.json")], tiny_clip_name, tiny_clip_weights).exit_code == 0
+    assert run_detect([*common, "-o", str(tmp_path / "read.json")], tiny_clip_name, tiny_clip_weights).exit_code == 0
     full = json.loads((tmp_path / "all.json").read_text())
     read = json.loads((tmp_path / "read.json").read_text())
     assert full["external_data"]["reading"] is None
@@ -84,13 +84,13 @@ def test_detect_reads_by_default_and_all_keeps_the_ranked_list(feature_dir, tiny
 def test_min_score_and_top_k_act_on_what_is_read(feature_dir, tiny_clip_name, tiny_clip_weights,  # noqa: F811
                                                   tmp_path):
     common = [str(feature_dir / "game.npy"), "--classes", "high jump,pole vault"]
-    r = run([*common, "--top-k", "1", "--min-score", "0", "-o", str(tmp_path / "one.json")], tiny_clip_name,
+    r = run_detect([*common, "--top-k", "1", "--min-score", "0", "-o", str(tmp_path / "one.json")], tiny_clip_name,
             tiny_clip_weights)
     assert r.exit_code == 0, r.output
     one = json.loads((tmp_path / "one.json").read_text())
     assert sorted(s["label"] for s in one["results"]["game"]) == ["high jump", "pole vault"]  # one per class
     assert one["external_data"]["reading"]["per_class"] == 1
-    r = run([*common, "--all", "--top-k", "3", "-o", str(tmp_path / "three.json")], tiny_clip_name, tiny_clip_weights)
+    r = run_detect([*common, "--all", "--top-k", "3", "-o", str(tmp_path / "three.json")], tiny_clip_name, tiny_clip_weights)
     assert len(json.loads((tmp_path / "three.json").read_text())["results"]["game"]) == 3  # per video with --all
 
     # stale evaluate says when a file was reduced for reading

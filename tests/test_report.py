@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.outputs import Segment, VideoDetections
+from stale_cli.detections import Segment, VideoDetections
 from stale_cli.report import ReportWriter, curve_payload, relative_src, script_json
 
 EVIL = "<script>alert(1)</script>"

@@ -12,6 +12,10 @@ from stale_cli.errors import DataError
 from stale_cli.fileio import read_features, write_features
 from stale_cli.sidecar import FeatureMeta, source_mismatch
 
+from feature_files import (  # tests/ is on sys.path (rootdir conftest)
+    BAD_SIDECARS, detect_args, error_lines, features, good_features, sidecar, write_pair,
+)
+
 # A sidecar as `stale extract-features` 0.4 wrote it (every key, in its order), plus a key of a later version.
 WRITTEN = {
     "fps": 4.0, "timestamps": [0.0, 0.25, 0.5], "duration": 0.75, "source": "/videos/a.mp4", "source_size": 1234,
@@ -72,3 +76,28 @@ def test_source_mismatch_reads_the_typed_fields(tmp_path):
     assert source_mismatch(meta.replace(source_size=None, source_mtime_ns=None), video) is None  # older sidecar
     assert source_mismatch(meta.replace(source_size=5), video) == "size of the source changed since"
     assert source_mismatch(meta.replace(source="/elsewhere.mp4"), video) == "made from '/elsewhere.mp4'"
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SIDECARS))
+def test_malformed_sidecar_is_one_data_error(tmp_path, name):
+    path = write_pair(tmp_path / f"{name}.npy", good_features(), sidecar(40, **BAD_SIDECARS[name]))
+    # Wrong types and values are a "bad sidecar"; a sidecar that describes another array is refused as a mismatched
+    # pair (issue 9 item 17).
+    with pytest.raises(DataError, match="does not describe" if name in ("num_rows_wrong", "timestamps_short")
+                       else "bad sidecar"):
+        read_features(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["timestamps"].reverse(), "'timestamps' must not decrease (row 1 at 5.5 s follows 5.75 s)"),
+    (lambda m: m.update(timestamps=[k * 100.0 for k in range(24)]), "past the video's 'duration' of 6.0 s"),
+])
+def test_sidecar_timestamps_that_decrease_or_run_past_the_duration_are_refused(run, tmp_path, change, message):
+    import json
+
+    write_features(tmp_path / "v.npy", *features())
+    meta = json.loads((tmp_path / "v.json").read_text())
+    change(meta)
+    (tmp_path / "v.json").write_text(json.dumps(meta))
+    r = run(*detect_args(tmp_path / "v.npy"))
+    assert r.exit_code == 1 and message in error_lines(r)[0] and "bad sidecar" in error_lines(r)[0], r.output

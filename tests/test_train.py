@@ -13,12 +13,15 @@ import torch
 from typer.testing import CliRunner
 
 from stale_cli.checkpoint import load_checkpoint, read_checkpoint
+from stale_cli.cli import app
 from stale_cli.data.annotations import parse_annotations
 from stale_cli.data.dataset import load_video_set
 from stale_cli.data.windows import DataConfig
 from stale_cli.model.config import ModelConfig
 from stale_cli.model.losses import STALELoss
 from stale_cli.train import TrainConfig, predict, split_videos, train, validate
+
+from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
 
 THUMOS_CLASSES = json.loads((Path(__file__).parent / "fixtures" / "thumos14_mini.json").read_text())["classes"]
 FPS, ROWS = 2.0, 40  # 20-second synthetic videos, one feature row per half second
@@ -355,3 +358,75 @@ def test_default_epochs_reach_min_steps():
     assert default_epochs(8) == 30  # 40 videos: 30 epochs of 8 steps
     assert default_epochs(7) == 35  # ceil(240 / 7)
     assert default_epochs(0) == 240  # never divides by zero
+
+
+def test_train_out_that_is_a_directory_is_refused_before_training(tmp_path):
+    feats, ann = make_dataset(tmp_path, "stale-tiny")
+    (tmp_path / "w").mkdir()
+    r = CliRunner().invoke(app, ["train", "--features", str(feats), "--annotations", str(ann), "--out",
+                                 str(tmp_path / "w"), "--no-progress"])
+    assert r.exit_code == 1 and len(error_lines(r)) == 1 and "is a directory" in r.stderr, r.output
+
+
+def _classes(tmp_path: Path) -> Path:
+    path = tmp_path / "classes.txt"
+    path.write_text("HighJump\nDiving\n")
+    return path
+
+
+def test_full_disk_while_saving_a_checkpoint_keeps_the_last_good_one(tmp_path, tiny_clip_name, tiny_clip_weights,
+                                                                     monkeypatch):
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *a, **kw):  # epoch 1 writes .last.pt (the best only at the last epoch); epoch 2's finds
+        saves.append(1)  # the disk full
+        if len(saves) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    r = CliRunner().invoke(app, ["train", *map(str, cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights,
+                                                             "--classes-file", _classes(tmp_path)))])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    (line,) = error_lines(r)
+    assert "m.last.pt" in line and "disk full" in line and "left as it was (the last good checkpoint)" in line
+    _, info = read_checkpoint(tmp_path / "w" / "m.last.pt")
+    assert info.epoch == 1
+    assert not [p for p in (tmp_path / "w").iterdir() if p.suffix == ".tmp"]
+
+
+def test_train_resume_from_a_checkpoint_of_another_shape_is_one_line(tmp_path, tiny_clip_name, tiny_clip_weights):
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--epochs", "1"))
+    assert r.exit_code == 0, r.output
+    last = tmp_path / "w" / "m.last.pt"
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    key = next(k for k, v in ck["state_dict"].items() if v.ndim == 2 and not k.startswith("text_encoder"))
+    ck["state_dict"][key] = torch.zeros(3, 5)  # one tensor of another shape
+    torch.save(ck, tmp_path / "shape.pt")
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    ck["extra"]["optimizer"]["param_groups"] = ck["extra"]["optimizer"]["param_groups"][:1]  # another optimizer
+    torch.save(ck, tmp_path / "optim.pt")
+    for bad, message in (("shape.pt", "weights do not fit the model"), ("optim.pt", "optimizer state does not fit")):
+        r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--resume", tmp_path / bad,
+                              "--epochs", "2", "--output", tmp_path / "w2" / "m.pt"))
+        errors = error_lines(r)
+        assert r.exit_code == 1 and len(errors) == 1 and message in errors[0], r.output
+        assert "Traceback" not in r.output
+
+
+def test_train_out_of_memory_is_one_line(tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
+    import stale_cli.train as training
+
+    def no_memory(*args, **kwargs):  # what torch's CPU allocator raises for a --batch-size the RAM cannot hold
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 137438953472 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(training, "_run_epoch", no_memory)
+    feats, ann = make_dataset(tmp_path, tiny_clip_name)
+    r = run_cli(*cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--epochs", "1"))
+    errors = error_lines(r)
+    assert r.exit_code == 1 and len(errors) == 1 and "Traceback" not in r.output, r.output
+    assert "out of memory at epoch 1 with --batch-size 4" in errors[0] and "(e.g. 2)" in errors[0]
+    assert "no checkpoint was written" in errors[0]

@@ -193,3 +193,29 @@ def test_extract_features_of_a_joined_file_covers_both_halves(tmp_path, tiny_cli
     assert "jump back" in r.stderr
     meta = json.loads((tmp_path / "f" / "backwards.json").read_text())
     assert meta["num_rows"] == 16 and meta["duration"] == pytest.approx(4.0)
+
+
+def test_decord_log_lines_do_not_reach_stderr(bad_files, capfd):
+    pytest.importorskip("decord")
+    from stale_cli.errors import DecodeError
+    from stale_cli.video import FrameSampler
+
+    for name in ("garbage", "text"):  # "ERROR opening", "Failed to seek file to position: 0"
+        for decoder in ("decord", "auto"):
+            with pytest.raises(DecodeError):
+                list(FrameSampler(bad_files[name], 4.0, decoder=decoder))
+    assert sum(len(c.indices) for c in FrameSampler(bad_files["truncated"], 4.0, decoder="decord")) > 0
+    err = capfd.readouterr().err
+    assert ".cc:" not in err and "ERROR opening" not in err and "Failed to seek" not in err, err
+
+
+def test_huge_frames_are_decoded_few_at_a_time_or_refused(videos):
+    from stale_cli.errors import DecodeError
+    from stale_cli.video import DECODE_GROUP, FrameSampler, frames_per_group
+
+    assert frames_per_group(1920, 1080) == DECODE_GROUP and frames_per_group(8192, 4320) == 2
+    assert frames_per_group(16384, 16384) == 1
+    small = videos["cfr25"]["path"]  # 96 x 64 = 6144 pixels
+    with pytest.raises(DecodeError, match="frames of 96 x 64 pixels are larger than stale decodes"):
+        list(FrameSampler(small, 4.0, decoder="pyav", max_pixels=6000))
+    assert len(list(FrameSampler(small, 4.0, decoder="pyav", max_pixels=6144))) > 0

@@ -175,9 +175,11 @@ def detect(
     with user_errors():
         from stale_cli.batch import BatchOutputs, DetectBatch
         from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
+        from stale_cli.cli.table import print_table
         from stale_cli.defaults import DEFAULT_FEATURE_FPS
         from stale_cli.detect import DetectSettings
-        from stale_cli.outputs import require_matplotlib, resolve_format
+        from stale_cli.outputs import resolve_format
+        from stale_cli.plot import require_matplotlib
         from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS
 
         names = read_class_names(classes, classes_file)
@@ -210,7 +212,8 @@ def detect(
         reads = [(classes_file, f"the classes file {classes_file}")]
         reads += [(list_file, f"the list file {list_file}") for list_file in list_files]
         batch = DetectBatch(settings, paths, BatchOutputs(output, out_format, plot, html), reads=reads,
-                            console=stdout, warn=warning, note=note)  # every output checked before any model loads
+                            console=stdout, warn=warning, note=note,  # every output checked before any model loads
+                            show=lambda video: print_table(video, stdout))
         detector = batch.load(resolve_device(device))
         bar = _Progress(batch.paths, detector.fps or DEFAULT_FEATURE_FPS) if show_progress(progress) else None
 

@@ -23,7 +23,7 @@ from stale_cli.cli.app import (
 
 def results_table(result: dict, title: str):
     """mAP per tIoU and the average, then AP per class, in percent (a TextTable)."""
-    from stale_cli.outputs import TextTable
+    from stale_cli.cli.table import TextTable
 
     n = len(result["tiou"])
     table = TextTable(title, ["class", *(f"@{t:g}" for t in result["tiou"]), "avg"], [False] + [True] * (n + 1))

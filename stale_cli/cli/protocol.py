@@ -38,7 +38,7 @@ from stale_cli.cli.train import (
 
 
 def summary_table(summary: dict):
-    from stale_cli.outputs import TextTable
+    from stale_cli.cli.table import TextTable
 
     setting = summary["setting"].replace("_", "/")
     n = len(summary["tiou"])
