@@ -182,23 +182,33 @@ def avg_map(gt: dict, preds: dict, classes: list[str]) -> float:
     return float(evaluate_detection(gt, preds, TIOUS, classes)["average_mAP"])
 
 
-def oracle_predictions(feats_dir: Path, directions: np.ndarray, mean: np.ndarray, classes: list[str]) -> dict:
-    """Class curves from the projection of each row (offset removed) on ``directions`` (K, D), through the
-    training-free post-processing on the whole video."""
+def curve_predictions(feats_dir: Path, classes: list[str], probs_of, **curve_kw) -> dict:
+    """Detections of every feature file of ``feats_dir`` from its whole-video curves ``probs_of(x, meta) ->
+    (T, K+1)`` (column k: ``classes[k]``, the last: the rest), through the product's whole-video post-processing
+    (``curve_kw``: more arguments of ``segments_from_curve``)."""
     from stale_cli.data.windows import feature_timeline
     from stale_cli.fileio import read_features
 
-    expected = 1.0  # the projection inside an instance, relative to the direction's own share of the prototype
-    preds = {}
     cfg = DetectConfig()
+    preds = {}
     for npy in sorted(feats_dir.glob("*.npy")):
         x, meta = read_features(npy)
-        proj = (x.astype(np.float32) - mean) @ directions.T  # (T, K)
-        fg = 1 / (1 + np.exp(-12.0 * (proj / expected - 0.5)))
-        probs = np.concatenate([fg, 1 - fg.max(1, keepdims=True)], axis=1)
-        segs = segments_from_curve(probs, feature_timeline(meta, len(x)), cfg)  # the product's whole-video path
+        segs = segments_from_curve(probs_of(x, meta), feature_timeline(meta, len(x)), cfg, **curve_kw)
         preds[npy.stem] = [(classes[k], s, e, c) for k, s, e, c in finalize([segs], float(meta.duration), cfg)]
     return preds
+
+
+def oracle_predictions(feats_dir: Path, directions: np.ndarray, mean: np.ndarray, classes: list[str]) -> dict:
+    """Class curves from the projection of each row (offset removed) on ``directions`` (K, D), through the
+    training-free post-processing on the whole video."""
+    expected = 1.0  # the projection inside an instance, relative to the direction's own share of the prototype
+
+    def probs_of(x, meta):
+        proj = (x.astype(np.float32) - mean) @ directions.T  # (T, K)
+        fg = 1 / (1 + np.exp(-12.0 * (proj / expected - 0.5)))
+        return np.concatenate([fg, 1 - fg.max(1, keepdims=True)], axis=1)
+
+    return curve_predictions(feats_dir, classes, probs_of)
 
 
 def detector_predictions(detector, feats_dir: Path) -> dict:

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from zero_shot import avg_map, ground_truth  # noqa: E402
+from zero_shot import avg_map, curve_predictions, ground_truth  # noqa: E402
 
 from stale_cli.clip_backbone import load_clip  # noqa: E402
 from stale_cli.clipmode import (  # noqa: E402
@@ -52,7 +52,6 @@ from stale_cli.clipmode import (  # noqa: E402
 from stale_cli.data.splits import load_split, match_classes  # noqa: E402
 from stale_cli.data.windows import feature_timeline  # noqa: E402
 from stale_cli.fileio import read_features  # noqa: E402
-from stale_cli.postprocess import DetectConfig, finalize, segments_from_curve  # noqa: E402
 from stale_cli.vocab import distractors  # noqa: E402
 
 VARIANTS = ("none", "prompt", "offset", "text-linear", "visual-linear", "refiner", "seen-oracle")
@@ -105,17 +104,11 @@ class Split:
         return w
 
     def evaluate(self, names: list[str], extra: list[str], read) -> float:
-        """avg mAP % of ``names`` (with ``extra`` + generic distractors) on the test videos; ``read(x, meta,
-        rows) -> probs (T, K+1)``."""
+        """avg mAP % of ``names`` (with ``extra`` + generic distractors) on the test videos; ``read(x, meta, rows,
+        K) -> probs (T, K+1)``. Segments as the training-free mode cuts them (its window length as the block)."""
         rows = names + distractors(names, extra)
-        cfg = DetectConfig()
-        preds = {}
-        for npy in sorted((self.feats / "test").glob("*.npy")):
-            x, meta = read_features(npy)
-            timeline = feature_timeline(meta, len(x))
-            probs = read(x, meta, rows, len(names))
-            segs = segments_from_curve(probs, timeline, cfg, block=128)
-            preds[npy.stem] = [(names[k], s, e, c) for k, s, e, c in finalize([segs], float(meta.duration), cfg)]
+        preds = curve_predictions(self.feats / "test", names, lambda x, meta: read(x, meta, rows, len(names)),
+                                  block=128)
         return 100 * avg_map(self.gt, preds, names)
 
 
