@@ -169,11 +169,7 @@ def source_mismatch(meta: FeatureMeta, path: str | os.PathLike) -> Optional[str]
 
 
 def read_sidecar(path: Path) -> FeatureMeta:
-    """Read and check the sidecar at ``path``; DataError for an unreadable or bad one."""
-    from stale_cli.fileio import parse_json
+    """Read and check the sidecar at ``path``: one line naming it when it is missing, unreadable or bad."""
+    from stale_cli.fileio import read_json  # fileio imports this module
 
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is dropped
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable sidecar ({e})") from e
-    return FeatureMeta.from_json(parse_json(text, str(path)), str(path))
+    return FeatureMeta.from_json(read_json(path, "sidecar"), str(path))
