@@ -201,3 +201,23 @@ def run(tiny_clip_name, tiny_clip_weights):
         assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
         return r
     return invoke
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Feature files for commands that read them (their contents: tests/feature_files.py).
+
+
+@pytest.fixture(scope="module")
+def feature_dir(tmp_path_factory, tiny_clip_name, tiny_clip_weights):
+    """A folder holding game.npy (and its sidecar): features whose answer is known (feature_files.TRUTH)."""
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.clipmode import class_text_features
+    from stale_cli.fileio import write_features
+
+    from feature_files import CLASSES, constructed_features
+
+    clip = load_clip(tiny_clip_name, str(tiny_clip_weights))
+    feats, meta = constructed_features(class_text_features(clip, CLASSES))
+    d = tmp_path_factory.mktemp("cli_feats")
+    write_features(d / "game.npy", feats, meta)
+    return d

@@ -93,3 +93,31 @@ def deflate_bomb(path: Path) -> Path:
             for _ in range(160):
                 member.write(block)
     return path
+
+
+# Features whose answer is known: two classes at TRUTH seconds of a 60 s video at 2 fps (detection tests).
+
+CLASSES = ["high jump", "pole vault"]
+FPS = 2.0
+DURATION = 60.0
+TRUTH = {"high jump": (10.0, 20.0), "pole vault": (30.0, 35.0)}
+
+
+def constructed_features(text: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Features shaped like real CLIP ones: a common scene direction ``u`` (orthogonal to every class text) in
+    every snippet, plus 0.4 x class k's ensembled text embedding inside its TRUTH seconds (cosine ~0.37 there,
+    ~0 elsewhere), plus per-snippet noise of cosine std ~0.015."""
+    rng = np.random.default_rng(seed)
+    N, C = int(DURATION * FPS), text.shape[1]
+    u = rng.normal(size=C)
+    q, _ = np.linalg.qr(text.T)  # (C, K) orthonormal basis of the text vectors
+    u -= q @ (q.T @ u)  # orthogonal to every class text
+    u /= np.linalg.norm(u)
+    feats = u + 0.015 * rng.normal(size=(N, C))  # (N, C)
+    for k, name in enumerate(CLASSES):
+        s, e = TRUTH[name]
+        feats[int(s * FPS) : int(e * FPS)] += 0.4 * text[k]
+    feats *= 7.0  # CLIP image embeddings are not unit length; the mode must not care
+    meta = {"fps": FPS, "timestamps": [k / FPS for k in range(N)], "duration": DURATION, "source": "synthetic",
+            "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": N}
+    return feats.astype(np.float32), meta

@@ -11,7 +11,6 @@ import pytest
 from stale_cli.batch import BatchOutputs, DetectBatch
 from stale_cli.detect import DetectSettings
 from stale_cli.errors import InputError
-from test_detect_cli import feature_dir  # noqa: F401  (a fixture: a feature file of constructed features)
 
 
 def settings(tiny_clip_name, tiny_clip_weights) -> DetectSettings:
@@ -19,14 +18,14 @@ def settings(tiny_clip_name, tiny_clip_weights) -> DetectSettings:
                           clip_weights=str(tiny_clip_weights), precision="fp32")
 
 
-def test_an_output_over_an_input_is_refused_before_loading(feature_dir, tiny_clip_name, tiny_clip_weights):  # noqa: F811
+def test_an_output_over_an_input_is_refused_before_loading(feature_dir, tiny_clip_name, tiny_clip_weights):
     game = feature_dir / "game.npy"
     with pytest.raises(InputError, match="--output"):
         DetectBatch(settings(tiny_clip_name, tiny_clip_weights), [game],
                     BatchOutputs(output=feature_dir / "game.json"))
 
 
-def test_a_batch_writes_reports_failures_and_resumes(feature_dir, tiny_clip_name, tiny_clip_weights,  # noqa: F811
+def test_a_batch_writes_reports_failures_and_resumes(feature_dir, tiny_clip_name, tiny_clip_weights,
                                                       tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()

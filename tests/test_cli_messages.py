@@ -14,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from test_detect_cli import feature_dir  # noqa: F401  (a fixture: a feature file of constructed features)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +27,7 @@ def detect_args(feature_dir, tiny_clip_name, tiny_clip_weights, *extra):
             "--clip-weights", tiny_clip_weights, *extra]
 
 
-def test_every_written_file_is_named_once(feature_dir, tiny_clip_name, tiny_clip_weights, tmp_path):  # noqa: F811
+def test_every_written_file_is_named_once(feature_dir, tiny_clip_name, tiny_clip_weights, tmp_path):
     out, plot, html = tmp_path / "p.json", tmp_path / "p.png", tmp_path / "r.html"
     r = invoke(*detect_args(feature_dir, tiny_clip_name, tiny_clip_weights, "-o", out, "--plot", plot, "--html", html))
     assert r.exit_code == 0, r.output
@@ -54,7 +53,7 @@ def test_extract_features_names_its_folder_once(videos, tiny_clip_name, tiny_cli
     assert r.exit_code == 0 and "wrote" not in r.stderr  # nothing new: nothing written
 
 
-def test_quiet_is_errors_only_and_results_still_on_stdout(feature_dir, tiny_clip_name, tiny_clip_weights,  # noqa: F811
+def test_quiet_is_errors_only_and_results_still_on_stdout(feature_dir, tiny_clip_name, tiny_clip_weights,
                                                           tmp_path):
     r = invoke("-q", *detect_args(feature_dir, tiny_clip_name, tiny_clip_weights, "-o", tmp_path / "p.json"))
     assert r.exit_code == 0 and r.stderr == "" and (tmp_path / "p.json").is_file(), r.stderr

@@ -5,15 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stale_cli.clipmode import ClipModeConfig, class_text_features, gaussian_smooth, snippet_probabilities
+from stale_cli.clipmode import class_text_features, gaussian_smooth, snippet_probabilities
 from stale_cli.detect import CLIP_MODE, STALE_MODE, DetectSettings, Detector, choose_mode, resample_features
 from stale_cli.errors import CheckpointError, InputError
 from stale_cli.sidecar import FeatureMeta
 
-CLASSES = ["high jump", "pole vault"]
-FPS = 2.0
-DURATION = 60.0
-TRUTH = {"high jump": (10.0, 20.0), "pole vault": (30.0, 35.0)}
+from feature_files import CLASSES, DURATION, FPS, TRUTH, constructed_features  # tests/ is on sys.path
 
 
 @pytest.fixture(scope="module")
@@ -21,26 +18,6 @@ def clip(tiny_clip_name, tiny_clip_weights):
     from stale_cli.clip_backbone import load_clip
 
     return load_clip(tiny_clip_name, str(tiny_clip_weights))
-
-
-def constructed_features(text: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """Features shaped like real CLIP ones: a common scene direction ``u`` (orthogonal to every class text) in
-    every snippet, plus 0.4 x class k's ensembled text embedding inside its TRUTH seconds (cosine ~0.37 there,
-    ~0 elsewhere), plus per-snippet noise of cosine std ~0.015."""
-    rng = np.random.default_rng(seed)
-    N, C = int(DURATION * FPS), text.shape[1]
-    u = rng.normal(size=C)
-    q, _ = np.linalg.qr(text.T)  # (C, K) orthonormal basis of the text vectors
-    u -= q @ (q.T @ u)  # orthogonal to every class text
-    u /= np.linalg.norm(u)
-    feats = u + 0.015 * rng.normal(size=(N, C))  # (N, C)
-    for k, name in enumerate(CLASSES):
-        s, e = TRUTH[name]
-        feats[int(s * FPS) : int(e * FPS)] += 0.4 * text[k]
-    feats *= 7.0  # CLIP image embeddings are not unit length; the mode must not care
-    meta = {"fps": FPS, "timestamps": [k / FPS for k in range(N)], "duration": DURATION, "source": "synthetic",
-            "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": N}
-    return feats.astype(np.float32), meta
 
 
 def best_per_label(segments):

@@ -18,20 +18,6 @@ from feature_files import (  # tests/ is on sys.path (rootdir conftest)
 )
 
 
-@pytest.fixture(scope="module")
-def feature_dir(tmp_path_factory, tiny_clip_name, tiny_clip_weights):
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.clipmode import class_text_features
-
-    from test_detect import CLASSES, constructed_features  # tests/ is on sys.path (rootdir conftest)
-
-    clip = load_clip(tiny_clip_name, str(tiny_clip_weights))
-    feats, meta = constructed_features(class_text_features(clip, CLASSES))
-    d = tmp_path_factory.mktemp("cli_feats")
-    write_features(d / "game.npy", feats, meta)
-    return d
-
-
 def run_detect(args, tiny_clip_name, tiny_clip_weights):
     base = ["--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights), "--no-progress"]
     return CliRunner().invoke(app, ["detect", *args, *base])

@@ -12,7 +12,7 @@ from stale_cli.cli import app
 from stale_cli.detections import Segment
 from stale_cli.reading import BELOW_FLOOR, OVER_LIMIT, ReadingConfig, for_reading, overlap, reading_parents
 
-from test_detect_cli import feature_dir, run_detect  # noqa: F401  (fixture and helper; tests/ is on sys.path)
+from test_detect_cli import run_detect  # tests/ is on sys.path (rootdir conftest)
 
 
 def test_overlap_is_tiou():
@@ -38,7 +38,7 @@ def test_floor_alternatives_and_per_class_limit():
     assert for_reading(segs, ReadingConfig(min_score=0, per_class=100, max_overlap=1.0)) == segs
 
 
-def test_detect_reads_by_default_and_all_keeps_the_ranked_list(feature_dir, tiny_clip_name,  # noqa: F811
+def test_detect_reads_by_default_and_all_keeps_the_ranked_list(feature_dir, tiny_clip_name,
                                                                  tiny_clip_weights, tmp_path):
     from stale_cli.clip_backbone import load_clip
     from stale_cli.detect import DetectSettings, Detector
@@ -81,7 +81,7 @@ def test_detect_reads_by_default_and_all_keeps_the_ranked_list(feature_dir, tiny
     assert json.loads(r.stdout)["average_mAP"] == pytest.approx(expected["average_mAP"])
 
 
-def test_min_score_and_top_k_act_on_what_is_read(feature_dir, tiny_clip_name, tiny_clip_weights,  # noqa: F811
+def test_min_score_and_top_k_act_on_what_is_read(feature_dir, tiny_clip_name, tiny_clip_weights,
                                                   tmp_path):
     common = [str(feature_dir / "game.npy"), "--classes", "high jump,pole vault"]
     r = run_detect([*common, "--top-k", "1", "--min-score", "0", "-o", str(tmp_path / "one.json")], tiny_clip_name,

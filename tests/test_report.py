@@ -266,19 +266,8 @@ def run(args, tiny_clip_name, tiny_clip_weights):
 
 
 @pytest.fixture(scope="module")
-def feature_file(tmp_path_factory, tiny_clip_name, tiny_clip_weights):
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.clipmode import class_text_features
-    from stale_cli.fileio import write_features
-
-    from test_detect import CLASSES as NAMES
-    from test_detect import constructed_features
-
-    clip = load_clip(tiny_clip_name, str(tiny_clip_weights))
-    feats, meta = constructed_features(class_text_features(clip, NAMES))
-    path = tmp_path_factory.mktemp("report_feats") / "game.npy"
-    write_features(path, feats, meta)
-    return path
+def feature_file(feature_dir):
+    return feature_dir / "game.npy"
 
 
 def test_cli_html_for_feature_files_and_videos(feature_file, videos, tiny_clip_name, tiny_clip_weights, tmp_path):
