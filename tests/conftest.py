@@ -221,3 +221,11 @@ def feature_dir(tmp_path_factory, tiny_clip_name, tiny_clip_weights):
     d = tmp_path_factory.mktemp("cli_feats")
     write_features(d / "game.npy", feats, meta)
     return d
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory, tiny_clip, tiny_clip_name):
+    """A small, valid STALE checkpoint (tests/crafted_checkpoints.py) that the crafted ones are made from."""
+    from crafted_checkpoints import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "good.pt", tiny_clip, tiny_clip_name)

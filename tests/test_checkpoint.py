@@ -10,8 +10,12 @@ import torch
 from stale_cli.checkpoint import FORMAT, VERSION, load_checkpoint, read_checkpoint, save_checkpoint
 from stale_cli.data.windows import DataConfig
 from stale_cli.errors import CheckpointError
+from stale_cli.fileio import write_features
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.model.stale import STALE
+
+from crafted_checkpoints import CRAFTED_CHECKPOINTS, craft_checkpoint  # tests/ is on sys.path (rootdir conftest)
+from feature_files import detect_args, error_lines, features
 
 
 @pytest.fixture
@@ -152,3 +156,37 @@ def test_checkpoint_with_an_unusable_feature_rate_is_refused(tmp_path, tiny_clip
                     clip_model=tiny_clip_name)
     with pytest.raises(CheckpointError, match="feature_fps must be a number in"):
         Detector(DetectSettings(classes=["a dog"], mode="stale", checkpoint=tmp_path / "m.pt"))
+
+
+# ---------------------------------------------------------------- crafted checkpoints, each refused with one error line
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED_CHECKPOINTS))
+def test_crafted_checkpoint_is_one_line(run, tmp_path, good_checkpoint, name):
+    change, message = CRAFTED_CHECKPOINTS[name]
+    bad = craft_checkpoint(good_checkpoint, tmp_path / f"{name}.pt", change)
+    write_features(tmp_path / "v.npy", *features())
+    r = run(*detect_args(tmp_path / "v.npy", "--checkpoint", bad, "-o", tmp_path / "out.json"), clip=False)
+    assert r.exit_code == 1
+    assert len(error_lines(r)) == 1 and message in error_lines(r)[0], r.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_good_checkpoint_detects(run, tmp_path, good_checkpoint):
+    write_features(tmp_path / "v.npy", *features())
+    r = run(*detect_args(tmp_path / "v.npy", "--checkpoint", good_checkpoint, "-o", tmp_path / "out.json"),
+            clip=False)
+    assert r.exit_code == 0, r.output
+
+
+def test_nonfinite_tensor_finds_nan_and_inf_also_in_half_precision():
+    import torch
+
+    from stale_cli.checkpoint import nonfinite_tensor
+
+    state = {"a": torch.ones(1000, 1000, dtype=torch.float16), "b": torch.arange(5), "c": torch.zeros(3)}
+    assert nonfinite_tensor(state) is None  # a float16 sum of 10^6 ones overflows float16, not float32
+    state["c"][1] = float("inf")
+    assert nonfinite_tensor(state) == "c"
+    state["a"][3, 3] = float("nan")
+    assert nonfinite_tensor(state) == "a"

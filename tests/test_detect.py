@@ -158,3 +158,28 @@ def test_training_free_segments_are_centred_on_the_action_frames(tiny_clip_name,
     assert (best.start + best.end) / 2 == pytest.approx((first + last) / 2, abs=0.02), best
     assert best.end - best.start > 0.7 * (last - first)  # smoothing takes about a row off either side
     np.testing.assert_allclose(video.times, meta["timestamps"])  # the plot's curves sit on the frames too
+
+
+def test_memory_error_on_one_input_of_a_batch_is_one_failure(tmp_path):
+    from stale_cli.detect import detect_batch
+    from stale_cli.detections import VideoDetections
+
+    class Detector:  # stands in for stale_cli.detect.Detector: two inputs need more memory than there is
+        def detect(self, path, video_id, progress=None):
+            if path.name == "big.npy":
+                raise MemoryError("Unable to allocate 7.63 GiB for an array with shape (4000000, 512)")
+            if path.name == "long.npy":  # the model's windows, in torch's CPU allocator
+                raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                                   "memory: you tried to allocate 68719476736 bytes.")
+            if path.name == "bug.npy":
+                raise RuntimeError("shape mismatch")  # not memory: a bug, not to be hidden
+            return VideoDetections(video_id=video_id, source=str(path), duration=1.0, segments=[])
+
+    results, errors = [], []
+    paths = [tmp_path / "big.npy", tmp_path / "long.npy", tmp_path / "small.npy"]
+    failures = detect_batch(Detector(), paths, results.append, errors.append, ids=["big", "long", "small"])
+    assert [f.path.name for f in failures] == ["big.npy", "long.npy"] and [v.video_id for v in results] == ["small"]
+    assert "out of memory (Unable to allocate 7.63 GiB" in errors[0].message
+    assert "DefaultCPUAllocator: can't allocate memory" in errors[1].message
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        detect_batch(Detector(), [tmp_path / "bug.npy"], results.append, errors.append, ids=["bug"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -241,3 +243,33 @@ def test_numbers_in_messages_are_printed_as_typed(run, tmp_path, option, value, 
     write_features(tmp_path / "v.npy", *features())
     r = run(*detect_args(tmp_path / "v.npy", option, value))
     assert r.exit_code == 1 and error_lines(r) == [f"error: {expected}"], r.output
+
+
+# ---------------------------------------------------------------- file names that are not UTF-8, a sidecar fps that would resample to too many rows
+
+
+def test_latin1_video_plays_from_the_report_and_extracts(run, tmp_path, videos):
+    video = tmp_path / f"{LATIN1}.mp4"
+    shutil.copy(videos["single"]["path"], video)
+    r = run(*detect_args(video, "--html", tmp_path / "r.html", "-o", tmp_path / "o.srt",
+                         "--cache-features", tmp_path / "cache"))
+    assert r.exit_code == 0, r.output
+    assert 'src="caf%E9.mp4"' in (tmp_path / "r.html").read_text(encoding="utf-8")  # the file's own bytes
+    assert sorted(os.listdir(tmp_path / "cache")) == ["caf\\xe9.json", "caf\\xe9.npy"]
+    r = run("extract-features", video, "--output", tmp_path / "ex", "--no-progress")
+    assert r.exit_code == 0 and (tmp_path / "ex" / "caf\\xe9.npy").is_file()
+
+
+def test_tiny_sidecar_fps_is_refused_before_resampling(run, tmp_path, good_checkpoint):
+    rows = 5000  # at 0.001 fps: 5 million seconds, 20 million rows at the checkpoint's 4 fps (2.4 GiB)
+    feats = np.random.default_rng(0).normal(size=(rows, DIM)).astype(np.float16)
+    meta = {"fps": 0.001, "timestamps": [k * 1000.0 for k in range(rows)], "duration": rows * 1000.0,
+            "source": "synthetic", "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": rows}
+    write_features(tmp_path / "slow.npy", feats, meta)
+    write_features(tmp_path / "ok.npy", *features())
+    r = run(*detect_args(tmp_path / "slow.npy", tmp_path / "ok.npy", "--checkpoint", good_checkpoint, "-o",
+                         tmp_path / "out.json"), clip=False)
+    assert r.exit_code == 1
+    (line,) = [ln for ln in error_lines(r) if "slow.npy" in ln and "input(s) failed" not in ln]
+    assert "would make 20000000 rows" in line and "sidecar's fps is likely wrong" in line
+    assert '"ok"' in (tmp_path / "out.json").read_text()  # the batch went on

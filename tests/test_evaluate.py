@@ -18,6 +18,9 @@ from stale_cli.evaluate import (
     parse_tious,
     segment_iou,
 )
+from stale_cli.fileio import write_features
+
+from feature_files import error_lines, features  # tests/ is on sys.path (rootdir conftest)
 
 
 def test_segment_iou():
@@ -225,3 +228,38 @@ def test_evaluate_leaves_out_labels_without_ground_truth_with_one_warning(tmp_pa
     assert "'Shotput', 'pole vault'" in log
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["per_class"] == {"Diving": [1.0], "HighJump": [1.0]} and result["average_mAP"] == 1.0
+
+
+# ---------------------------------------------------------------- annotations that cannot be right, a UTF-8 BOM (as spreadsheet programs write it)
+
+
+def test_a_segment_before_the_video_starts_is_refused(run, tmp_path):
+    import json
+
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"database": {"v": {"subset": "test", "duration": 10, "annotations": [
+        {"segment": [1, 2], "label": "A"}, {"segment": [-5, -2], "label": "A"}]}}}))
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"results": {"v": [{"label": "A", "score": 0.9, "segment": [1, 2]}]}}))
+    r = run("evaluate", preds, "-a", ann, clip=False)
+    assert r.exit_code == 1 and len(error_lines(r)) == 1, r.output
+    assert "annotation 1: segment [-5.0, -2.0] ends before the video starts" in error_lines(r)[0]
+
+
+def test_a_bom_in_a_prediction_csv_classes_file_and_annotations_is_dropped(run, tmp_path):
+    import json
+
+    ann = tmp_path / "ann.json"
+    ann.write_bytes(b"\xef\xbb\xbf" + json.dumps({"database": {"v": {"subset": "test", "duration": 10,
+                                                  "annotations": [{"segment": [1, 2], "label": "A"}]}}}).encode())
+    preds = tmp_path / "p.csv"
+    preds.write_bytes(b"\xef\xbb\xbfvideo,label,start,end,score\r\nv,A,1,2,0.9\r\n")
+    r = run("evaluate", preds, "-a", ann, "--tiou", "0.5", clip=False)
+    assert r.exit_code == 0, r.output
+    assert "100.00" in r.stdout
+    classes = tmp_path / "classes.txt"
+    classes.write_bytes(b"\xef\xbb\xbfhigh jump\r\npole vault\r\n")
+    write_features(tmp_path / "v.npy", *features())
+    r = run("detect", tmp_path / "v.npy", "--classes-file", classes, "-o", tmp_path / "out.json", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "out.json").read_text())["external_data"]["classes"] == ["high jump", "pole vault"]

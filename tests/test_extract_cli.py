@@ -119,3 +119,73 @@ def test_decoder_choice(run, videos, tmp_path):
 def test_extract_numeric_options_are_bounded(args, tmp_path):
     r = CliRunner().invoke(app, ["extract-features", str(tmp_path), "--out", str(tmp_path / "o"), *args])
     assert r.exit_code == 1 and len(error_lines(r)) == 1 and args[0] in r.stderr, r.output
+
+
+# ---------------------------------------------------------------- CLIP running out of memory or giving NaN on one video of a batch
+
+
+class _OutOfMemoryOnce:
+    """A loaded CLIP whose image encoder runs out of the machine's memory on its first call, as a --batch-size too
+    large for the RAM does (torch's CPU allocator raises a RuntimeError), then works."""
+
+    def __init__(self, clip, error):
+        self.clip, self.error = clip, error
+
+    def __getattr__(self, name):
+        return getattr(self.clip, name)
+
+    def encode_images(self, images, batch_size=64):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return self.clip.encode_images(images, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError(),
+])
+@pytest.mark.parametrize("command", ["extract-features", "extract-features --workers 2", "detect"])
+def test_out_of_memory_fails_one_video_and_the_batch_goes_on(tmp_path, videos, monkeypatch, tiny_clip_name,
+                                                             tiny_clip_weights, error, command):
+    import stale_cli.clip_backbone as backbone
+
+    real = backbone.load_clip
+    monkeypatch.setattr(backbone, "load_clip", lambda *a, **kw: _OutOfMemoryOnce(real(*a, **kw), error))
+    first, second = videos["cfr25"]["path"], videos["ntsc"]["path"]
+    command, *workers = command.split(" ", 1)  # decoding in a thread, or in processes
+    where = ["--output", tmp_path / "o", *" ".join(workers).split()] if command == "extract-features" else \
+        ["-c", "a dog", "-o", tmp_path / "o.csv"]
+    r = CliRunner().invoke(app, [command, str(first), str(second), *map(str, where), "--clip-model", tiny_clip_name,
+                                 "--clip-weights", str(tiny_clip_weights), "--no-progress", "--batch-size", "64"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    oom = [ln for ln in error_lines(r) if "out of memory" in ln]
+    assert len(oom) == 1 and "smaller --batch-size (e.g. 32)" in oom[0]
+    # the video whose frames were encoded first failed (with decoding processes, either one), the other is done
+    failed, other = ("cfr25", "ntsc") if "cfr25.mp4" in oom[0] else ("ntsc", "cfr25")
+    assert workers or failed == "cfr25"
+    if command == "extract-features":
+        assert (tmp_path / "o" / f"{other}.npy").is_file() and not (tmp_path / "o" / f"{failed}.npy").exists()
+    else:
+        assert "1 video(s) done" in r.stderr and (tmp_path / "o.csv").is_file()
+
+
+class _NaNClip(_OutOfMemoryOnce):
+    """A loaded CLIP whose image encoder gives NaN (fp16 overflow, a broken GPU kernel)."""
+
+    def encode_images(self, images, batch_size=64):
+        return self.clip.encode_images(images, batch_size=batch_size) * float("nan")
+
+
+def test_nan_features_are_not_written(tmp_path, videos, monkeypatch, tiny_clip_name, tiny_clip_weights):
+    import stale_cli.clip_backbone as backbone
+
+    real = backbone.load_clip
+    monkeypatch.setattr(backbone, "load_clip", lambda *a, **kw: _NaNClip(real(*a, **kw), None))
+    r = CliRunner().invoke(app, ["extract-features", str(videos["single"]["path"]), "--output", str(tmp_path / "o"),
+                                 "--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights),
+                                 "--no-progress"])
+    assert r.exit_code == 1 and len(error_lines(r)) == 1, r.output
+    assert "CLIP gave NaN or infinite features for 1 of 1 frames" in error_lines(r)[0]
+    assert not (tmp_path / "o").exists()

@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import shutil
 from datetime import datetime, timezone
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +18,11 @@ from typer.testing import CliRunner
 
 from stale_cli.cli import app
 from stale_cli.detections import Segment, VideoDetections
+from stale_cli.fileio import write_features
 from stale_cli.report import ReportWriter, curve_payload, relative_src, script_json
+
+from feature_files import detect_args, features  # tests/ is on sys.path (rootdir conftest)
+from lock_holder import hold_lock
 
 EVIL = "<script>alert(1)</script>"
 CLOSER = "</script><img src=x onerror=alert(2)><!--"
@@ -260,7 +267,7 @@ def test_long_video_report_stays_small(tmp_path):
 
 # ---- the CLI flag ----------------------------------------------------------------------------------------------
 
-def run(args, tiny_clip_name, tiny_clip_weights):
+def run_detect(args, tiny_clip_name, tiny_clip_weights):
     base = ["--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights), "--no-progress"]
     return CliRunner().invoke(app, ["detect", *args, *base])
 
@@ -271,7 +278,7 @@ def feature_file(feature_dir):
 
 
 def test_cli_html_for_feature_files_and_videos(feature_file, videos, tiny_clip_name, tiny_clip_weights, tmp_path):
-    r = run([str(feature_file), "-c", "high jump,pole vault", "--html", str(tmp_path / "r.html"),
+    r = run_detect([str(feature_file), "-c", "high jump,pole vault", "--html", str(tmp_path / "r.html"),
              "-o", str(tmp_path / "p.json")], tiny_clip_name, tiny_clip_weights)
     assert r.exit_code == 0, r.output
     assert f"wrote {tmp_path / 'r.html'}" in r.output
@@ -287,7 +294,7 @@ def test_cli_html_for_feature_files_and_videos(feature_file, videos, tiny_clip_n
     assert all(0 <= s[4] < len(data["segments"]) or s[4] in (-1, -2) for s in data["segments"])
     assert len(data["curves"]["values"]) == 2 and page.text_of("lane-name") == ["high jump", "pole vault"]
 
-    r = run([str(videos["cfr25"]["path"]), "-c", "a dog,a cat", "--html", str(tmp_path / "pages/")],
+    r = run_detect([str(videos["cfr25"]["path"]), "-c", "a dog,a cat", "--html", str(tmp_path / "pages/")],
             tiny_clip_name, tiny_clip_weights)
     assert r.exit_code == 0, r.output
     page = Page((tmp_path / "pages" / "cfr25.html").read_text())
@@ -297,7 +304,92 @@ def test_cli_html_for_feature_files_and_videos(feature_file, videos, tiny_clip_n
 
 def test_cli_html_path_that_cannot_be_created(feature_file, tiny_clip_name, tiny_clip_weights, tmp_path):
     (tmp_path / "afile").write_text("x")
-    r = run([str(feature_file), "-c", "high jump", "--html", str(tmp_path / "afile" / "r.html")],
+    r = run_detect([str(feature_file), "-c", "high jump", "--html", str(tmp_path / "afile" / "r.html")],
             tiny_clip_name, tiny_clip_weights)
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert [line for line in r.output.splitlines() if line.startswith("error:")][0].startswith("error: --html")
+
+
+# ---------------------------------------------------------------- the video through a symlinked folder, curves on a rerun, one report from concurrent runs
+
+
+def test_report_finds_the_video_through_a_symlinked_folder(run, tmp_path, videos):
+    (tmp_path / "elsewhere" / "reports").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "reports").symlink_to(tmp_path / "elsewhere" / "reports")
+    video = tmp_path / "work" / "match.mp4"
+    shutil.copy(videos["single"]["path"], video)
+    # the browser opens work/reports/r.html and resolves ../match.mp4 without following the link
+    assert relative_src(video, tmp_path / "work" / "reports") == "../match.mp4"
+    cwd = os.getcwd()
+    os.chdir(tmp_path / "work")
+    try:
+        r = run(*detect_args("match.mp4", "--html", "reports/r.html"))
+    finally:
+        os.chdir(cwd)
+    assert r.exit_code == 0, r.output
+    assert 'src="../match.mp4"' in (tmp_path / "elsewhere" / "reports" / "r.html").read_text()
+
+
+def report_videos(page: Path) -> dict:
+    """video id -> its curves payload (None: drawn without score curves) of an HTML report."""
+    import json
+    import re
+
+    found = {}
+    for data in re.findall(r'<script type="application/json" class="video-data">(.*?)</script>', page.read_text()):
+        video = json.loads(data)
+        found[video["id"]] = video["curves"]
+    return found
+
+
+def test_a_rerun_keeps_the_score_curves_in_the_report(run, tmp_path):
+    for i in range(2):
+        write_features(tmp_path / "feats" / f"v{i}.npy", *features(seed=i))
+    args = detect_args(tmp_path / "feats", "-o", tmp_path / "out.json", "--html", tmp_path / "rep.html")
+    assert run(*args).exit_code == 0
+    first = report_videos(tmp_path / "rep.html")
+    r = run(*args)
+    assert r.exit_code == 0 and "2 resumed" in r.stderr
+    again = report_videos(tmp_path / "rep.html")
+    assert sorted(again) == ["v0", "v1"] and all(again[v] is not None for v in again)
+    assert again == first  # the curves as the first run drew them (one byte per probability)
+
+
+def test_concurrent_runs_into_one_report_show_every_video(run, tmp_path):
+    """Run A finds v1 taken by run B, detects v0, and B records v1 before A ends: A's report has both videos, as
+    its detections file has (it had only A's own)."""
+    import threading
+
+    from stale_cli.locks import lock_path
+
+    for i in range(2):
+        write_features(tmp_path / "feats" / f"v{i}.npy", *features(seed=i))
+    inputs = [tmp_path / "feats" / "v1.npy", tmp_path / "feats" / "v0.npy"]
+    # what run B will record for v1: the same detection made beforehand into another output
+    assert run(*detect_args(inputs[0], "-o", tmp_path / "b" / "out.json", "--html", tmp_path / "b" / "r.html"))\
+        .exit_code == 0
+    record = (tmp_path / "b" / ".out.json.journal").read_bytes()
+    out = tmp_path / "out.json"
+    holder = hold_lock(out.with_name("out.json.v1"))  # B is detecting v1
+
+    def b_finishes_v1():  # once A has taken v0 (so it has left v1 to B), B records v1
+        while not lock_path(out.with_name("out.json.v0")).exists():
+            threading.Event().wait(0.002)
+        with open(tmp_path / ".out.json.journal", "ab") as f:
+            f.write(record)
+
+    b = threading.Thread(target=b_finishes_v1, daemon=True)
+    b.start()
+    try:
+        r = run(*detect_args(*inputs, "-o", out, "--html", tmp_path / "rep.html"))
+    finally:
+        holder.kill()
+        holder.wait()
+    b.join(timeout=10)
+    import json
+
+    assert r.exit_code == 0 and "left to another run" in r.stderr
+    assert sorted(json.loads(out.read_text())["results"]) == ["v0", "v1"]
+    shown = report_videos(tmp_path / "rep.html")
+    assert sorted(shown) == ["v0", "v1"] and shown["v1"] is not None

@@ -1,7 +1,7 @@
-"""Issue 17 "done when": crafted checkpoints, sidecars, annotations, prediction files, class files and lists (wrong
-types, out of range, NaN, huge sizes, BOMs, escape sequences) fed to every command that reads them. Each run ends
-with a non-zero status and exactly one ``error:`` line, no traceback, and leaves the directory as it was: no output,
-journal, lock or work folder is made for a run that fails on its input."""
+"""Crafted input files fed to every command that reads them: checkpoints, feature sidecars, annotations, prediction
+files, classes files, @lists and CLIP weights (wrong types, out of range, NaN, huge sizes, BOMs, escape sequences).
+Each run ends with a non-zero status and exactly one ``error:`` line, no traceback, and leaves the directory as it
+was: no output, journal, lock or work folder is made for a run that fails on its input."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from stale_cli.cli import app
 from stale_cli.fileio import write_features
-from feature_files import ESC_TITLE, deflate_bomb, features  # tests/ is on sys.path (rootdir conftest)
-from test_hostile_inputs import CRAFTED_CHECKPOINTS, craft_checkpoint, make_checkpoint
+
+from crafted_checkpoints import CRAFTED_CHECKPOINTS, craft_checkpoint  # tests/ is on sys.path (rootdir conftest)
+from feature_files import ESC_TITLE, deflate_bomb, features
 
 BOM = b"\xef\xbb\xbf"
 
@@ -114,11 +115,6 @@ CLASS_FILES = {
     "not_utf8": b"caf\xe9\n",
     "escape_only": b"\x1b\x07\n",
 }
-
-
-@pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory, tiny_clip, tiny_clip_name):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "good.pt", tiny_clip, tiny_clip_name)
 
 
 @pytest.fixture
