@@ -158,7 +158,7 @@ def test_checkpoint_with_an_unusable_feature_rate_is_refused(tmp_path, tiny_clip
         Detector(DetectSettings(classes=["a dog"], mode="stale", checkpoint=tmp_path / "m.pt"))
 
 
-# ---------------------------------------------------------------- crafted checkpoints, each refused with one error line
+# ---------------------------------------------------------------- crafted checkpoints: one error line each
 
 
 @pytest.mark.parametrize("name", sorted(CRAFTED_CHECKPOINTS))

@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from stale_cli.cli import app
 
+from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
+
 COMMANDS = ["extract-features", "train", "detect", "evaluate", "zero-shot", "models"]
 WRITES_A_FILE = ["extract-features", "train", "detect", "evaluate"]
 TAKES_CLASSES = ["train", "detect", "evaluate"]
@@ -134,3 +136,32 @@ def test_completion_offers_commands_and_current_option_names():
     assert complete("stale ev") == ["evaluate"]
     assert complete("stale extract-features --o") == ["--output", "--overwrite"]  # not the old --out
     assert "--classes-file" in complete("stale train --cl")
+
+
+# ---------------------------------------------------------------- bounded numeric options of train, zero-shot, evaluate
+
+
+def test_training_and_evaluation_options_are_bounded(tmp_path):
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"database": {"v": {"subset": "test", "duration": 10,
+                                                  "annotations": [{"segment": [1, 2], "label": "A"}]}}}))
+    for args in (["--lr", "inf"], ["--lr", "nan"], ["--lr", "0"], ["--seed", "-1"], ["--epochs", "0"],
+                 ["--val-fraction", "nan"], ["--lr-prompt", "2"], ["--lr-text", "nan"], ["--window-jitter", "1.5"],
+                 ["--dropout", "1"], ["--dropout", "nan"]):
+        r = CliRunner().invoke(app, ["train", "--features", str(tmp_path), "--annotations", str(ann), "--out",
+                                     str(tmp_path / "m.pt"), *args])
+        assert r.exit_code == 1 and len(error_lines(r)) == 1 and args[0] in r.stderr, (args, r.output)
+    r = CliRunner().invoke(app, ["zero-shot", "--dataset", "thumos14", "--features", str(tmp_path), "-a", str(ann),
+                                 "--work-dir", str(tmp_path / "w"), "--num-snippets", "1"])
+    assert r.exit_code == 1 and "--num-snippets" in r.stderr
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"results": {"v": [{"label": "A", "score": 0.9, "segment": [1, 2]}]}}))
+    for tiou, why in (("0.5:inf:0.05", "start:stop:step"), ("0.5:0.95:0.000005", "90001 thresholds"),
+                      ("0.5:0.95:1e-320", "thresholds"), ("nan", "(0, 1]")):
+        r = CliRunner().invoke(app, ["evaluate", str(preds), "-a", str(ann), "--tiou", tiou])
+        assert r.exit_code == 1 and len(error_lines(r)) == 1 and why in r.stderr, (tiou, r.output)
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"database": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for args in ([str(preds), "-a", str(deep)], [str(deep), "-a", str(ann)]):
+        r = CliRunner().invoke(app, ["evaluate", *args])
+        assert r.exit_code == 1 and "nested too deeply" in r.stderr and "Traceback" not in r.output

@@ -245,7 +245,7 @@ def test_numbers_in_messages_are_printed_as_typed(run, tmp_path, option, value, 
     assert r.exit_code == 1 and error_lines(r) == [f"error: {expected}"], r.output
 
 
-# ---------------------------------------------------------------- file names that are not UTF-8, a sidecar fps that would resample to too many rows
+# ---------------------------------------------------------------- non-UTF-8 names; an fps resampling to too many rows
 
 
 def test_latin1_video_plays_from_the_report_and_extracts(run, tmp_path, videos):

@@ -230,7 +230,7 @@ def test_evaluate_leaves_out_labels_without_ground_truth_with_one_warning(tmp_pa
     assert result["per_class"] == {"Diving": [1.0], "HighJump": [1.0]} and result["average_mAP"] == 1.0
 
 
-# ---------------------------------------------------------------- annotations that cannot be right, a UTF-8 BOM (as spreadsheet programs write it)
+# ---------------------------------------------------------------- impossible annotations; a UTF-8 BOM
 
 
 def test_a_segment_before_the_video_starts_is_refused(run, tmp_path):

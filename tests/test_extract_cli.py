@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
 
-from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
+from faults import fail_once, no_partial_files  # tests/ is on sys.path (rootdir conftest)
+from feature_files import detect, error_lines, good_features, sidecar, write_pair
 
 
 @pytest.fixture
@@ -121,7 +125,7 @@ def test_extract_numeric_options_are_bounded(args, tmp_path):
     assert r.exit_code == 1 and len(error_lines(r)) == 1 and args[0] in r.stderr, r.output
 
 
-# ---------------------------------------------------------------- CLIP running out of memory or giving NaN on one video of a batch
+# ---------------------------------------------------------------- out of memory or NaN on one video of a batch
 
 
 class _OutOfMemoryOnce:
@@ -189,3 +193,92 @@ def test_nan_features_are_not_written(tmp_path, videos, monkeypatch, tiny_clip_n
     assert r.exit_code == 1 and len(error_lines(r)) == 1, r.output
     assert "CLIP gave NaN or infinite features for 1 of 1 frames" in error_lines(r)[0]
     assert not (tmp_path / "o").exists()
+
+
+class OutOfMemoryClip:
+    """A loaded CLIP whose image encoder runs out of CUDA memory, as a too large --batch-size does on a GPU."""
+
+    def __init__(self, clip):
+        self.clip = clip
+
+    def __getattr__(self, name):
+        return getattr(self.clip, name)
+
+    def encode_images(self, images, batch_size=64):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_cuda_out_of_memory_in_extraction_is_one_line(videos, tmp_path, monkeypatch, tiny_clip_name,
+                                                       tiny_clip_weights):
+    import stale_cli.clip_backbone as backbone
+
+    real = backbone.load_clip
+    monkeypatch.setattr(backbone, "load_clip", lambda *a, **kw: OutOfMemoryClip(real(*a, **kw)))
+    paths = [str(videos["cfr25"]["path"]), str(videos["ntsc"]["path"])]
+    common = ["--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights), "--no-progress",
+              "--batch-size", "64"]
+    for argv in (["extract-features", *paths, "--out", str(tmp_path / "o")], ["detect", *paths, "-c", "a dog"]):
+        r = CliRunner().invoke(app, [*argv, *common])
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        (line,) = error_lines(r)
+        assert "CUDA out of memory" in line and "smaller --batch-size (e.g. 32)" in line
+
+
+# ---------------------------------------------------------------- a full disk (mocked; a real one where a tmpfs mounts)
+
+
+def test_extract_and_detect_on_a_full_disk(videos, tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
+    import stale_cli.fileio as fileio
+
+    out = tmp_path / "feats"
+    fail_once(monkeypatch, np, "save")
+    r = CliRunner().invoke(app, ["extract-features", str(videos["cfr25"]["path"]), str(videos["ntsc"]["path"]),
+                                 "--out", str(out), "--clip-model", tiny_clip_name, "--clip-weights",
+                                 str(tiny_clip_weights), "--no-progress"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    (line,) = [e for e in error_lines(r) if "No space" in e]
+    assert "cfr25.npy" in line
+    assert sorted(p.name for p in out.iterdir()) == ["ntsc.json", "ntsc.npy"] and no_partial_files(out) == []
+    monkeypatch.undo()
+
+    fail_once(monkeypatch, fileio.os, "replace")  # the first output file cannot be put in place
+    preds = tmp_path / "preds"
+    write_pair(tmp_path / "in" / "other.npy", good_features(seed=1), sidecar(40))
+    r = detect(out / "ntsc.npy", tmp_path / "in" / "other.npy", "-c", "a dog", "-o", preds,
+               clip_name=tiny_clip_name, clip_weights=tiny_clip_weights)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    (line,) = [e for e in error_lines(r) if "No space" in e]
+    assert "ntsc.json" in line
+    assert sorted(p.name for p in preds.iterdir() if not p.name.startswith(".")) == ["other.json"]  # not the journal
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path):
+    """A 256 KiB tmpfs filled to the last byte (needs root and mount; skipped elsewhere)."""
+    import shutil
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a tmpfs needs root and mount(8); the mocked ENOSPC tests cover the same paths")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    try:
+        with open(mnt / "filler", "wb", buffering=0) as f:
+            with pytest.raises(OSError):
+                while True:
+                    f.write(b"\0" * 4096)
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_really_full_disk(full_tmpfs, videos, tiny_clip_name, tiny_clip_weights):
+    out = full_tmpfs / "feats"
+    r = CliRunner().invoke(app, ["extract-features", str(videos["cfr25"]["path"]), str(videos["ntsc"]["path"]),
+                                 "--out", str(out), "--clip-model", tiny_clip_name, "--clip-weights",
+                                 str(tiny_clip_weights), "--no-progress"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert len([e for e in error_lines(r) if "No space left on device" in e]) == 2, r.stderr
+    assert not out.exists() or list(out.iterdir()) == []  # nothing partial, no temporary file

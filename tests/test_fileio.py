@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from stale_cli.errors import DataError
+from stale_cli.errors import DataError, InputError
 from stale_cli.fileio import read_features, write_features
 
-from feature_files import (  # tests/ is on sys.path (rootdir conftest)
+from faults import enospc, fail_once  # tests/ is on sys.path (rootdir conftest)
+from feature_files import (
     DIM, deflate_bomb, detect_args, error_lines, features, good_features, huge_header, sidecar, write_pair,
 )
 
@@ -42,3 +45,17 @@ def test_a_deflate_bomb_is_refused_before_it_is_expanded(run, tmp_path):
     r = run("extract-features", tmp_path / "v.npy", "--output", tmp_path / "o", "--clip-weights", bomb, clip=False)
     assert r.exit_code == 1 and len(error_lines(r)) == 1 and "--clip-weights" in error_lines(r)[0], r.output
     assert "expands to" in error_lines(r)[0]
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def test_write_features_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(np, "save", enospc)
+    with pytest.raises(InputError, match="No space left on device; free some space"):
+        write_features(tmp_path / "a.npy", good_features(), sidecar(40))
+    monkeypatch.undo()
+    fail_once(monkeypatch, Path, "write_text")  # the array is written, then its sidecar fails
+    with pytest.raises(InputError, match="No space left"):
+        write_features(tmp_path / "a.npy", good_features(), sidecar(40))
+    assert list(tmp_path.iterdir()) == []  # no array without its sidecar, no temporary file

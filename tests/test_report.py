@@ -310,7 +310,7 @@ def test_cli_html_path_that_cannot_be_created(feature_file, tiny_clip_name, tiny
     assert [line for line in r.output.splitlines() if line.startswith("error:")][0].startswith("error: --html")
 
 
-# ---------------------------------------------------------------- the video through a symlinked folder, curves on a rerun, one report from concurrent runs
+# ---------------------------------------------------------------- symlinked folders, curves on a rerun, concurrent runs
 
 
 def test_report_finds_the_video_through_a_symlinked_folder(run, tmp_path, videos):
