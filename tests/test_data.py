@@ -12,7 +12,9 @@ import torch
 from stale_cli.data.annotations import load_annotations, parse_annotations
 from stale_cli.data.dataset import WindowDataset, collate_windows, load_video_set, video_instances
 from stale_cli.data.splits import class_key, list_splits, load_split, match_classes
-from stale_cli.data.windows import DataConfig, assign_labels, cut_windows, feature_timeline, plan_windows
+from stale_cli.data.windows import (
+    DataConfig, assign_labels, cut_windows, detection_grid, feature_timeline, plan_detection_windows, plan_windows,
+)
 from stale_cli.errors import DataError, InputError
 from stale_cli.fileio import write_features
 from stale_cli.timeline import Timeline
@@ -161,6 +163,27 @@ def test_bad_data_config_is_rejected():
         DataConfig(mode="crop")
     with pytest.raises(InputError, match="overlap"):
         DataConfig(overlap=1.0)
+
+
+def test_a_long_resize_mode_video_gets_short_snippets():
+    cfg = DataConfig(mode="resize", num_snippets=100, overlap=0.0)  # an ActivityNet checkpoint
+    # 2 minutes: resized whole as in training.
+    meta = meta_for(120, fps=1.0)
+    (w,) = plan_detection_windows(120, meta, cfg)
+    assert w == plan_windows(120, meta, cfg)[0] and w.timeline.step == pytest.approx(1.2)
+    # 2 hours: snippets of at most max_snippet_seconds, windows of T overlapping by half, covering the video.
+    N = 7200
+    meta = meta_for(N, fps=1.0)
+    grid = detection_grid(N, meta, cfg)
+    windows = plan_detection_windows(N, meta, cfg)
+    assert grid.step <= cfg.max_snippet_seconds and grid.num * grid.step == pytest.approx(7200.0)
+    assert all(w.timeline.step == grid.step and w.valid_len == 100 for w in windows)
+    assert windows[0].start_row == 0 and windows[-1].start_row + 100 == grid.num
+    assert all(b.start_row - a.start_row <= 50 for a, b in zip(windows, windows[1:]))
+    # Each window's input is the features interpolated at its snippets' centres.
+    feats = np.arange(N, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # row k holds k, its frame at k s
+    w, x = cut_windows(feats, meta, cfg)[3]
+    np.testing.assert_allclose(x[:, 0], np.clip(w.timeline.centres(), 0, N - 1), atol=1e-3)  # row k: k s
 
 
 # ---------------------------------------------------------------- label assignment
