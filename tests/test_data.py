@@ -368,3 +368,18 @@ def test_feature_rows_are_centred_on_their_timestamps():
     for w in plan_windows(40, meta, DataConfig(num_snippets=16, overlap=0.5)):
         np.testing.assert_allclose(w.timeline.centres()[: w.valid_len],
                                    meta["timestamps"][w.start_row : w.start_row + w.valid_len])
+
+
+def test_training_windows_holding_only_unseen_actions_are_dropped(tmp_path):
+    db = {"v": {"subset": "val", "duration": 20.0, "annotations": [
+        {"segment": [1, 4], "label": "Seen"}, {"segment": [17, 19.5], "label": "Unseen"}]}}
+    ann = parse_annotations({"database": db})
+    stamps = np.arange(20.0)
+    write_features(tmp_path / "v.npy", np.zeros((20, 8), np.float32), {
+        "fps": 1.0, "timestamps": stamps.tolist(), "duration": 20.0, "source": "v.mp4", "clip_model": "x",
+        "clip_weights": "random", "num_frames": 20})
+    cfg = DataConfig(num_snippets=8, overlap=0.0, empty_window_keep=1.0)  # windows [0,8) [8,16) [12,20)
+    vs = load_video_set(tmp_path, list(ann.videos.values()), cfg)
+    kept = [w.start_row for _, w, *_ in WindowDataset(vs, ["Seen"], cfg, training=True).items]
+    assert kept == [0, 8]  # [8, 16) is background only (kept, keep rate 1); [12, 20) holds only the unseen action
+    assert len(WindowDataset(vs, ["Seen"], cfg, training=False).items) == 3  # detection sees every window

@@ -1,4 +1,5 @@
-"""Each STALE loss term (Eqs. 9-12) on a tiny case whose value is worked out by hand in the comments."""
+"""Each STALE loss term (stale_cli/model/losses.py, Eqs. 9-12) on a tiny case whose value is worked out by hand in the
+comments; snippets of unseen classes contribute to no term."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+from stale_cli.data.windows import assign_labels
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.model.losses import (STALELoss, classification_loss, completeness_loss, consistency_loss,
                                     mask_loss)
+from stale_cli.timeline import Timeline
+
+from tiny_stale import TINY_STALE  # tests/ is on sys.path (rootdir conftest)
 
 LN2, LN3 = math.log(2), math.log(3)
 
@@ -145,3 +150,42 @@ def test_stale_loss_weights_and_keys():
     assert terms["cls"].item() == pytest.approx(math.log(160 / 3) / 3, abs=1e-6)
     expected = 2.0 * terms["cls"] + 0.5 * terms["mask"] + 3.0 * terms["comp"] + 0.25 * terms["const"]
     assert terms["total"].item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+# ---------------------------------------------------------------- unseen-class snippets teach nothing
+
+
+def _constructed_batch(K=2, T=12):
+    """One window: a seen instance at snippets 2..4 (class 0), an unseen one at 7..9 (ignored)."""
+    t = assign_labels(Timeline(0.0, 1.0, T), T, [(2.0, 5.0, 0)], K, unseen=[(7.0, 10.0)])
+    return {k: torch.from_numpy(v)[None] for k, v in t.items()}
+
+
+def test_unseen_class_snippets_contribute_to_no_loss_term(tiny_clip_name, tiny_clip):
+    targets = _constructed_batch()
+    assert targets["ignore"][0].nonzero().flatten().tolist() == [7, 8, 9]
+    assert (targets["labels"][0, 7:10] == 2).all() and (targets["masks"][0, 7:10] == 0).all()
+    cfg = ModelConfig(feature_dim=32, embed_dim=32, num_snippets=12, clip_model=tiny_clip_name,
+                      theta_c=0.0, theta_m=0.0, **TINY_STALE)
+    criterion = STALELoss(cfg, LossConfig())
+    torch.manual_seed(0)
+    B, T, K1, C = 1, 12, 3, 32
+    out = {"logits": torch.randn(B, T, K1), "mask_logits": torch.randn(B, T, T), "fg_logits": torch.randn(B, T),
+           "clf_features": torch.randn(B, T, C), "mask_features": torch.randn(B, T, C)}
+    out["masks"] = out["mask_logits"].sigmoid()
+    base = criterion(out, targets)
+    # Anything the model says at the ignored snippets, as snippets or as mask rows, changes no term.
+    changed = {k: v.clone() for k, v in out.items()}
+    changed["logits"][:, 7:10] = torch.randn(B, 3, K1) * 10
+    changed["mask_logits"][:, 7:10, :] = torch.randn(B, 3, T) * 10  # rows of every column
+    changed["mask_logits"][:, :, 7:10] = torch.randn(B, T, 3) * 10  # their own columns
+    changed["masks"] = changed["mask_logits"].sigmoid()
+    changed["fg_logits"][:, 7:10] = 10.0
+    changed["clf_features"][:, 7:10] = torch.randn(B, 3, C)
+    changed["mask_features"][:, 7:10] = torch.randn(B, 3, C)
+    after = criterion(changed, targets)
+    for k in ("cls", "mask", "comp", "const", "total"):
+        assert torch.allclose(base[k], after[k]), k
+    # ... while the same snippets called background (the old labelling) would have been supervised.
+    as_background = {k: v for k, v in targets.items() if k != "ignore"}
+    assert not torch.allclose(criterion(out, as_background)["comp"], criterion(changed, as_background)["comp"])

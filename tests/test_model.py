@@ -1,4 +1,5 @@
-"""STALE model: shapes, padding, gradients, frozen text encoder, feature widths, text tower, corner cases."""
+"""STALE model (stale_cli/model/stale.py): shapes, padding, gradients, frozen text encoder, feature widths, text tower,
+corner cases, and a mask head that localizes (a shifted event shifts the mask; columns see the whole window)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from stale_cli.errors import InputError
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.model.losses import STALELoss
 from stale_cli.model.stale import STALE, detection_probabilities
+
+from tiny_stale import tiny_stale  # tests/ is on sys.path (rootdir conftest)
 
 CLASSES = ["BaseballPitch", "high_jump", "Pole Vault"]  # K = 3
 
@@ -246,3 +249,40 @@ def test_detection_probabilities_one_name_depends_on_the_name():
     mixed = detection_probabilities(logits, fg, 1, prior=prior, prior_weight=0.5)
     expected = (0.1 ** 0.5 * 0.5 ** 0.5) / (0.1 ** 0.5 * 0.5 ** 0.5 + 0.9 ** 0.5 * 0.5 ** 0.5) * 10 / 11
     torch.testing.assert_close(mixed[..., 0], torch.tensor([[expected]]))
+
+
+# ---------------------------------------------------------------- the mask head localizes
+
+
+def test_shifted_window_gives_a_correspondingly_shifted_mask(tiny_clip_name, tiny_clip):
+    """Same background everywhere and one event: moving the event by s snippets moves M by s along both axes."""
+    model = tiny_stale(tiny_clip_name, tiny_clip)
+    g = torch.Generator().manual_seed(1)
+    background, event = torch.randn(32, generator=g), torch.randn(5, 32, generator=g)  # (C,), (5, C)
+
+    def window(at: int) -> torch.Tensor:
+        x = background.repeat(32, 1)  # (T, C)
+        x[at:at + 5] = event
+        return x[None]  # (1, T, C)
+
+    valid = torch.ones(1, 32, dtype=torch.bool)
+    with torch.no_grad():
+        text = model.encode_classes(["a", "b"])  # (K+1, C)
+        m1 = model(window(8), valid, text)["mask_logits"][0]  # (T, T)
+        m2 = model(window(15), valid, text)["mask_logits"][0]
+    s, inner = 7, slice(3, 20)  # rows/columns away from the window edges (two kernel-3 convolutions pad there)
+    shifted = m2[3 + s:20 + s, 3 + s:20 + s]
+    torch.testing.assert_close(shifted, m1[inner, inner], atol=1e-4, rtol=1e-4)
+    assert (m1[inner, inner] - m1[inner, inner].mean()).abs().max() > 1e-3  # not trivially constant
+
+
+def test_mask_columns_see_the_whole_window(tiny_clip_name, tiny_clip):
+    """Column t depends on rows far from t (the paper's local head could not), through the pairwise product."""
+    model = tiny_stale(tiny_clip_name, tiny_clip)
+    x = torch.randn(1, 32, 32)
+    valid = torch.ones(1, 32, dtype=torch.bool)
+    with torch.no_grad():
+        before = model(x, valid, model.encode_classes(["a"]))["mask_logits"][0, :, 2]
+        x[0, 25] += 3.0  # far from snippet 2
+        after = model(x, valid, model.encode_classes(["a"]))["mask_logits"][0, :, 2]
+    assert (before[25] - after[25]).abs() > 1e-3

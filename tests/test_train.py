@@ -1,8 +1,11 @@
-"""Training: a tiny model overfits synthetic features, the CLI end to end and its bad inputs, 2-process DDP."""
+"""Training (stale_cli/train.py): a tiny model overfits synthetic features, the recipe's parts (learning-rate schedule,
+parameter groups, model selection), a small run that must localize, the CLI end to end and its bad inputs, 2-process
+DDP."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -19,9 +22,13 @@ from stale_cli.data.dataset import load_video_set
 from stale_cli.data.windows import DataConfig
 from stale_cli.model.config import ModelConfig
 from stale_cli.model.losses import STALELoss
-from stale_cli.train import TrainConfig, predict, split_videos, train, validate
+from stale_cli.fileio import write_features
+from stale_cli.train import (
+    TrainConfig, _covered, lr_factor, param_groups, predict, split_videos, train, validate,
+)
 
 from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
+from tiny_stale import TINY_STALE, tiny_stale
 
 THUMOS_CLASSES = json.loads((Path(__file__).parent / "fixtures" / "thumos14_mini.json").read_text())["classes"]
 FPS, ROWS = 2.0, 40  # 20-second synthetic videos, one feature row per half second
@@ -48,8 +55,6 @@ def make_dataset(root: Path, clip_name: str, dim: int = 32, videos=VIDEOS, seed:
         for s, e, lab in inst:
             feats[(stamps >= s) & (stamps < e)] = protos[lab]  # row k is the frame at k / FPS
         feats += 0.3 * rng.standard_normal(feats.shape)
-        from stale_cli.fileio import write_features
-
         write_features(root / "feats" / f"{vid}.npy", feats, {
             "fps": FPS, "timestamps": stamps.tolist(), "duration": ROWS / FPS, "source": f"{vid}.mp4",
             "clip_model": clip_name, "clip_weights": "random", "num_frames": ROWS})
@@ -430,3 +435,97 @@ def test_train_out_of_memory_is_one_line(tmp_path, monkeypatch, tiny_clip_name, 
     assert r.exit_code == 1 and len(errors) == 1 and "Traceback" not in r.output, r.output
     assert "out of memory at epoch 1 with --batch-size 4" in errors[0] and "(e.g. 2)" in errors[0]
     assert "no checkpoint was written" in errors[0]
+
+
+# ---------------------------------------------------------------- the training recipe's parts
+
+
+def test_lr_schedule_warms_up_then_decays_by_cosine():
+    # 100 steps, 10% warm-up: 10 warm-up steps (1/10 .. 10/10), then cosine over the remaining 90.
+    assert lr_factor(0, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 0.1) == pytest.approx(0.5)  # halfway through the decay
+    assert lr_factor(99, 100, 0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert lr_factor(500, 100, 0.1) == pytest.approx(0.0)  # past the end: stays at zero
+
+
+def test_param_groups_give_head_prompt_and_text_their_own_rates(tiny_clip_name, tiny_clip):
+    model = tiny_stale(tiny_clip_name, tiny_clip, freeze_text_encoder=False)  # the tower has its own group when tuned
+    groups = {g["name"]: g for g in param_groups(model, TrainConfig(lr=1e-4, lr_prompt=1e-3, lr_text=1e-6))}
+    assert {g: groups[g]["lr"] for g in groups} == {"head": 1e-4, "head_no_decay": 1e-4, "prompt": 1e-3,
+                                                    "text": 1e-6}
+    ids = {g: {id(p) for p in groups[g]["params"]} for g in groups}
+    assert ids["prompt"] == {id(model.text_encoder.context), id(model.text_encoder.background)}
+    assert id(model.text_encoder.transformer.resblocks[0].attn.in_proj_weight) in ids["text"]
+    assert id(model.mask_localizer.query.weight) in ids["head"]
+    assert id(model.mask_localizer.offset_bias) in ids["head_no_decay"]
+    assert groups["head_no_decay"]["weight_decay"] == 0 and groups["text"]["weight_decay"] == 0
+    every = {id(p) for p in model.parameters() if p.requires_grad}
+    assert set().union(*ids.values()) == every and sum(map(len, ids.values())) == len(every)
+
+
+def test_detections_on_unseen_actions_are_not_counted_in_model_selection():
+    assert _covered(10.0, 20.0, [(8.0, 17.0)]) == pytest.approx(0.7, abs=0.03)
+    assert _covered(10.0, 20.0, [(30.0, 40.0)]) == 0.0
+
+
+# ---------------------------------------------------------------- a small training run that must localize
+
+
+def _synthetic(root: Path, clip_name: str, n_train: int, seed: int = 0) -> tuple[Path, Path, list]:
+    """Videos of 32 rows at 1 fps: class A or B instances of 3-7 s at random places on a drifting background."""
+    rng = np.random.default_rng(seed)
+    protos = {c: rng.standard_normal(32) * 1.5 for c in ("A", "B")}
+    db, test_instances = {}, [(4.0, 9.0, "A"), (18.0, 24.0, "A")]  # the held-out video: two A's in one window
+    for i in range(n_train + 1):
+        vid = f"v{i}" if i < n_train else "test"
+        inst = []
+        if i < n_train:
+            t = float(rng.integers(1, 5))
+            while t < 26:
+                length = float(rng.integers(3, 8))
+                inst.append((t, min(t + length, 31.0), str(rng.choice(["A", "B"]))))
+                t += length + float(rng.integers(2, 7))
+        else:
+            inst = test_instances
+        x = rng.standard_normal(32) + np.cumsum(0.15 * rng.standard_normal((32, 32)), axis=0)  # drifting bg
+        for s, e, c in inst:
+            x[int(s):int(e)] = protos[c] + 0.3 * rng.standard_normal(32)
+        x += 0.2 * rng.standard_normal(x.shape)
+        write_features(root / "feats" / f"{vid}.npy", x.astype(np.float32), {
+            "fps": 1.0, "timestamps": list(map(float, range(32))), "duration": 32.0, "source": f"{vid}.mp4",
+            "clip_model": clip_name, "clip_weights": "random", "num_frames": 32})
+        db[vid] = {"subset": "test" if vid == "test" else "val", "duration": 32.0,
+                   "annotations": [{"segment": [s, e], "label": c} for s, e, c in inst]}
+    ann = root / "ann.json"
+    ann.write_text(json.dumps({"database": db}))
+    return root / "feats", ann, test_instances
+
+
+def test_small_training_run_localizes_two_instances_of_one_class_as_two_segments(tmp_path, tiny_clip,
+                                                                                    tiny_clip_name):
+    feats, ann_path, truth = _synthetic(tmp_path, tiny_clip_name, n_train=24)
+    ann = parse_annotations(json.loads(ann_path.read_text()))
+    data_cfg = DataConfig(num_snippets=32, overlap=0.5)
+    result = train(feats, ann.select_subset("val"), ["A", "B"], tmp_path / "m.pt", tiny_clip, tiny_clip_name,
+                   model_cfg=ModelConfig(**TINY_STALE), data_cfg=data_cfg,
+                   train_cfg=TrainConfig(epochs=25, lr=2e-3, lr_prompt=2e-3, batch_size=4, val_fraction=0.0),
+                   progress=False)
+    masks = [h["mask"] for h in result.history]
+    assert masks[-1] < 0.6 * masks[0], masks  # the mask loss falls (the paper's head stayed flat)
+    model, info = load_checkpoint(result.best_path)
+    vs = load_video_set(feats, [ann.videos["test"]])
+    preds, _ = predict(model, ["A", "B"], vs, info.data_config, STALELoss(info.model_config, info.loss_config),
+                       "cpu", 4, detect_cfg=info.detect_config)
+    top = [p for p in preds["test"] if p[0] == "A"][:4]
+    matched = []
+    for s, e, _ in truth:
+        ious = [_tiou(s, e, ps, pe) for _, ps, pe, _ in top]
+        assert max(ious) >= 0.5, (s, e, top)
+        matched.append(int(np.argmax(ious)))
+    assert matched[0] != matched[1]  # two segments, not one covering both
+
+
+def _tiou(s1, e1, s2, e2) -> float:
+    return max(0.0, min(e1, e2) - max(s1, s2)) / (max(e1, e2) - min(s1, s2))
