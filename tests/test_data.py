@@ -1,8 +1,10 @@
-"""Annotations, zero-shot splits, windows, label assignment and the window dataset."""
+"""The data package (stale_cli/data/): annotations, zero-shot splits, windows for training and for detection, label
+assignment, the window dataset and the index of feature files it reads."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -383,3 +385,20 @@ def test_training_windows_holding_only_unseen_actions_are_dropped(tmp_path):
     kept = [w.start_row for _, w, *_ in WindowDataset(vs, ["Seen"], cfg, training=True).items]
     assert kept == [0, 8]  # [8, 16) is background only (kept, keep rate 1); [12, 20) holds only the unseen action
     assert len(WindowDataset(vs, ["Seen"], cfg, training=False).items) == 3  # detection sees every window
+
+
+def test_training_feature_index_follows_links(tmp_path, caplog):
+    from stale_cli.data.dataset import index_features
+
+    feats, shared = tmp_path / "feats", tmp_path / "shared"
+    feats.mkdir()
+    shared.mkdir()
+    (feats / "v1.npy").write_bytes(b"")
+    (shared / "v2.npy").write_bytes(b"")
+    os.symlink(shared, feats / "more")
+    os.symlink(feats, shared / "back")  # loop through the link
+    os.symlink(tmp_path / "gone", feats / "old")
+    with caplog.at_level("WARNING"):
+        index = index_features(feats)
+    assert sorted(index) == ["v1", "v2"]
+    assert any("broken symbolic link" in r.getMessage() for r in caplog.records)

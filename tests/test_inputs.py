@@ -1,11 +1,15 @@
-"""Inputs: files, recursive directories, @lists; shards partition the inputs."""
+"""Which files a command works on (stale_cli/inputs.py): files, recursive directories (links followed once, broken
+ones reported), @lists (a bad line costs that line); shards partition the inputs."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from stale_cli.cli import app
 from stale_cli.errors import InputError
 from stale_cli.inputs import collect_inputs, parse_shard, select_shard
 
@@ -21,7 +25,7 @@ def test_collect_files_dirs_and_lists(tmp_path):
     b = touch(tmp_path / "d" / "sub" / "b.MKV")
     touch(tmp_path / "d" / "notes.txt")
     touch(tmp_path / "d" / ".hidden.mp4")
-    c = touch(tmp_path / "c.avi")
+    touch(tmp_path / "c.avi")
     odd = touch(tmp_path / "odd.bin")  # named explicitly: taken whatever its extension
     lst = tmp_path / "lists" / "list.txt"
     lst.parent.mkdir()
@@ -73,3 +77,37 @@ def test_shards_partition_the_inputs():
         # deterministic and independent of input order and of the other inputs
         assert select_shard(list(reversed(paths)), 1 % n, n) == list(reversed(shards[1 % n]))
         assert select_shard(paths[:10], 0, n) == [p for p in shards[0] if p in paths[:10]]
+
+
+# ---------------------------------------------------------------- an @list with a bad line, linked folders
+
+
+def test_list_with_a_bad_line_runs_the_rest(tmp_path, videos, tiny_clip_name, tiny_clip_weights):
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{videos['single']['path']}\n{tmp_path / 'gone.mp4'}\n{videos['cfr25']['path']}\n")
+    bad: list = []
+    assert collect_inputs([f"@{listed}"], bad=bad) == [videos["single"]["path"], videos["cfr25"]["path"]]
+    assert len(bad) == 1 and "gone.mp4" in bad[0][1]
+    r = CliRunner().invoke(app, ["extract-features", f"@{listed}", "--out", str(tmp_path / "f"), "--fps", "1",
+                                 "--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights),
+                                 "--no-progress"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "gone.mp4: no such file" in r.output and "1 input(s) failed" in r.output
+    assert (tmp_path / "f" / "single.npy").is_file() and (tmp_path / "f" / "cfr25.npy").is_file()
+
+
+def test_linked_directories_are_followed_once_and_broken_links_reported(tmp_path, videos):
+    root, elsewhere = tmp_path / "videos", tmp_path / "elsewhere"
+    (root / "real").mkdir(parents=True)
+    elsewhere.mkdir()
+    os.symlink(videos["single"]["path"], root / "real" / "a.mp4")
+    os.symlink(videos["cfr25"]["path"], elsewhere / "b.mp4")
+    os.symlink(elsewhere, root / "linked")  # a symlinked subdirectory: rglob skipped it silently
+    os.symlink(root, root / "real" / "loop")  # a link back up: must not loop
+    os.symlink(tmp_path / "nowhere.mp4", root / "broken.mp4")
+    bad: list = []
+    found = collect_inputs([str(root)], bad=bad)
+    assert [p.name for p in found] == ["b.mp4", "a.mp4"]
+    assert [os.path.basename(entry) for entry, _ in bad] == ["broken.mp4"] and "broken symbolic link" in bad[0][1]
+    with pytest.raises(Exception, match="broken symbolic link"):
+        collect_inputs([str(root)])  # without a place to report it, it is an error, never silence
