@@ -229,3 +229,34 @@ def good_checkpoint(tmp_path_factory, tiny_clip, tiny_clip_name):
     from crafted_checkpoints import make_checkpoint
 
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "good.pt", tiny_clip, tiny_clip_name)
+
+
+@pytest.fixture
+def feats(tmp_path, tiny_clip_name, tiny_clip_weights):
+    """tmp_path/feats holding v0.npy, v1.npy and v2.npy (with sidecars): features whose answer is known
+    (feature_files.constructed_features, seeds 0, 1, 2)."""
+    from stale_cli.clip_backbone import load_clip
+    from stale_cli.clipmode import class_text_features
+    from stale_cli.fileio import write_features
+
+    from feature_files import CLASSES, constructed_features
+
+    text = class_text_features(load_clip(tiny_clip_name, str(tiny_clip_weights)), CLASSES)
+    d = tmp_path / "feats"
+    for i in range(3):
+        f, meta = constructed_features(text, seed=i)
+        write_features(d / f"v{i}.npy", f, meta)
+    return d
+
+
+@pytest.fixture
+def random_feats(tmp_path):
+    """tmp_path/feats holding v0.npy and v1.npy (with sidecars): random features (feature_files.features)."""
+    from stale_cli.fileio import write_features
+
+    from feature_files import features
+
+    d = tmp_path / "feats"
+    for i in range(2):
+        write_features(d / f"v{i}.npy", *features(seed=i))
+    return d

@@ -121,3 +121,17 @@ def constructed_features(text: np.ndarray, seed: int = 0) -> tuple[np.ndarray, d
     meta = {"fps": FPS, "timestamps": [k / FPS for k in range(N)], "duration": DURATION, "source": "synthetic",
             "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": N}
     return feats.astype(np.float32), meta
+
+
+def detect_known(args, tiny_clip_name, tiny_clip_weights):
+    """``stale detect ARGS`` for the CLASSES of the known features, through CliRunner; never a traceback."""
+    base = ["--classes", "high jump,pole vault", "--clip-model", tiny_clip_name, "--clip-weights",
+            str(tiny_clip_weights), "--no-progress"]
+    r = CliRunner().invoke(app, ["detect", *map(str, args), *base])
+    assert "Traceback" not in r.output
+    return r
+
+
+def contents(*paths) -> dict:
+    """path -> its bytes (None where it is not a file): compared before and after a run that must not touch them."""
+    return {p: (p.read_bytes() if p.is_file() else None) for p in paths}

@@ -1,5 +1,6 @@
-"""The detect batch runner as a library (stale_cli.batch.DetectBatch): outputs refused before any model loads,
-each video written as it finishes, a failed input reported while the batch goes on, a rerun resumed."""
+"""The detect batch runner (stale_cli/batch.py): outputs refused before any model loads (as a library and from
+``stale detect``), each video written as it finishes, a failed input reported while the batch goes on, a rerun
+resumed, renamed video ids announced."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import pytest
 from stale_cli.batch import BatchOutputs, DetectBatch
 from stale_cli.detect import DetectSettings
 from stale_cli.errors import InputError
+from stale_cli.fileio import write_features
+
+from feature_files import detect_args, detect_known, features  # tests/ is on sys.path (rootdir conftest)
 
 
 def settings(tiny_clip_name, tiny_clip_weights) -> DetectSettings:
@@ -51,3 +55,24 @@ def test_a_batch_writes_reports_failures_and_resumes(feature_dir, tiny_clip_name
     again.load("cpu")
     result = again.run()
     assert (result.done, result.resumed, len(result.failures)) == (0, 1, 1)  # game from the journal, bad again
+
+
+def test_renamed_ids_are_announced(run, tmp_path):
+    for d in ("x", "y"):
+        write_features(tmp_path / d / "same.npy", *features())
+    r = run(*detect_args(tmp_path / "x" / "same.npy", tmp_path / "y" / "same.npy", "-o", tmp_path / "p.json"))
+    assert r.exit_code == 0
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 2 and all("same-" in w for w in warnings)
+
+
+def test_detect_checks_the_output_before_any_work(feats, tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
+    import stale_cli.detect as detect_module
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(detect_module.Detector, "__init__", never)
+    (tmp_path / "file").write_text("")
+    r = detect_known([feats, "-o", tmp_path / "file" / "preds.json"], tiny_clip_name, tiny_clip_weights)
+    assert r.exit_code == 1 and "cannot write" in r.output

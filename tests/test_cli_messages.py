@@ -1,5 +1,6 @@
-"""What the commands say on stderr: -q (errors only), one `wrote X` per file written, usage errors as one line,
--v shown as a counter, and a CLI that builds without importing torch."""
+"""What the commands say on stderr (stale_cli/cli/): -q (errors only), one `wrote X` per file written, usage errors
+as one line, -v shown as a counter, a CLI that builds without importing torch, signals, a broken pipe and a full
+stdout."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
+
+import feature_files  # tests/ is on sys.path (rootdir conftest)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,3 +205,31 @@ def test_help_into_a_pipe_whose_reader_is_gone_exits_0(argv):
     finally:
         os.close(write)
     assert r.returncode == 0 and r.stderr == b""
+
+
+# ---------------------------------------------------------------- a full stdout
+
+
+def stale_to_dev_full(tmp_path, *args) -> subprocess.CompletedProcess:
+    """Run ``stale ARGS > /dev/full`` in a new process that knows the tiny CLIP's config."""
+    from conftest import TINY_CLIP_CONFIG, TINY_CLIP_NAME
+
+    config = tmp_path / f"{TINY_CLIP_NAME}.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    code = ("import sys, open_clip; open_clip.add_model_config(sys.argv[1]); from stale_cli.cli import main; "
+            "sys.argv = ['stale', *sys.argv[2:]]; main()")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    with open("/dev/full", "w") as full:
+        return subprocess.run([sys.executable, "-c", code, str(config), *map(str, args)], cwd=REPO, env=env,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("to", [["-o", "-"], []], ids=["dash", "table"])
+def test_a_full_stdout_is_one_error_line(tmp_path, random_feats, tiny_clip_weights, to):
+    done = stale_to_dev_full(tmp_path, *feature_files.detect_args(random_feats / "v0.npy", *to), "--clip-model",
+                             "stale-tiny", "--clip-weights", tiny_clip_weights)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")] or [done.stderr]
+    assert "cannot write to stdout" in line and "No space left" in line

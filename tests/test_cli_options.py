@@ -1,8 +1,9 @@
-"""One option vocabulary: what every command that writes a file calls its output, how classes are given, how -h
-shows types and defaults."""
+"""One option vocabulary (stale_cli/cli/): what every command that writes a file calls its output, ``-o -`` for
+stdout, how classes are given, how -h shows types and defaults, numeric options bounded."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import typer
@@ -10,7 +11,9 @@ from typer.testing import CliRunner
 
 from stale_cli.cli import app
 
-from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
+from feature_files import detect_known, error_lines  # tests/ is on sys.path (rootdir conftest)
+
+ANNOTATIONS = Path(__file__).parent / "fixtures" / "thumos14_mini.json"
 
 COMMANDS = ["extract-features", "train", "detect", "evaluate", "zero-shot", "models"]
 WRITES_A_FILE = ["extract-features", "train", "detect", "evaluate"]
@@ -165,3 +168,27 @@ def test_training_and_evaluation_options_are_bounded(tmp_path):
     for args in ([str(preds), "-a", str(deep)], [str(deep), "-a", str(ann)]):
         r = CliRunner().invoke(app, ["evaluate", *args])
         assert r.exit_code == 1 and "nested too deeply" in r.stderr and "Traceback" not in r.output
+
+
+# ---------------------------------------------------------------- -o - is stdout
+
+
+def test_dash_means_stdout(feats, tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
+    monkeypatch.chdir(tmp_path)
+    r = detect_known([feats / "v0.npy", feats / "v1.npy", "-o", "-"], tiny_clip_name, tiny_clip_weights)
+    assert r.exit_code == 0, r.output
+    assert sorted(json.loads(r.stdout)["results"]) == ["v0", "v1"]  # stdout holds exactly the JSON
+    assert not Path("-").exists()
+    r = detect_known([feats / "v0.npy", "-o", "-", "--format", "csv"], tiny_clip_name, tiny_clip_weights)
+    assert r.stdout.startswith("video,label,start,end,score\n")
+
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps({"results": {"video_test_0000004": []}}))
+    r = CliRunner().invoke(app, ["evaluate", str(preds), "-a", str(ANNOTATIONS), "-o", "-"])
+    assert r.exit_code == 0, r.output
+    assert "average_mAP" in json.loads(r.stdout) and not Path("-").exists()
+
+
+def test_extract_refuses_dash_as_out(tmp_path, videos):
+    r = CliRunner().invoke(app, ["extract-features", str(videos["single"]["path"]), "--out", "-"])
+    assert r.exit_code == 1 and "give a directory" in r.output and not Path("-").exists()

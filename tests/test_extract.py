@@ -1,8 +1,10 @@
-"""The extraction pipeline and the feature files: content, sidecar, resume, duplicate names."""
+"""The extraction pipeline and the feature files (stale_cli/extract/): content, sidecar, resume, duplicate names,
+and ``--cache-features``, which never replaces another video's features or features made with other settings."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from stale_cli.extract import extract_many, extract_video
 from stale_cli.video_ids import video_ids
 from stale_cli.fileio import read_features
 from stale_cli.timeline import Timeline
+
+from feature_files import contents, detect_args  # tests/ is on sys.path (rootdir conftest)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +105,25 @@ def test_duplicate_stems_do_not_overwrite_each_other(clip, videos, tmp_path):
     assert s.done == 3 and sum("same name" in w for w in warnings) == 2
     sources = {json.loads((tmp_path / "out" / f"{i}.json").read_text())["source"] for i in ids}
     assert sources == {str(p.resolve()) for p in paths}
+
+
+# ---------------------------------------------------------------- --cache-features keeps another video's features
+
+
+def test_cache_never_replaces_another_videos_or_other_settings_features(run, tmp_path, videos):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    shutil.copy(videos["single"]["path"], a / "clip.mp4")
+    shutil.copy(videos["late"]["path"], b / "clip.mp4")
+    cache = tmp_path / "cache"
+    assert run(*detect_args(a / "clip.mp4", "--cache-features", cache)).exit_code == 0
+    mine = contents(cache / "clip.npy", cache / "clip.json")
+    r = run(*detect_args(b / "clip.mp4", "--cache-features", cache))
+    assert r.exit_code == 0 and "another video's features" in " ".join(r.stderr.split())
+    assert contents(cache / "clip.npy", cache / "clip.json") == mine
+    (other,) = [p for p in cache.glob("clip-*.npy")]
+    assert read_features(other)[1].source == str((b / "clip.mp4").resolve())
+
+    r = run(*detect_args(a / "clip.mp4", "--cache-features", cache, "--fps", "2"))
+    assert r.exit_code == 0 and "not cached" in " ".join(r.stderr.split())
+    assert contents(cache / "clip.npy", cache / "clip.json") == mine

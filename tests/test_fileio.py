@@ -1,14 +1,22 @@
-"""Feature files read back (stale_cli/fileio.py): arrays whose header, values or sidecar cannot be trusted."""
+"""Reading and writing files (stale_cli/fileio.py): feature files whose header, values or sidecar cannot be trusted;
+atomic writes (the mode open would give, fsync before the rename, stale temporaries cleaned, symlinks followed,
+FIFOs written into, sockets and folders refused); a full disk leaves nothing behind."""
 
 from __future__ import annotations
 
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from stale_cli.errors import DataError, InputError
-from stale_cli.fileio import read_features, write_features
+from stale_cli.fileio import read_features, write_features, write_text_atomic
 
 from faults import enospc, fail_once  # tests/ is on sys.path (rootdir conftest)
 from feature_files import (
@@ -59,3 +67,81 @@ def test_write_features_on_a_full_disk_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="No space left"):
         write_features(tmp_path / "a.npy", good_features(), sidecar(40))
     assert list(tmp_path.iterdir()) == []  # no array without its sidecar, no temporary file
+
+
+# ---------------------------------------------------------------- what is at the path: symlink, FIFO, socket, folder
+
+
+def test_a_symlink_is_followed_not_replaced(tmp_path):
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "sub" / "made.json")
+    write_text_atomic(dangling, "x")
+    assert dangling.is_symlink() and (tmp_path / "sub" / "made.json").read_text() == "x"
+
+
+def test_a_fifo_is_written_into(tmp_path):
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    write_text_atomic(fifo, "through the pipe")
+    reader.join(timeout=10)
+    assert got == ["through the pipe"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.json"]  # no temporary left beside it
+
+
+def test_a_socket_or_directory_is_refused(tmp_path):
+    sock_path = tmp_path / "s.json"
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(sock_path))
+        with pytest.raises(InputError, match="it is a socket"):
+            write_text_atomic(sock_path, "x")
+    finally:
+        server.close()
+    assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(InputError, match="it is a directory"):
+        write_text_atomic(tmp_path / "d.json", "x")
+
+
+# ---------------------------------------------------------------- atomic writes: file modes, fsync, stale temporaries
+
+
+def test_atomic_writes_take_the_mode_open_would_give(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_text_atomic(tmp_path / "new.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+    (tmp_path / "kept.json").write_text("old")
+    os.chmod(tmp_path / "kept.json", 0o604)
+    write_text_atomic(tmp_path / "kept.json", "new")
+    assert (tmp_path / "kept.json").stat().st_mode & 0o777 == 0o604  # an existing file keeps its mode
+
+
+def test_atomic_writes_fsync_before_rename_and_clean_stale_temporaries(tmp_path, monkeypatch):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname().replace(".", "_")
+    stale = tmp_path / f".out.json.{dead.pid}@{host}.abc123.tmp"  # left by a killed run
+    live = tmp_path / f".out.json.{os.getpid()}@{host}.def456.tmp"  # a write in progress (this process)
+    other = tmp_path / f".other.json.{dead.pid}@{host}.x.tmp"  # another output's: not ours to touch
+    remote = tmp_path / f".out.json.{dead.pid}@another-node.x1.tmp"  # a pid of another machine: cannot tell
+    for p in (stale, live, other, remote):
+        p.write_text("partial")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    write_text_atomic(tmp_path / "out.json", "{}")
+    assert events == ["fsync", "replace"]
+    assert not stale.exists() and live.exists() and other.exists() and remote.exists()

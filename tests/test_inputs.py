@@ -3,7 +3,9 @@ ones reported), @lists (a bad line costs that line); shards partition the inputs
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ from typer.testing import CliRunner
 from stale_cli.cli import app
 from stale_cli.errors import InputError
 from stale_cli.inputs import collect_inputs, parse_shard, select_shard
+
+from feature_files import detect_args  # tests/ is on sys.path (rootdir conftest)
 
 
 def touch(p: Path) -> Path:
@@ -111,3 +115,15 @@ def test_linked_directories_are_followed_once_and_broken_links_reported(tmp_path
     assert [os.path.basename(entry) for entry, _ in bad] == ["broken.mp4"] and "broken symbolic link" in bad[0][1]
     with pytest.raises(Exception, match="broken symbolic link"):
         collect_inputs([str(root)])  # without a place to report it, it is an error, never silence
+
+
+def test_a_video_and_its_features_in_one_folder_are_one_input(run, tmp_path, videos):
+    sb = tmp_path / "sb"
+    sb.mkdir()
+    shutil.copy(videos["single"]["path"], sb / "t1.mp4")
+    assert run("extract-features", sb, "--out", sb, "--no-progress").exit_code == 0
+    preds = tmp_path / "preds.json"
+    r = run(*detect_args(sb, "-o", preds))
+    assert r.exit_code == 0, r.output
+    assert list(json.loads(preds.read_text())["results"]) == ["t1"]
+    assert "warning:" not in r.stderr and "1 video(s) done" in r.stderr

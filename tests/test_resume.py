@@ -3,7 +3,12 @@ it, and the output name of a video whose name another run's video already holds.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+
+from feature_files import detect_known  # tests/ is on sys.path (rootdir conftest)
 
 
 def test_a_video_recorded_without_curves_is_redone_by_a_report_run_but_shown_when_another_run_did_it(tmp_path):
@@ -24,3 +29,67 @@ def test_a_video_recorded_without_curves_is_redone_by_a_report_run_but_shown_whe
     report_run.append(video, source)
     again = report_run.finished("v", source)
     assert again is not None and np.allclose(again.scores, 0.5, atol=1 / 255) and np.allclose(again.times, video.times)
+
+
+# ---------------------------------------------------------------- detect -o FILE written once; a rerun resumes
+
+
+def test_detect_output_file_is_written_once_and_resumes(feats, tmp_path, monkeypatch, tiny_clip_name,
+                                                        tiny_clip_weights):
+    import stale_cli.outputs as outputs
+    from stale_cli.detect import Detector
+
+    out = tmp_path / "preds.json"
+    writes = []
+    real = outputs.write_text_atomic
+    monkeypatch.setattr(outputs, "write_text_atomic", lambda p, t: (writes.append(Path(p)), real(p, t))[1])
+    r = detect_known([feats, "-o", out], tiny_clip_name, tiny_clip_weights)
+    assert r.exit_code == 0, r.output
+    assert writes == [out]  # once for the whole batch, not once per video
+    journal = tmp_path / ".preds.json.journal"
+    assert len(journal.read_text().splitlines()) == 3
+    first = json.loads(out.read_text())["results"]
+
+    calls = []
+    real_detect = Detector.detect
+    monkeypatch.setattr(Detector, "detect", lambda self, *a, **k: (calls.append(a[0]), real_detect(self, *a, **k))[1])
+    r = detect_known([feats, "-o", out], tiny_clip_name, tiny_clip_weights)
+    assert r.exit_code == 0 and calls == [] and "0 video(s) done, 3 resumed" in r.output
+    assert json.loads(out.read_text())["results"] == first
+
+    r = detect_known([feats, "-o", out, "--all", "--top-k", "2"], tiny_clip_name, tiny_clip_weights)  # other settings
+    assert len(calls) == 3 and "3 video(s) done, 0 resumed" in r.output
+    assert all(len(v) <= 2 for v in json.loads(out.read_text())["results"].values())
+
+
+def test_detect_interrupted_keeps_finished_videos(feats, tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
+    from stale_cli.detect import Detector
+
+    out = tmp_path / "preds.csv"
+    real_detect = Detector.detect
+    seen = []
+
+    def flaky(self, path, *a, **k):
+        seen.append(path)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return real_detect(self, path, *a, **k)
+
+    monkeypatch.setattr(Detector, "detect", flaky)
+    r = detect_known([feats, "-o", out], tiny_clip_name, tiny_clip_weights)
+    assert r.exit_code == 130 and "rerun the same command to resume" in r.output
+    assert {row.split(",")[0] for row in out.read_text().splitlines()[1:]} == {"v0", "v1"}
+    monkeypatch.setattr(Detector, "detect", real_detect)
+    with open(tmp_path / ".preds.csv.journal", "a") as f:
+        f.write('{"video_id": "v2", "segm')  # a line cut by a kill mid-write
+    r = detect_known([feats, "-o", out], tiny_clip_name, tiny_clip_weights)
+    assert r.exit_code == 0 and "1 video(s) done, 2 resumed" in r.output
+    assert {row.split(",")[0] for row in out.read_text().splitlines()[1:]} == {"v0", "v1", "v2"}
+
+
+def test_directory_output_resumes_and_rewrites_a_deleted_file(feats, tmp_path, tiny_clip_name, tiny_clip_weights):
+    out = tmp_path / "preds"
+    assert detect_known([feats, "-o", f"{out}/"], tiny_clip_name, tiny_clip_weights).exit_code == 0
+    (out / "v1.json").unlink()
+    r = detect_known([feats, "-o", f"{out}/"], tiny_clip_name, tiny_clip_weights)
+    assert r.exit_code == 0 and "3 resumed" in r.output and (out / "v1.json").is_file()
