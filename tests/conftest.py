@@ -260,3 +260,20 @@ def random_feats(tmp_path):
     for i in range(2):
         write_features(d / f"v{i}.npy", *features(seed=i))
     return d
+
+
+@pytest.fixture
+def extract(tiny_clip_name, tiny_clip_weights):
+    """``extract(*args)``: ``stale extract-features ARGS --fps 2`` with the tiny CLIP through CliRunner, asserting
+    it printed no traceback."""
+    from typer.testing import CliRunner
+
+    from stale_cli.cli import app
+
+    def invoke(*args):
+        r = CliRunner().invoke(app, ["extract-features", *map(str, args), "--fps", "2", "--clip-model", tiny_clip_name,
+                                     "--clip-weights", str(tiny_clip_weights), "--no-progress"])
+        assert "Traceback" not in r.output, r.output
+        return r
+
+    return invoke

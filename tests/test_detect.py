@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -183,3 +185,19 @@ def test_memory_error_on_one_input_of_a_batch_is_one_failure(tmp_path):
     assert "DefaultCPUAllocator: can't allocate memory" in errors[1].message
     with pytest.raises(RuntimeError, match="shape mismatch"):
         detect_batch(Detector(), [tmp_path / "bug.npy"], results.append, errors.append, ids=["bug"])
+
+
+def test_weights_folder_counts_only_stale_checkpoints(tmp_path, caplog):
+    import torch
+
+    from stale_cli.detect import CLIP_MODE, STALE_MODE, choose_mode
+
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)},
+               tmp_path / "resnet50.pth")  # a plain state dict, as torchvision saves
+    (tmp_path / "notes.pt").write_bytes(b"not even a zip")
+    with caplog.at_level(logging.DEBUG, logger="stale_cli"):
+        assert choose_mode(None, None, tmp_path) == (CLIP_MODE, None)
+    ignored = [r.getMessage() for r in caplog.records if "not a stale checkpoint; ignored" in r.getMessage()]
+    assert len(ignored) == 2 and all(r.levelno == logging.DEBUG for r in caplog.records if "ignored" in r.getMessage())
+    torch.save({"format": "stale-checkpoint", "version": 1}, tmp_path / "th75_0.pt")
+    assert choose_mode(None, None, tmp_path) == (STALE_MODE, tmp_path / "th75_0.pt")

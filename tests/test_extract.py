@@ -4,6 +4,7 @@ and ``--cache-features``, which never replaces another video's features or featu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -127,3 +128,40 @@ def test_cache_never_replaces_another_videos_or_other_settings_features(run, tmp
     r = run(*detect_args(a / "clip.mp4", "--cache-features", cache, "--fps", "2"))
     assert r.exit_code == 0 and "not cached" in " ".join(r.stderr.split())
     assert contents(cache / "clip.npy", cache / "clip.json") == mine
+
+
+# ---------------------------------------------------------------- resume by source identity
+
+
+def test_a_symlinked_video_counts_as_finished(extract, videos, tmp_path):
+    link = tmp_path / "link.mp4"
+    os.symlink(videos["single"]["path"], link)
+    assert extract(link, "--out", tmp_path / "f").exit_code == 0
+    r = extract(link, "--out", tmp_path / "f")
+    assert r.exit_code == 0 and "done 0, skipped 1" in r.output
+
+
+def test_same_name_from_another_folder_is_not_taken_for_finished(extract, videos, tmp_path):
+    a, b = tmp_path / "dA" / "clip.mp4", tmp_path / "dB" / "clip.mp4"
+    for d, src in ((a, videos["single"]["path"]), (b, videos["late"]["path"])):
+        d.parent.mkdir()
+        shutil.copy(src, d)
+    out = tmp_path / "f"
+    assert extract(a, "--out", out).exit_code == 0
+    r = extract(b, "--out", out)
+    assert r.exit_code == 0 and "done 1, skipped 0" in r.output and "holds another video's features" in r.output
+    renamed = [p for p in out.glob("clip-*.npy")]
+    assert len(renamed) == 1
+    assert read_features(renamed[0])[1].source == str(b.resolve())
+    assert read_features(out / "clip.npy")[1].source == str(a.resolve())  # dA's features untouched
+    assert "skipped 1" in extract(b, "--out", out).output and "skipped 1" in extract(a, "--out", out).output
+
+
+def test_a_modified_source_is_extracted_again(extract, videos, tmp_path):
+    video = tmp_path / "v.mp4"
+    shutil.copy(videos["single"]["path"], video)
+    assert extract(video, "--out", tmp_path / "f").exit_code == 0
+    st = video.stat()
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    r = extract(video, "--out", tmp_path / "f")
+    assert r.exit_code == 0 and "done 1" in r.output and "changed since" in r.output

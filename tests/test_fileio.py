@@ -145,3 +145,18 @@ def test_atomic_writes_fsync_before_rename_and_clean_stale_temporaries(tmp_path,
     write_text_atomic(tmp_path / "out.json", "{}")
     assert events == ["fsync", "replace"]
     assert not stale.exists() and live.exists() and other.exists() and remote.exists()
+
+
+def test_read_features_rejects_a_sidecar_of_another_array(tmp_path):
+    from stale_cli.fileio import write_features
+
+    meta = {"fps": 4.0, "timestamps": [k / 4 for k in range(8)], "duration": 2.0, "source": "x", "clip_model": "m",
+            "clip_weights": "w", "num_frames": 8, "num_rows": 8, "embed_dim": 16}
+    write_features(tmp_path / "a.npy", np.zeros((8, 16)), meta)
+    write_features(tmp_path / "b.npy", np.zeros((8, 32)), meta)  # another run's array beside this sidecar
+    assert read_features(tmp_path / "a.npy")[0].shape == (8, 16)
+    with pytest.raises(DataError, match="does not describe b.npy .*embed_dim 16"):
+        read_features(tmp_path / "b.npy")
+    np.save(tmp_path / "a.npy", np.zeros((6, 16), np.float16))
+    with pytest.raises(DataError, match="num_rows 8"):
+        read_features(tmp_path / "a.npy")

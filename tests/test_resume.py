@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from typer.testing import CliRunner
+
+from stale_cli.cli import app
 
 from feature_files import detect_known  # tests/ is on sys.path (rootdir conftest)
 
@@ -93,3 +96,27 @@ def test_directory_output_resumes_and_rewrites_a_deleted_file(feats, tmp_path, t
     (out / "v1.json").unlink()
     r = detect_known([feats, "-o", f"{out}/"], tiny_clip_name, tiny_clip_weights)
     assert r.exit_code == 0 and "3 resumed" in r.output and (out / "v1.json").is_file()
+
+
+def test_detect_names_a_clash_across_runs_like_one_within_a_run(tmp_path, tiny_clip_name, tiny_clip_weights):
+    from stale_cli.fileio import write_features
+
+    meta = {"fps": 4.0, "timestamps": [k / 4 for k in range(20)], "duration": 5.0, "source": "x",
+            "clip_model": tiny_clip_name, "clip_weights": "random", "num_frames": 20}
+    for i, d in enumerate(("dA", "dB")):
+        write_features(tmp_path / d / "clip.npy", np.random.default_rng(i).normal(size=(20, 32)), meta)
+    out = tmp_path / "preds"
+
+    def run(d):
+        return CliRunner().invoke(app, ["detect", str(tmp_path / d / "clip.npy"), "-c", "a,b", "-o", f"{out}/",
+                                        "--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights),
+                                        "--no-progress"])
+
+    assert run("dA").exit_code == 0
+    first = (out / "clip.json").read_text()
+    r = run("dB")
+    assert r.exit_code == 0 and "holds another video's detections" in " ".join(r.output.split())
+    assert (out / "clip.json").read_text() == first  # dA's output untouched
+    (renamed,) = out.glob("clip-*.json")
+    assert list(json.loads(renamed.read_text())["results"]) == [renamed.stem]
+    assert "1 resumed" in run("dB").output and "1 resumed" in run("dA").output
