@@ -190,3 +190,23 @@ def test_nonfinite_tensor_finds_nan_and_inf_also_in_half_precision():
     assert nonfinite_tensor(state) == "c"
     state["a"][3, 3] = float("nan")
     assert nonfinite_tensor(state) == "a"
+
+
+def test_checkpoints_without_a_prompt_init_keep_their_random_context(tmp_path, tiny_clip, tiny_clip_name):
+    import torch
+
+    from stale_cli.checkpoint import load_checkpoint, save_checkpoint
+    from stale_cli.data.windows import DataConfig
+    from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.stale import STALE
+
+    cfg = ModelConfig(feature_dim=32, embed_dim=32, num_snippets=16, clip_model=tiny_clip_name, encoder_layers=1,
+                      num_heads=2, ffn_dim=64, context_tokens=4, num_queries=4, decoder_layers=1, context_init="")
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, STALE(cfg, tiny_clip), cfg, LossConfig(), DataConfig(num_snippets=16), ["a", "b"], 2.0,
+                    tiny_clip_name)
+    raw = torch.load(path, weights_only=True)
+    del raw["model_config"]["context_init"]  # as stale 0.2 wrote it
+    torch.save(raw, path)
+    model, info = load_checkpoint(path)
+    assert info.model_config.context_init == "" and model.text_encoder.context.shape == (4, 32)

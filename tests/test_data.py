@@ -402,3 +402,33 @@ def test_training_feature_index_follows_links(tmp_path, caplog):
         index = index_features(feats)
     assert sorted(index) == ["v1", "v2"]
     assert any("broken symbolic link" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- strict open-vocabulary training; centring a video
+
+
+def test_strict_training_calls_unseen_instances_background():
+    from stale_cli.data.annotations import parse_annotations
+    from stale_cli.data.dataset import VideoSet, WindowDataset
+    from stale_cli.data.windows import DataConfig
+
+    fps, rows = 2.0, 40
+    ann = parse_annotations({"database": {"v": {"subset": "train", "duration": rows / fps, "annotations": [
+        {"label": "seen", "segment": [2.0, 6.0]}, {"label": "unseen", "segment": [10.0, 14.0]}]}}})
+    meta = {"fps": fps, "timestamps": [k / fps for k in range(rows)], "duration": rows / fps}
+    vs = VideoSet(list(ann.videos.values()), {"v": np.zeros((rows, 4), np.float16)}, {"v": meta})
+    cfg = DataConfig(num_snippets=rows, overlap=0.0, jitter=0.0, empty_window_keep=1.0)
+    default = WindowDataset(vs, ["seen"], cfg)[0]
+    strict = WindowDataset(vs, ["seen"], cfg, ignore_unseen=False)[0]
+    inside = slice(int(10 * fps), int(14 * fps))
+    assert default["ignore"][inside].all() and not strict["ignore"].any()
+    assert (strict["labels"][inside] == 1).all()  # background (K = 1)
+
+
+def test_center_video_by_hand():
+    from stale_cli.data.windows import center_video
+
+    x = np.array([[2.0, 0.0], [0.0, 2.0]], np.float32)
+    # normalised rows (1, 0), (0, 1); their mean (0.5, 0.5) removed; renormalised
+    np.testing.assert_allclose(center_video(x, 1.0), np.array([[1, -1], [-1, 1]]) / np.sqrt(2), rtol=1e-6)
+    np.testing.assert_array_equal(center_video(x, 0.0), x)  # 0: the features as extracted
