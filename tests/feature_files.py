@@ -1,4 +1,5 @@
-"""Feature files made by hand for tests (no checks, unlike write_features), and a look at a run's error lines."""
+"""Feature files made by hand for tests (no checks, unlike write_features), features whose answer is known, and
+helpers that run a command through CliRunner and look at its error lines."""
 
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ BAD_SIDECARS = {
     "timestamps_short": dict(timestamps=[0.0, 0.5]),
     "timestamps_nan": dict(timestamps=[float("nan")] * 40),
 }
+
+
+def invoke(*args):
+    """``stale ARGS`` through CliRunner."""
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def detect(*args, clip_name, clip_weights):

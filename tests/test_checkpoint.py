@@ -1,8 +1,11 @@
-"""Checkpoints: round trip without CLIP weights, weights_only loading, bad files."""
+"""Checkpoints (stale_cli/checkpoint.py): round trip without CLIP weights, weights_only loading, bad files, crafted
+files (each one error line), non-finite weights, older checkpoints' fields, and no "initialized randomly" warning for a
+model whose weights are loaded next."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +213,21 @@ def test_checkpoints_without_a_prompt_init_keep_their_random_context(tmp_path, t
     torch.save(raw, path)
     model, info = load_checkpoint(path)
     assert info.model_config.context_init == "" and model.text_encoder.context.shape == (4, 32)
+
+
+def test_no_random_init_warning_where_weights_are_loaded_after(caplog, tiny_clip_name):
+    """open_clip's "initialized randomly" is untrue when a checkpoint's weights are loaded into the model next;
+    the QuickGELU hint for a local file is debug-level unless the file looks like OpenAI's."""
+    import logging
+
+    from stale_cli.checkpoint import build_model
+    from stale_cli.clip_backbone import looks_like_openai_weights
+    from stale_cli.model.config import ModelConfig
+
+    with caplog.at_level(logging.INFO):
+        build_model(ModelConfig(feature_dim=32, embed_dim=32, num_snippets=16, clip_model=tiny_clip_name,
+                                encoder_layers=1, decoder_layers=1, num_heads=2, ffn_dim=64, num_queries=4,
+                                context_tokens=4))
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    assert looks_like_openai_weights(Path("/hub/models--timm--vit_base_patch16_clip_224.openai/x.bin"))
+    assert not looks_like_openai_weights(Path(__file__))

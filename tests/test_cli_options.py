@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from stale_cli.cli import app
 
-from feature_files import detect_known, error_lines  # tests/ is on sys.path (rootdir conftest)
+from feature_files import detect_known, error_lines, invoke  # tests/ is on sys.path (rootdir conftest)
 
 ANNOTATIONS = Path(__file__).parent / "fixtures" / "thumos14_mini.json"
 
@@ -168,6 +168,20 @@ def test_training_and_evaluation_options_are_bounded(tmp_path):
     for args in ([str(preds), "-a", str(deep)], [str(deep), "-a", str(ann)]):
         r = CliRunner().invoke(app, ["evaluate", *args])
         assert r.exit_code == 1 and "nested too deeply" in r.stderr and "Traceback" not in r.output
+
+
+def test_train_and_zero_shot_share_one_bound_per_training_option(tmp_path):
+    """One check of the options `train` and `zero-shot` share: the same value gets the same answer from both."""
+    (tmp_path / "a.json").write_text('{"database": {}}')
+    train = ["train", "--features", tmp_path, "--annotations", tmp_path / "a.json", "--out", tmp_path / "m.pt"]
+    zero_shot = ["zero-shot", "--dataset", "thumos14", "--features", tmp_path, "--annotations", tmp_path / "a.json",
+                 "--work-dir", tmp_path / "w"]
+    for option, value, message in (("--lr", "1", "--lr must be in (0, 1), got 1.0"),
+                                   ("--epochs", "0", "--epochs must be a number in [1, "),
+                                   ("--batch-size", "0", "--batch-size must be a number in [1, ")):
+        for command in (train, zero_shot):
+            r = invoke(*command, option, value)
+            assert r.exit_code == 1 and f"error: {message}" in r.output, (command[0], r.output)
 
 
 # ---------------------------------------------------------------- -o - is stdout
