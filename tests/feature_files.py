@@ -63,6 +63,12 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def run_detect(args, tiny_clip_name, tiny_clip_weights):
+    """``stale detect ARGS`` (strings) with the tiny CLIP through CliRunner."""
+    base = ["--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights), "--no-progress"]
+    return CliRunner().invoke(app, ["detect", *args, *base])
+
+
 def detect(*args, clip_name, clip_weights):
     return CliRunner().invoke(app, ["detect", *map(str, args), "--clip-model", clip_name, "--clip-weights",
                                     str(clip_weights), "--no-progress"])

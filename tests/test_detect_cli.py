@@ -16,13 +16,8 @@ from stale_cli.fileio import read_features, write_features
 
 from feature_files import (  # tests/ is on sys.path (rootdir conftest)
     BAD_SIDECARS, DIM, ESC_TITLE, LATIN1, detect, detect_args, error_lines, features, good_features, huge_header,
-    sidecar, write_pair,
+    run_detect, sidecar, write_pair,
 )
-
-
-def run_detect(args, tiny_clip_name, tiny_clip_weights):
-    base = ["--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights), "--no-progress"]
-    return CliRunner().invoke(app, ["detect", *args, *base])
 
 
 def test_detect_feature_file_to_json_csv_table(feature_dir, tiny_clip_name, tiny_clip_weights, tmp_path):

@@ -12,7 +12,7 @@ from stale_cli.cli import app
 from stale_cli.detections import Segment
 from stale_cli.reading import BELOW_FLOOR, OVER_LIMIT, ReadingConfig, for_reading, overlap, reading_parents
 
-from test_detect_cli import run_detect  # tests/ is on sys.path (rootdir conftest)
+from feature_files import run_detect  # tests/ is on sys.path (rootdir conftest)
 
 
 def test_overlap_is_tiou():

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from stale_cli.cli import app
 from stale_cli.detections import Segment, VideoDetections
 from stale_cli.fileio import write_features
 from stale_cli.report import ReportWriter, curve_payload, relative_src, script_json
 
-from feature_files import detect_args, features  # tests/ is on sys.path (rootdir conftest)
+from feature_files import detect_args, features, run_detect  # tests/ is on sys.path (rootdir conftest)
 from lock_holder import hold_lock
 
 EVIL = "<script>alert(1)</script>"
@@ -266,11 +264,6 @@ def test_long_video_report_stays_small(tmp_path):
 
 
 # ---- the CLI flag ----------------------------------------------------------------------------------------------
-
-def run_detect(args, tiny_clip_name, tiny_clip_weights):
-    base = ["--clip-model", tiny_clip_name, "--clip-weights", str(tiny_clip_weights), "--no-progress"]
-    return CliRunner().invoke(app, ["detect", *args, *base])
-
 
 @pytest.fixture(scope="module")
 def feature_file(feature_dir):
