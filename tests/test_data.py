@@ -432,3 +432,16 @@ def test_center_video_by_hand():
     # normalised rows (1, 0), (0, 1); their mean (0.5, 0.5) removed; renormalised
     np.testing.assert_allclose(center_video(x, 1.0), np.array([[1, -1], [-1, 1]]) / np.sqrt(2), rtol=1e-6)
     np.testing.assert_array_equal(center_video(x, 0.0), x)  # 0: the features as extracted
+
+
+def test_a_jittered_training_window_keeps_its_action(tmp_path):
+    """The random shift of a training window never moves every action out of a window kept for its actions."""
+    for i in range(3):
+        write_video(tmp_path, f"v{i}", rows=60, seed=i)
+    vs = load_video_set(tmp_path, list(small_annotations().videos.values()))
+    cfg = DataConfig(mode="window", num_snippets=16, overlap=0.5, empty_window_keep=0.0, jitter=0.5)
+    ds = WindowDataset(vs, ["A"], cfg, training=True)
+    assert ds.max_shift > 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        assert all(ds[i]["fg"].sum() > 0 for i in range(len(ds)))
