@@ -59,9 +59,10 @@ sys.path.insert(0, str(ROOT))
 from stale_cli.data.annotations import load_annotations  # noqa: E402
 from stale_cli.data.windows import assign_labels, center_video, cut_windows, feature_timeline  # noqa: E402
 from stale_cli.datasets import THUMOS14  # noqa: E402
-from stale_cli.evaluate import evaluate_detection  # noqa: E402
-from stale_cli.fileio import read_features, write_features, write_json_atomic  # noqa: E402
+from stale_cli.fileio import write_json_atomic  # noqa: E402
+from stale_cli.metric import evaluate_detection  # noqa: E402
 from stale_cli.postprocess import DetectConfig, WindowedVideo, finalize, segment_tiou, segments_from_curve  # noqa: E402
+from stale_cli.sidecar import read_features, write_features  # noqa: E402
 
 ANNOTATIONS = ROOT / "benchmarks" / "data" / "thumos14_annotations.json"
 TIOUS = [0.3, 0.4, 0.5, 0.6, 0.7]

@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stale_cli.data.annotations import load_annotations  # noqa: E402
-from stale_cli.evaluate import evaluate_detection, read_predictions  # noqa: E402
 from stale_cli.detections import Segment  # noqa: E402
+from stale_cli.evaluate import read_predictions  # noqa: E402
+from stale_cli.metric import evaluate_detection  # noqa: E402
 from stale_cli.postprocess import segment_tiou  # noqa: E402
 from stale_cli.reading import ReadingConfig, for_reading  # noqa: E402
 from stale_cli.vocab import read_classes_file  # noqa: E402

@@ -57,8 +57,8 @@ from quality import TIOUS, Generator, run_cli, select_videos, write_feature_file
 
 from stale_cli.data.annotations import load_annotations  # noqa: E402
 from stale_cli.data.splits import load_split  # noqa: E402
-from stale_cli.evaluate import evaluate_detection  # noqa: E402
 from stale_cli.fileio import write_json_atomic  # noqa: E402
+from stale_cli.metric import evaluate_detection  # noqa: E402
 from stale_cli.postprocess import DetectConfig, finalize, segments_from_curve  # noqa: E402
 from stale_cli.vocab import class_to_text  # noqa: E402
 
@@ -187,7 +187,7 @@ def curve_predictions(feats_dir: Path, classes: list[str], probs_of, **curve_kw)
     (T, K+1)`` (column k: ``classes[k]``, the last: the rest), through the product's whole-video post-processing
     (``curve_kw``: more arguments of ``segments_from_curve``)."""
     from stale_cli.data.windows import feature_timeline
-    from stale_cli.fileio import read_features
+    from stale_cli.sidecar import read_features
 
     cfg = DetectConfig()
     preds = {}

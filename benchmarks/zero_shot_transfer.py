@@ -51,7 +51,7 @@ from stale_cli.clipmode import (  # noqa: E402
 )
 from stale_cli.data.splits import load_split, match_classes  # noqa: E402
 from stale_cli.data.windows import feature_timeline  # noqa: E402
-from stale_cli.fileio import read_features  # noqa: E402
+from stale_cli.sidecar import read_features  # noqa: E402
 from stale_cli.vocab import distractors  # noqa: E402
 
 VARIANTS = ("none", "prompt", "offset", "text-linear", "visual-linear", "refiner", "seen-oracle")

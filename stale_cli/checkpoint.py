@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from stale_cli.fileio import atomic_path
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.postprocess import DetectConfig
 from stale_cli.text import number_text
+from stale_cli.torchfile import archive_problem, nonfinite_tensor
 
 log = logging.getLogger(__name__)
 
@@ -132,26 +132,6 @@ def check_checkpoint_path(path: str | Path) -> None:
         check_writable(path.parent, f"--output {path}")  # the folder is made by the first save, not here
     except StaleError as e:
         raise CheckpointError(str(e)) from None
-
-
-def archive_problem(path: str | Path) -> str | None:
-    """Why the ``.pt`` at ``path`` must not be loaded, or None: a zip archive whose members declare more bytes
-    than such a file can hold. torch.save stores its tensors uncompressed; a crafted archive of deflated zeros (2 MB
-    that declare 2.6 GB) would make torch.load allocate all of it before anything could be checked."""
-    import zipfile
-
-    try:
-        if not zipfile.is_zipfile(path):
-            return None  # another format: torch.load says what it is
-        size = os.path.getsize(path)
-        with zipfile.ZipFile(path) as archive:
-            declared = sum(member.file_size for member in archive.infolist())
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        return None
-    if declared > 2 * size + (64 << 20):
-        return (f"its archive expands to {declared / 2**30:.1f} GiB from a {size / 2**20:.1f} MB file, which "
-                "torch.save does not write (a compressed or crafted file); refused before loading it")
-    return None
 
 
 def is_stale_checkpoint(path: str | Path) -> bool:
@@ -282,18 +262,6 @@ def _check_top_level(ckpt: dict, path: Path) -> None:
     if broken is not None:
         raise CheckpointError(f"{path}: checkpoint weight {broken} holds NaN or infinite values: the model would "
                               "detect nothing; use an earlier checkpoint of the run (<output>.last.pt) or train again")
-
-
-def nonfinite_tensor(state: dict) -> str | None:
-    """The name of the first floating-point tensor of ``state`` holding a NaN or an infinity, else None.
-
-    By each tensor's float32 sum, which NaN and infinity reach (and which no real weights overflow): about 5x
-    faster than an element-wise test (CLIP ViT-B/16: 1.2 s against 6.4 s on 2 heavily shared cores)."""
-    with torch.no_grad():
-        for key, tensor in state.items():
-            if tensor.is_floating_point() and not math.isfinite(float(tensor.sum(dtype=torch.float32))):
-                return key
-    return None
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:

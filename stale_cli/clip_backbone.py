@@ -23,6 +23,7 @@ import torch
 
 from stale_cli import CLIP_WEIGHTS_ENV
 from stale_cli.errors import WeightsError, first_line
+from stale_cli.torchfile import archive_problem, nonfinite_tensor
 
 log = logging.getLogger(__name__)
 
@@ -342,8 +343,6 @@ def load_clip(
                     f"--clip-weights {weights!r} is neither a file nor a pretrained tag of {model_name} "
                     f"(tags: {', '.join(tags) or 'none'}); pass a path to a local weights file"
                 )
-            from stale_cli.checkpoint import archive_problem
-
             problem = archive_problem(path)
             if problem is not None:
                 raise WeightsError(f"--clip-weights {path}: {problem}")
@@ -368,8 +367,6 @@ def load_clip(
         ) from e
     model.eval()
     if pretrained is not None and not cfg:  # a local file (a tag is open_clip's own download)
-        from stale_cli.checkpoint import nonfinite_tensor
-
         broken = nonfinite_tensor(model.state_dict())
         if broken is not None:  # every feature would be NaN: detections silently none
             raise WeightsError(f"CLIP weights {recorded}: {broken} holds NaN or infinite values; the file is "

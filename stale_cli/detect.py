@@ -43,13 +43,13 @@ from stale_cli.clipmode import (ClipModeConfig, class_text_features, ensemble, n
 from stale_cli.data.windows import (DataConfig, center_video, cut_windows, detection_grid, feature_timeline,
                                     interpolate_rows, video_duration)
 from stale_cli.defaults import DEFAULT_FEATURE_FPS
+from stale_cli.detections import Segment, VideoDetections
 from stale_cli.errors import (CheckpointError, DataError, InputError, ResourceError, StaleError, first_line,
                               out_of_memory)
-from stale_cli.fileio import read_features, source_identity, write_features
-from stale_cli.detections import Segment, VideoDetections
+from stale_cli.fileio import source_identity
 from stale_cli.postprocess import DetectConfig, Segments, WindowedVideo, finalize, segments_from_curve
 from stale_cli.reading import ReadingConfig, reading_parents
-from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta
+from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS, FeatureMeta, read_features, write_features
 from stale_cli.text import unicode_name
 from stale_cli.textcache import cached_rows
 from stale_cli.vocab import class_to_text, distractors, name_key

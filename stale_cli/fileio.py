@@ -1,4 +1,4 @@
-"""Atomic file writes, and reading and writing a feature file with its sidecar (:mod:`stale_cli.sidecar`).
+"""Atomic file writes and JSON reading (a feature file with its sidecar is :mod:`stale_cli.sidecar`'s).
 
 Every output of the tool is written to a temporary file in the target directory, flushed to disk and renamed into
 place, so an interrupted run (or a crash of the machine) never leaves a half-written file that a rerun would mistake
@@ -11,21 +11,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import re
 import socket
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
-
-import numpy as np
+from typing import Any, Iterator, Optional
 
 from stale_cli.errors import DataError, InputError
-from stale_cli.sidecar import FeatureMeta, read_sidecar
-
-MAX_FEATURE_BYTES = 1 << 36  # 64 GiB: a header claiming more is refused before anything is read
 
 
 def write_error(path: str | os.PathLike, e: OSError) -> InputError:
@@ -267,87 +261,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
-def write_features(npy_path: str | os.PathLike, features: np.ndarray, meta: FeatureMeta | Mapping) -> None:
-    """Write ``<stem>.npy`` (float16, (T, D)) and then its ``<stem>.json`` sidecar (``meta``, or its JSON object).
-
-    The sidecar is written last: a video counts as done only when both exist.
-    """
-    npy_path = Path(npy_path)
-    meta = FeatureMeta.of(meta)
-    missing = meta.missing_for_writing()
-    assert not missing, f"sidecar lacks {missing}"
-    with atomic_path(npy_path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(features, dtype=np.float16))
-    try:
-        write_json_atomic(npy_path.with_suffix(".json"), meta.to_json())
-    except BaseException:
-        npy_path.unlink(missing_ok=True)  # nothing partial: an array without its sidecar would fail every reader
-        raise
-
-
-def read_features(npy_path: str | os.PathLike) -> tuple[np.ndarray, FeatureMeta]:
-    """Read a feature file and its sidecar: ``(features float32 (T, D), sidecar)``."""
-    npy_path = Path(npy_path)
-    sidecar = npy_path.with_suffix(".json")
-    if not npy_path.is_file():
-        raise InputError(f"{npy_path}: no such feature file")
-    if not sidecar.is_file():
-        raise DataError(
-            f"{npy_path}: feature file has no sidecar {sidecar.name}; "
-            "features must be written by `stale extract-features` (or come with a .json giving at least fps)"
-        )
-    meta = read_sidecar(sidecar)
-    shape = _npy_shape(npy_path)
-    try:
-        feats = np.load(npy_path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{npy_path}: corrupt feature file ({e})") from e
-    assert feats.shape == shape, (feats.shape, shape)
-    with np.errstate(over="ignore"):
-        feats = feats.astype(np.float32)  # float64 values beyond float32's range become inf: caught below
-    if not np.isfinite(feats).all():
-        raise DataError(f"{npy_path}: feature file contains NaN or infinite values (as float32)")
-    described = {"num_rows": (meta.num_rows, feats.shape[0]), "embed_dim": (meta.embed_dim, feats.shape[1])}
-    wrong = [f"{k} {said!r}" for k, (said, real) in described.items() if said is not None and said != real]
-    if meta.timestamps is not None and len(meta.timestamps) != feats.shape[0]:
-        wrong.append(f"{len(meta.timestamps)} timestamps")
-    if wrong:
-        raise DataError(
-            f"{sidecar}: the sidecar does not describe {npy_path.name} (array {feats.shape[0]} x {feats.shape[1]}; "
-            f"sidecar: {', '.join(wrong)}); the pair comes from different runs: extract this video again"
-        )
-    return feats, meta
-
-
-def _npy_shape(npy_path: Path) -> tuple:
-    """Shape of a ``.npy`` array from its header alone, checked against the file's size before anything is read.
-
-    A (T, D) float array with T, D >= 1 is required; a header claiming more data than the file holds (or more
-    than :data:`MAX_FEATURE_BYTES`) is refused without allocating it.
-    """
-    try:
-        with open(npy_path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            fmt = np.lib.format
-            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-            offset = f.tell()
-        size = os.path.getsize(npy_path)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{npy_path}: corrupt feature file ({e})") from e
-    if dtype.kind != "f":
-        raise DataError(f"{npy_path}: expected floating-point features, got dtype {dtype}")
-    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
-        raise DataError(f"{npy_path}: expected a (T, D) array with T, D >= 1, got shape {tuple(shape)}")
-    claimed = math.prod(shape) * dtype.itemsize
-    if claimed > MAX_FEATURE_BYTES or claimed != size - offset:
-        raise DataError(
-            f"{npy_path}: header claims a {shape[0]} x {shape[1]} {dtype} array ({claimed:,} bytes) but the file "
-            f"holds {size - offset:,}; the file is corrupt or truncated, extract it again"
-        )
-    return tuple(shape)
 
 
 def source_identity(path: str | os.PathLike) -> dict:

@@ -37,8 +37,9 @@ from stale_cli.data.annotations import load_annotations
 from stale_cli.data.splits import NUM_SPLITS, RATIOS, load_split, match_classes
 from stale_cli.datasets import DATASETS, Dataset, get as get_dataset
 from stale_cli.errors import DataError, InputError, StaleError
-from stale_cli.evaluate import evaluate_detection, ground_truth, parse_predictions
+from stale_cli.evaluate import ground_truth, parse_predictions
 from stale_cli.fileio import missing_dirs, read_json_or_none, write_json_atomic, write_text_atomic
+from stale_cli.metric import evaluate_detection
 
 log = logging.getLogger(__name__)
 

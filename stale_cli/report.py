@@ -37,15 +37,14 @@ from urllib.parse import quote
 import numpy as np
 
 from stale_cli.detect import CLIP_MODE, STALE_MODE
+from stale_cli.detections import VideoDetections, curve_payload
 from stale_cli.fileio import check_writable, write_text_atomic
-from stale_cli.detections import VideoDetections
 from stale_cli.outputs import clock, output_is_directory
 from stale_cli.reading import ReadingConfig
 
 log = logging.getLogger(__name__)
 
 FEATURE_SUFFIXES = (".npy",)  # inputs that are feature files: no video to play
-CURVE_LEVELS = 255  # a probability is sent as round(p * 255), one byte
 HEADER_CLASSES = 30  # class names listed in the page header; all of them have a lane
 REWRITE_SECONDS = 10.0  # a page that grows with the batch is rewritten at most this often (and at the end)
 MODE_TITLES = {
@@ -82,43 +81,9 @@ def relative_src(source: str | os.PathLike, report_dir: str | os.PathLike) -> st
     return "/".join(quote(os.fsencode(part)) for part in Path(rel).parts)
 
 
-def curve_payload(times: Optional[np.ndarray], scores: Optional[np.ndarray], num_classes: int) -> Optional[dict]:
-    """Per-class score curves for the page: ``{"t0", "step"}`` (uniform rows) or ``{"times"}`` (seconds), and
-    ``"values"``: per class, base64 of one byte per row (probability x 255)."""
-    if times is None or scores is None or len(times) == 0:
-        return None
-    times = np.asarray(times, np.float64)  # (T,) seconds
-    scores = np.asarray(scores, np.float64)  # (T, K)
-    assert scores.shape == (times.shape[0], num_classes), (scores.shape, times.shape, num_classes)
-    levels = np.clip(np.rint(np.nan_to_num(scores) * CURVE_LEVELS), 0, CURVE_LEVELS).astype(np.uint8)  # (T, K)
-    out: dict = {"values": [base64.b64encode(levels[:, k].tobytes()).decode("ascii") for k in range(num_classes)]}
-    steps = np.diff(times)
-    if len(times) >= 2 and steps[0] > 0 and np.allclose(steps, steps[0], rtol=0, atol=1e-4):
-        out.update(t0=round(float(times[0]), 6), step=float(steps[0]))
-    else:
-        out.update(times=[round(float(t), 4) for t in times])
-    return out
-
-
 def _finite(x: float, digits: int) -> float:
     """``x`` rounded, 0 for NaN or infinity (JSON has neither)."""
     return round(float(x), digits) if np.isfinite(x) else 0.0
-
-
-def curves_from_payload(payload: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`curve_payload`: ``(times (T,), scores (T, K))``, the scores at its one-byte precision.
-    Raises ValueError (or KeyError, TypeError) for a payload that is not one."""
-    levels = [np.frombuffer(base64.b64decode(v, validate=True), np.uint8) for v in payload["values"]]
-    if not levels or any(len(v) != len(levels[0]) for v in levels):
-        raise ValueError("curves of different lengths")
-    T = len(levels[0])
-    if "times" in payload:
-        times = np.asarray(payload["times"], np.float64)
-    else:
-        times = float(payload["t0"]) + float(payload["step"]) * np.arange(T)
-    if times.shape != (T,) or not np.all(np.isfinite(times)):
-        raise ValueError("times do not fit the curves")
-    return times, np.stack(levels, axis=1).astype(np.float64) / CURVE_LEVELS  # (T,), (T, K)
 
 
 def video_payload(video: VideoDetections, classes: list[str], report_dir: Path) -> dict:

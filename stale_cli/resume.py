@@ -20,10 +20,10 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from stale_cli.detections import Segment, VideoDetections, curve_payload, curves_from_payload
 from stale_cli.errors import InputError
 from stale_cli.fileio import is_stream, source_identity
 from stale_cli.locks import OutputLock
-from stale_cli.detections import Segment, VideoDetections
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,6 @@ class DetectJournal:
         except (OSError, KeyError, TypeError, ValueError):  # a record this run cannot read is detected again
             return None
         if self.curves:
-            from stale_cli.report import curves_from_payload
-
             try:
                 times, scores = curves_from_payload(rec["curves"])  # (T,), (T, K)
                 if scores.shape[1] != len(classes):
@@ -154,8 +152,6 @@ class DetectJournal:
             "run": self.run,
         }
         if self.curves and video.times is not None and video.scores is not None:
-            from stale_cli.report import curve_payload
-
             rec["curves"] = curve_payload(video.times, video.scores, video.scores.shape[1])
         line = (json.dumps(rec) + "\n").encode("utf-8")
         try:

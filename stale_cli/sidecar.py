@@ -4,6 +4,7 @@ Row k of the array is the frame shown at ``timestamps[0] + k / fps`` seconds. ``
 every field below but the last two; a hand-made sidecar needs only ``fps``. :meth:`FeatureMeta.from_json` is the
 one place a sidecar is read and checked, :meth:`FeatureMeta.to_json` the one place it is written: the keys on
 disk are the field names, keys this version does not know are kept as read (``extra``) and written back.
+:func:`write_features` and :func:`read_features` write and read the array with its sidecar.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from stale_cli.errors import DataError
+import numpy as np
+
+from stale_cli.errors import DataError, InputError
+from stale_cli.fileio import atomic_path, read_json, source_identity, write_json_atomic
 
 FEATURE_FORMAT = 1  # version of the sidecar layout
+MAX_FEATURE_BYTES = 1 << 36  # 64 GiB: a header claiming more is refused before anything is read
 # Sane bounds of what a feature file describes: beyond them a sidecar is corrupt, not a real video.
 MIN_FEATURE_FPS, MAX_FEATURE_FPS = 1e-3, 1000.0  # rows per second
 MAX_DURATION = 1e7  # seconds (about 116 days)
@@ -155,8 +160,6 @@ def source_mismatch(meta: FeatureMeta, path: str | os.PathLike) -> Optional[str]
 
     Sidecars of older versions record only the path: for them the resolved path alone decides.
     """
-    from stale_cli.fileio import source_identity
-
     try:
         now = source_identity(path)
     except OSError as e:
@@ -170,6 +173,85 @@ def source_mismatch(meta: FeatureMeta, path: str | os.PathLike) -> Optional[str]
 
 def read_sidecar(path: Path) -> FeatureMeta:
     """Read and check the sidecar at ``path``: one line naming it when it is missing, unreadable or bad."""
-    from stale_cli.fileio import read_json  # fileio imports this module
-
     return FeatureMeta.from_json(read_json(path, "sidecar"), str(path))
+
+
+def write_features(npy_path: str | os.PathLike, features: np.ndarray, meta: FeatureMeta | Mapping) -> None:
+    """Write ``<stem>.npy`` (float16, (T, D)) and then its ``<stem>.json`` sidecar (``meta``, or its JSON object).
+
+    The sidecar is written last: a video counts as done only when both exist.
+    """
+    npy_path = Path(npy_path)
+    meta = FeatureMeta.of(meta)
+    missing = meta.missing_for_writing()
+    assert not missing, f"sidecar lacks {missing}"
+    with atomic_path(npy_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(features, dtype=np.float16))
+    try:
+        write_json_atomic(npy_path.with_suffix(".json"), meta.to_json())
+    except BaseException:
+        npy_path.unlink(missing_ok=True)  # nothing partial: an array without its sidecar would fail every reader
+        raise
+
+
+def read_features(npy_path: str | os.PathLike) -> tuple[np.ndarray, FeatureMeta]:
+    """Read a feature file and its sidecar: ``(features float32 (T, D), sidecar)``."""
+    npy_path = Path(npy_path)
+    sidecar = npy_path.with_suffix(".json")
+    if not npy_path.is_file():
+        raise InputError(f"{npy_path}: no such feature file")
+    if not sidecar.is_file():
+        raise DataError(
+            f"{npy_path}: feature file has no sidecar {sidecar.name}; "
+            "features must be written by `stale extract-features` (or come with a .json giving at least fps)"
+        )
+    meta = read_sidecar(sidecar)
+    shape = _npy_shape(npy_path)
+    try:
+        feats = np.load(npy_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{npy_path}: corrupt feature file ({e})") from e
+    assert feats.shape == shape, (feats.shape, shape)
+    with np.errstate(over="ignore"):
+        feats = feats.astype(np.float32)  # float64 values beyond float32's range become inf: caught below
+    if not np.isfinite(feats).all():
+        raise DataError(f"{npy_path}: feature file contains NaN or infinite values (as float32)")
+    described = {"num_rows": (meta.num_rows, feats.shape[0]), "embed_dim": (meta.embed_dim, feats.shape[1])}
+    wrong = [f"{k} {said!r}" for k, (said, real) in described.items() if said is not None and said != real]
+    if meta.timestamps is not None and len(meta.timestamps) != feats.shape[0]:
+        wrong.append(f"{len(meta.timestamps)} timestamps")
+    if wrong:
+        raise DataError(
+            f"{sidecar}: the sidecar does not describe {npy_path.name} (array {feats.shape[0]} x {feats.shape[1]}; "
+            f"sidecar: {', '.join(wrong)}); the pair comes from different runs: extract this video again"
+        )
+    return feats, meta
+
+
+def _npy_shape(npy_path: Path) -> tuple:
+    """Shape of a ``.npy`` array from its header alone, checked against the file's size before anything is read.
+
+    A (T, D) float array with T, D >= 1 is required; a header claiming more data than the file holds (or more
+    than :data:`MAX_FEATURE_BYTES`) is refused without allocating it.
+    """
+    try:
+        with open(npy_path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            fmt = np.lib.format
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            offset = f.tell()
+        size = os.path.getsize(npy_path)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{npy_path}: corrupt feature file ({e})") from e
+    if dtype.kind != "f":
+        raise DataError(f"{npy_path}: expected floating-point features, got dtype {dtype}")
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise DataError(f"{npy_path}: expected a (T, D) array with T, D >= 1, got shape {tuple(shape)}")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > MAX_FEATURE_BYTES or claimed != size - offset:
+        raise DataError(
+            f"{npy_path}: header claims a {shape[0]} x {shape[1]} {dtype} array ({claimed:,} bytes) but the file "
+            f"holds {size - offset:,}; the file is corrupt or truncated, extract it again"
+        )
+    return tuple(shape)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from stale_cli import datasets
-from stale_cli.checkpoint import archive_problem, check_checkpoint_path, load_weights, read_checkpoint, save_checkpoint
+from stale_cli.checkpoint import check_checkpoint_path, load_weights, read_checkpoint, save_checkpoint
 from stale_cli.clip_backbone import activation_of
 from stale_cli.clip_identity import WeightsId, mismatch_hint, weights_sha256
 from stale_cli.data.annotations import Annotations
@@ -42,10 +42,11 @@ from stale_cli.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset
                                     repeat_factors, unseen_spans, video_instances)
 from stale_cli.data.windows import DataConfig
 from stale_cli.errors import CheckpointError, DataError, InputError, StaleError, first_line, out_of_memory
-from stale_cli.evaluate import evaluate_detection
+from stale_cli.metric import evaluate_detection
 from stale_cli.model.config import LossConfig, ModelConfig, TrainConfig
 from stale_cli.model.losses import STALELoss
 from stale_cli.postprocess import DetectConfig, WindowedVideo, finalize
+from stale_cli.torchfile import archive_problem
 
 log = logging.getLogger(__name__)
 

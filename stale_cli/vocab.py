@@ -8,6 +8,13 @@ from pathlib import Path
 
 from stale_cli.errors import InputError
 
+# Annotation labels that name no action: dropped from class lists and from the ground truth (THUMOS14's).
+IGNORED_LABELS = frozenset({"ambiguous"})  # compared case-insensitively
+
+# The folders of the shipped split files (stale_cli/splits), named after the datasets (stale_cli.datasets, which
+# configures them); THUMOS14's spelling of a name both hold is the one kept.
+SPLIT_FOLDERS = ("thumos14", "activitynet13")
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
@@ -65,11 +72,9 @@ def generic_action_names() -> list[str]:
     files; 7 are in both), each once: the generic competitors of a query (:func:`distractors`)."""
     from importlib import resources
 
-    from stale_cli.datasets import DATASETS
-
     names: dict[str, str] = {}
     root = resources.files("stale_cli").joinpath("splits")
-    for dataset in DATASETS:
+    for dataset in SPLIT_FOLDERS:
         for part in ("train", "test"):
             text = root.joinpath(dataset, "75_25", part, "split_0.list").read_text(encoding="utf-8")
             for line in text.splitlines():

@@ -212,7 +212,7 @@ def feature_dir(tmp_path_factory, tiny_clip_name, tiny_clip_weights):
     """A folder holding game.npy (and its sidecar): features whose answer is known (feature_files.TRUTH)."""
     from stale_cli.clip_backbone import load_clip
     from stale_cli.clipmode import class_text_features
-    from stale_cli.fileio import write_features
+    from stale_cli.sidecar import write_features
 
     from feature_files import CLASSES, constructed_features
 
@@ -237,7 +237,7 @@ def feats(tmp_path, tiny_clip_name, tiny_clip_weights):
     (feature_files.constructed_features, seeds 0, 1, 2)."""
     from stale_cli.clip_backbone import load_clip
     from stale_cli.clipmode import class_text_features
-    from stale_cli.fileio import write_features
+    from stale_cli.sidecar import write_features
 
     from feature_files import CLASSES, constructed_features
 
@@ -252,7 +252,7 @@ def feats(tmp_path, tiny_clip_name, tiny_clip_weights):
 @pytest.fixture
 def random_feats(tmp_path):
     """tmp_path/feats holding v0.npy and v1.npy (with sidecars): random features (feature_files.features)."""
-    from stale_cli.fileio import write_features
+    from stale_cli.sidecar import write_features
 
     from feature_files import features
 

@@ -12,7 +12,7 @@ import pytest
 from stale_cli.batch import BatchOutputs, DetectBatch
 from stale_cli.detect import DetectSettings
 from stale_cli.errors import InputError
-from stale_cli.fileio import write_features
+from stale_cli.sidecar import write_features
 
 from feature_files import detect_args, detect_known, features  # tests/ is on sys.path (rootdir conftest)
 

@@ -13,9 +13,9 @@ import torch
 from stale_cli.checkpoint import FORMAT, VERSION, load_checkpoint, read_checkpoint, save_checkpoint
 from stale_cli.data.windows import DataConfig
 from stale_cli.errors import CheckpointError
-from stale_cli.fileio import write_features
 from stale_cli.model.config import LossConfig, ModelConfig
 from stale_cli.model.stale import STALE
+from stale_cli.sidecar import write_features
 
 from crafted_checkpoints import CRAFTED_CHECKPOINTS, craft_checkpoint  # tests/ is on sys.path (rootdir conftest)
 from feature_files import detect_args, error_lines, features
@@ -185,7 +185,7 @@ def test_good_checkpoint_detects(run, tmp_path, good_checkpoint):
 def test_nonfinite_tensor_finds_nan_and_inf_also_in_half_precision():
     import torch
 
-    from stale_cli.checkpoint import nonfinite_tensor
+    from stale_cli.torchfile import nonfinite_tensor
 
     state = {"a": torch.ones(1000, 1000, dtype=torch.float16), "b": torch.arange(5), "c": torch.zeros(3)}
     assert nonfinite_tensor(state) is None  # a float16 sum of 10^6 ones overflows float16, not float32

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.fileio import write_features
+from stale_cli.sidecar import write_features
 
 from crafted_checkpoints import CRAFTED_CHECKPOINTS, craft_checkpoint  # tests/ is on sys.path (rootdir conftest)
 from feature_files import ESC_TITLE, deflate_bomb, features

@@ -18,7 +18,7 @@ from stale_cli.data.windows import (
     DataConfig, assign_labels, cut_windows, detection_grid, feature_timeline, plan_detection_windows, plan_windows,
 )
 from stale_cli.errors import DataError, InputError
-from stale_cli.fileio import write_features
+from stale_cli.sidecar import write_features
 from stale_cli.timeline import Timeline
 
 MINI = Path(__file__).parent / "fixtures" / "thumos14_mini.json"  # 5 THUMOS14 videos, copied from the real file

@@ -14,8 +14,7 @@ import pytest
 from stale_cli.clipmode import class_text_features, gaussian_smooth, snippet_probabilities
 from stale_cli.detect import CLIP_MODE, STALE_MODE, DetectSettings, Detector, choose_mode, resample_features
 from stale_cli.errors import CheckpointError, InputError
-from stale_cli.fileio import write_features
-from stale_cli.sidecar import FeatureMeta
+from stale_cli.sidecar import FeatureMeta, write_features
 
 from feature_files import CLASSES, DURATION, FPS, TRUTH, constructed_features  # tests/ is on sys.path
 
@@ -286,7 +285,7 @@ CLOSED = dict(distractors=False, prior_weight=0.0)
 
 
 def test_tiny_stale_recovers_training_segments(trained):
-    from stale_cli.fileio import read_features
+    from stale_cli.sidecar import read_features
 
     root, ckpt = trained
     det = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt, **CLOSED))
@@ -306,7 +305,7 @@ def test_tiny_stale_recovers_training_segments(trained):
 def test_resampled_features_still_detect(trained):
     """Features at twice the checkpoint's rate are resampled to it (and give the same kind of answer)."""
     from stale_cli.detect import resample_features
-    from stale_cli.fileio import read_features
+    from stale_cli.sidecar import read_features
 
     root, ckpt = trained
     det = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt, **CLOSED))
@@ -347,7 +346,7 @@ def test_trained_mode_hands_its_class_curves_to_the_html_report(trained, tmp_pat
     from typer.testing import CliRunner
 
     from stale_cli.cli import app
-    from stale_cli.fileio import read_features
+    from stale_cli.sidecar import read_features
 
     root, ckpt = trained
     feats, meta = read_features(root / "feats" / "v2.npy")
@@ -379,7 +378,7 @@ def test_one_name_that_never_happens_gets_no_trusted_detection(trained, monkeypa
     vault" (a distractor now), not to the only name asked. (The generic names are left out: in the tiny CLIP's
     32 dimensions 200 random name vectors crowd out the two this model memorised.)"""
     from stale_cli import vocab
-    from stale_cli.fileio import read_features
+    from stale_cli.sidecar import read_features
 
     monkeypatch.setattr(vocab, "generic_action_names", lambda: [])
     root, ckpt = trained
@@ -397,7 +396,7 @@ def test_one_name_that_never_happens_gets_no_trusted_detection(trained, monkeypa
 def test_names_the_checkpoint_never_saw_are_scored_by_frozen_clip(trained):
     """--new-names clip (default): a name outside the checkpoint's vocabulary goes through frozen CLIP's reading of
     the features, the checkpoint's own names through the model; --new-names stale sends both to the model."""
-    from stale_cli.fileio import read_features
+    from stale_cli.sidecar import read_features
 
     root, ckpt = trained
     det = Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=ckpt))

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.fileio import read_features, write_features
+from stale_cli.sidecar import read_features, write_features
 
 from feature_files import (  # tests/ is on sys.path (rootdir conftest)
     BAD_SIDECARS, DIM, ESC_TITLE, LATIN1, detect, detect_args, error_lines, features, good_features, huge_header,

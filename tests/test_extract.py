@@ -12,9 +12,9 @@ import pytest
 
 from stale_cli.errors import DecodeError
 from stale_cli.extract import extract_many, extract_video
-from stale_cli.video_ids import video_ids
-from stale_cli.fileio import read_features
+from stale_cli.sidecar import read_features
 from stale_cli.timeline import Timeline
+from stale_cli.video_ids import video_ids
 
 from feature_files import contents, detect_args  # tests/ is on sys.path (rootdir conftest)
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from stale_cli.errors import DataError, InputError
-from stale_cli.fileio import read_features, write_features, write_text_atomic
+from stale_cli.fileio import write_text_atomic
+from stale_cli.sidecar import read_features, write_features
 
 from faults import enospc, fail_once  # tests/ is on sys.path (rootdir conftest)
 from feature_files import (
@@ -43,7 +44,7 @@ def test_array_checks_huge_header_overflow_and_deep_json(tmp_path):
 
 
 def test_a_deflate_bomb_is_refused_before_it_is_expanded(run, tmp_path):
-    from stale_cli.checkpoint import archive_problem
+    from stale_cli.torchfile import archive_problem
 
     bomb = deflate_bomb(tmp_path / "bomb.pt")
     assert bomb.stat().st_size < 1 << 20 and "expands to 0.2 GiB" in archive_problem(bomb)
@@ -148,7 +149,7 @@ def test_atomic_writes_fsync_before_rename_and_clean_stale_temporaries(tmp_path,
 
 
 def test_read_features_rejects_a_sidecar_of_another_array(tmp_path):
-    from stale_cli.fileio import write_features
+    from stale_cli.sidecar import write_features
 
     meta = {"fps": 4.0, "timestamps": [k / 4 for k in range(8)], "duration": 2.0, "source": "x", "clip_model": "m",
             "clip_weights": "w", "num_frames": 8, "num_rows": 8, "embed_dim": 16}

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from stale_cli.cli import app
 from stale_cli.errors import InputError
-from stale_cli.fileio import read_features, write_text_atomic
+from stale_cli.fileio import write_text_atomic
+from stale_cli.sidecar import read_features
 
 from feature_files import (  # tests/ is on sys.path (rootdir conftest)
     contents, detect_args, detect_known, error_lines, features,

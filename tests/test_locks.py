@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.fileio import read_features
 from stale_cli.locks import OutputLock, lock_path
+from stale_cli.sidecar import read_features
 
 from faults import enospc  # tests/ is on sys.path (rootdir conftest)
 from feature_files import error_lines
@@ -99,7 +99,7 @@ def test_two_concurrent_runs_split_the_work(videos, tmp_path):
 
 
 def _two_feature_files(folder: Path, clip_name: str) -> None:
-    from stale_cli.fileio import write_features
+    from stale_cli.sidecar import write_features
 
     for i in range(2):
         write_features(folder / f"v{i}.npy", np.random.default_rng(i).normal(size=(20, 32)),

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from stale_cli.cli import app
 from stale_cli.data.splits import load_split
 from stale_cli.errors import InputError
-from stale_cli.fileio import write_features
 from stale_cli.protocol import ProtocolConfig, markdown, parse_splits, summarise
+from stale_cli.sidecar import write_features
 
 from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
 
@@ -180,7 +180,7 @@ def test_protocol_baseline_uses_the_dataset_preset(tmp_path, tiny_clip_name, tin
 
     monkeypatch.setattr(detect_module.Detector, "__init__", spy)
     from stale_cli.data.splits import load_split
-    from stale_cli.fileio import write_features
+    from stale_cli.sidecar import write_features
 
     seen_classes, unseen = load_split("activitynet13/75_25/0")
     db = {"t0": {"subset": "training", "duration": 20.0,

@@ -42,7 +42,7 @@ def test_detect_reads_by_default_and_all_keeps_the_ranked_list(feature_dir, tiny
                                                                  tiny_clip_weights, tmp_path):
     from stale_cli.clip_backbone import load_clip
     from stale_cli.detect import DetectSettings, Detector
-    from stale_cli.evaluate import evaluate_detection
+    from stale_cli.metric import evaluate_detection
 
     npy = feature_dir / "game.npy"
     classes = ["high jump", "pole vault"]

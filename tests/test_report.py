@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stale_cli.detections import Segment, VideoDetections
-from stale_cli.fileio import write_features
-from stale_cli.report import ReportWriter, curve_payload, relative_src, script_json
+from stale_cli.detections import Segment, VideoDetections, curve_payload
+from stale_cli.report import ReportWriter, relative_src, script_json
+from stale_cli.sidecar import write_features
 
 from feature_files import detect_args, features, run_detect  # tests/ is on sys.path (rootdir conftest)
 from lock_holder import hold_lock

@@ -99,7 +99,7 @@ def test_directory_output_resumes_and_rewrites_a_deleted_file(feats, tmp_path, t
 
 
 def test_detect_names_a_clash_across_runs_like_one_within_a_run(tmp_path, tiny_clip_name, tiny_clip_weights):
-    from stale_cli.fileio import write_features
+    from stale_cli.sidecar import write_features
 
     meta = {"fps": 4.0, "timestamps": [k / 4 for k in range(20)], "duration": 5.0, "source": "x",
             "clip_model": tiny_clip_name, "clip_weights": "random", "num_frames": 20}

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from stale_cli.errors import DataError
-from stale_cli.fileio import read_features, write_features
-from stale_cli.sidecar import FeatureMeta, source_mismatch
+from stale_cli.sidecar import FeatureMeta, read_features, source_mismatch, write_features
 
 from feature_files import (  # tests/ is on sys.path (rootdir conftest)
     BAD_SIDECARS, detect_args, error_lines, features, good_features, sidecar, write_pair,

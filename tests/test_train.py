@@ -22,7 +22,7 @@ from stale_cli.data.dataset import load_video_set
 from stale_cli.data.windows import DataConfig
 from stale_cli.model.config import ModelConfig
 from stale_cli.model.losses import STALELoss
-from stale_cli.fileio import write_features
+from stale_cli.sidecar import write_features
 from stale_cli.train import (
     TrainConfig, _covered, lr_factor, param_groups, predict, split_videos, train, validate,
 )

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from stale_cli.errors import DataError
 from stale_cli.fileio import read_json
-
-IGNORED_LABELS = frozenset({"ambiguous"})  # compared case-insensitively
+from stale_cli.vocab import IGNORED_LABELS
 
 
 @dataclass(frozen=True)

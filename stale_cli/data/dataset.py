@@ -21,8 +21,7 @@ from stale_cli.data.annotations import VideoAnnotation
 from stale_cli.data.windows import (DataConfig, Window, assign_labels, center_video, plan_windows, shifted,
                                     window_features)
 from stale_cli.errors import DataError, InputError
-from stale_cli.fileio import read_features
-from stale_cli.sidecar import FeatureMeta
+from stale_cli.sidecar import FeatureMeta, read_features
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from stale_cli.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FEATURE_FPS
 from stale_cli.errors import StaleError
 from stale_cli.extract.steps import VideoResult
 from stale_cli.extract.threads import iter_features
-from stale_cli.fileio import check_writable, read_json_or_none, write_features
+from stale_cli.fileio import check_writable, read_json_or_none
 from stale_cli.locks import OutputLock
-from stale_cli.sidecar import FeatureMeta, source_mismatch
+from stale_cli.sidecar import FeatureMeta, source_mismatch, write_features
 from stale_cli.video import num_samples, probe_header
 from stale_cli.video_ids import hashed_id, input_id, video_ids
 
