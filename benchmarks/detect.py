@@ -72,9 +72,9 @@ def random_checkpoint(clip_model: str, fps: float) -> Path:
     import open_clip
     import torch
 
-    from stale_cli.checkpoint import save_checkpoint
-    from stale_cli.datasets import THUMOS14
+    from stale_cli.model.checkpoint import save_checkpoint
     from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.datasets import THUMOS14
     from stale_cli.model.stale import STALE
 
     path = CACHE / f"random_{clip_model}_{fps:g}.pt"
@@ -105,11 +105,11 @@ def run_once(video: Path, args) -> dict:
     """One detection run in this process, with per-stage times."""
     import torch
 
-    import stale_cli.detect as detect_mod
-    import stale_cli.postprocess as post
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.detect import DetectSettings, Detector
-    from stale_cli.video import FrameSampler
+    import stale_cli.detection.detect as detect_mod
+    import stale_cli.model.postprocess as post
+    from stale_cli.detection.detect import DetectSettings, Detector
+    from stale_cli.features.clip_backbone import load_clip
+    from stale_cli.features.video import FrameSampler
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     classes = ["walking", "running", "riding a bike", "talking on a phone", "carrying a bag"]

@@ -5,8 +5,8 @@
 
 *before*: the file rewritten (atomically) with every video finished so far after each video, as ``stale detect``
 did up to 3ba9b43: work and bytes grow with the square of the batch. *after*: per video, the journal
-checked for it, its lock taken and one journal line appended and fsync'ed (:mod:`stale_cli.resume`), and one write
-of the file at the end. Synthetic detections (no
+checked for it, its lock taken and one journal line appended and fsync'ed (:mod:`stale_cli.detection.resume`), and one
+write of the file at the end. Synthetic detections (no
 model runs); both ways in one process, so the ratio is meaningful on a noisy machine. Prints CPU seconds, wall
 seconds and bytes written for each.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from stale_cli.detection.detections import Segment, VideoDetections  # noqa: E402
+from stale_cli.detection.outputs import ResultWriter, render  # noqa: E402
+from stale_cli.detection.resume import DetectJournal  # noqa: E402
 from stale_cli.fileio import write_text_atomic  # noqa: E402
-from stale_cli.detections import Segment, VideoDetections  # noqa: E402
-from stale_cli.outputs import ResultWriter, render  # noqa: E402
-from stale_cli.resume import DetectJournal  # noqa: E402
 
 META = {"mode": "clip", "classes": [f"class {k}" for k in range(20)]}
 

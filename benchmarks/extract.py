@@ -87,8 +87,8 @@ def loop_video(src: Path, dst: Path, seconds: float) -> Path:
 
 def rss_child(video: str, fps: float, batch_size: int) -> None:
     """Subprocess body: extract one video with ViT-B-16 (random), print peak RSS and what was done as JSON."""
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.extract import extract_many
+    from stale_cli.features.clip_backbone import load_clip
+    from stale_cli.features.extract import extract_many
 
     clip = load_clip("ViT-B-16", None)
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -129,8 +129,8 @@ def workers_child(folder: Path, count: int, workers: int) -> None:
     """Subprocess body of section 5: extract `count` videos of `folder` with `workers` decoding processes."""
     import threading
 
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.extract import extract_many
+    from stale_cli.features.clip_backbone import load_clip
+    from stale_cli.features.extract import extract_many
 
     clip = load_clip("ViT-B-16", None, precision="auto")
     peak, stop = [0.0], threading.Event()
@@ -156,8 +156,8 @@ def compare_precisions(video: Path, device, fps: float, bs: int, precisions: lis
     import numpy as np
     import torch
 
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.extract import extract_many
+    from stale_cli.features.clip_backbone import load_clip
+    from stale_cli.features.extract import extract_many
 
     torch.manual_seed(0)
     clips = {p: load_clip("ViT-B-16", None, device, precision=p) for p in precisions}
@@ -216,9 +216,9 @@ def main() -> None:
     import torch
 
     from stale_cli import __version__
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.extract import DEFAULT_FEATURE_FPS, extract_many
-    from stale_cli.video import FrameSampler
+    from stale_cli.features.clip_backbone import load_clip
+    from stale_cli.features.extract import DEFAULT_FEATURE_FPS, extract_many
+    from stale_cli.features.video import FrameSampler
 
     t_start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

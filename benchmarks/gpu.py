@@ -90,7 +90,7 @@ def bare_encoder(clip, frames: int, batch_size: int, device) -> dict:
 
 
 def end_to_end(clip, videos: list, fps: float, batch_size: int, workers: int) -> dict:
-    from stale_cli.extract import extract_many
+    from stale_cli.features.extract import extract_many
 
     with tempfile.TemporaryDirectory() as d:
         s = extract_many(videos, d, clip, fps=fps, batch_size=batch_size, progress=False, workers=workers)
@@ -125,8 +125,8 @@ def main() -> None:
     import torch
 
     from stale_cli import __version__
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.extract import default_workers
+    from stale_cli.features.clip_backbone import load_clip
+    from stale_cli.features.extract import default_workers
 
     t_start = time.perf_counter()
     device = torch.device(args.device)

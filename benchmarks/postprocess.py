@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stale_cli.postprocess import DetectConfig, finalize, segments_from_window  # noqa: E402
+from stale_cli.model.postprocess import DetectConfig, finalize, segments_from_window  # noqa: E402
 from stale_cli.timeline import Timeline  # noqa: E402
 
 

@@ -56,12 +56,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stale_cli.data.annotations import load_annotations  # noqa: E402
-from stale_cli.data.windows import assign_labels, center_video, cut_windows, feature_timeline  # noqa: E402
-from stale_cli.datasets import THUMOS14  # noqa: E402
 from stale_cli.fileio import write_json_atomic  # noqa: E402
 from stale_cli.metric import evaluate_detection  # noqa: E402
-from stale_cli.postprocess import DetectConfig, WindowedVideo, finalize, segment_tiou, segments_from_curve  # noqa: E402
+from stale_cli.model.data.annotations import load_annotations  # noqa: E402
+from stale_cli.model.data.windows import assign_labels, center_video, cut_windows, feature_timeline  # noqa: E402
+from stale_cli.model.datasets import THUMOS14  # noqa: E402
+from stale_cli.model.postprocess import (DetectConfig, WindowedVideo, finalize, segment_tiou,  # noqa: E402
+                                         segments_from_curve)
 from stale_cli.sidecar import read_features, write_features  # noqa: E402
 
 ANNOTATIONS = ROOT / "benchmarks" / "data" / "thumos14_annotations.json"
@@ -274,7 +275,7 @@ def model_analysis(ckpt: Path, feats_dir: Path, ann_path: Path, gt_classes: list
     """Class-curve-mask mAP and mask quality of a checkpoint on the held-out features."""
     import torch
 
-    from stale_cli.checkpoint import load_checkpoint
+    from stale_cli.model.checkpoint import load_checkpoint
 
     model, info = load_checkpoint(ckpt, device=device)
     model.eval()

@@ -1,5 +1,5 @@
 """What a person reads: how much of the truth survives `stale detect`'s reduction of the ranked list, and how many
-rows it leaves, over a grid of score floors (stale_cli.reading).
+rows it leaves, over a grid of score floors (stale_cli.detection.reading).
 
     python benchmarks/reading.py PREDICTIONS.json --annotations ANN.json [--subset test] [--classes-file F]
 
@@ -27,12 +27,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stale_cli.data.annotations import load_annotations  # noqa: E402
-from stale_cli.detections import Segment  # noqa: E402
-from stale_cli.evaluate import read_predictions  # noqa: E402
+from stale_cli.detection.detections import Segment  # noqa: E402
+from stale_cli.detection.reading import ReadingConfig, for_reading  # noqa: E402
+from stale_cli.evaluation.evaluate import read_predictions  # noqa: E402
 from stale_cli.metric import evaluate_detection  # noqa: E402
-from stale_cli.postprocess import segment_tiou  # noqa: E402
-from stale_cli.reading import ReadingConfig, for_reading  # noqa: E402
+from stale_cli.model.data.annotations import load_annotations  # noqa: E402
+from stale_cli.model.postprocess import segment_tiou  # noqa: E402
 from stale_cli.vocab import read_classes_file  # noqa: E402
 
 TIOUS = [0.3, 0.4, 0.5, 0.6, 0.7]

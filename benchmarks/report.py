@@ -4,8 +4,8 @@
     python benchmarks/report.py --screenshot docs/report.png   # the docs' screenshots (a real report, see below)
     python benchmarks/report.py --compare-js old.js            # A/B: the long report with another report.js
 
-Responsiveness: two reports are written with ``stale_cli.report.ReportWriter`` from synthetic detections, each with a
-real VP8 WebM of its length (a 10 s clip made with PyAV, its packets looped): a **2-hour** video with 20 classes,
+Responsiveness: two reports are written with ``stale_cli.report.report.ReportWriter`` from synthetic detections, each
+with a real VP8 WebM of its length (a 10 s clip made with PyAV, its packets looped): a **2-hour** video with 20 classes,
 score curves at 4 fps (28,800 rows per class) and **5,000 segments**, and a 1-minute one with 20 segments as the
 baseline. Each is opened in headless Chromium (``tests/chromium.py``: the DevTools protocol over a pipe, 1280x900)
 and measured in the page with the Performance API:
@@ -74,8 +74,8 @@ def synthetic_report(path: Path, seconds: float, num_segments: int, num_classes:
     """A report of ``seconds`` of video with smooth random score curves and random segments."""
     import numpy as np
 
-    from stale_cli.detections import Segment, VideoDetections
-    from stale_cli.report import ReportWriter
+    from stale_cli.detection.detections import Segment, VideoDetections
+    from stale_cli.report.report import ReportWriter
 
     rng = np.random.default_rng(0)
     classes = [f"action {k}" for k in range(num_classes)]
@@ -252,7 +252,7 @@ def compare_js(work: Path, other_js: Path, seconds: float, num_segments: int) ->
     """The same long report with the current and with another report.js, measured alternately, twice."""
     import html
 
-    from stale_cli.report import _asset, content_policy
+    from stale_cli.report.report import _asset, content_policy
 
     current = synthetic_report(work / "current.html", seconds, num_segments)
     doc, js, other_code = current.read_text(), _asset("report.js"), other_js.read_text()

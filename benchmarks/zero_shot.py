@@ -55,11 +55,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from quality import TIOUS, Generator, run_cli, select_videos, write_feature_files  # noqa: E402
 
-from stale_cli.data.annotations import load_annotations  # noqa: E402
-from stale_cli.data.splits import load_split  # noqa: E402
 from stale_cli.fileio import write_json_atomic  # noqa: E402
 from stale_cli.metric import evaluate_detection  # noqa: E402
-from stale_cli.postprocess import DetectConfig, finalize, segments_from_curve  # noqa: E402
+from stale_cli.model.data.annotations import load_annotations  # noqa: E402
+from stale_cli.model.data.splits import load_split  # noqa: E402
+from stale_cli.model.postprocess import DetectConfig, finalize, segments_from_curve  # noqa: E402
 from stale_cli.vocab import class_to_text  # noqa: E402
 
 CAPTIONS = ("footage of {}.", "an athlete performing {}.", "a recording that shows {}.", "{} in progress.")
@@ -186,7 +186,7 @@ def curve_predictions(feats_dir: Path, classes: list[str], probs_of, **curve_kw)
     """Detections of every feature file of ``feats_dir`` from its whole-video curves ``probs_of(x, meta) ->
     (T, K+1)`` (column k: ``classes[k]``, the last: the rest), through the product's whole-video post-processing
     (``curve_kw``: more arguments of ``segments_from_curve``)."""
-    from stale_cli.data.windows import feature_timeline
+    from stale_cli.model.data.windows import feature_timeline
     from stale_cli.sidecar import read_features
 
     cfg = DetectConfig()
@@ -212,7 +212,7 @@ def oracle_predictions(feats_dir: Path, directions: np.ndarray, mean: np.ndarray
 
 
 def detector_predictions(detector, feats_dir: Path) -> dict:
-    from stale_cli.detect import detect_batch
+    from stale_cli.detection.detect import detect_batch
 
     videos = []
     detect_batch(detector, sorted(feats_dir.glob("*.npy")), videos.append)
@@ -247,11 +247,11 @@ def shuffled(gt: dict, unseen: list[str]) -> dict:
 
 def analyse_split(k: int, world: dict, work: Path, args, clip) -> dict:
     """The in-process figures of one split: oracles, single names, negatives, closed set, shuffled names."""
-    from stale_cli.detect import DetectSettings, Detector
+    from stale_cli.detection.detect import DetectSettings, Detector
 
     seen, unseen = load_split(f"thumos14/75_25/{k}")
     labels = world["classes"]
-    from stale_cli.data.splits import match_classes
+    from stale_cli.model.data.splits import match_classes
 
     seen, unseen = match_classes(seen, labels, "split"), match_classes(unseen, labels, "split")
     feats = Path(world["features"]) / "test"
@@ -351,7 +351,7 @@ def main() -> None:
                 "--annotations", world["annotations"], "--work-dir", str(work), "--splits", args.splits,
                 "--clip-model", args.clip_model, "--clip-weights", world["weights"], "--device", args.device,
                 "--no-progress", *(["--no-train"] if args.no_train else []), *args.train_args.split(), log=log)
-    from stale_cli.clip_backbone import load_clip
+    from stale_cli.features.clip_backbone import load_clip
 
     clip = load_clip(args.clip_model, world["weights"], device="cpu")
     per_split = {}

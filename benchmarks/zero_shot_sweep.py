@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zero_shot import avg_map, detector_predictions, ground_truth, single_name_figures  # noqa: E402
 
-from stale_cli.clip_backbone import load_clip  # noqa: E402
-from stale_cli.clipmode import ClipModeConfig  # noqa: E402
-from stale_cli.data.splits import load_split, match_classes  # noqa: E402
-from stale_cli.detect import DetectSettings, Detector  # noqa: E402
-from stale_cli.postprocess import DetectConfig  # noqa: E402,F401 (for --checkpoint settings)
+from stale_cli.detection.clipmode import ClipModeConfig  # noqa: E402
+from stale_cli.detection.detect import DetectSettings, Detector  # noqa: E402
+from stale_cli.features.clip_backbone import load_clip  # noqa: E402
+from stale_cli.model.data.splits import load_split, match_classes  # noqa: E402
+from stale_cli.model.postprocess import DetectConfig  # noqa: E402,F401 (for --checkpoint settings)
 
 
 def main() -> None:

@@ -41,16 +41,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from zero_shot import avg_map, curve_predictions, ground_truth  # noqa: E402
 
-from stale_cli.clip_backbone import load_clip  # noqa: E402
-from stale_cli.clipmode import (  # noqa: E402
+from stale_cli.detection.clipmode import (  # noqa: E402
     ClipModeConfig,
     class_text_features,
     normalize_rows,
     snippet_directions,
     snippet_probabilities,
 )
-from stale_cli.data.splits import load_split, match_classes  # noqa: E402
-from stale_cli.data.windows import feature_timeline  # noqa: E402
+from stale_cli.features.clip_backbone import load_clip  # noqa: E402
+from stale_cli.model.data.splits import load_split, match_classes  # noqa: E402
+from stale_cli.model.data.windows import feature_timeline  # noqa: E402
 from stale_cli.sidecar import read_features  # noqa: E402
 from stale_cli.vocab import distractors  # noqa: E402
 

@@ -9,8 +9,9 @@ also writes (``-o out.json --html out.json``), or that holds features (an existi
 
 Paths are compared resolved (``./x``, ``a/../x`` and symbolic links are the same file) and, where both exist, by
 device and inode (a hard link is the same file too). Feature files themselves are written only by
-``extract-features`` and ``--cache-features``, which follow their own rule (:func:`stale_cli.extract.plan_features`):
-never replace another video's features or features made with other settings.
+``extract-features`` and ``--cache-features``, which follow their own rule
+(:func:`stale_cli.features.extract.plan_features`): never replace another video's features or features made with other
+settings.
 
 What happens at the path itself when it is written (symbolic links followed, FIFOs and devices written into, never
 replaced) is :func:`stale_cli.fileio.atomic_path`'s part.

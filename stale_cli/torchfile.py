@@ -1,6 +1,6 @@
 """Checks on a torch file that hold for any of them: an archive refused before ``torch.load`` reads it, a tensor
-that is not finite after. Used by checkpoints (:mod:`stale_cli.checkpoint`) and CLIP weights files
-(:mod:`stale_cli.clip_backbone`) alike."""
+that is not finite after. Used by checkpoints (:mod:`stale_cli.model.checkpoint`) and CLIP weights files
+(:mod:`stale_cli.features.clip_backbone`) alike."""
 
 from __future__ import annotations
 

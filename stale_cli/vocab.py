@@ -11,7 +11,7 @@ from stale_cli.errors import InputError
 # Annotation labels that name no action: dropped from class lists and from the ground truth (THUMOS14's).
 IGNORED_LABELS = frozenset({"ambiguous"})  # compared case-insensitively
 
-# The folders of the shipped split files (stale_cli/splits), named after the datasets (stale_cli.datasets, which
+# The folders of the shipped split files (stale_cli/splits), named after the datasets (stale_cli.model.datasets, which
 # configures them); THUMOS14's spelling of a name both hold is the one kept.
 SPLIT_FOLDERS = ("thumos14", "activitynet13")
 

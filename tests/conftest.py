@@ -210,8 +210,8 @@ def run(tiny_clip_name, tiny_clip_weights):
 @pytest.fixture(scope="module")
 def feature_dir(tmp_path_factory, tiny_clip_name, tiny_clip_weights):
     """A folder holding game.npy (and its sidecar): features whose answer is known (feature_files.TRUTH)."""
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.clipmode import class_text_features
+    from stale_cli.detection.clipmode import class_text_features
+    from stale_cli.features.clip_backbone import load_clip
     from stale_cli.sidecar import write_features
 
     from feature_files import CLASSES, constructed_features
@@ -235,8 +235,8 @@ def good_checkpoint(tmp_path_factory, tiny_clip, tiny_clip_name):
 def feats(tmp_path, tiny_clip_name, tiny_clip_weights):
     """tmp_path/feats holding v0.npy, v1.npy and v2.npy (with sidecars): features whose answer is known
     (feature_files.constructed_features, seeds 0, 1, 2)."""
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.clipmode import class_text_features
+    from stale_cli.detection.clipmode import class_text_features
+    from stale_cli.features.clip_backbone import load_clip
     from stale_cli.sidecar import write_features
 
     from feature_files import CLASSES, constructed_features

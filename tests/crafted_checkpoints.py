@@ -12,9 +12,9 @@ def make_checkpoint(path: Path, tiny_clip, tiny_clip_name) -> Path:
     """A small, valid checkpoint over the tiny CLIP (32-dimensional features, classes HighJump and Diving)."""
     import torch
 
-    from stale_cli.checkpoint import save_checkpoint
-    from stale_cli.data.windows import DataConfig
+    from stale_cli.model.checkpoint import save_checkpoint
     from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.data.windows import DataConfig
     from stale_cli.model.stale import STALE
 
     torch.manual_seed(0)

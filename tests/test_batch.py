@@ -1,4 +1,4 @@
-"""The detect batch runner (stale_cli/batch.py): outputs refused before any model loads (as a library and from
+"""The detect batch runner (stale_cli/cli/batch.py): outputs refused before any model loads (as a library and from
 ``stale detect``), each video written as it finishes, a failed input reported while the batch goes on, a rerun
 resumed, renamed video ids announced."""
 
@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from stale_cli.batch import BatchOutputs, DetectBatch
-from stale_cli.detect import DetectSettings
+from stale_cli.cli.batch import BatchOutputs, DetectBatch
+from stale_cli.detection.detect import DetectSettings
 from stale_cli.errors import InputError
 from stale_cli.sidecar import write_features
 
@@ -67,7 +67,7 @@ def test_renamed_ids_are_announced(run, tmp_path):
 
 
 def test_detect_checks_the_output_before_any_work(feats, tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
-    import stale_cli.detect as detect_module
+    import stale_cli.detection.detect as detect_module
 
     def never(*a, **k):
         raise AssertionError("the model was loaded before the output was checked")

@@ -1,6 +1,6 @@
-"""Checkpoints (stale_cli/checkpoint.py): round trip without CLIP weights, weights_only loading, bad files, crafted
-files (each one error line), non-finite weights, older checkpoints' fields, and no "initialized randomly" warning for a
-model whose weights are loaded next."""
+"""Checkpoints (stale_cli/model/checkpoint.py): round trip without CLIP weights, weights_only loading, bad files,
+crafted files (each one error line), non-finite weights, older checkpoints' fields, and no "initialized randomly"
+warning for a model whose weights are loaded next."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from stale_cli.checkpoint import FORMAT, VERSION, load_checkpoint, read_checkpoint, save_checkpoint
-from stale_cli.data.windows import DataConfig
 from stale_cli.errors import CheckpointError
+from stale_cli.model.checkpoint import FORMAT, VERSION, load_checkpoint, read_checkpoint, save_checkpoint
 from stale_cli.model.config import LossConfig, ModelConfig
+from stale_cli.model.data.windows import DataConfig
 from stale_cli.model.stale import STALE
 from stale_cli.sidecar import write_features
 
@@ -103,10 +103,10 @@ def _tiny_model(tiny_clip, tiny_clip_name, num_snippets=16):
 
 
 def test_activitynet_checkpoint_detects_with_its_preset(tmp_path, tiny_clip, tiny_clip_name):
-    from stale_cli.checkpoint import read_checkpoint, save_checkpoint
-    from stale_cli.data.windows import DataConfig
-    from stale_cli.detect import DetectSettings, Detector
+    from stale_cli.detection.detect import DetectSettings, Detector
+    from stale_cli.model.checkpoint import read_checkpoint, save_checkpoint
     from stale_cli.model.config import LossConfig
+    from stale_cli.model.data.windows import DataConfig
 
     model, cfg = _tiny_model(tiny_clip, tiny_clip_name)
     paths = {}
@@ -148,11 +148,11 @@ def test_activitynet_checkpoint_detects_with_its_preset(tmp_path, tiny_clip, tin
 
 @pytest.mark.parametrize("fps", [float("inf"), float("nan"), 1e300])
 def test_checkpoint_with_an_unusable_feature_rate_is_refused(tmp_path, tiny_clip, tiny_clip_name, fps):
-    from stale_cli.checkpoint import save_checkpoint
-    from stale_cli.data.windows import DataConfig
-    from stale_cli.detect import DetectSettings, Detector
+    from stale_cli.detection.detect import DetectSettings, Detector
     from stale_cli.errors import CheckpointError
+    from stale_cli.model.checkpoint import save_checkpoint
     from stale_cli.model.config import LossConfig
+    from stale_cli.model.data.windows import DataConfig
 
     model, cfg = _tiny_model(tiny_clip, tiny_clip_name)
     save_checkpoint(tmp_path / "m.pt", model, cfg, LossConfig(), DataConfig(num_snippets=16), ["A"], feature_fps=fps,
@@ -198,9 +198,9 @@ def test_nonfinite_tensor_finds_nan_and_inf_also_in_half_precision():
 def test_checkpoints_without_a_prompt_init_keep_their_random_context(tmp_path, tiny_clip, tiny_clip_name):
     import torch
 
-    from stale_cli.checkpoint import load_checkpoint, save_checkpoint
-    from stale_cli.data.windows import DataConfig
+    from stale_cli.model.checkpoint import load_checkpoint, save_checkpoint
     from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.data.windows import DataConfig
     from stale_cli.model.stale import STALE
 
     cfg = ModelConfig(feature_dim=32, embed_dim=32, num_snippets=16, clip_model=tiny_clip_name, encoder_layers=1,
@@ -220,8 +220,8 @@ def test_no_random_init_warning_where_weights_are_loaded_after(caplog, tiny_clip
     the QuickGELU hint for a local file is debug-level unless the file looks like OpenAI's."""
     import logging
 
-    from stale_cli.checkpoint import build_model
-    from stale_cli.clip_backbone import looks_like_openai_weights
+    from stale_cli.features.clip_backbone import looks_like_openai_weights
+    from stale_cli.model.checkpoint import build_model
     from stale_cli.model.config import ModelConfig
 
     with caplog.at_level(logging.INFO):

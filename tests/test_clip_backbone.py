@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from stale_cli.clip_backbone import load_clip, resize_and_crop
 from stale_cli.errors import WeightsError
+from stale_cli.features.clip_backbone import load_clip, resize_and_crop
 
 
 def natural_frame(h, w, seed):
@@ -34,7 +34,7 @@ def test_preprocessing_matches_open_clip_transform_at_224(hw):
     import open_clip
     from PIL import Image
 
-    from stale_cli.clip_backbone import ClipBackbone
+    from stale_cli.features.clip_backbone import ClipBackbone
 
     mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
     reference = open_clip.image_transform(224, is_train=False, mean=mean, std=std)

@@ -96,11 +96,11 @@ def test_old_sidecars_without_identity_warn_once_and_go_on(extracted, tiny_clip_
 
 def test_stale_mode_compares_with_the_checkpoints_weights(tiny_clip, tiny_clip_name, tiny_clip_weights,
                                                           other_weights, tmp_path):
-    from stale_cli.checkpoint import read_checkpoint, save_checkpoint
-    from stale_cli.data.windows import DataConfig
-    from stale_cli.detect import DetectSettings, Detector
+    from stale_cli.detection.detect import DetectSettings, Detector
     from stale_cli.errors import InputError
+    from stale_cli.model.checkpoint import read_checkpoint, save_checkpoint
     from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.data.windows import DataConfig
     from stale_cli.model.stale import STALE
     from stale_cli.sidecar import FeatureMeta
 

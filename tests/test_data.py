@@ -1,5 +1,5 @@
-"""The data package (stale_cli/data/): annotations, zero-shot splits, windows for training and for detection, label
-assignment, the window dataset and the index of feature files it reads."""
+"""The data package (stale_cli/model/data/): annotations, zero-shot splits, windows for training and for detection,
+label assignment, the window dataset and the index of feature files it reads."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from stale_cli.data.annotations import load_annotations, parse_annotations
-from stale_cli.data.dataset import WindowDataset, collate_windows, load_video_set, video_instances
-from stale_cli.data.splits import class_key, list_splits, load_split, match_classes
-from stale_cli.data.windows import (
+from stale_cli.errors import DataError, InputError
+from stale_cli.model.data.annotations import load_annotations, parse_annotations
+from stale_cli.model.data.dataset import WindowDataset, collate_windows, load_video_set, video_instances
+from stale_cli.model.data.splits import class_key, list_splits, load_split, match_classes
+from stale_cli.model.data.windows import (
     DataConfig, assign_labels, cut_windows, detection_grid, feature_timeline, plan_detection_windows, plan_windows,
 )
-from stale_cli.errors import DataError, InputError
 from stale_cli.sidecar import write_features
 from stale_cli.timeline import Timeline
 
@@ -322,7 +322,7 @@ def test_resize_mode_keeps_only_the_resized_input_and_the_same_items(tmp_path):
 
 
 def test_repeat_factors_by_hand():
-    from stale_cli.data.dataset import repeat_factors
+    from stale_cli.model.data.dataset import repeat_factors
 
     # K = 2, 6 windows: class 0 in 4 of them (f = 2/3), class 1 in 1 (f = 1/6), one window empty; t = 1/K = 0.5
     windows = [frozenset({0})] * 4 + [frozenset({1}), frozenset()]
@@ -334,7 +334,7 @@ def test_repeat_factors_by_hand():
 
 
 def test_repeat_factor_sampler_draws_rare_windows_more_often_and_splits_ranks():
-    from stale_cli.data.dataset import RepeatFactorSampler
+    from stale_cli.model.data.dataset import RepeatFactorSampler
 
     r = np.array([1, 1, 1, 1, np.sqrt(3), 1])
     s = RepeatFactorSampler(r, seed=3)
@@ -359,7 +359,7 @@ def test_repeat_factor_sampler_draws_rare_windows_more_often_and_splits_ranks():
 
 
 def test_feature_rows_are_centred_on_their_timestamps():
-    from stale_cli.data.windows import feature_timeline, plan_windows, DataConfig
+    from stale_cli.model.data.windows import feature_timeline, plan_windows, DataConfig
 
     meta = {"fps": 4.0, "timestamps": [1.0 + k / 4 for k in range(40)]}
     src = feature_timeline(meta, 40)
@@ -388,7 +388,7 @@ def test_training_windows_holding_only_unseen_actions_are_dropped(tmp_path):
 
 
 def test_training_feature_index_follows_links(tmp_path, caplog):
-    from stale_cli.data.dataset import index_features
+    from stale_cli.model.data.dataset import index_features
 
     feats, shared = tmp_path / "feats", tmp_path / "shared"
     feats.mkdir()
@@ -408,9 +408,9 @@ def test_training_feature_index_follows_links(tmp_path, caplog):
 
 
 def test_strict_training_calls_unseen_instances_background():
-    from stale_cli.data.annotations import parse_annotations
-    from stale_cli.data.dataset import VideoSet, WindowDataset
-    from stale_cli.data.windows import DataConfig
+    from stale_cli.model.data.annotations import parse_annotations
+    from stale_cli.model.data.dataset import VideoSet, WindowDataset
+    from stale_cli.model.data.windows import DataConfig
 
     fps, rows = 2.0, 40
     ann = parse_annotations({"database": {"v": {"subset": "train", "duration": rows / fps, "annotations": [
@@ -426,7 +426,7 @@ def test_strict_training_calls_unseen_instances_background():
 
 
 def test_center_video_by_hand():
-    from stale_cli.data.windows import center_video
+    from stale_cli.model.data.windows import center_video
 
     x = np.array([[2.0, 0.0], [0.0, 2.0]], np.float32)
     # normalised rows (1, 0), (0, 1); their mean (0.5, 0.5) removed; renormalised

@@ -1,4 +1,4 @@
-"""The dataset records (stale_cli.datasets): one name per dataset, its old spelling accepted, and every user of a
+"""The dataset records (stale_cli.model.datasets): one name per dataset, its old spelling accepted, and every user of a
 dataset's facts reading them from its record."""
 
 from __future__ import annotations
@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from stale_cli import datasets
 from stale_cli.cli import app
-from stale_cli.data.annotations import Annotations, VideoAnnotation
-from stale_cli.data.splits import list_splits, load_split
-from stale_cli.data.windows import DataConfig
 from stale_cli.errors import InputError
-from stale_cli.evaluate import default_subset, default_tious
-from stale_cli.protocol import ProtocolConfig
-from stale_cli.train import default_training_subset
+from stale_cli.evaluation.evaluate import default_subset, default_tious
+from stale_cli.evaluation.protocol import ProtocolConfig
+from stale_cli.model import datasets
+from stale_cli.model.data.annotations import Annotations, VideoAnnotation
+from stale_cli.model.data.splits import list_splits, load_split
+from stale_cli.model.data.windows import DataConfig
+from stale_cli.model.train import default_training_subset
 
 
 def test_one_record_per_name_and_the_old_spelling():

@@ -1,7 +1,7 @@
-"""Detection (stale_cli/detect.py) on synthetic features whose answer is known: the training-free mode, and a tiny
-STALE trained (with stale_cli.train) that finds its training segments through the detection library and through
-``stale detect --checkpoint``; checkpoints that do not fit are refused clearly; the mode chosen from a weights folder
-(only STALE checkpoints count); a batch goes on past an input that needs more memory than there is."""
+"""Detection (stale_cli/detection/detect.py) on synthetic features whose answer is known: the training-free mode, and a
+tiny STALE trained (with stale_cli.model.train) that finds its training segments through the detection library and
+through ``stale detect --checkpoint``; checkpoints that do not fit are refused clearly; the mode chosen from a weights
+folder (only STALE checkpoints count); a batch goes on past an input that needs more memory than there is."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import logging
 import numpy as np
 import pytest
 
-from stale_cli.clipmode import class_text_features, gaussian_smooth, snippet_probabilities
-from stale_cli.detect import CLIP_MODE, STALE_MODE, DetectSettings, Detector, choose_mode, resample_features
+from stale_cli.detection.clipmode import class_text_features, gaussian_smooth, snippet_probabilities
+from stale_cli.detection.detect import CLIP_MODE, STALE_MODE, DetectSettings, Detector, choose_mode, resample_features
 from stale_cli.errors import CheckpointError, InputError
 from stale_cli.sidecar import FeatureMeta, write_features
 
@@ -21,7 +21,7 @@ from feature_files import CLASSES, DURATION, FPS, TRUTH, constructed_features  #
 
 @pytest.fixture(scope="module")
 def clip(tiny_clip_name, tiny_clip_weights):
-    from stale_cli.clip_backbone import load_clip
+    from stale_cli.features.clip_backbone import load_clip
 
     return load_clip(tiny_clip_name, str(tiny_clip_weights))
 
@@ -146,8 +146,8 @@ def test_clip_mode_one_wrong_name_and_absent_action_score_low(clip, tiny_clip_na
 
 def test_training_free_segments_are_centred_on_the_action_frames(tiny_clip_name, tiny_clip_weights):
     """Frames 20-39 of 80 (at 4 fps: 5.0 .. 9.75 s) show the action: the segment is centred on them, not late."""
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.detect import DetectSettings, Detector
+    from stale_cli.detection.detect import DetectSettings, Detector
+    from stale_cli.features.clip_backbone import load_clip
 
     fps, rows = 4.0, 80
     clip = load_clip(tiny_clip_name, str(tiny_clip_weights))
@@ -167,10 +167,10 @@ def test_training_free_segments_are_centred_on_the_action_frames(tiny_clip_name,
 
 
 def test_memory_error_on_one_input_of_a_batch_is_one_failure(tmp_path):
-    from stale_cli.detect import detect_batch
-    from stale_cli.detections import VideoDetections
+    from stale_cli.detection.detect import detect_batch
+    from stale_cli.detection.detections import VideoDetections
 
-    class Detector:  # stands in for stale_cli.detect.Detector: two inputs need more memory than there is
+    class Detector:  # stands in for stale_cli.detection.detect.Detector: two inputs need more memory than there is
         def detect(self, path, video_id, progress=None):
             if path.name == "big.npy":
                 raise MemoryError("Unable to allocate 7.63 GiB for an array with shape (4000000, 512)")
@@ -194,7 +194,7 @@ def test_memory_error_on_one_input_of_a_batch_is_one_failure(tmp_path):
 def test_weights_folder_counts_only_stale_checkpoints(tmp_path, caplog):
     import torch
 
-    from stale_cli.detect import CLIP_MODE, STALE_MODE, choose_mode
+    from stale_cli.detection.detect import CLIP_MODE, STALE_MODE, choose_mode
 
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)},
                tmp_path / "resnet50.pth")  # a plain state dict, as torchvision saves
@@ -233,10 +233,10 @@ def trained(tmp_path_factory, tiny_clip, tiny_clip_name):
     """(features dir, checkpoint path) of a tiny STALE trained to overfit VIDEOS."""
     from dataclasses import replace
 
-    from stale_cli.data.annotations import parse_annotations
-    from stale_cli.data.windows import DataConfig
     from stale_cli.model.config import ModelConfig
-    from stale_cli.train import TrainConfig, train
+    from stale_cli.model.data.annotations import parse_annotations
+    from stale_cli.model.data.windows import DataConfig
+    from stale_cli.model.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("stale_trained")
     rng = np.random.default_rng(0)
@@ -261,9 +261,9 @@ def trained(tmp_path_factory, tiny_clip, tiny_clip_name):
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory, tiny_clip, tiny_clip_name):
     """A checkpoint of an untrained tiny STALE (32-wide stale-tiny features at 2 fps): for the misfit checks."""
-    from stale_cli.checkpoint import save_checkpoint
-    from stale_cli.data.windows import DataConfig
+    from stale_cli.model.checkpoint import save_checkpoint
     from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.data.windows import DataConfig
     from stale_cli.model.stale import STALE
 
     cfg = ModelConfig(feature_dim=32, embed_dim=32, num_snippets=32, clip_model=tiny_clip_name, encoder_layers=1,
@@ -304,7 +304,7 @@ def test_tiny_stale_recovers_training_segments(trained):
 
 def test_resampled_features_still_detect(trained):
     """Features at twice the checkpoint's rate are resampled to it (and give the same kind of answer)."""
-    from stale_cli.detect import resample_features
+    from stale_cli.detection.detect import resample_features
     from stale_cli.sidecar import read_features
 
     root, ckpt = trained

@@ -142,7 +142,7 @@ def test_file_class_and_label_text_is_printed_as_is(tmp_path, tiny_clip_name, ti
     from rich.console import Console
 
     from stale_cli.cli.table import print_table
-    from stale_cli.detections import Segment, VideoDetections
+    from stale_cli.detection.detections import Segment, VideoDetections
 
     console = Console(force_terminal=True, width=120, record=True)
     print_table(VideoDetections("race [final]", "x", 20.0, [Segment("ride [/bike]", 1.0, 2.0, 0.5, 0)],

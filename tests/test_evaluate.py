@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from stale_cli.cli import app
 from stale_cli.errors import DataError, InputError
-from stale_cli.evaluate import ACTIVITYNET_TIOUS, THUMOS14_TIOUS, evaluate_files, parse_predictions, parse_tious
+from stale_cli.evaluation.evaluate import (ACTIVITYNET_TIOUS, THUMOS14_TIOUS, evaluate_files, parse_predictions,
+                                          parse_tious)
 from stale_cli.metric import evaluate_detection, interpolated_ap, segment_iou
 from stale_cli.sidecar import write_features
 

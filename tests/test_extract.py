@@ -1,5 +1,5 @@
-"""The extraction pipeline and the feature files (stale_cli/extract/): content, sidecar, resume, duplicate names,
-and ``--cache-features``, which never replaces another video's features or features made with other settings."""
+"""The extraction pipeline and the feature files (stale_cli/features/extract/): content, sidecar, resume, duplicate
+names, and ``--cache-features``, which never replaces another video's features or features made with other settings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from stale_cli.errors import DecodeError
-from stale_cli.extract import extract_many, extract_video
+from stale_cli.features.extract import extract_many, extract_video
 from stale_cli.sidecar import read_features
 from stale_cli.timeline import Timeline
 from stale_cli.video_ids import video_ids
@@ -21,13 +21,13 @@ from feature_files import contents, detect_args  # tests/ is on sys.path (rootdi
 
 @pytest.fixture(scope="module")
 def clip(tiny_clip_name, tiny_clip_weights):
-    from stale_cli.clip_backbone import load_clip
+    from stale_cli.features.clip_backbone import load_clip
 
     return load_clip(tiny_clip_name, str(tiny_clip_weights))
 
 
 def test_extract_video_in_memory_matches_direct_encoding(clip, videos):
-    from stale_cli.video import FrameSampler
+    from stale_cli.features.video import FrameSampler
 
     feats, meta = extract_video(videos["ntsc"]["path"], clip, fps=4.0, batch_size=5)
     assert feats.dtype == np.float16 and feats.shape == (13, clip.embed_dim)

@@ -153,7 +153,7 @@ class _OutOfMemoryOnce:
 @pytest.mark.parametrize("command", ["extract-features", "extract-features --workers 2", "detect"])
 def test_out_of_memory_fails_one_video_and_the_batch_goes_on(tmp_path, videos, monkeypatch, tiny_clip_name,
                                                              tiny_clip_weights, error, command):
-    import stale_cli.clip_backbone as backbone
+    import stale_cli.features.clip_backbone as backbone
 
     real = backbone.load_clip
     monkeypatch.setattr(backbone, "load_clip", lambda *a, **kw: _OutOfMemoryOnce(real(*a, **kw), error))
@@ -183,7 +183,7 @@ class _NaNClip(_OutOfMemoryOnce):
 
 
 def test_nan_features_are_not_written(tmp_path, videos, monkeypatch, tiny_clip_name, tiny_clip_weights):
-    import stale_cli.clip_backbone as backbone
+    import stale_cli.features.clip_backbone as backbone
 
     real = backbone.load_clip
     monkeypatch.setattr(backbone, "load_clip", lambda *a, **kw: _NaNClip(real(*a, **kw), None))
@@ -210,7 +210,7 @@ class OutOfMemoryClip:
 
 def test_cuda_out_of_memory_in_extraction_is_one_line(videos, tmp_path, monkeypatch, tiny_clip_name,
                                                        tiny_clip_weights):
-    import stale_cli.clip_backbone as backbone
+    import stale_cli.features.clip_backbone as backbone
 
     real = backbone.load_clip
     monkeypatch.setattr(backbone, "load_clip", lambda *a, **kw: OutOfMemoryClip(real(*a, **kw)))

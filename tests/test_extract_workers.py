@@ -9,12 +9,12 @@ import signal
 import numpy as np
 import pytest
 
-from stale_cli.extract import extract_many, iter_features, processes
+from stale_cli.features.extract import extract_many, iter_features, processes
 
 
 @pytest.fixture(scope="module")
 def clip(tiny_clip_name, tiny_clip_weights):
-    from stale_cli.clip_backbone import load_clip
+    from stale_cli.features.clip_backbone import load_clip
 
     return load_clip(tiny_clip_name, str(tiny_clip_weights))
 

@@ -62,7 +62,7 @@ RUN = """
 import json, sys
 sys.path.insert(0, {repo!r})
 import torch
-from stale_cli.extract import extract_many
+from stale_cli.features.extract import extract_many
 torch.set_num_threads(1)
 
 

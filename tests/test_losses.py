@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from stale_cli.data.windows import assign_labels
 from stale_cli.model.config import LossConfig, ModelConfig
+from stale_cli.model.data.windows import assign_labels
 from stale_cli.model.losses import (STALELoss, classification_loss, completeness_loss, consistency_loss,
                                     mask_loss)
 from stale_cli.timeline import Timeline

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from stale_cli.cli.table import print_table
-from stale_cli.detections import Segment, VideoDetections
+from stale_cli.detection.detections import Segment, VideoDetections
+from stale_cli.detection.outputs import (ResultWriter, resolve_format, results_csv, results_json, results_srt,
+                                        srt_timestamp)
 from stale_cli.errors import InputError
-from stale_cli.outputs import ResultWriter, resolve_format, results_csv, results_json, results_srt, srt_timestamp
-from stale_cli.plot import plot_detections, plot_paths
+from stale_cli.report.plot import plot_detections, plot_paths
 
 META = {"mode": "clip", "checkpoint": None, "classes": ["a", "b"], "fps": 4.0, "stale_version": "0.1.0"}
 
@@ -115,7 +116,7 @@ def test_segments_name_a_class_of_their_video():
 def test_journal_round_trip_keeps_class_indices(tmp_path):
     """A video resumed from the journal gets the run's classes and its segments their rows; a record naming a
     label the run does not have is detected again, not drawn in some row."""
-    from stale_cli.resume import DetectJournal
+    from stale_cli.detection.resume import DetectJournal
 
     src = tmp_path / "v1.mp4"
     src.write_bytes(b"x")

@@ -1,4 +1,4 @@
-"""Post-processing (stale_cli/postprocess.py) on hand-made model outputs with known answers: segment extraction,
+"""Post-processing (stale_cli/model/postprocess.py) on hand-made model outputs with known answers: segment extraction,
 Soft-NMS and per-video finalisation; segments longer than a window and fragments cut by window edges joined across
 the windows of a video; the whole-video curve of the training-free mode."""
 
@@ -9,8 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from stale_cli.data.windows import DataConfig, detection_grid, feature_timeline, plan_detection_windows, plan_windows
-from stale_cli.postprocess import (
+from stale_cli.model.data.windows import (DataConfig, detection_grid, feature_timeline, plan_detection_windows,
+                                         plan_windows)
+from stale_cli.model.postprocess import (
     DetectConfig, Segments, WindowedVideo, _min_table, _runs_above, _runs_around, finalize, segment_tiou,
     segments_from_curve, segments_from_window, soft_nms,
 )

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.clip_backbone import cpu_has_native_bf16, load_clip, resolve_precision
 from stale_cli.errors import InputError
+from stale_cli.features.clip_backbone import cpu_has_native_bf16, load_clip, resolve_precision
 
 AMX = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw amx_bf16 amx_tile\n"
 AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
@@ -96,7 +96,7 @@ def test_device_auto_picks_cuda_then_mps_then_cpu(monkeypatch):
 
 
 def test_training_under_torchrun_on_mps_is_refused_clearly(monkeypatch):
-    from stale_cli.train import _distributed
+    from stale_cli.model.train import _distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(InputError, match="Apple GPU .mps. run `stale train` as one process"):

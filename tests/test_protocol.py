@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.data.splits import load_split
 from stale_cli.errors import InputError
-from stale_cli.protocol import ProtocolConfig, markdown, parse_splits, summarise
+from stale_cli.evaluation.protocol import ProtocolConfig, markdown, parse_splits, summarise
+from stale_cli.model.data.splits import load_split
 from stale_cli.sidecar import write_features
 
 from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
@@ -29,8 +29,8 @@ def _classes():
 
 @pytest.fixture(scope="module")
 def dataset(tiny_clip_name, tiny_clip_weights, tmp_path_factory):
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.clipmode import class_text_features
+    from stale_cli.detection.clipmode import class_text_features
+    from stale_cli.features.clip_backbone import load_clip
 
     root = tmp_path_factory.mktemp("zs")
     clip = load_clip(tiny_clip_name, str(tiny_clip_weights))
@@ -74,11 +74,11 @@ TINY_MODEL = dict(encoder_layers=1, num_heads=2, ffn_dim=64, context_tokens=4, n
 
 
 def _run_library(dataset, work, lr=1e-3):
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.data.windows import DataConfig
+    from stale_cli.evaluation.protocol import run_protocol
+    from stale_cli.features.clip_backbone import load_clip
     from stale_cli.model.config import ModelConfig
-    from stale_cli.protocol import run_protocol
-    from stale_cli.train import TrainConfig
+    from stale_cli.model.data.windows import DataConfig
+    from stale_cli.model.train import TrainConfig
 
     feats, ann, clip_name, clip_weights = dataset
     return run_protocol(
@@ -167,9 +167,9 @@ def test_parse_splits_and_summary():
 
 def test_protocol_baseline_uses_the_dataset_preset(tmp_path, tiny_clip_name, tiny_clip_weights, monkeypatch):
     """The protocol's training-free baseline on ActivityNet detects with sigma 0.75 and top 100."""
-    import stale_cli.detect as detect_module
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.protocol import ProtocolConfig, run_protocol
+    import stale_cli.detection.detect as detect_module
+    from stale_cli.evaluation.protocol import ProtocolConfig, run_protocol
+    from stale_cli.features.clip_backbone import load_clip
 
     seen = []
     real = detect_module.Detector.__init__
@@ -179,7 +179,7 @@ def test_protocol_baseline_uses_the_dataset_preset(tmp_path, tiny_clip_name, tin
         seen.append((self.mode, self.detect_cfg.nms_sigma, self.detect_cfg.top_k))
 
     monkeypatch.setattr(detect_module.Detector, "__init__", spy)
-    from stale_cli.data.splits import load_split
+    from stale_cli.model.data.splits import load_split
     from stale_cli.sidecar import write_features
 
     seen_classes, unseen = load_split("activitynet13/75_25/0")
@@ -203,7 +203,7 @@ def test_protocol_baseline_uses_the_dataset_preset(tmp_path, tiny_clip_name, tin
 @pytest.mark.parametrize("splits", ["0-99999999", "3-1" + "0" * 30, "5-12", "0-9,10-99999999999"])
 def test_huge_split_ranges_are_refused_before_they_are_made(tmp_path, splits):
     from stale_cli.errors import InputError
-    from stale_cli.protocol import parse_splits
+    from stale_cli.evaluation.protocol import parse_splits
 
     with pytest.raises(InputError, match="split numbers must be in 0-9"):
         parse_splits(splits)

@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.clip_backbone import GELU, QUICK_GELU, activation_of, feature_activation_error, load_clip
+from stale_cli.features.clip_backbone import GELU, QUICK_GELU, activation_of, feature_activation_error, load_clip
 from stale_cli.sidecar import FeatureMeta
 
 MODEL = "ViT-B-16"
@@ -83,7 +83,7 @@ def test_openai_tag_runs_quickgelu_in_both_towers(openai_cache, videos, tmp_path
     assert meta["precision"] == "fp32"
     feats = np.load(out / "single.npy").astype(np.float32)  # (1, 512)
 
-    from stale_cli.extract import extract_video
+    from stale_cli.features.extract import extract_video
 
     quick = load_clip(f"{MODEL}-quickgelu", str(weights))
     want, _ = extract_video(videos["single"]["path"], quick)
@@ -111,7 +111,7 @@ def test_openai_tag_runs_quickgelu_in_both_towers(openai_cache, videos, tmp_path
     np.save(old_dir / "single.npy", old)
     stale_meta = {k: v for k, v in meta.items() if k != "clip_activation"}
     (old_dir / "single.json").write_text(json.dumps(stale_meta))
-    from stale_cli.extract import extract_many
+    from stale_cli.features.extract import extract_many
 
     errors = []
     s = extract_many([videos["single"]["path"]], old_dir, openai, progress=False, on_error=errors.append)
@@ -139,10 +139,10 @@ def test_feature_activation_errors():
 def test_checkpoint_records_and_rebuilds_the_activation(tmp_path, tiny_clip_name):
     import open_clip
 
-    from stale_cli.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-    from stale_cli.data.windows import DataConfig
     from stale_cli.errors import CheckpointError
+    from stale_cli.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
     from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.data.windows import DataConfig
     from stale_cli.model.stale import STALE
 
     torch.manual_seed(0)
@@ -174,10 +174,10 @@ def test_checkpoint_records_and_rebuilds_the_activation(tmp_path, tiny_clip_name
 def test_training_refuses_features_made_the_old_way(tmp_path, tiny_clip, tiny_clip_name):
     from test_train import make_dataset
 
-    from stale_cli.data.annotations import parse_annotations
     from stale_cli.errors import DataError
     from stale_cli.model.config import ModelConfig
-    from stale_cli.train import TrainConfig, train
+    from stale_cli.model.data.annotations import parse_annotations
+    from stale_cli.model.train import TrainConfig, train
 
     feats, ann_path = make_dataset(tmp_path, MODEL)
     for sidecar in feats.glob("*.json"):  # ViT-B-16 + OpenAI's weights, no activation: made with GELU

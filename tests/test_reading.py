@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from stale_cli.cli import app
-from stale_cli.detections import Segment
-from stale_cli.reading import BELOW_FLOOR, OVER_LIMIT, ReadingConfig, for_reading, overlap, reading_parents
+from stale_cli.detection.detections import Segment
+from stale_cli.detection.reading import BELOW_FLOOR, OVER_LIMIT, ReadingConfig, for_reading, overlap, reading_parents
 
 from feature_files import run_detect  # tests/ is on sys.path (rootdir conftest)
 
@@ -40,8 +40,8 @@ def test_floor_alternatives_and_per_class_limit():
 
 def test_detect_reads_by_default_and_all_keeps_the_ranked_list(feature_dir, tiny_clip_name,
                                                                  tiny_clip_weights, tmp_path):
-    from stale_cli.clip_backbone import load_clip
-    from stale_cli.detect import DetectSettings, Detector
+    from stale_cli.detection.detect import DetectSettings, Detector
+    from stale_cli.features.clip_backbone import load_clip
     from stale_cli.metric import evaluate_detection
 
     npy = feature_dir / "game.npy"

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stale_cli.detections import Segment, VideoDetections, curve_payload
-from stale_cli.report import ReportWriter, relative_src, script_json
+from stale_cli.detection.detections import Segment, VideoDetections, curve_payload
+from stale_cli.report.report import ReportWriter, relative_src, script_json
 from stale_cli.sidecar import write_features
 
 from feature_files import detect_args, features, run_detect  # tests/ is on sys.path (rootdir conftest)
@@ -169,7 +169,7 @@ CLOCK_CASES = [(0, "0:00:00.0"), (0.625, "0:00:00.6"), (0.65, "0:00:00.7"), (59.
 
 
 def test_clock_is_h_mm_ss_tenth_everywhere_for_people():
-    from stale_cli.outputs import clock, srt_timestamp
+    from stale_cli.detection.outputs import clock, srt_timestamp
 
     assert [clock(t) for t, _ in CLOCK_CASES] == [text for _, text in CLOCK_CASES]
     assert srt_timestamp(7322.25) == "02:02:02,250"  # SRT keeps its own format

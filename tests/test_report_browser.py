@@ -107,7 +107,7 @@ def test_report_in_chromium(report, tmp_path):
         assert browser.evaluate(f"{REPORT}.canvas.clientHeight") == height
 
         # The page writes times as the Python side does (one format for people: h:mm:ss.s).
-        from stale_cli.outputs import clock
+        from stale_cli.detection.outputs import clock
 
         times = [0, 0.05, 0.625, 0.65, 59.96, 61.04, 3599.96, 7322.25, -1]
         assert browser.evaluate(f"{json.dumps(times)}.map(window.staleClock)") == [clock(t) for t in times]
@@ -185,7 +185,7 @@ def test_feature_file_report_and_zoom_in_chromium(report):
         assert start == pytest.approx(max(preds, key=lambda p: p["score"])["segment"][0], abs=1e-3)
         browser.click(x, y)
         assert browser.evaluate(f"{REPORT}.time") == pytest.approx(start, abs=1e-6)
-        from stale_cli.outputs import clock
+        from stale_cli.detection.outputs import clock
 
         assert browser.evaluate("document.querySelector('.clock').textContent") == f"{clock(start)} / 0:00:12.0"
         # "n" plays the next segment of the table (sorted by start): the cursor goes to its start.

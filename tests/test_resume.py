@@ -1,5 +1,5 @@
-"""Resuming a ``stale detect`` batch (stale_cli/resume.py): the journal of finished videos, what a rerun takes from
-it, and the output name of a video whose name another run's video already holds."""
+"""Resuming a ``stale detect`` batch (stale_cli/detection/resume.py): the journal of finished videos, what a rerun takes
+from it, and the output name of a video whose name another run's video already holds."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from feature_files import detect_known  # tests/ is on sys.path (rootdir conftes
 
 
 def test_a_video_recorded_without_curves_is_redone_by_a_report_run_but_shown_when_another_run_did_it(tmp_path):
-    from stale_cli.detections import Segment, VideoDetections
-    from stale_cli.resume import DetectJournal
+    from stale_cli.detection.detections import Segment, VideoDetections
+    from stale_cli.detection.resume import DetectJournal
 
     source = tmp_path / "v.npy"
     source.write_bytes(b"x")
@@ -39,8 +39,8 @@ def test_a_video_recorded_without_curves_is_redone_by_a_report_run_but_shown_whe
 
 def test_detect_output_file_is_written_once_and_resumes(feats, tmp_path, monkeypatch, tiny_clip_name,
                                                         tiny_clip_weights):
-    import stale_cli.outputs as outputs
-    from stale_cli.detect import Detector
+    import stale_cli.detection.outputs as outputs
+    from stale_cli.detection.detect import Detector
 
     out = tmp_path / "preds.json"
     writes = []
@@ -66,7 +66,7 @@ def test_detect_output_file_is_written_once_and_resumes(feats, tmp_path, monkeyp
 
 
 def test_detect_interrupted_keeps_finished_videos(feats, tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
-    from stale_cli.detect import Detector
+    from stale_cli.detection.detect import Detector
 
     out = tmp_path / "preds.csv"
     real_detect = Detector.detect

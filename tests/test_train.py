@@ -1,6 +1,6 @@
-"""Training (stale_cli/train.py): a tiny model overfits synthetic features, the recipe's parts (learning-rate schedule,
-parameter groups, model selection), a small run that must localize, the CLI end to end and its bad inputs, 2-process
-DDP."""
+"""Training (stale_cli/model/train.py): a tiny model overfits synthetic features, the recipe's parts (learning-rate
+schedule, parameter groups, model selection), a small run that must localize, the CLI end to end and its bad inputs,
+2-process DDP."""
 
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stale_cli.checkpoint import load_checkpoint, read_checkpoint
 from stale_cli.cli import app
-from stale_cli.data.annotations import parse_annotations
-from stale_cli.data.dataset import load_video_set
-from stale_cli.data.windows import DataConfig
+from stale_cli.model.checkpoint import load_checkpoint, read_checkpoint
 from stale_cli.model.config import ModelConfig
+from stale_cli.model.data.annotations import parse_annotations
+from stale_cli.model.data.dataset import load_video_set
+from stale_cli.model.data.windows import DataConfig
 from stale_cli.model.losses import STALELoss
-from stale_cli.sidecar import write_features
-from stale_cli.train import (
+from stale_cli.model.train import (
     TrainConfig, _covered, lr_factor, param_groups, predict, split_videos, train, validate,
 )
+from stale_cli.sidecar import write_features
 
 from feature_files import error_lines  # tests/ is on sys.path (rootdir conftest)
 from tiny_stale import TINY_STALE, tiny_stale
@@ -202,7 +202,7 @@ def test_cli_never_replaces_a_later_epoch_with_an_earlier_one(tmp_path, tiny_cli
 
 def test_other_run_writing_a_later_epoch_is_not_overwritten(tmp_path, tiny_clip, tiny_clip_name, monkeypatch):
     """Two runs on one --out: when the other has written a later epoch, this one stops instead of replacing it."""
-    import stale_cli.train as train_module
+    import stale_cli.model.train as train_module
     from stale_cli.errors import CheckpointError
 
     feats, ann_path = make_dataset(tmp_path, tiny_clip_name)
@@ -298,7 +298,7 @@ def test_features_of_another_clip_are_refused(tmp_path, tiny_clip, tiny_clip_nam
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, tiny_clip, tiny_clip_name):
     from stale_cli.model.config import LossConfig
-    from stale_cli.train import TrainingError
+    from stale_cli.model.train import TrainingError
 
     feats, ann_path = make_dataset(tmp_path, tiny_clip_name)
     ann = parse_annotations(json.loads(ann_path.read_text())).select_subset("val")
@@ -356,7 +356,7 @@ def test_two_process_ddp_with_gloo(tmp_path, tiny_clip_name, tiny_clip_weights):
 
 
 def test_default_epochs_reach_min_steps():
-    from stale_cli.train import default_epochs
+    from stale_cli.model.train import default_epochs
 
     assert default_epochs(40) == 15  # a THUMOS14-sized set: 600 steps, the paper's 15 epochs
     assert default_epochs(16) == 15  # exactly 240 steps
@@ -422,7 +422,7 @@ def test_train_resume_from_a_checkpoint_of_another_shape_is_one_line(tmp_path, t
 
 
 def test_train_out_of_memory_is_one_line(tmp_path, monkeypatch, tiny_clip_name, tiny_clip_weights):
-    import stale_cli.train as training
+    import stale_cli.model.train as training
 
     def no_memory(*args, **kwargs):  # what torch's CPU allocator raises for a --batch-size the RAM cannot hold
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "

@@ -1,6 +1,6 @@
-"""Decoding videos (stale_cli/video/): frame sampling by presentation time with both decoders, on synthetic videos
-whose frames carry their number; damaged files; rotated phone videos (rotation applied before resizing, recorded in
-the sidecar) and cover art (never taken for the video)."""
+"""Decoding videos (stale_cli/features/video/): frame sampling by presentation time with both decoders, on synthetic
+videos whose frames carry their number; damaged files; rotated phone videos (rotation applied before resizing, recorded
+in the sidecar) and cover art (never taken for the video)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import read_frame_number
 from stale_cli.cli import app
 from stale_cli.errors import DecodeError
-from stale_cli.video import FrameSampler, _Selector, num_samples, select_frames
+from stale_cli.features.video import FrameSampler, _Selector, num_samples, select_frames
 
 DECODERS = ["decord", "pyav"]
 
@@ -116,7 +116,7 @@ def test_decord_failure_part_way_hands_over_to_pyav(videos, monkeypatch):
     def failing(self):
         for n, item in enumerate(real(self)):
             if n == 5:
-                from stale_cli.video import _DecordFailed
+                from stale_cli.features.video import _DecordFailed
 
                 raise _DecordFailed("simulated")
             yield item
@@ -205,7 +205,7 @@ def test_extract_features_of_a_joined_file_covers_both_halves(tmp_path, tiny_cli
 def test_decord_log_lines_do_not_reach_stderr(bad_files, capfd):
     pytest.importorskip("decord")
     from stale_cli.errors import DecodeError
-    from stale_cli.video import FrameSampler
+    from stale_cli.features.video import FrameSampler
 
     for name in ("garbage", "text"):  # "ERROR opening", "Failed to seek file to position: 0"
         for decoder in ("decord", "auto"):
@@ -218,7 +218,7 @@ def test_decord_log_lines_do_not_reach_stderr(bad_files, capfd):
 
 def test_huge_frames_are_decoded_few_at_a_time_or_refused(videos):
     from stale_cli.errors import DecodeError
-    from stale_cli.video import DECODE_GROUP, FrameSampler, frames_per_group
+    from stale_cli.features.video import DECODE_GROUP, FrameSampler, frames_per_group
 
     assert frames_per_group(1920, 1080) == DECODE_GROUP and frames_per_group(8192, 4320) == 2
     assert frames_per_group(16384, 16384) == 1
@@ -337,7 +337,7 @@ def test_rotation_is_applied_before_resizing(tmp_path, decoder, degrees, mirror)
 
 
 def test_orientation_of_a_phone_portrait_matrix():
-    from stale_cli.video import Orientation
+    from stale_cli.features.video import Orientation
 
     # The matrix a phone writes for a portrait clip stored landscape (QuickTime "rotate=90": turn it clockwise to
     # show it), i.e. 270 degrees counter-clockwise; ffmpeg's av_display_rotation_get reads -90 from it.

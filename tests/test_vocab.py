@@ -3,7 +3,7 @@ a query."""
 
 from __future__ import annotations
 
-from stale_cli import datasets
+from stale_cli.model import datasets
 from stale_cli.vocab import SPLIT_FOLDERS, distractors, generic_action_names, name_key
 
 

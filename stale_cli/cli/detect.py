@@ -34,7 +34,7 @@ from stale_cli.cli.app import (
     warning,
     wrote,
 )
-from stale_cli.reading import ReadingConfig  # no numpy: -h stays fast
+from stale_cli.detection.reading import ReadingConfig  # no numpy: -h stays fast
 
 
 class _Progress:
@@ -59,8 +59,8 @@ class _Progress:
             return
         from tqdm import tqdm
 
+        from stale_cli.features.video import num_samples, probe_header
         from stale_cli.text import terminal_text
-        from stale_cli.video import num_samples, probe_header
 
         _, end = probe_header(path)
         name = path.name if self.count == 1 else f"video {self.position.get(path, 0) + 1}/{self.count} {path.name}"
@@ -173,13 +173,13 @@ def detect(
     Example: stale detect match.mp4 --classes "high jump,pole vault" -o match.srt
     """
     with user_errors():
-        from stale_cli.batch import BatchOutputs, DetectBatch
+        from stale_cli.cli.batch import BatchOutputs, DetectBatch
         from stale_cli.cli.extract import _collect  # one bad INPUT is reported, the others still run
         from stale_cli.cli.table import print_table
         from stale_cli.defaults import DEFAULT_FEATURE_FPS
-        from stale_cli.detect import DetectSettings
-        from stale_cli.outputs import resolve_format
-        from stale_cli.plot import require_matplotlib
+        from stale_cli.detection.detect import DetectSettings
+        from stale_cli.detection.outputs import resolve_format
+        from stale_cli.report.plot import require_matplotlib
         from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS
 
         names = read_class_names(classes, classes_file)

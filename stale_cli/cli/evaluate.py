@@ -67,11 +67,11 @@ def evaluate_command(
 
     Example: stale evaluate preds.json --annotations thumos14.json --split thumos14/75_25/0
     """
+    from stale_cli.detection.outputs import write_stdout
     from stale_cli.errors import InputError
-    from stale_cli.evaluate import evaluate_files, parse_tious
+    from stale_cli.evaluation.evaluate import evaluate_files, parse_tious
     from stale_cli.fileio import write_json_atomic
     from stale_cli.guard import OutputGuard
-    from stale_cli.outputs import write_stdout
 
     with user_errors():
         if split is not None and (classes is not None or classes_file is not None):

@@ -67,13 +67,13 @@ def extract_features(
     Example: stale extract-features videos/ -o feats/
     """
     with user_errors():
-        from stale_cli.clip_backbone import load_clip
         from stale_cli.errors import InputError
-        from stale_cli.extract import extract_many
+        from stale_cli.features.clip_backbone import load_clip
+        from stale_cli.features.extract import extract_many
         from stale_cli.fileio import check_writable, missing_dirs, remove_empty_dirs
-        from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS
         from stale_cli.guard import OutputGuard
         from stale_cli.inputs import parse_shard, select_shard
+        from stale_cli.sidecar import MAX_FEATURE_FPS, MIN_FEATURE_FPS
         from stale_cli.video_ids import video_ids
 
         out = output

@@ -111,14 +111,14 @@ def zero_shot_command(
     from dataclasses import replace
 
     with user_errors():
-        from stale_cli.clip_backbone import load_clip
-        from stale_cli.evaluate import parse_tious
-        from stale_cli.model.config import ModelConfig
+        from stale_cli.evaluation.evaluate import parse_tious
+        from stale_cli.evaluation.protocol import ProtocolConfig, parse_splits, planned_outputs, run_protocol
+        from stale_cli.features.clip_backbone import load_clip
         from stale_cli.guard import OutputGuard
-        from stale_cli.protocol import ProtocolConfig, parse_splits, planned_outputs, run_protocol
+        from stale_cli.model.config import ModelConfig
 
         check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
-        from stale_cli.checkpoint import MAX_SNIPPETS
+        from stale_cli.model.checkpoint import MAX_SNIPPETS
 
         check_range("--num-snippets", num_snippets, 2, MAX_SNIPPETS)  # what a checkpoint may hold
         cfg = ProtocolConfig(

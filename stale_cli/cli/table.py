@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stale_cli.detections import VideoDetections
-from stale_cli.outputs import clock
+from stale_cli.detection.detections import VideoDetections
+from stale_cli.detection.outputs import clock
 from stale_cli.text import terminal_text
 
 

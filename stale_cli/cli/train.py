@@ -123,13 +123,13 @@ def train_command(
     """
     out = output
     with user_errors():
-        from stale_cli import datasets
-        from stale_cli.checkpoint import check_checkpoint_path
-        from stale_cli.data.annotations import load_annotations
         from stale_cli.errors import InputError
-        from stale_cli.model.config import ModelConfig
         from stale_cli.guard import OutputGuard
-        from stale_cli.train import default_training_subset, last_path_for, select_classes, train
+        from stale_cli.model import datasets
+        from stale_cli.model.checkpoint import check_checkpoint_path
+        from stale_cli.model.config import ModelConfig
+        from stale_cli.model.data.annotations import load_annotations
+        from stale_cli.model.train import default_training_subset, last_path_for, select_classes, train
 
         spec = datasets.get(preset, "--preset")
         data_cfg = spec.data
@@ -165,11 +165,11 @@ def train_command(
         rerun = resume is None and not fresh and last_path_for(out).is_file()
         clip, recorded = None, "random"
         if rerun:  # the same command again: resume from <output>.last.pt if its settings are these (train() checks)
-            from stale_cli.clip_backbone import weights_label
+            from stale_cli.features.clip_backbone import weights_label
 
             resume, recorded = last_path_for(out), weights_label(clip_model, clip_weights)
         elif resume is None:
-            from stale_cli.clip_backbone import load_clip
+            from stale_cli.features.clip_backbone import load_clip
 
             backbone = load_clip(clip_model, clip_weights, "cpu")
             clip, recorded = backbone.model, backbone.weights
