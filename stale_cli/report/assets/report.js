@@ -11,7 +11,7 @@
     return "hsla(" + hue(k).toFixed(1) + ",62%,46%," + alpha.toFixed(3) + ")";
   }
 
-  // Seconds -> h:mm:ss.s, tenths rounded half up: the same text as stale_cli.outputs.clock (tested to agree).
+  // Seconds -> h:mm:ss.s, tenths rounded half up: the same text as stale_cli.detection.outputs.clock (tested to agree).
   function clock(t) {
     if (!Number.isFinite(t)) return "-:--:--.-";
     let tenths = Math.floor(Math.max(0, t) * 10 + 0.5);
