@@ -9,6 +9,11 @@ Training-free mode: each argument is ``(video_mean, background_level, distractor
 split's): each argument is keyword arguments of ``DetectSettings``, and the seen names are scored too. Printed: avg mAP % of the unseen names together
 and one at a time, the share of negative videos with a detection >= the trusted score, and the median top score
 on videos without / with the action, as means over the splits.
+
+``--foreground RULE`` (with ``--checkpoint``) measures other rules for a snippet's foreground than the product's
+``max(1 - P(background), L_hat)`` (``model.stale.detection_probabilities``, "open"): ``classifier`` (1 - P(background)
+alone), ``mask`` (L_hat alone), ``product`` or ``mean`` of the two. The benchmark swaps the rule in, in its own
+process; the product has no such option.
 """
 
 from __future__ import annotations
@@ -34,13 +39,51 @@ from stale_cli.model.data.splits import load_split, match_classes  # noqa: E402
 from stale_cli.model.postprocess import DetectConfig  # noqa: E402,F401 (for --checkpoint settings)
 
 
+FOREGROUND = {
+    "max": lambda cls, lhat: cls.maximum(lhat),
+    "classifier": lambda cls, lhat: cls,
+    "mask": lambda cls, lhat: lhat,
+    "product": lambda cls, lhat: cls * lhat,
+    "mean": lambda cls, lhat: 0.5 * (cls + lhat),
+}
+
+
+def use_foreground_rule(rule: str) -> None:
+    """Replace the foreground of ``detection_probabilities`` ("open" scoring) by ``FOREGROUND[rule]`` in this process:
+    the class posterior as the product fuses it, times the rule's foreground."""
+    import torch
+
+    import stale_cli.model.stale as stale
+
+    shipped = stale.detection_probabilities
+
+    def probabilities(logits, fg, num_query=None, prior=None, prior_weight=0.0, scoring="open"):
+        if scoring != "open":
+            return shipped(logits, fg, num_query, prior, prior_weight, scoring)
+        logits = logits.float()
+        R = logits.shape[-1] - 1
+        K = R if num_query is None else int(num_query)
+        actions = logits[..., :R].softmax(dim=-1)  # (B, T, R)
+        if prior is not None and prior_weight > 0:
+            actions = ((1 - prior_weight) * actions.clamp_min(1e-12).log()
+                       + prior_weight * prior.float().clamp_min(1e-12).log()).softmax(dim=-1)
+        classifier = 1 - logits.softmax(dim=-1)[..., R]  # (B, T)
+        p = actions[..., :K] * FOREGROUND[rule](classifier, fg.float())[..., None]  # (B, T, K)
+        return torch.cat([p, 1 - p.sum(dim=-1, keepdim=True)], dim=-1)
+
+    stale.detection_probabilities = probabilities
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="the --out of benchmarks/zero_shot.py")
     ap.add_argument("--splits", default="0,1")
     ap.add_argument("--checkpoint", type=Path, help="a STALE checkpoint of the split(s) given")
+    ap.add_argument("--foreground", choices=sorted(FOREGROUND), default="max", help="with --checkpoint")
     ap.add_argument("settings", nargs="+")
     args = ap.parse_args()
+    if args.foreground != "max":
+        use_foreground_rule(args.foreground)
     world = json.loads((args.out / "world.json").read_text())
     clip = load_clip("ViT-B-16", world["weights"], device="cpu")
     feats = Path(world["features"]) / "test"
