@@ -183,14 +183,18 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         vid, w, inst, unseen = self.items[i]
-        t = assign_labels(w.timeline, w.valid_len, inst, self.num_classes, unseen)
+        labels_of = lambda win: assign_labels(win.timeline, win.valid_len, inst, self.num_classes, unseen)  # noqa: E731
         if self.max_shift:  # drawn from torch's generator: reproducible from the run's seed
             shift = int(torch.randint(-self.max_shift, self.max_shift + 1, ()))
             moved = shifted(w, self.vs.features[vid].shape[0], shift, self.cfg)
-            t_moved = assign_labels(moved.timeline, moved.valid_len, inst, self.num_classes, unseen)
-            # A window kept for its actions keeps them: a shift that moves every one out is not taken.
-            if (t_moved["labels"] < self.num_classes).any() or not (t["labels"] < self.num_classes).any():
-                w, t = moved, t_moved
+            t = labels_of(moved)
+            # A window kept for its actions (window_classes) keeps them: a shift that moves every one out is not taken.
+            if (t["labels"] < self.num_classes).any() or not self.window_classes[i]:
+                w = moved
+            else:
+                t = labels_of(w)
+        else:
+            t = labels_of(w)
         x = window_features(self.vs.features[vid], self.vs.meta[vid], w, self.cfg)  # (T, D)
         return {
             "features": torch.from_numpy(x),
