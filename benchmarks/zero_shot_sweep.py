@@ -63,10 +63,7 @@ def use_foreground_rule(rule: str) -> None:
         logits = logits.float()
         R = logits.shape[-1] - 1
         K = R if num_query is None else int(num_query)
-        actions = logits[..., :R].softmax(dim=-1)  # (B, T, R)
-        if prior is not None and prior_weight > 0:
-            actions = ((1 - prior_weight) * actions.clamp_min(1e-12).log()
-                       + prior_weight * prior.float().clamp_min(1e-12).log()).softmax(dim=-1)
+        actions = stale.class_posterior(logits, prior, prior_weight)  # (B, T, R)
         classifier = 1 - logits.softmax(dim=-1)[..., R]  # (B, T)
         p = actions[..., :K] * FOREGROUND[rule](classifier, fg.float())[..., None]  # (B, T, K)
         return torch.cat([p, 1 - p.sum(dim=-1, keepdim=True)], dim=-1)

@@ -228,13 +228,22 @@ def detection_probabilities(logits: torch.Tensor, fg: torch.Tensor, num_query: i
         return torch.cat([logits[..., :K], logits[..., R:]], dim=-1).softmax(dim=-1)  # (B, T, K+1)
     if scoring != "open":
         raise InputError(f"scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
-    actions = logits[..., :R].softmax(dim=-1)  # (B, T, R)
-    if prior is not None and prior_weight > 0:
-        mixed = (1 - prior_weight) * actions.clamp_min(1e-12).log() + prior_weight * prior.float().clamp_min(1e-12).log()
-        actions = mixed.softmax(dim=-1)  # (B, T, R)
+    actions = class_posterior(logits, prior, prior_weight)  # (B, T, R)
     foreground = torch.maximum(1 - logits.softmax(dim=-1)[..., R], fg.float())  # (B, T)
     p = actions[..., :K] * foreground[..., None]  # (B, T, K)
     return torch.cat([p, 1 - p.sum(dim=-1, keepdim=True)], dim=-1)  # (B, T, K+1)
+
+
+def class_posterior(logits: torch.Tensor, prior: torch.Tensor | None = None, prior_weight: float = 0.0) -> torch.Tensor:
+    """Which of the R names a snippet shows, given that it shows one: the softmax of Eq. (7)'s (B, T, R+1) logits
+    over the names (the background column left out), fused with frozen CLIP's ``prior`` (B, T, R) as a weighted
+    geometric mean, ``softmax(logits)^(1-w) x prior^w`` renormalised: (B, T, R)."""
+    logits = logits.float()
+    actions = logits[..., :-1].softmax(dim=-1)  # (B, T, R)
+    if prior is not None and prior_weight > 0:
+        mixed = (1 - prior_weight) * actions.clamp_min(1e-12).log() + prior_weight * prior.float().clamp_min(1e-12).log()
+        actions = mixed.softmax(dim=-1)  # (B, T, R)
+    return actions
 
 
 class STALE(nn.Module):
