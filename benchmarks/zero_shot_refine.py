@@ -50,6 +50,7 @@ from zero_shot import avg_map, ground_truth  # noqa: E402
 from stale_cli.detection.clipmode import (  # noqa: E402
     ClipModeConfig,
     class_text_features,
+    name_probabilities,
     snippet_directions,
     snippet_probabilities,
 )
@@ -71,14 +72,6 @@ class Video:
     meta: object
     d: np.ndarray  # (N, D) unit rows, video mean removed: what the text is compared with
     timeline: object
-
-
-def softmax_with_level(sim: np.ndarray, scale: float = CFG.logit_scale, level: float = CFG.background_level):
-    """Softmax over the last axis of ``sim`` (..., R) and a fixed background level: (..., R + 1)."""
-    z = scale * np.concatenate([sim, np.full(sim.shape[:-1] + (1,), level)], axis=-1)
-    z -= z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=-1, keepdims=True)
 
 
 def read(video: Video, text: np.ndarray, K: int, variant: str, kw: dict, fg=None) -> list:
@@ -106,13 +99,13 @@ def read(video: Video, text: np.ndarray, K: int, variant: str, kw: dict, fg=None
             i0 = int(np.clip(video.timeline.to_index(np.array([s]))[0], 0, N - 1))
             i1 = int(np.clip(np.ceil(video.timeline.to_index(np.array([e]))[0]), i0 + 1, N))
             m = video.d[i0:i1].mean(axis=0)
-            p = softmax_with_level((m / np.linalg.norm(m)) @ text.T)
+            p = name_probabilities((m / np.linalg.norm(m)) @ text.T, CFG)
             out.append((k, s, e, score * p[k] ** kw.get("a", 1.0)))
         return out
     if variant == "video":
         top = max(1, int(kw.get("frac", 0.1) * len(video.x)))
         evidence = np.sort(video.d @ text.T, axis=0)[-top:].mean(axis=0)  # (R,)
-        p = softmax_with_level(evidence)
+        p = name_probabilities(evidence, CFG)
         return [(k, s, e, score * p[k] ** kw.get("a", 1.0)) for k, s, e, score in found]
     return found
 

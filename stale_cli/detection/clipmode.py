@@ -131,15 +131,21 @@ def snippet_probabilities(
             "features of the same --clip-model the text is encoded with"
         )
     sim = snippet_directions(features, cfg.video_mean) @ text.T.astype(np.float32)  # (T, K + M) cosines
-    logits = cfg.logit_scale * np.concatenate([sim, np.full((T, 1), cfg.background_level, np.float32)], axis=1)
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    probs /= probs.sum(axis=1, keepdims=True)  # (T, K + M + 1)
-    query = probs[:, :K]  # (T, K)
+    query = name_probabilities(sim, cfg)[:, :K]  # (T, K)
     probs = np.concatenate([query, 1.0 - query.sum(axis=1, keepdims=True)], axis=1)  # (T, K+1)
     # Smoothing the probabilities (not the cosines) keeps rows summing to 1 and puts a segment's edge where the
     # curve crosses half its height; smoothing cosines before the steep softmax (scale 100) widens segments.
     return gaussian_smooth(probs, cfg.smooth_seconds * fps).astype(np.float32)  # (T, K+1)
+
+
+def name_probabilities(sim: np.ndarray, cfg: ClipModeConfig = ClipModeConfig()) -> np.ndarray:
+    """Step 4 on cosines ``sim`` (..., R) with R names: ``softmax(logit_scale * [sim, background_level])`` ->
+    (..., R + 1), the fixed background level last."""
+    level = np.full(sim.shape[:-1] + (1,), cfg.background_level, np.float32)
+    logits = cfg.logit_scale * np.concatenate([sim, level], axis=-1)
+    logits -= logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=-1, keepdims=True)
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
