@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,21 @@ def stale_process(*args, **kwargs) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
+def wait_in_pipe_read(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the process sleeps in read() on a pipe.
+
+    A signal that lands between the command's open() and its read() is seen by CPython's C handler but not acted on
+    until read() returns, which on a pipe kept open never happens: the run would hang (a race: it failed CI once).
+    Linux names the kernel function a process sleeps in; elsewhere, a second's wait."""
+    wchan = Path(f"/proc/{pid}/wchan")
+    if not wchan.exists():
+        time.sleep(1.0)
+        return
+    deadline = time.monotonic() + timeout
+    while not wchan.read_text().endswith("pipe_read") and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("signum, status, word", [
     (signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted"),
 ])
@@ -116,7 +132,8 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, signum, status, word):
     fifo = tmp_path / "annotations.json"
     os.mkfifo(fifo)
     proc = stale_process("evaluate", tmp_path / "p.json", "-a", fifo, stdout=subprocess.DEVNULL)
-    with open(fifo, "w"):  # returns once the command is blocked reading the annotations
+    with open(fifo, "w"):  # returns once the command has opened the annotations
+        wait_in_pipe_read(proc.pid)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == status, err
