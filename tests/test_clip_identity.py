@@ -131,3 +131,44 @@ def test_train_refuses_features_of_other_weights(extracted, videos, tiny_clip_na
     (line,) = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert "features made with CLIP weights" in line and "pass --clip-weights" in line
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("recorded", ["file", "random", "missing"])
+def test_a_fine_tuned_tower_leaves_new_names_to_clips_own(recorded, tiny_clip, tiny_clip_name, tiny_clip_weights,
+                                                          tmp_path, caplog):
+    """A checkpoint trained with --tune-text-encoder: names it never saw are read by CLIP's own text tower, loaded
+    from the weights the checkpoint records; when those cannot be had, by its tuned tower, with a warning."""
+    from stale_cli.detection.clipmode import class_text_features
+    from stale_cli.detection.detect import Detector, DetectSettings
+    from stale_cli.features.clip_backbone import load_clip
+    from stale_cli.model.checkpoint import save_checkpoint
+    from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.data.windows import DataConfig
+    from stale_cli.model.stale import STALE
+
+    cfg = ModelConfig(feature_dim=32, embed_dim=32, num_snippets=16, clip_model=tiny_clip_name, encoder_layers=1,
+                      num_heads=2, ffn_dim=64, decoder_layers=1, num_queries=4, context_tokens=4,
+                      freeze_text_encoder=False)
+    model = STALE(cfg, tiny_clip)  # the text tower is a copy
+    torch.manual_seed(0)
+    with torch.no_grad():  # "fine-tuned": moved away from CLIP's weights
+        for p in model.text_encoder.transformer.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    label = {"file": str(tiny_clip_weights.resolve()), "random": "random",
+             "missing": str(tmp_path / "gone.pt")}[recorded]
+    ckpt = tmp_path / "tuned.pt"
+    save_checkpoint(ckpt, model, cfg, LossConfig(), DataConfig(num_snippets=16), ["a dog"], 2.0, tiny_clip_name,
+                    label, clip_weights_sha256=weights_sha256(label) if recorded == "file" else None)
+    names = ["a dog", "a cat"]
+    det = Detector(DetectSettings(classes=names, checkpoint=ckpt, distractors=False, precision="fp32"))
+    assert det.new_idx == [1]
+    clips = class_text_features(load_clip(tiny_clip_name, str(tiny_clip_weights)), names, det.settings.clip_cfg)
+    tuned = det._prior_rows(names)
+    assert np.abs(clips - tuned).max() > 0.05  # the test can tell the towers apart
+    warned = [r.message for r in caplog.records if "text tower was fine-tuned" in r.getMessage()]
+    if recorded == "file":
+        np.testing.assert_allclose(det.prior_text, clips, atol=1e-5)
+        assert not warned
+    else:
+        np.testing.assert_allclose(det.prior_text, tuned, atol=1e-5)
+        assert len(warned) == 1

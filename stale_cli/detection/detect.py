@@ -43,8 +43,8 @@ from stale_cli.detection.clipmode import (ClipModeConfig, class_text_features, e
                                           snippet_directions, snippet_probabilities)
 from stale_cli.detection.detections import Segment, VideoDetections
 from stale_cli.detection.reading import ReadingConfig, reading_parents
-from stale_cli.errors import (CheckpointError, DataError, InputError, ResourceError, StaleError, first_line,
-                              out_of_memory)
+from stale_cli.errors import (CheckpointError, DataError, InputError, ResourceError, StaleError, WeightsError,
+                              first_line, out_of_memory)
 from stale_cli.fileio import source_identity
 from stale_cli.model.data.windows import (DataConfig, center_video, cut_windows, detection_grid, feature_timeline,
                                     interpolate_rows, video_duration)
@@ -253,19 +253,8 @@ class Detector:
 
             self.clip = load_clip(self.clip_model_name, settings.clip_weights, device=self.device,
                                   precision=settings.precision)
-        if self.mode == STALE_MODE and self.clip is not None and self.clip.activation != self.info.clip_activation:
-            raise CheckpointError(
-                f"{self.checkpoint}: its text encoder runs {self.info.clip_activation} but CLIP {self.clip.name} "
-                f"with --clip-weights {self.clip.weights} runs {self.clip.activation}; video features would not "
-                "match the text: use the CLIP weights the checkpoint was trained with"
-            )
         if self.mode == STALE_MODE and self.clip is not None:  # videos: their features must be the checkpoint's
-            same = self.clip.weights_id.same_as(self.info.weights_id)
-            if same is False:
-                raise CheckpointError(
-                    f"{self.checkpoint}: trained from CLIP weights {self.info.weights_id} but --clip-weights gives "
-                    f"{self.clip.weights_id}; video features would not match the text: pass --clip-weights "
-                    f"{self.info.clip_weights}")
+            self._check_checkpoint_clip(self.clip)
         from stale_cli.model.stale import SCORINGS
 
         if settings.scoring not in SCORINGS:
@@ -286,16 +275,11 @@ class Detector:
                 trained_keys = {name_key(n) for n in trained}
                 self.new_idx = [i for i, n in enumerate(self.classes) if name_key(n) not in trained_keys]
             if not paper and fits and (self.detect_cfg.prior_weight > 0 or self.new_idx):
-                # A frozen tower is CLIP's own: its rows are shared by every checkpoint trained from those weights.
-                cfg = self.info.model_config
-                tower = ({"clip": self.info.clip_model, "weights": _weights_identity(self.info.clip_weights),
-                          "activation": self.info.clip_activation} if cfg.freeze_text_encoder
-                         else {"checkpoint": source_identity(self.checkpoint)})
-                self.prior_text = self._cached_text(
-                    {"prior": tower, "templates": list(settings.clip_cfg.templates)}, names, self._prior_rows)
+                self.prior_text = self._frozen_text(names)
         else:
             ident = {"clip": self.clip_model_name, "weights": _weights_identity(self.clip.weights),
-                     "activation": self.clip.activation, "templates": list(settings.clip_cfg.templates)}
+                     "activation": self.clip.activation, "precision": self.clip.precision,
+                     "templates": list(settings.clip_cfg.templates)}
             self.text = self._cached_text(ident, names,
                                           lambda ns: class_text_features(self.clip, ns, settings.clip_cfg))  # (R, C)
         if self.competitors:
@@ -319,6 +303,70 @@ class Detector:
         with torch.inference_mode():
             background = self.model.encode_classes(names[:1])[-1:]  # (1, C): the same for any list
         return torch.cat([torch.from_numpy(rows).to(background), background], dim=0)  # (R+1, C)
+
+    def _frozen_text(self, names: list[str]) -> np.ndarray:
+        """Frozen CLIP's prompt-ensembled text of ``names`` (R, C), as the training-free mode reads them: with the
+        checkpoint's tower when training kept it frozen, else with CLIP's own tower, loaded from the weights the
+        checkpoint records. A tower fine-tuned on the training names reads new names badly (BENCHMARKS.md
+        "Zero-shot", the overfitting check); it is used only when those weights cannot be loaded here (warned)."""
+        templates = list(self.settings.clip_cfg.templates)
+        if self.info.model_config.freeze_text_encoder:
+            # A frozen tower is CLIP's own: its rows are shared by every checkpoint trained from those weights.
+            tower = {"clip": self.info.clip_model, "weights": _weights_identity(self.info.clip_weights),
+                     "activation": self.info.clip_activation}
+            return self._cached_text({"prior": tower, "templates": templates}, names, self._prior_rows)
+        clip = self._checkpoint_clip()
+        if clip is None:
+            tower = {"checkpoint": source_identity(self.checkpoint)}
+            return self._cached_text({"prior": tower, "templates": templates}, names, self._prior_rows)
+        log.info("names read by frozen CLIP: %s's own text tower (the checkpoint's was fine-tuned)", clip.name)
+        ident = {"clip": clip.name, "weights": _weights_identity(clip.weights), "activation": clip.activation,
+                 "precision": clip.precision, "templates": templates}
+        return self._cached_text(ident, names, lambda ns: class_text_features(clip, ns, self.settings.clip_cfg))
+
+    def _checkpoint_clip(self):
+        """The CLIP the checkpoint was trained from: the one already loaded for videos, else loaded now from the
+        weights the checkpoint records (or --clip-weights, when those are not here); None, with a warning, when
+        neither can be had."""
+        if self.clip is not None:
+            return self.clip
+        from stale_cli.features.clip_backbone import load_clip
+
+        recorded = self.info.clip_weights
+        reasons = ["it was trained from randomly initialised CLIP weights, which cannot be rebuilt"]
+        if self.info.weights_id.label not in (None, "", "random"):
+            reasons = []
+            for weights in dict.fromkeys(w for w in (recorded, self.settings.clip_weights) if w):
+                try:
+                    clip = load_clip(self.info.clip_model, weights, device=self.device,
+                                     precision=self.settings.precision)
+                except WeightsError as e:
+                    reasons.append(first_line(e))
+                    continue
+                if clip.weights_id.same_as(self.info.weights_id) is False:
+                    reasons.append(f"--clip-weights {weights} are not the weights it was trained from ({recorded})")
+                    continue
+                self._check_checkpoint_clip(clip)
+                self.clip = clip
+                return clip
+        log.warning("%s: its text tower was fine-tuned (--tune-text-encoder) and CLIP's own cannot be loaded (%s); "
+                    "names it was not trained on are read with the fine-tuned tower, which reads them poorly: pass "
+                    "--clip-weights with the CLIP weights it was trained from", self.checkpoint.name, reasons[0])
+        return None
+
+    def _check_checkpoint_clip(self, clip) -> None:
+        """Refuse a CLIP whose features would not match the checkpoint's: another activation or other weights."""
+        if clip.activation != self.info.clip_activation:
+            raise CheckpointError(
+                f"{self.checkpoint}: its text encoder runs {self.info.clip_activation} but CLIP {clip.name} "
+                f"with --clip-weights {clip.weights} runs {clip.activation}; video features would not "
+                "match the text: use the CLIP weights the checkpoint was trained with"
+            )
+        if clip.weights_id.same_as(self.info.weights_id) is False:
+            raise CheckpointError(
+                f"{self.checkpoint}: trained from CLIP weights {self.info.weights_id} but --clip-weights gives "
+                f"{clip.weights_id}; video features would not match the text: pass --clip-weights "
+                f"{self.info.clip_weights}")
 
     def _prior_rows(self, names: list[str]) -> np.ndarray:
         """Frozen CLIP's prompt-ensembled text of ``names`` (as the training-free mode's), unit rows (n, C)."""
