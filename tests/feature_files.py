@@ -1,5 +1,5 @@
-"""Feature files made by hand for tests (no checks, unlike write_features), features whose answer is known, and
-helpers that run a command through CliRunner and look at its error lines."""
+"""Feature files and sidecars made by hand for tests (no checks, unlike write_features), features whose answer is
+known, and helpers that run a command through CliRunner and look at its error lines."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ def sidecar(rows: int, **changes) -> dict:
             "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": rows, "num_rows": rows}
     meta.update(changes)
     return meta
+
+
+def meta_for(num_rows: int, fps: float, origin: float = 0.0) -> dict:
+    return {
+        "fps": fps, "timestamps": [origin + k / fps for k in range(num_rows)], "duration": origin + num_rows / fps,
+        "source": "synthetic.mp4", "clip_model": "stale-tiny", "clip_weights": "random", "num_frames": num_rows,
+    }
 
 
 def write_pair(path: Path, feats: np.ndarray, meta: dict) -> Path:

@@ -172,7 +172,7 @@ def test_checkpoint_records_and_rebuilds_the_activation(tmp_path, tiny_clip_name
 
 
 def test_training_refuses_features_made_the_old_way(tmp_path, tiny_clip, tiny_clip_name):
-    from test_train import make_dataset
+    from tiny_stale import make_dataset
 
     from stale_cli.errors import DataError
     from stale_cli.model.config import ModelConfig

@@ -1,0 +1,218 @@
+"""Detection (stale_cli/detection/detect.py) with a trained STALE checkpoint: a tiny STALE trained (with
+stale_cli.model.train) finds its training segments through the detection library and through
+``stale detect --checkpoint``, also on resampled features; names outside the checkpoint's vocabulary; checkpoints that
+do not fit are refused clearly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stale_cli.detection.detect import STALE_MODE, DetectSettings, Detector
+from stale_cli.errors import CheckpointError
+from stale_cli.sidecar import write_features
+
+from feature_files import CLASSES, FPS  # tests/ is on sys.path
+
+
+N_ROWS = 48  # 24 s per video
+
+
+# Each video: (class, start_s, end_s) instances; the rest is background.
+VIDEOS = {
+    "v0": [("high jump", 3.0, 9.0), ("pole vault", 14.0, 19.0)],
+    "v1": [("pole vault", 2.0, 8.0), ("high jump", 15.0, 21.0)],
+    "v2": [("high jump", 8.0, 15.0)],
+    "v3": [("pole vault", 10.0, 16.0)],
+}
+
+
+def synthetic_features(instances, rng, protos) -> np.ndarray:
+    feats = protos[-1] + 0.1 * rng.normal(size=(N_ROWS, protos.shape[1]))  # background prototype + noise
+    for name, s, e in instances:
+        feats[int(s * FPS) : int(e * FPS)] = protos[CLASSES.index(name)] + 0.1 * rng.normal(
+            size=(int(e * FPS) - int(s * FPS), protos.shape[1]))
+    return feats.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_clip, tiny_clip_name):
+    """(features dir, checkpoint path) of a tiny STALE trained to overfit VIDEOS."""
+    from dataclasses import replace
+
+    from stale_cli.model.config import ModelConfig
+    from stale_cli.model.data.annotations import parse_annotations
+    from stale_cli.model.data.windows import DataConfig
+    from stale_cli.model.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("stale_trained")
+    rng = np.random.default_rng(0)
+    D = 32
+    protos = rng.normal(size=(3, D))  # high jump, pole vault, background
+    database = {}
+    for vid, inst in VIDEOS.items():
+        meta = {"fps": FPS, "timestamps": [k / FPS for k in range(N_ROWS)], "duration": N_ROWS / FPS,
+                "source": f"{vid}.mp4", "clip_model": tiny_clip_name, "clip_weights": "random", "num_frames": N_ROWS}
+        write_features(root / "feats" / f"{vid}.npy", synthetic_features(inst, rng, protos), meta)
+        database[vid] = {"subset": "train", "duration": N_ROWS / FPS,
+                         "annotations": [{"label": n, "segment": [s, e]} for n, s, e in inst]}
+    ann = parse_annotations({"database": database})
+    cfg = ModelConfig(encoder_layers=1, num_heads=2, ffn_dim=64, context_tokens=4, num_queries=4, decoder_layers=1)
+    out = root / "tiny.pt"
+    train(root / "feats", ann, CLASSES, out, tiny_clip, tiny_clip_name, model_cfg=cfg,
+          data_cfg=DataConfig(mode="window", num_snippets=48, overlap=0.0, empty_window_keep=1.0),
+          train_cfg=replace(TrainConfig(), epochs=30, lr=3e-3, batch_size=1, val_fraction=0.0), progress=False)
+    return root, out
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory, tiny_clip, tiny_clip_name):
+    """A checkpoint of an untrained tiny STALE (32-wide stale-tiny features at 2 fps): for the misfit checks."""
+    from stale_cli.model.checkpoint import save_checkpoint
+    from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.data.windows import DataConfig
+    from stale_cli.model.stale import STALE
+
+    cfg = ModelConfig(feature_dim=32, embed_dim=32, num_snippets=32, clip_model=tiny_clip_name, encoder_layers=1,
+                      num_heads=2, ffn_dim=64, context_tokens=4, num_queries=4, decoder_layers=1)
+    path = tmp_path_factory.mktemp("stale_untrained") / "untrained.pt"
+    save_checkpoint(path, STALE(cfg, tiny_clip), cfg, LossConfig(), DataConfig(num_snippets=32), CLASSES, FPS,
+                    tiny_clip_name)
+    return path
+
+
+def tiou(a, b):
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    return inter / (max(a[1], b[1]) - min(a[0], b[0]))
+
+
+# The tiny model's prototypes are unrelated to any text: what it knows of its two names it memorised, so the
+# localisation tests ask its own names with no distractors and no frozen-CLIP prior (the tiny CLIP reads nothing).
+CLOSED = dict(distractors=False, prior_weight=0.0)
+
+
+def test_tiny_stale_recovers_training_segments(trained):
+    from stale_cli.sidecar import read_features
+
+    root, ckpt = trained
+    det = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt, **CLOSED))
+    assert det.mode == STALE_MODE and det.metadata()["checkpoint"] == str(ckpt)
+    hits = total = 0
+    for vid, inst in VIDEOS.items():
+        feats, meta = read_features(root / "feats" / f"{vid}.npy")
+        video = det.detect_features(feats, meta, vid, vid)
+        assert video.segments and all(0 <= s.start < s.end <= N_ROWS / FPS for s in video.segments)
+        for name, s, e in inst:
+            total += 1
+            top = [seg for seg in sorted(video.segments, key=lambda x: -x.score) if seg.label == name][:3]
+            hits += any(tiou((seg.start, seg.end), (s, e)) >= 0.5 for seg in top)
+    assert hits >= total - 1, f"{hits}/{total} training instances recovered"
+
+
+def test_resampled_features_still_detect(trained):
+    """Features at twice the checkpoint's rate are resampled to it (and give the same kind of answer)."""
+    from stale_cli.detection.detect import resample_features
+    from stale_cli.sidecar import read_features
+
+    root, ckpt = trained
+    det = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt, **CLOSED))
+    feats, meta = read_features(root / "feats" / "v2.npy")
+    fast, fast_meta = resample_features(feats, meta, 2 * FPS)
+    fast_meta = fast_meta.replace(duration=meta.duration)
+    video = det.detect_features(fast, fast_meta, "v2", "v2")
+    best = max((s for s in video.segments if s.label == "high jump"), key=lambda s: s.score)
+    assert tiou((best.start, best.end), (8.0, 15.0)) >= 0.5
+
+
+def test_checkpoint_misfits_are_refused(untrained, tmp_path):
+    import torch
+
+    ckpt = untrained
+    det = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt))
+    meta = {"fps": FPS, "timestamps": [0.0], "duration": 10.0, "clip_model": "stale-tiny"}
+    with pytest.raises(CheckpointError, match="64-wide.*32-wide"):
+        det.detect_features(np.zeros((20, 64), np.float32), meta, "w", "w.npy")
+    with pytest.raises(CheckpointError, match="ViT-B-16"):
+        det.detect_features(np.zeros((20, 32), np.float32), dict(meta, clip_model="ViT-B-16"), "w", "w.npy")
+    raw = torch.load(ckpt, weights_only=True)
+    raw["version"] = 999
+    torch.save(raw, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version"):
+        Detector(DetectSettings(classes=CLASSES, checkpoint=tmp_path / "future.pt"))
+    (tmp_path / "junk.pt").write_text(json.dumps({"not": "a checkpoint"}))
+    with pytest.raises(CheckpointError, match="not a stale checkpoint"):
+        Detector(DetectSettings(classes=CLASSES, checkpoint=tmp_path / "junk.pt"))
+    with pytest.raises(CheckpointError, match="--clip-model"):
+        Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt, clip_model="ViT-B-32"))
+
+
+def test_trained_mode_hands_its_class_curves_to_the_html_report(trained, tmp_path):
+    """`stale detect --checkpoint ... --html`: the page gets the model's per-row class probabilities, one lane each."""
+    import base64
+
+    from typer.testing import CliRunner
+
+    from stale_cli.cli import app
+    from stale_cli.sidecar import read_features
+
+    root, ckpt = trained
+    feats, meta = read_features(root / "feats" / "v2.npy")
+    video = Detector(DetectSettings(classes=CLASSES, checkpoint=ckpt, **CLOSED)).detect_features(feats, meta, "v2", "v2")
+    assert video.scores.shape == (N_ROWS, 2) and video.times.shape == (N_ROWS,)
+    assert 0.0 <= video.scores.min() and video.scores.max() <= 1.0
+
+    r = CliRunner().invoke(app, ["detect", str(root / "feats" / "v2.npy"), "--classes", ",".join(CLASSES),
+                                 "--checkpoint", str(ckpt), "--html", str(tmp_path / "r.html"), "--no-progress",
+                                 "--no-distractors", "--prior-weight", "0"])
+    assert r.exit_code == 0, r.output
+    doc = (tmp_path / "r.html").read_text()
+    assert "trained STALE checkpoint" in doc and str(ckpt) in doc and doc.count('class="lane"') == len(CLASSES)
+    tag = '<script type="application/json" class="video-data">'
+    start = doc.index(tag) + len(tag)
+    data = json.loads(doc[start : doc.index("</script>", start)])
+    curves = data["curves"]
+    # The curve's samples sit on the frames' times (row k is the frame at k / FPS), like the segments.
+    assert curves["t0"] == pytest.approx(0.0) and curves["step"] == pytest.approx(0.5)
+    high_jump = np.frombuffer(base64.b64decode(curves["values"][0]), np.uint8) / 255  # (N_ROWS,)
+    np.testing.assert_allclose(high_jump, video.scores[:, 0], atol=0.5 / 255 + 1e-6)
+    inside = np.arange(N_ROWS) / FPS
+    inside = (inside > 8.0) & (inside < 15.0)
+    assert high_jump[inside].mean() > high_jump[~inside].mean() + 0.3  # the curve shows where the action is
+
+
+def test_one_name_that_never_happens_gets_no_trusted_detection(trained, monkeypatch):
+    """Asked "high jump" alone on a video of pole vault only: the snippets go to the checkpoint's own name "pole
+    vault" (a distractor now), not to the only name asked. (The generic names are left out: in the tiny CLIP's
+    32 dimensions 200 random name vectors crowd out the two this model memorised.)"""
+    from stale_cli import vocab
+    from stale_cli.sidecar import read_features
+
+    monkeypatch.setattr(vocab, "generic_action_names", lambda: [])
+    root, ckpt = trained
+    feats, meta = read_features(root / "feats" / "v3.npy")  # pole vault 10-16 s, nothing else
+    det = Detector(DetectSettings(classes=["high jump"], checkpoint=ckpt, prior_weight=0.0))
+    assert "pole vault" in det.competitors and det.metadata()["distractors"] == len(det.competitors)
+    video = det.detect_features(feats, meta, "v3", "v3")
+    assert max((s.score for s in video.segments), default=0.0) < 0.3
+    # the same name on a video where it happens still scores high
+    feats, meta = read_features(root / "feats" / "v2.npy")  # high jump 8-15 s
+    best = max(det.detect_features(feats, meta, "v2", "v2").segments, key=lambda s: s.score)
+    assert best.score > 0.5 and tiou((best.start, best.end), (8.0, 15.0)) >= 0.5
+
+
+def test_names_the_checkpoint_never_saw_are_scored_by_frozen_clip(trained):
+    """--new-names clip (default): a name outside the checkpoint's vocabulary goes through frozen CLIP's reading of
+    the features, the checkpoint's own names through the model; --new-names stale sends both to the model."""
+    from stale_cli.sidecar import read_features
+
+    root, ckpt = trained
+    det = Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=ckpt))
+    assert det.new_idx == [1] and det.metadata()["scored_by_frozen_clip"] == ["skateboarding"]
+    feats, meta = read_features(root / "feats" / "v2.npy")
+    video = det.detect_features(feats, meta, "v2", "v2")
+    assert video.scores.shape == (N_ROWS, 2) and np.isfinite(video.scores).all()
+    assert {s.label for s in video.segments} <= {"high jump", "skateboarding"}
+    assert Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=ckpt,
+                                   new_names="stale")).new_idx == []
