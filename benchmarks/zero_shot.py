@@ -144,10 +144,26 @@ def prototypes(text: dict[str, np.ndarray], angle_deg: float, rotation: float, r
     return out
 
 
+class ActionnessGenerator(Generator):
+    """quality.py's generator, with one direction shared by every action of every class (``strength`` x a unit
+    vector drawn once) added to each instance's class part: a class-agnostic look of "an action happening", which
+    a model trained on some classes can learn and lend to others."""
+
+    def __init__(self, classes: list[str], dim: int, fps: float, seed: int, strength: float):
+        super().__init__(classes, dim, fps, seed)
+        v = np.random.default_rng(seed + 2000).standard_normal(dim)  # its own stream: the rest of the world is as without
+        self.shared = strength * v / np.linalg.norm(v)
+
+    def _look(self, a: dict, earlier: list[dict]) -> np.ndarray:
+        return super()._look(a, earlier) + self.shared
+
+
 def build(args, out: Path) -> dict:
     """Annotations, CLIP weights, prototypes and feature files (kept on reruns with the same settings)."""
     key = {k: getattr(args, k) for k in ("seed", "train_videos", "test_videos", "max_duration", "fps", "clip_model",
                                          "residual_angle", "rotation")}
+    if args.actionness:  # recorded only when set, so that worlds built before the option are still recognised
+        key["actionness"] = args.actionness
     stamp = out / "world.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
         return json.loads(stamp.read_text())
@@ -157,7 +173,7 @@ def build(args, out: Path) -> dict:
     weights = clip_weights(args.clip_model, out.parent)
     text = text_directions(weights, args.clip_model, classes)
     rng = np.random.default_rng(args.seed + 1000)
-    gen = Generator(classes, len(text[classes[0]]), args.fps, args.seed)
+    gen = ActionnessGenerator(classes, len(text[classes[0]]), args.fps, args.seed, args.actionness)
     gen.prototypes = prototypes(text, args.residual_angle, args.rotation, rng)
     feats = out / "features"
     write_feature_files(gen, ann, feats, args.fps, args.clip_model, str(weights))
@@ -330,6 +346,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--residual-angle", type=float, default=60.0, help="degrees between a prototype and its text")
     ap.add_argument("--rotation", type=float, default=0.02, help="strength of the shared near-identity rotation")
+    ap.add_argument("--actionness", type=float, default=0.0,
+                    help="norm of a direction shared by the actions of every class (0: none, the default world)")
     ap.add_argument("--no-train", action="store_true", help="training-free mode and oracles only")
     ap.add_argument("--train-args", default="", help="extra arguments for stale zero-shot (quoted)")
     ap.add_argument("--analyse-only", action="store_true", help="reuse the work dir's checkpoints and predictions")
