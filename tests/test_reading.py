@@ -55,7 +55,7 @@ def test_detect_reads_by_default_and_all_keeps_the_ranked_list(feature_dir, tiny
     assert read["external_data"]["reading"]["min_score"] == ReadingConfig().min_score
 
     # --all is the library's list, untouched; the default is that list reduced
-    clip = load_clip(tiny_clip_name, str(tiny_clip_weights))
+    clip = load_clip(tiny_clip_name, str(tiny_clip_weights), precision="auto")  # as the command loads it
     video = Detector(DetectSettings(classes=classes, clip_model=tiny_clip_name), clip=clip).detect(npy)
 
     def same(written: list, segments: list) -> bool:
