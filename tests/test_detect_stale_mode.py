@@ -216,3 +216,28 @@ def test_names_the_checkpoint_never_saw_are_scored_by_frozen_clip(trained):
     assert {s.label for s in video.segments} <= {"high jump", "skateboarding"}
     assert Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=ckpt,
                                    new_names="stale")).new_idx == []
+
+
+def test_foreground_reading_takes_frozen_clips_class_and_the_models_where(trained):
+    """--new-names foreground: a new name's curve is the model's with frozen CLIP's class posterior alone (prior
+    weight 1), as --new-names stale --prior-weight 1 gives it; the checkpoint's own names are read as before."""
+    from stale_cli.errors import InputError
+    from stale_cli.sidecar import read_features
+
+    root, ckpt = trained
+    feats, meta = read_features(root / "feats" / "v2.npy")
+
+    def read(classes, **kw):
+        det = Detector(DetectSettings(classes=classes, checkpoint=ckpt, **kw))
+        return det, det.detect_features(feats, meta, "v2", "v2")
+
+    det, both = read(["high jump", "skateboarding"], new_names="foreground")
+    assert det.new_idx == [1] and det.metadata()["new_names"] == "foreground"
+    _, alone = read(["skateboarding"], new_names="stale", prior_weight=1.0)
+    _, own = read(["high jump", "skateboarding"], new_names="stale")
+    np.testing.assert_allclose(both.scores[:, 1], alone.scores[:, 0], atol=1e-5)
+    np.testing.assert_allclose(both.scores[:, 0], own.scores[:, 0], atol=1e-5)
+    assert np.abs(both.scores[:, 1] - own.scores[:, 1]).max() > 1e-3  # the prior weight does differ
+    assert {s.label for s in both.segments} <= {"high jump", "skateboarding"}
+    with pytest.raises(InputError, match="--new-names must be one of clip, foreground, stale"):
+        Detector(DetectSettings(classes=["high jump"], checkpoint=ckpt, new_names="frozen"))

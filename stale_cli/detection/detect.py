@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 STALE_MODE = "stale"
 MODES = (STALE_MODE, CLIP_MODE)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+# STALE mode, who reads a name the checkpoint was not trained on: "clip", frozen CLIP alone, as the training-free
+# mode does (segments from its curve); "foreground", frozen CLIP says which name (Eq. 7's class posterior replaced
+# by its, prior weight 1), the model says where (its foreground and masks); "stale", the trained model, its
+# classifier fused with frozen CLIP's prior as for its own names.
+NEW_NAMES = ("clip", "foreground", "stale")
 WINDOW_BATCH = 8  # STALE windows per forward pass
 DEFAULT_CLIP_MODEL = "ViT-B-16"
 # The training-free mode computes probabilities and segments on the whole video; DetectConfig.max_candidates
@@ -187,10 +192,10 @@ class DetectSettings:
     distractors: bool = True
     scoring: str = "open"  # STALE mode: "open" or "paper" (Eq. 7's softmax over K+1), see detection_probabilities
     prior_weight: Optional[float] = None  # None: the detect config's (DetectConfig.prior_weight)
-    # STALE mode: who scores a name the checkpoint was not trained on. "clip": frozen CLIP, as the training-free
-    # mode does (with the checkpoint's text tower, and the same distractors), while the checkpoint's own names go
-    # through the trained model; "stale": the trained model for every name. On benchmarks/zero_shot.py the trained
-    # classifier does not carry to new names (BENCHMARKS.md "Zero-shot"), so "clip" is the default.
+    # STALE mode: who reads a name the checkpoint was not trained on (NEW_NAMES; the checkpoint's own names always
+    # go through the trained model). On benchmarks/zero_shot.py the trained classifier does not carry to new names,
+    # and the model's "where" does only when actions share a class-agnostic look (BENCHMARKS.md "Zero-shot"), so
+    # "clip", never worse than the training-free mode, is the default.
     new_names: str = "clip"
     # Inference settings before min_score/top_k; None: the checkpoint's preset (STALE mode), else DetectConfig().
     detect_config: Optional[DetectConfig] = None
@@ -265,13 +270,13 @@ class Detector:
         self.competitors = [] if paper else distractors(self.classes, trained, settings.distractors)
         names = self.classes + self.competitors
         self.prior_text = None  # (R, C) frozen CLIP's ensembled text of every name, STALE mode
-        self.new_idx: list[int] = []  # STALE mode: the names asked that frozen CLIP scores (new_names == "clip")
-        if settings.new_names not in ("clip", "stale"):
-            raise InputError(f"--new-names must be clip or stale, not {settings.new_names!r}")
+        self.new_idx: list[int] = []  # STALE mode: the names asked whose class frozen CLIP reads (NEW_NAMES)
+        if settings.new_names not in NEW_NAMES:
+            raise InputError(f"--new-names must be one of {', '.join(NEW_NAMES)}, not {settings.new_names!r}")
         if self.mode == STALE_MODE:
             self.text = self._stale_text(names)  # (R+1, C)
             fits = self.info.feature_dim == self.text.shape[1]  # CLIP features: frozen CLIP can read them
-            if not paper and settings.new_names == "clip" and fits:
+            if not paper and settings.new_names != "stale" and fits:
                 trained_keys = {name_key(n) for n in trained}
                 self.new_idx = [i for i, n in enumerate(self.classes) if name_key(n) not in trained_keys]
             if not paper and fits and (self.detect_cfg.prior_weight > 0 or self.new_idx):
@@ -424,8 +429,9 @@ class Detector:
             "reading": None if self.settings.reading is None else dataclasses.asdict(self.settings.reading),
             "scoring": "paper" if self.mode == STALE_MODE and self.settings.scoring == "paper" else "open",
             "distractors": len(self.competitors),  # other names each snippet was scored against
-            # STALE mode: names the checkpoint was not trained on, scored by frozen CLIP (DetectSettings.new_names)
+            # STALE mode: names the checkpoint was not trained on, whose class frozen CLIP reads, and how (NEW_NAMES)
             "scored_by_frozen_clip": [self.classes[i] for i in self.new_idx],
+            "new_names": self.settings.new_names if self.mode == STALE_MODE else None,
             "stale_version": __version__,
         }
 
@@ -590,8 +596,14 @@ class Detector:
             with torch.inference_mode():
                 out = self.model(x, valid, self.text)
                 probs = detection_probabilities(out["logits"], out["fg"], K, prior, self.detect_cfg.prior_weight,
-                                                self.settings.scoring).cpu().numpy()  # (B, T, K+1)
-            probs[..., self.new_idx] = 0.0  # those names are scored by frozen CLIP below
+                                                self.settings.scoring)  # (B, T, K+1)
+                if self.new_idx and self.settings.new_names == "foreground":  # frozen CLIP's class, the model's where
+                    probs_new = detection_probabilities(out["logits"], out["fg"], K, prior, 1.0, self.settings.scoring)
+                    probs[..., self.new_idx] = probs_new[..., self.new_idx]
+                    probs[..., K] = 1 - probs[..., :K].sum(dim=-1)
+                probs = probs.cpu().numpy()
+            if self.settings.new_names == "clip":
+                probs[..., self.new_idx] = 0.0  # those names are scored by frozen CLIP below
             masks = out["masks"].float().cpu().numpy()  # (B, T, T)
             for b, (win, _) in enumerate(chunk):
                 video.add(probs[b], masks[b], win.timeline, win.start_row, win.valid_len)
@@ -601,7 +613,7 @@ class Detector:
                 np.add.at(row_cnt, rows, 1.0)
         scores = (row_sum / np.maximum(row_cnt, 1.0)).astype(np.float32)  # (N, K)
         found = [video.segments()]
-        if self.new_idx:
+        if self.new_idx and self.settings.new_names == "clip":
             found.append(self._new_name_candidates(feats, src, scores))
         return found, scores
 
