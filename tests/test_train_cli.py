@@ -59,12 +59,17 @@ def test_cli_trains_on_a_split_writes_checkpoints_and_resumes(tmp_path, tiny_cli
     assert resumed.epoch == 3 and [h["epoch"] for h in resumed.extra["history"]] == [1, 2, 3]
 
 
-def test_cli_rerun_resumes_and_refuses_other_settings(tmp_path, tiny_clip_name, tiny_clip_weights):
-    """The same command again continues from <out>.last.pt; other settings are one error line; --fresh restarts."""
+def one_epoch_run(tmp_path, tiny_clip_name, tiny_clip_weights) -> tuple:
+    """A dataset and the arguments of `stale train` for one epoch on split 0: (annotations, <out>.last.pt, args)."""
     feats, ann = make_dataset(tmp_path, tiny_clip_name)
-    last = tmp_path / "w" / "m.last.pt"
     args = cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--split", "thumos14/75_25/0")
     args[args.index("--epochs") + 1] = "1"
+    return ann, tmp_path / "w" / "m.last.pt", args
+
+
+def test_cli_rerun_resumes_and_refuses_other_settings(tmp_path, tiny_clip_name, tiny_clip_weights):
+    """The same command again continues from <out>.last.pt; other settings are one error line; --fresh restarts."""
+    ann, last, args = one_epoch_run(tmp_path, tiny_clip_name, tiny_clip_weights)
     assert run_cli(*args).exit_code == 0
     assert read_checkpoint(last)[1].epoch == 1
     args[args.index("--epochs") + 1] = "2"
@@ -93,10 +98,7 @@ def test_cli_rerun_resumes_and_refuses_other_settings(tmp_path, tiny_clip_name, 
 
 
 def test_cli_never_replaces_a_later_epoch_with_an_earlier_one(tmp_path, tiny_clip_name, tiny_clip_weights):
-    feats, ann = make_dataset(tmp_path, tiny_clip_name)
-    last = tmp_path / "w" / "m.last.pt"
-    args = cli_args(tmp_path, feats, ann, tiny_clip_name, tiny_clip_weights, "--split", "thumos14/75_25/0")
-    args[args.index("--epochs") + 1] = "1"
+    _, last, args = one_epoch_run(tmp_path, tiny_clip_name, tiny_clip_weights)
     assert run_cli(*args).exit_code == 0
     early = tmp_path / "early.pt"
     early.write_bytes(last.read_bytes())  # epoch 1
