@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from stale_cli import __version__
-from stale_cli.clip_identity import mismatch_hint
+from stale_cli.clip_identity import RANDOM, mismatch_hint
 from stale_cli.defaults import DEFAULT_FEATURE_FPS
 from stale_cli.detection.clipmode import MODE_NAME as CLIP_MODE
 from stale_cli.detection.clipmode import (ClipModeConfig, class_text_features, ensemble, normalize_rows,
@@ -282,11 +282,7 @@ class Detector:
             if not paper and fits and (self.detect_cfg.prior_weight > 0 or self.new_idx):
                 self.prior_text = self._frozen_text(names)
         else:
-            ident = {"clip": self.clip_model_name, "weights": _weights_identity(self.clip.weights),
-                     "activation": self.clip.activation, "precision": self.clip.precision,
-                     "templates": list(settings.clip_cfg.templates)}
-            self.text = self._cached_text(ident, names,
-                                          lambda ns: class_text_features(self.clip, ns, settings.clip_cfg))  # (R, C)
+            self.text = self._clip_text(self.clip, names)  # (R, C)
         if self.competitors:
             log.info("scoring against %d other action names too (--no-distractors turns this off)",
                      len(self.competitors))
@@ -314,20 +310,24 @@ class Detector:
         checkpoint's tower when training kept it frozen, else with CLIP's own tower, loaded from the weights the
         checkpoint records. A tower fine-tuned on the training names reads new names badly (BENCHMARKS.md
         "Zero-shot", the overfitting check); it is used only when those weights cannot be loaded here (warned)."""
-        templates = list(self.settings.clip_cfg.templates)
-        if self.info.model_config.freeze_text_encoder:
-            # A frozen tower is CLIP's own: its rows are shared by every checkpoint trained from those weights.
-            tower = {"clip": self.info.clip_model, "weights": _weights_identity(self.info.clip_weights),
-                     "activation": self.info.clip_activation}
-            return self._cached_text({"prior": tower, "templates": templates}, names, self._prior_rows)
-        clip = self._checkpoint_clip()
-        if clip is None:
-            tower = {"checkpoint": source_identity(self.checkpoint)}
-            return self._cached_text({"prior": tower, "templates": templates}, names, self._prior_rows)
-        log.info("names read by frozen CLIP: %s's own text tower (the checkpoint's was fine-tuned)", clip.name)
+        frozen = self.info.model_config.freeze_text_encoder
+        clip = None if frozen else self._checkpoint_clip()
+        if clip is not None:
+            log.info("names read by frozen CLIP: %s's own text tower (the checkpoint's was fine-tuned)", clip.name)
+            return self._clip_text(clip, names)
+        # A frozen tower is CLIP's own: its rows are shared by every checkpoint trained from those weights.
+        tower = ({"clip": self.info.clip_model, "weights": _weights_identity(self.info.clip_weights),
+                  "activation": self.info.clip_activation} if frozen
+                 else {"checkpoint": source_identity(self.checkpoint)})
+        return self._cached_text({"prior": tower, "templates": list(self.settings.clip_cfg.templates)}, names,
+                                 self._prior_rows)
+
+    def _clip_text(self, clip, names: list[str]) -> np.ndarray:
+        """``clip``'s prompt-ensembled text of ``names`` (R, C), the training-free mode's, cached per CLIP."""
+        cfg = self.settings.clip_cfg
         ident = {"clip": clip.name, "weights": _weights_identity(clip.weights), "activation": clip.activation,
-                 "precision": clip.precision, "templates": templates}
-        return self._cached_text(ident, names, lambda ns: class_text_features(clip, ns, self.settings.clip_cfg))
+                 "precision": clip.precision, "templates": list(cfg.templates)}
+        return self._cached_text(ident, names, lambda ns: class_text_features(clip, ns, cfg))
 
     def _checkpoint_clip(self):
         """The CLIP the checkpoint was trained from: the one already loaded for videos, else loaded now from the
@@ -338,9 +338,10 @@ class Detector:
         from stale_cli.features.clip_backbone import load_clip
 
         recorded = self.info.clip_weights
-        reasons = ["it was trained from randomly initialised CLIP weights, which cannot be rebuilt"]
-        if self.info.weights_id.label not in (None, "", "random"):
-            reasons = []
+        reasons = []
+        if self.info.weights_id.label in (None, "", RANDOM):
+            reasons.append("it was trained from randomly initialised CLIP weights, which cannot be rebuilt")
+        else:
             for weights in dict.fromkeys(w for w in (recorded, self.settings.clip_weights) if w):
                 try:
                     clip = load_clip(self.info.clip_model, weights, device=self.device,
@@ -600,8 +601,7 @@ class Detector:
                 if self.new_idx and self.settings.new_names == "foreground":  # frozen CLIP's class, the model's where
                     probs_new = detection_probabilities(out["logits"], out["fg"], K, prior, 1.0, self.settings.scoring)
                     probs[..., self.new_idx] = probs_new[..., self.new_idx]
-                    probs[..., K] = 1 - probs[..., :K].sum(dim=-1)
-                probs = probs.cpu().numpy()
+                probs = probs.cpu().numpy()  # column K is not read below: post-processing takes the K names' columns
             if self.settings.new_names == "clip":
                 probs[..., self.new_idx] = 0.0  # those names are scored by frozen CLIP below
             masks = out["masks"].float().cpu().numpy()  # (B, T, T)
