@@ -92,7 +92,7 @@ def test_zero_shot_protocol_end_to_end_and_resume(dataset, tmp_path):
     work = tmp_path / "work"
     summary = _run_library(dataset, work)
     assert summary == json.loads((work / "results.json").read_text())
-    assert set(summary["rows"]) == {"clip", "stale"}
+    assert set(summary["rows"]) == {"clip", "stale", "foreground"}
     assert summary["tiou"] == [0.3, 0.4, 0.5, 0.6, 0.7]
     assert summary["test_videos"] == 21 and summary["test_videos_with_features"] == 20
     for row in summary["rows"].values():
@@ -101,14 +101,16 @@ def test_zero_shot_protocol_end_to_end_and_resume(dataset, tmp_path):
     # The baseline finds the constructed unseen actions (the one video without features is a miss).
     assert summary["rows"]["clip"]["average_mAP_mean"] > 0.3
     for k in (0, 1):
-        ev = json.loads((work / f"split_{k}" / "stale_eval.json").read_text())
-        assert sorted(ev["per_class"]) == sorted(load_split(f"thumos14/75_25/{k}")[1])
-        preds = json.loads((work / f"split_{k}" / "stale_predictions.json").read_text())
-        assert {s["label"] for v in preds["results"].values() for s in v} <= set(ev["per_class"])
-        assert preds["external_data"]["mode"] == "stale"
+        for method, new_names in (("stale", "stale"), ("foreground", "foreground")):
+            ev = json.loads((work / f"split_{k}" / f"{method}_eval.json").read_text())
+            assert sorted(ev["per_class"]) == sorted(load_split(f"thumos14/75_25/{k}")[1])
+            preds = json.loads((work / f"split_{k}" / f"{method}_predictions.json").read_text())
+            assert {s["label"] for v in preds["results"].values() for s in v} <= set(ev["per_class"])
+            assert preds["external_data"]["mode"] == "stale"
+            assert preds["external_data"]["new_names"] == new_names
         assert (work / f"split_{k}" / "model.pt").is_file() and (work / f"split_{k}" / "train.json").is_file()
     md = (work / "results.md").read_text()
-    assert "| STALE | 2 |" in md and "training-free CLIP (baseline)" in md and "paper Table 1" in md
+    assert "| STALE | 2 |" in md and "| STALE's where, CLIP's names | 2 |" in md and "training-free CLIP (baseline)" in md and "paper Table 1" in md
 
     # Rerun: everything is done, nothing is trained or detected again, same numbers.
     (work / "results.json").unlink()
@@ -117,8 +119,10 @@ def test_zero_shot_protocol_end_to_end_and_resume(dataset, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in work.glob("split_*/*")} == mtimes
     # A split whose evaluation is missing is redone from its checkpoint (no retraining).
     (work / "split_1" / "stale_eval.json").unlink()
+    (work / "split_0" / "foreground_eval.json").unlink()
     again = _run_library(dataset, work)
     assert again["rows"]["stale"]["per_split"] == summary["rows"]["stale"]["per_split"]
+    assert again["rows"]["foreground"]["per_split"] == summary["rows"]["foreground"]["per_split"]
     assert (work / "split_1" / "model.pt").stat().st_mtime_ns == mtimes[work / "split_1" / "model.pt"]
 
     # Other settings in the same work dir are refused.

@@ -5,7 +5,10 @@ For each standard split ``<dataset>/<setting>/<k>`` (docs/formats.md, docs/zero-
 1. **train** STALE on the *seen* classes of the training subset (THUMOS14 ``val``, ActivityNet ``training``) with
    :func:`stale_cli.model.train.train`; instances of unseen classes are background there;
 2. **detect** on every test-subset video (THUMOS14 ``test``, ActivityNet ``validation``) with the *unseen* class
-   names only, through :class:`stale_cli.detection.detect.Detector` with the split's checkpoint;
+   names only, through :class:`stale_cli.detection.detect.Detector` with the split's checkpoint, read two ways:
+   the trained model alone (``--new-names stale``, the paper's STALE row), and the model's foreground and masks
+   with frozen CLIP naming the class (``--new-names foreground``); a user's `stale detect` reads names a checkpoint
+   never saw with frozen CLIP alone by default (``--new-names clip``), which is the baseline row of step 4;
 3. **evaluate** on the unseen classes (:func:`stale_cli.metric.evaluate_detection`, the official ActivityNet
    mAP) against *all* test-subset videos: a video without features, or whose detection failed, is a miss;
 4. the same detection and evaluation in the **training-free mode** (CLIP similarity, no training), the baseline
@@ -45,7 +48,12 @@ log = logging.getLogger(__name__)
 
 STALE_METHOD = "stale"
 CLIP_METHOD = "clip"
-METHOD_NAMES = {CLIP_METHOD: "training-free CLIP (baseline)", STALE_METHOD: "STALE"}
+FOREGROUND_METHOD = "foreground"
+METHODS = (CLIP_METHOD, STALE_METHOD, FOREGROUND_METHOD)
+METHOD_NAMES = {CLIP_METHOD: "training-free CLIP (baseline)", STALE_METHOD: "STALE",
+                FOREGROUND_METHOD: "STALE's where, CLIP's names"}
+# The checkpoint's reading of the unseen names behind each trained row (`stale detect --new-names`).
+NEW_NAMES_OF = {STALE_METHOD: "stale", FOREGROUND_METHOD: "foreground"}
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,7 @@ def planned_outputs(cfg: ProtocolConfig, work_dir: str | Path) -> list[Path]:
     for k in cfg.splits:
         split_dir = work_dir / f"split_{k}"
         out += [split_dir / name for name in ("model.pt", "model.last.pt", "train.json")]
-        out += [split_dir / f"{m}_{what}.json" for m in (CLIP_METHOD, STALE_METHOD) for what in ("predictions", "eval")]
+        out += [split_dir / f"{m}_{what}.json" for m in METHODS for what in ("predictions", "eval")]
     return out
 
 
@@ -141,6 +149,28 @@ def _detect_and_evaluate(
     if progress:
         progress(f"{method}: average mAP {100 * result['average_mAP']:.2f}")
     return result
+
+
+def _train_split(k, split_dir, ckpt, seen, features_dir, train_ann, clip, model_cfg, loss_cfg, data_cfg, train_cfg,
+                 device, progress, dataset, say) -> dict:
+    """Split ``k``'s training record (``train.json``), training (or resuming) its checkpoint first if need be."""
+    from stale_cli.model.train import last_path_for, train
+
+    trained = _load_done(split_dir / "train.json")
+    if trained is not None:
+        return trained
+    last = last_path_for(ckpt)
+    resume = last if last.is_file() else None
+    say(f"split {k}: training on {len(seen)} seen classes" + (f" (resuming {last.name})" if resume else ""))
+    result = train(
+        features_dir, train_ann, seen, ckpt, clip.model, clip.name, str(clip.weights),
+        model_cfg=model_cfg, loss_cfg=loss_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
+        device=device, resume=resume, progress=progress, dataset=dataset,
+    )
+    trained = {"best_epoch": result.best_epoch, "score": result.score_name, "train_videos": result.train_videos,
+               "val_videos": result.val_videos, "missing_videos": result.missing_videos, "history": result.history}
+    write_json_atomic(split_dir / "train.json", trained)
+    return trained
 
 
 def _load_done(path: Path) -> Optional[dict]:
@@ -280,9 +310,8 @@ def _undo_start(work_dir: Path, made: list) -> None:
 def _run_splits(cfg, vocabularies, work_dir, features_dir, train_ann, feature_paths, gt, test_ids, tious, clip,
                 detect_cfg, model_cfg, loss_cfg, data_cfg, train_cfg, device, progress, say) -> dict:
     from stale_cli.detection.detect import DetectSettings, Detector
-    from stale_cli.model.train import train
 
-    per_split: dict[str, dict[int, dict]] = {CLIP_METHOD: {}, STALE_METHOD: {}}
+    per_split: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
     for k in cfg.splits:
         split_dir = work_dir / f"split_{k}"
         seen, unseen = vocabularies[k]
@@ -301,36 +330,22 @@ def _run_splits(cfg, vocabularies, work_dir, features_dir, train_ann, feature_pa
             per_split[CLIP_METHOD][k] = done
 
         if cfg.train:
-            done = _load_done(split_dir / f"{STALE_METHOD}_eval.json")
-            if done is None:
-                ckpt = split_dir / "model.pt"
-                trained = _load_done(split_dir / "train.json")
-                if trained is None:
-                    from stale_cli.model.train import last_path_for
-
-                    last = last_path_for(ckpt)
-                    resume = last if last.is_file() else None
-                    say(f"split {k}: training on {len(seen)} seen classes" + (f" (resuming {last.name})" if resume else ""))
-                    result = train(
-                        features_dir, train_ann, seen, ckpt, clip.model, clip.name, str(clip.weights),
-                        model_cfg=model_cfg, loss_cfg=loss_cfg, data_cfg=data_cfg, train_cfg=train_cfg,
-                        device=device, resume=resume, progress=progress, dataset=cfg.dataset,
-                    )
-                    trained = {"best_epoch": result.best_epoch, "score": result.score_name,
-                               "train_videos": result.train_videos, "val_videos": result.val_videos,
-                               "missing_videos": result.missing_videos, "history": result.history}
-                    write_json_atomic(split_dir / "train.json", trained)
-                say(f"split {k}: detecting {len(unseen)} unseen classes with {ckpt.name} (best epoch "
-                    f"{trained['best_epoch']})")
-                # The row measures the trained model on the unseen names: every name goes through it (a user's
-                # `stale detect` would score names the checkpoint never saw with frozen CLIP, the baseline row).
-                settings = DetectSettings(classes=unseen, mode=STALE_METHOD, checkpoint=ckpt, new_names="stale")
-                detector = Detector(settings, device=device)
-                done = _detect_and_evaluate(detector, STALE_METHOD, split_dir, feature_paths, gt, unseen, tious,
-                                            lambda s: say(f"split {k}: {s}"))
-            else:
-                say(f"split {k}: STALE already evaluated (average mAP {100 * done['average_mAP']:.2f})")
-            per_split[STALE_METHOD][k] = done
+            ckpt = split_dir / "model.pt"
+            for method in (STALE_METHOD, FOREGROUND_METHOD):
+                done = _load_done(split_dir / f"{method}_eval.json")
+                if done is not None:
+                    say(f"split {k}: {METHOD_NAMES[method]} already evaluated (average mAP "
+                        f"{100 * done['average_mAP']:.2f})")
+                else:
+                    trained = _train_split(k, split_dir, ckpt, seen, features_dir, train_ann, clip, model_cfg,
+                                           loss_cfg, data_cfg, train_cfg, device, progress, cfg.dataset, say)
+                    say(f"split {k}: detecting {len(unseen)} unseen classes with {ckpt.name} (best epoch "
+                        f"{trained['best_epoch']}), new names read as --new-names {NEW_NAMES_OF[method]}")
+                    settings = DetectSettings(classes=unseen, mode="stale", checkpoint=ckpt,
+                                              new_names=NEW_NAMES_OF[method])
+                    done = _detect_and_evaluate(Detector(settings, device=device), method, split_dir, feature_paths,
+                                                gt, unseen, tious, lambda s: say(f"split {k}: {s}"))
+                per_split[method][k] = done
 
     summary = summarise(cfg, tious, per_split, len(feature_paths), len(test_ids))
     write_json_atomic(work_dir / "results.json", summary)
@@ -344,7 +359,7 @@ def _run_splits(cfg, vocabularies, work_dir, features_dir, train_ann, feature_pa
 def summarise(cfg: ProtocolConfig, tious: Sequence[float], per_split: dict, n_features: int, n_test: int) -> dict:
     """Mean and std over splits (fractions in [0, 1]) per method, and the paper's row where it applies."""
     rows = {}
-    for method in (CLIP_METHOD, STALE_METHOD):
+    for method in METHODS:
         done = per_split.get(method) or {}
         if not done:
             continue
