@@ -110,7 +110,8 @@ def test_zero_shot_protocol_end_to_end_and_resume(dataset, tmp_path):
             assert preds["external_data"]["new_names"] == new_names
         assert (work / f"split_{k}" / "model.pt").is_file() and (work / f"split_{k}" / "train.json").is_file()
     md = (work / "results.md").read_text()
-    assert "| STALE | 2 |" in md and "| STALE's where, CLIP's names | 2 |" in md and "training-free CLIP (baseline)" in md and "paper Table 1" in md
+    assert "| STALE | 2 |" in md and "| STALE's where, CLIP's names | 2 |" in md and "paper Table 1" in md
+    assert "training-free CLIP (baseline)" in md and "(--new-names foreground)" in md
 
     # Rerun: everything is done, nothing is trained or detected again, same numbers.
     (work / "results.json").unlink()
@@ -135,6 +136,7 @@ def test_cli_zero_shot_baseline_only(dataset, tmp_path):
     res = _run(dataset, work, "--no-train")
     assert res.exit_code == 0, res.output
     assert "training-free CLIP" in res.output and "±" in res.output and "paper Table 1" in res.output
+    assert "(--new-names clip, the default)" in res.output  # what the row is, in `stale detect` terms
     summary = json.loads((work / "results.json").read_text())
     assert set(summary["rows"]) == {"clip"} and not (work / "split_0" / "model.pt").exists()
     res = _run(dataset, work, "--no-train")

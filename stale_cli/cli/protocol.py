@@ -112,7 +112,7 @@ def zero_shot_command(
 
     with user_errors():
         from stale_cli.evaluation.evaluate import parse_tious
-        from stale_cli.evaluation.protocol import ProtocolConfig, parse_splits, planned_outputs, run_protocol
+        from stale_cli.evaluation.protocol import ProtocolConfig, parse_splits, planned_outputs, row_notes, run_protocol
         from stale_cli.features.clip_backbone import load_clip
         from stale_cli.guard import OutputGuard
         from stale_cli.model.config import ModelConfig
@@ -153,5 +153,7 @@ def zero_shot_command(
             device=dev, progress=show_progress(progress), report=info,
         )
         summary_table(summary).print(stdout)
+        for note in row_notes(summary):
+            stdout.print(note)
         wrote(work_dir / "results.json")
         wrote(work_dir / "results.md")

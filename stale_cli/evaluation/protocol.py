@@ -54,6 +54,17 @@ METHOD_NAMES = {CLIP_METHOD: "training-free CLIP (baseline)", STALE_METHOD: "STA
                 FOREGROUND_METHOD: "STALE's where, CLIP's names"}
 # The checkpoint's reading of the unseen names behind each trained row (`stale detect --new-names`).
 NEW_NAMES_OF = {STALE_METHOD: "stale", FOREGROUND_METHOD: "foreground"}
+# What each row is in `stale detect` terms, printed under the table.
+METHOD_NOTES = {
+    CLIP_METHOD: "what `stale detect` gives names a checkpoint never saw (--new-names clip, the default)",
+    STALE_METHOD: "the trained model reads the new names (--new-names stale); the paper's row",
+    FOREGROUND_METHOD: "the model's foreground and masks, frozen CLIP's class (--new-names foreground)",
+}
+
+
+def row_notes(summary: dict) -> list[str]:
+    """One line per row of ``summary`` saying what it is."""
+    return [f"{row['name']}: {METHOD_NOTES[m]}" for m, row in summary["rows"].items() if m in METHOD_NOTES]
 
 
 @dataclass(frozen=True)
@@ -413,6 +424,7 @@ def markdown(summary: dict) -> str:
     paper = summary["paper"]
     cells = ["–" if v is None else f"{v:.1f}" for v in paper["mAP"]]
     lines.append("| STALE, paper Table 1 | 10 | " + " | ".join(cells) + f" | {paper['average_mAP']:.1f} |")
+    lines += [""] + [f"- {note}" for note in row_notes(summary)]
     lines += ["", "Average mAP (%) per split:", "", "| split | " + " | ".join(
         r["name"] for r in summary["rows"].values()) + " |", "|---|" + "---|" * len(summary["rows"])]
     splits = sorted({int(k) for r in summary["rows"].values() for k in r["per_split"]})
