@@ -3,7 +3,8 @@
 For each standard split ``<dataset>/<setting>/<k>`` (docs/formats.md, docs/zero-shot.md):
 
 1. **train** STALE on the *seen* classes of the training subset (THUMOS14 ``val``, ActivityNet ``training``) with
-   :func:`stale_cli.model.train.train`; instances of unseen classes are background there;
+   :func:`stale_cli.model.train.train`; instances of unseen classes are left out of every loss term there
+   (``--unseen-as-background`` makes them background);
 2. **detect** on every test-subset video (THUMOS14 ``test``, ActivityNet ``validation``) with the *unseen* class
    names only, through :class:`stale_cli.detection.detect.Detector` with the split's checkpoint, read two ways:
    the trained model alone (``--new-names stale``, the paper's STALE row), and the model's foreground and masks
@@ -46,14 +47,13 @@ from stale_cli.model.datasets import DATASETS, Dataset, get as get_dataset
 
 log = logging.getLogger(__name__)
 
+# Each row is named after the `stale detect --new-names` reading of the unseen names it measures.
 STALE_METHOD = "stale"
 CLIP_METHOD = "clip"
 FOREGROUND_METHOD = "foreground"
 METHODS = (CLIP_METHOD, STALE_METHOD, FOREGROUND_METHOD)
 METHOD_NAMES = {CLIP_METHOD: "training-free CLIP (baseline)", STALE_METHOD: "STALE",
                 FOREGROUND_METHOD: "STALE's where, CLIP's names"}
-# The checkpoint's reading of the unseen names behind each trained row (`stale detect --new-names`).
-NEW_NAMES_OF = {STALE_METHOD: "stale", FOREGROUND_METHOD: "foreground"}
 # What each row is in `stale detect` terms, printed under the table.
 METHOD_NOTES = {
     CLIP_METHOD: "what `stale detect` gives names a checkpoint never saw (--new-names clip, the default)",
@@ -351,9 +351,8 @@ def _run_splits(cfg, vocabularies, work_dir, features_dir, train_ann, feature_pa
                     trained = _train_split(k, split_dir, ckpt, seen, features_dir, train_ann, clip, model_cfg,
                                            loss_cfg, data_cfg, train_cfg, device, progress, cfg.dataset, say)
                     say(f"split {k}: detecting {len(unseen)} unseen classes with {ckpt.name} (best epoch "
-                        f"{trained['best_epoch']}), new names read as --new-names {NEW_NAMES_OF[method]}")
-                    settings = DetectSettings(classes=unseen, mode="stale", checkpoint=ckpt,
-                                              new_names=NEW_NAMES_OF[method])
+                        f"{trained['best_epoch']}), new names read as --new-names {method}")
+                    settings = DetectSettings(classes=unseen, mode="stale", checkpoint=ckpt, new_names=method)
                     done = _detect_and_evaluate(Detector(settings, device=device), method, split_dir, feature_paths,
                                                 gt, unseen, tious, lambda s: say(f"split {k}: {s}"))
                 per_split[method][k] = done
