@@ -218,3 +218,84 @@ def test_huge_split_ranges_are_refused_before_they_are_made(tmp_path, splits):
     r = CliRunner().invoke(app, ["zero-shot", "--dataset", "thumos14", "--features", str(tmp_path), "-a", str(ann),
                                  "--work-dir", str(tmp_path / "w"), "--splits", splits])
     assert r.exit_code == 1 and len(error_lines(r)) == 1 and "--splits" in r.stderr and "Traceback" not in r.output
+
+
+def test_zero_shot_on_your_own_splits(dataset, tmp_path):
+    """--unseen-file: each line one split's unseen names (any spelling of the labels); the seen classes are every
+    other training-subset label; no paper row; the table and results name the file and each split's classes."""
+    from stale_cli.model.checkpoint import read_checkpoint
+
+    unseen = tmp_path / "unseen.txt"
+    unseen.write_text("# my own held-out names\nbaseball pitch, Billiards\n\nhigh-jump\n")
+    work = tmp_path / "work"
+    feats, ann, clip_name, clip_weights = dataset
+    args = ["zero-shot", "--dataset", "thumos14", "--unseen-file", str(unseen), "--features", str(feats),
+            "--annotations", str(ann), "--work-dir", str(work), "--epochs", "1", "--batch-size", "8",
+            "--num-snippets", "16", "--clip-model", clip_name, "--clip-weights", str(clip_weights), "--device", "cpu",
+            "--no-progress"]
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "thumos14 preset, own splits (unseen.txt)" in res.output and "paper Table 1" not in res.output
+    assert "STALE's where, CLIP's names" in res.output and "training-free CLIP (baseline)" in res.output
+    summary = json.loads((work / "results.json").read_text())
+    assert summary["setting"] == "own" and summary["paper"] is None
+    assert summary["unseen_sets"] == {"0": ["baseball pitch", "Billiards"], "1": ["high-jump"]}
+    assert set(summary["rows"]) == {"clip", "stale", "foreground"}
+    assert all(row["splits"] == [0, 1] for row in summary["rows"].values())
+    for k, expected in ((0, ["BaseballPitch", "Billiards"]), (1, ["HighJump"])):  # the annotations' spellings
+        for method in ("clip", "stale", "foreground"):
+            ev = json.loads((work / f"split_{k}" / f"{method}_eval.json").read_text())
+            assert sorted(ev["per_class"]) == expected
+        _, info = read_checkpoint(work / f"split_{k}" / "model.pt")
+        assert sorted(info.class_names) == sorted(c for c in _classes() if c not in expected)  # 18 / 19 seen
+    md = (work / "results.md").read_text()
+    assert "own splits (unseen.txt)" in md and "paper Table 1" not in md
+    assert "- split 0: baseball pitch, Billiards" in md and "- split 1: high-jump" in md
+
+    # The same splits from a renamed file resume the run; other splits in the same work dir are refused.
+    renamed = tmp_path / "renamed.txt"
+    renamed.write_text(unseen.read_text())
+    res = CliRunner().invoke(app, [a if a != str(unseen) else str(renamed) for a in args], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "already evaluated" in res.output
+    other = tmp_path / "other.txt"
+    other.write_text("Billiards\n")
+    res = CliRunner().invoke(app, [a if a != str(unseen) else str(other) for a in args])
+    assert res.exit_code == 1 and "other settings" in error_lines(res)[0]
+
+
+@pytest.mark.parametrize("text, extra, message", [
+    ("Billiards\n", ["--setting", "50_50"], "--setting chooses among the standard splits"),
+    ("Billiards\nDiving\n", ["--splits", "2"], "split numbers must be in 0-1"),
+    ("Billiards,,Diving\n", [], "unseen.txt:1: an empty class name"),
+    ("# nothing\n\n", [], "no split in it"),
+    ("Billiards, billiards\n", [], "a class name is listed twice"),
+    ("Billiards, knitting\n", [], "'knitting' not found in the annotations"),
+])
+def test_zero_shot_own_splits_bad_inputs(dataset, tmp_path, text, extra, message):
+    unseen = tmp_path / "unseen.txt"
+    unseen.write_text(text)
+    feats, ann, clip_name, clip_weights = dataset
+    res = CliRunner().invoke(app, ["zero-shot", "--dataset", "thumos14", "--unseen-file", str(unseen),
+                                   "--features", str(feats), "--annotations", str(ann), "--work-dir",
+                                   str(tmp_path / "w"), "--clip-model", clip_name, "--clip-weights",
+                                   str(clip_weights), "--no-train", "--no-progress", *extra])
+    assert res.exit_code == 1, res.output
+    lines = error_lines(res)
+    assert len(lines) == 1 and message in lines[0], res.output
+    assert not (tmp_path / "w").exists()  # refused before anything was written
+
+
+def test_own_splits_config():
+    from stale_cli.evaluation.protocol import ProtocolConfig
+
+    cfg = ProtocolConfig("thumos14", unseen_sets=(("a", "b"), ("c",), ("d",)), unseen_source="u.txt")
+    assert cfg.setting == "own" and cfg.splits == (0, 1, 2) and cfg.num_splits == 3
+    assert cfg.split_name(1) == "1 of u.txt"
+    seen, unseen = cfg.vocabulary(0, ["A", "B", "C", "D"], ["A", "B", "C"])
+    assert unseen == ["A", "B"] and seen == ["C"]
+    with pytest.raises(Exception, match="nothing is left to train on"):
+        cfg.vocabulary(0, ["A", "B"], ["A", "B"])
+    with pytest.raises(InputError, match="splits must be in 0-2"):
+        ProtocolConfig("thumos14", unseen_sets=(("a",), ("b",), ("c",)), splits=(3,))
+    assert ProtocolConfig("thumos14").splits == tuple(range(10))
+    assert parse_splits("0-2", 3) == (0, 1, 2)

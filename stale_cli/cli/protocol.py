@@ -40,10 +40,11 @@ from stale_cli.cli.train import (
 def summary_table(summary: dict):
     from stale_cli.cli.table import TextTable
 
-    setting = summary["setting"].replace("_", "/")
+    from stale_cli.evaluation.protocol import title
+
     n = len(summary["tiou"])
     table = TextTable(
-        f"{summary['dataset']} {setting}: unseen classes, {summary['test_subset']} subset, mAP % (mean ± std)",
+        f"{title(summary)}: unseen classes, {summary['test_subset']} subset, mAP % (mean ± std)",
         ["method", "splits", *(f"@{t:g}" for t in summary["tiou"]), "avg"],
         [False] + [True] * (n + 2),
     )
@@ -55,22 +56,31 @@ def summary_table(summary: dict):
             f"{100 * row['average_mAP_mean']:.1f}±{100 * row['average_mAP_std']:.1f}",
         ])
     paper = summary["paper"]
-    table.rules.add(len(table.rows))
-    table.rows.append(["STALE, paper Table 1", "10", *("–" if v is None else f"{v:.1f}" for v in paper["mAP"]),
-                       f"{paper['average_mAP']:.1f}"])
+    if paper is not None:  # the paper's row beside the standard splits only
+        table.rules.add(len(table.rows))
+        table.rows.append(["STALE, paper Table 1", "10", *("–" if v is None else f"{v:.1f}" for v in paper["mAP"]),
+                           f"{paper['average_mAP']:.1f}"])
     return table
 
 
 @app.command("zero-shot", cls=Command)
 def zero_shot_command(
-    dataset: str = typer.Option(..., "--dataset", metavar="thumos14|activitynet13", help="The benchmark."),
-    setting: str = typer.Option("75_25", "--setting", metavar="75_25|50_50", help="Seen % _ unseen % of the classes."),
+    dataset: str = typer.Option(
+        ..., "--dataset", metavar="thumos14|activitynet13",
+        help="The benchmark (with --unseen-file: whose preset to use, subsets, tIoUs and windows)."),
+    setting: Optional[str] = typer.Option(
+        None, "--setting", metavar="75_25|50_50", help="Seen % _ unseen % of the classes.", show_default="75_25"),
+    unseen_file: Optional[Path] = typer.Option(
+        None, "--unseen-file", help="Your own splits instead of the standard ones: one line per split, its unseen "
+        "class names separated by commas; the seen classes are every other label of the training subset."),
     features: Path = typer.Option(..., "--features", help="Feature files of the dataset (from `stale extract-features`)."),
     annotations: Path = typer.Option(..., "--annotations", "-a", help="The dataset's ActivityNet-format annotations."),
     work_dir: Path = typer.Option(
         ..., "--work-dir", help="Checkpoints, predictions and results per split; rerun to resume."
     ),
-    splits: str = typer.Option("0-9", "--splits", help="Which of the 10 standard splits, e.g. 0-9, 0,3 or 0-2."),
+    splits: Optional[str] = typer.Option(
+        None, "--splits", help="Which splits, e.g. 0-9, 0,3 or 0-2 (own splits: numbered by line from 0).",
+        show_default="all: the 10 standard ones, or every line of --unseen-file"),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also run the training-free CLIP mode."),
     train_stale: bool = typer.Option(True, "--train/--no-train", help="Train and evaluate STALE (--no-train: baseline only)."),
     train_subset: Optional[str] = typer.Option(
@@ -106,25 +116,46 @@ def zero_shot_command(
     mean ± std over the splits, with the training-free baseline. Writes results.json and results.md into the
     work dir.
 
+    With --unseen-file, the splits are yours: on your own annotated videos this tells whether a checkpoint trained
+    on some of your names helps on the others, and which `stale detect --new-names` reading to use.
+
     Example: stale zero-shot --dataset thumos14 --features feats/ --annotations thumos14.json --work-dir zs/
     """
     from dataclasses import replace
 
     with user_errors():
         from stale_cli.evaluation.evaluate import parse_tious
-        from stale_cli.evaluation.protocol import ProtocolConfig, parse_splits, planned_outputs, row_notes, run_protocol
+        from stale_cli.evaluation.protocol import (
+            ProtocolConfig,
+            parse_splits,
+            planned_outputs,
+            read_unseen_file,
+            row_notes,
+            run_protocol,
+        )
         from stale_cli.features.clip_backbone import load_clip
+        from stale_cli.errors import InputError
         from stale_cli.guard import OutputGuard
+        from stale_cli.model.data.splits import NUM_SPLITS
         from stale_cli.model.config import ModelConfig
 
         check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
         from stale_cli.model.checkpoint import MAX_SNIPPETS
 
         check_range("--num-snippets", num_snippets, 2, MAX_SNIPPETS)  # what a checkpoint may hold
+        unseen_sets = None
+        if unseen_file is not None:
+            if setting is not None:
+                raise InputError("--setting chooses among the standard splits; with --unseen-file the file's lines "
+                                 "are the splits")
+            unseen_sets = read_unseen_file(unseen_file)
+        num_splits = NUM_SPLITS if unseen_sets is None else len(unseen_sets)
         cfg = ProtocolConfig(
             dataset=dataset,
-            setting=setting,
-            splits=parse_splits(splits),
+            setting=setting or "75_25",
+            splits=None if splits is None else parse_splits(splits, num_splits),
+            unseen_sets=unseen_sets,
+            unseen_source=unseen_file.name if unseen_file is not None else "",
             train_subset=train_subset,
             test_subset=test_subset,
             tious=tuple(parse_tious(tiou)) if tiou else None,
@@ -143,6 +174,8 @@ def zero_shot_command(
                             **({} if dropout is None else {"dropout": dropout}))
         guard = OutputGuard()  # before CLIP is loaded and anything runs
         guard.input(annotations, f"the annotations file {annotations}")
+        if unseen_file is not None:
+            guard.input(unseen_file, f"the unseen-classes file {unseen_file}")
         guard.input_if_file(clip_weights, f"the CLIP weights {clip_weights}")
         for path in planned_outputs(cfg, work_dir):
             guard.output(path, "--work-dir")

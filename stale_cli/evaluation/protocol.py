@@ -15,6 +15,12 @@ For each standard split ``<dataset>/<setting>/<k>`` (docs/formats.md, docs/zero-
 4. the same detection and evaluation in the **training-free mode** (CLIP similarity, no training), the baseline
    row every trained checkpoint must beat.
 
+**Your own splits** (``ProtocolConfig.unseen_sets``, ``stale zero-shot --unseen-file``): each split is a list of
+unseen names, the seen classes are every other label of the training subset, and the dataset only lends its
+preset (subsets, tIoUs, windows). On a user's own annotated footage this answers what the standard splits answer
+on the benchmarks: does a checkpoint trained on some names help on others, and which ``--new-names`` reading
+should ``stale detect`` use there.
+
 The row is the mean ± standard deviation (population, ``np.std``) over the splits of mAP at each tIoU and of the
 average mAP, in percent, written to ``<work_dir>/results.json`` and ``results.md``.
 
@@ -42,7 +48,7 @@ from stale_cli.evaluation.evaluate import ground_truth, parse_predictions
 from stale_cli.fileio import missing_dirs, read_json_or_none, write_json_atomic, write_text_atomic
 from stale_cli.metric import evaluate_detection
 from stale_cli.model.data.annotations import load_annotations
-from stale_cli.model.data.splits import NUM_SPLITS, RATIOS, load_split, match_classes
+from stale_cli.model.data.splits import NUM_SPLITS, RATIOS, class_key, load_split, match_classes
 from stale_cli.model.datasets import DATASETS, Dataset, get as get_dataset
 
 log = logging.getLogger(__name__)
@@ -67,24 +73,37 @@ def row_notes(summary: dict) -> list[str]:
     return [f"{row['name']}: {METHOD_NOTES[m]}" for m, row in summary["rows"].items() if m in METHOD_NOTES]
 
 
+CUSTOM_SETTING = "own"  # the setting of a run on the user's own splits (``ProtocolConfig.unseen_sets``)
+
+
 @dataclass(frozen=True)
 class ProtocolConfig:
     dataset: str  # thumos14 | activitynet13 (stale_cli.model.datasets; an alias is replaced by the name)
-    setting: str  # 75_25 | 50_50 (seen % _ unseen %)
-    splits: tuple[int, ...] = tuple(range(NUM_SPLITS))
+    setting: str = "75_25"  # 75_25 | 50_50 (seen % _ unseen %); CUSTOM_SETTING with unseen_sets
+    splits: Optional[tuple[int, ...]] = None  # None: every split (the 10 standard ones, or every unseen set)
     train_subset: Optional[str] = None  # None: the dataset's (THUMOS14 val, ActivityNet training)
     test_subset: Optional[str] = None  # None: the dataset's (THUMOS14 test, ActivityNet validation)
     tious: Optional[tuple[float, ...]] = None  # None: the dataset's
     baseline: bool = True  # also run the training-free mode on each split
     train: bool = True  # train and evaluate STALE (False: baseline only)
+    # The user's own splits: split k's unseen class names (the seen ones: every other training-subset label).
+    unseen_sets: Optional[tuple[tuple[str, ...], ...]] = None
+    unseen_source: str = ""  # where unseen_sets came from (a file name), for messages and the table's title
 
     def __post_init__(self):
         object.__setattr__(self, "dataset", get_dataset(self.dataset, "--dataset").name)
-        if self.setting not in RATIOS:
+        if self.unseen_sets is not None:
+            if not self.unseen_sets or not all(self.unseen_sets):
+                raise InputError("own splits: each split needs at least one unseen class name")
+            object.__setattr__(self, "unseen_sets", tuple(tuple(u) for u in self.unseen_sets))
+            object.__setattr__(self, "setting", CUSTOM_SETTING)
+        elif self.setting not in RATIOS:
             raise InputError(f"--setting must be one of {', '.join(RATIOS)}, not {self.setting!r}")
-        bad = [k for k in self.splits if not 0 <= k < NUM_SPLITS]
+        if self.splits is None:
+            object.__setattr__(self, "splits", tuple(range(self.num_splits)))
+        bad = [k for k in self.splits if not 0 <= k < self.num_splits]
         if bad or not self.splits:
-            raise InputError(f"splits must be in 0-{NUM_SPLITS - 1}, got {list(self.splits)}")
+            raise InputError(f"splits must be in 0-{self.num_splits - 1}, got {list(self.splits)}")
         if not (self.baseline or self.train):
             raise InputError("nothing to run: both STALE training and the baseline are off")
 
@@ -92,14 +111,63 @@ class ProtocolConfig:
     def spec(self) -> Dataset:
         return DATASETS[self.dataset]
 
+    @property
+    def custom(self) -> bool:
+        return self.unseen_sets is not None
+
+    @property
+    def num_splits(self) -> int:
+        return NUM_SPLITS if self.unseen_sets is None else len(self.unseen_sets)
+
     def split_name(self, k: int) -> str:
+        if self.custom:
+            return f"{k} of {self.unseen_source or 'your own splits'}"
         return f"{self.dataset}/{self.setting}/{k}"
 
+    def vocabulary(self, k: int, labels: list[str], train_labels: list[str]) -> tuple[list[str], list[str]]:
+        """Split ``k``'s (seen, unseen) classes spelled as in the annotations (``labels``: every label there;
+        ``train_labels``: those of the training subset, which own splits take their seen classes from)."""
+        name = self.split_name(k)
+        if not self.custom:
+            seen, unseen = load_split(name)
+            return match_classes(seen, labels, f"split {name}"), match_classes(unseen, labels, f"split {name}")
+        unseen = match_classes(list(self.unseen_sets[k]), labels, f"split {name}")
+        seen = [c for c in train_labels if c not in set(unseen)]
+        if not seen:
+            raise DataError(f"split {name}: every label of the training subset is unseen; nothing is left to "
+                            "train on")
+        return seen, unseen
 
-def parse_splits(text: str) -> tuple[int, ...]:
-    """``"0-9"``, ``"0,3,5"`` or ``"0-2,7"`` -> split indices, in order, each once."""
+
+def read_unseen_file(path: str | Path) -> tuple[tuple[str, ...], ...]:
+    """The user's own splits: one line per split, its unseen class names separated by commas; blank lines and
+    lines starting with ``#`` are skipped. A bad file -> InputError naming the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the unseen-classes file {path}: {getattr(e, 'strerror', None) or e}") from None
+    sets = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        names = [name.strip() for name in line.split(",")]
+        if not all(names):
+            raise InputError(f"{path}:{n}: an empty class name (names are separated by single commas)")
+        if len({class_key(name) for name in names}) < len(names):  # "Billiards, billiards" is one class twice
+            raise InputError(f"{path}:{n}: a class name is listed twice")
+        sets.append(tuple(names))
+    if not sets:
+        raise InputError(f"{path}: no split in it; write one line per split, its unseen class names separated "
+                         "by commas")
+    return tuple(sets)
+
+
+def parse_splits(text: str, num_splits: int = NUM_SPLITS) -> tuple[int, ...]:
+    """``"0-9"``, ``"0,3,5"`` or ``"0-2,7"`` -> split indices in ``0..num_splits-1``, in order, each once."""
     out: list[int] = []
-    outside = f"--splits: split numbers must be in 0-{NUM_SPLITS - 1}, got {text!r}"
+    outside = f"--splits: split numbers must be in 0-{num_splits - 1}, got {text!r}"
     try:
         for part in text.split(","):
             part = part.strip()
@@ -107,7 +175,7 @@ def parse_splits(text: str) -> tuple[int, ...]:
                 continue
             if "-" in part:
                 a, b = (int(x) for x in part.split("-", 1))
-                if not (0 <= a < NUM_SPLITS and 0 <= b < NUM_SPLITS):  # before the range is made: 0-99999999
+                if not (0 <= a < num_splits and 0 <= b < num_splits):  # before the range is made: 0-99999999
                     raise InputError(outside)
                 out.extend(range(a, b + 1))
             else:
@@ -115,7 +183,7 @@ def parse_splits(text: str) -> tuple[int, ...]:
     except ValueError:
         raise InputError(f"--splits: expected e.g. 0-9 or 0,3,5, got {text!r}") from None
     out = list(dict.fromkeys(out))
-    if not out or any(not 0 <= k < NUM_SPLITS for k in out):
+    if not out or any(not 0 <= k < num_splits for k in out):
         raise InputError(outside)
     return tuple(out)
 
@@ -198,6 +266,7 @@ def _settings_record(cfg: ProtocolConfig, features_dir, annotations, model_cfg, 
     plain = lambda c: {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(c).items()}  # noqa: E731
     proto = plain(cfg)
     proto.pop("splits")  # adding splits to a finished run is fine
+    proto.pop("unseen_source")  # so is a renamed file of the same splits
     return {
         "protocol": proto,
         "features": str(Path(features_dir).resolve()),
@@ -282,12 +351,10 @@ def run_protocol(
             len(test_ids) - len(feature_paths), len(test_ids), features_dir,
         )
     vocabularies = {}  # every split's classes checked against the annotations before anything is written
+    labels, train_labels = annotations.labels(), train_ann.labels()
     for k in cfg.splits:
         name = cfg.split_name(k)
-        seen, unseen = load_split(name)
-        labels = annotations.labels()
-        seen = match_classes(seen, labels, f"split {name}")
-        unseen = match_classes(unseen, labels, f"split {name}")
+        seen, unseen = cfg.vocabulary(k, labels, train_labels)
         missing_gt = [c for c in unseen if not any(lab == c for insts in gt.values() for lab, _, _ in insts)]
         if missing_gt:
             raise DataError(f"split {name}: unseen class(es) {missing_gt[:5]} have no instance in the test subset")
@@ -384,18 +451,28 @@ def summarise(cfg: ProtocolConfig, tious: Sequence[float], per_split: dict, n_fe
             "average_mAP_std": float(avg.std()),
             "per_split": {str(k): {"mAP": done[k]["mAP"], "average_mAP": done[k]["average_mAP"]} for k in sorted(done)},
         }
-    paper = cfg.spec.paper[cfg.setting]
+    paper = None if cfg.custom else cfg.spec.paper[cfg.setting]
     return {
         "dataset": cfg.dataset,
         "setting": cfg.setting,
+        "unseen_sets": None if not cfg.custom else {str(k): list(cfg.unseen_sets[k]) for k in cfg.splits},
+        "unseen_source": cfg.unseen_source if cfg.custom else None,
         "test_subset": cfg.test_subset or cfg.spec.test_subset,
         "test_videos": n_test,
         "test_videos_with_features": n_features,
         "tiou": [round(float(t), 6) for t in tious],
         "rows": rows,
-        "paper": {"mAP": [paper.get(round(float(t), 2)) for t in tious], "average_mAP": paper[-1],
-                  "note": "paper Table 1, STALE, CLIP ViT-B/16 features, mean of 10 splits, in %"},
+        "paper": None if paper is None else {
+            "mAP": [paper.get(round(float(t), 2)) for t in tious], "average_mAP": paper[-1],
+            "note": "paper Table 1, STALE, CLIP ViT-B/16 features, mean of 10 splits, in %"},
     }
+
+
+def title(summary: dict) -> str:
+    """What a summary measured: ``thumos14 75/25``, or ``thumos14 preset, own splits (splits.txt)``."""
+    if summary["setting"] == CUSTOM_SETTING:
+        return f"{summary['dataset']} preset, own splits ({summary.get('unseen_source') or 'unseen sets'})"
+    return f"{summary['dataset']} {summary['setting'].replace('_', '/')}"
 
 
 def _pm(mean: float, std: float) -> str:
@@ -405,10 +482,10 @@ def _pm(mean: float, std: float) -> str:
 def markdown(summary: dict) -> str:
     """The Table 1 row(s) as a Markdown table, then the average mAP of each split."""
     tious = summary["tiou"]
-    setting = summary["setting"].replace("_", "/")
     head = ["method", "splits", *(f"mAP@{t:g}" for t in tious), "avg"]
+    what = title(summary) + ("" if summary["setting"] == CUSTOM_SETTING else " (seen/unseen %)")
     lines = [
-        f"# Zero-shot detection: {summary['dataset']} {setting} (seen/unseen %)",
+        f"# Zero-shot detection: {what}",
         "",
         f"Unseen classes of each split, all {summary['test_videos']} videos of the {summary['test_subset']} subset "
         f"({summary['test_videos_with_features']} with features); mAP in %, mean ± std over splits.",
@@ -421,9 +498,13 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {row['name']} | {len(row['splits'])} | " + " | ".join(cells)
                      + f" | {_pm(row['average_mAP_mean'], row['average_mAP_std'])} |")
     paper = summary["paper"]
-    cells = ["–" if v is None else f"{v:.1f}" for v in paper["mAP"]]
-    lines.append("| STALE, paper Table 1 | 10 | " + " | ".join(cells) + f" | {paper['average_mAP']:.1f} |")
+    if paper is not None:
+        cells = ["–" if v is None else f"{v:.1f}" for v in paper["mAP"]]
+        lines.append("| STALE, paper Table 1 | 10 | " + " | ".join(cells) + f" | {paper['average_mAP']:.1f} |")
     lines += [""] + [f"- {note}" for note in row_notes(summary)]
+    if summary.get("unseen_sets"):
+        lines += ["", "Unseen classes of each split:", ""]
+        lines += [f"- split {k}: {', '.join(names)}" for k, names in summary["unseen_sets"].items()]
     lines += ["", "Average mAP (%) per split:", "", "| split | " + " | ".join(
         r["name"] for r in summary["rows"].values()) + " |", "|---|" + "---|" * len(summary["rows"])]
     splits = sorted({int(k) for r in summary["rows"].values() for k in r["per_split"]})
