@@ -39,7 +39,6 @@ from stale_cli.cli.train import (
 
 def summary_table(summary: dict):
     from stale_cli.cli.table import TextTable
-
     from stale_cli.evaluation.protocol import title
 
     n = len(summary["tiou"])
@@ -133,11 +132,11 @@ def zero_shot_command(
             row_notes,
             run_protocol,
         )
-        from stale_cli.features.clip_backbone import load_clip
         from stale_cli.errors import InputError
+        from stale_cli.features.clip_backbone import load_clip
         from stale_cli.guard import OutputGuard
-        from stale_cli.model.data.splits import NUM_SPLITS
         from stale_cli.model.config import ModelConfig
+        from stale_cli.model.data.splits import NUM_SPLITS
 
         check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
         from stale_cli.model.checkpoint import MAX_SNIPPETS
