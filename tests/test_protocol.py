@@ -139,6 +139,7 @@ def test_cli_zero_shot_baseline_only(dataset, tmp_path):
     assert "(--new-names clip, the default)" in res.output  # what the row is, in `stale detect` terms
     summary = json.loads((work / "results.json").read_text())
     assert set(summary["rows"]) == {"clip"} and not (work / "split_0" / "model.pt").exists()
+    assert json.loads((work / "protocol.json").read_text())["train_config"]["ignore_unseen"] is True  # left out
     res = _run(dataset, work, "--no-train")
     assert res.exit_code == 0 and "already evaluated" in res.output
 
@@ -248,6 +249,13 @@ def test_zero_shot_on_your_own_splits(dataset, tmp_path):
             assert sorted(ev["per_class"]) == expected
         _, info = read_checkpoint(work / f"split_{k}" / "model.pt")
         assert sorted(info.class_names) == sorted(c for c in _classes() if c not in expected)  # 18 / 19 seen
+    # Held-out names are background in training, as actions nobody annotated are in a checkpoint trained on all
+    # of a user's names; --unseen-left-out leaves them out of the losses, as the standard splits do by default.
+    assert json.loads((work / "protocol.json").read_text())["train_config"]["ignore_unseen"] is False
+    res = CliRunner().invoke(app, [*args[:args.index("--work-dir") + 1], str(tmp_path / "left_out"),
+                                   *args[args.index("--work-dir") + 2:], "--unseen-left-out", "--no-train"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "left_out" / "protocol.json").read_text())["train_config"]["ignore_unseen"] is True
     md = (work / "results.md").read_text()
     assert "own splits (unseen.txt)" in md and "paper Table 1" not in md
     assert "- split 0: baseball pitch, Billiards" in md and "- split 1: high-jump" in md

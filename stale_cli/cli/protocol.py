@@ -32,7 +32,6 @@ from stale_cli.cli.train import (
     LrTextOption,
     PromptInitOption,
     SeedOption,
-    UnseenAsBackgroundOption,
     check_training_options,
 )
 
@@ -102,7 +101,11 @@ def zero_shot_command(
         None, "--num-snippets", help="T, snippets per window.", show_default="the dataset preset's, 256 / 100"
     ),
     freeze_text_encoder: bool = FreezeTextOption,
-    unseen_as_background: bool = UnseenAsBackgroundOption,
+    unseen_as_background: Optional[bool] = typer.Option(
+        None, "--unseen-as-background/--unseen-left-out", help="How instances of a split's unseen classes count in "
+        "training: background (strict open-vocabulary training) or left out of every loss term.",
+        show_default="left out on the standard splits; background on --unseen-file splits, as actions nobody "
+        "annotated are in a checkpoint trained on all your names"),
     prompt_init: str = PromptInitOption,
     clip_model: str = ClipModelOption,
     clip_weights: str = ClipWeightsOption,
@@ -149,6 +152,9 @@ def zero_shot_command(
                                  "are the splits")
             unseen_sets = read_unseen_file(unseen_file)
         num_splits = NUM_SPLITS if unseen_sets is None else len(unseen_sets)
+        # Own splits mimic the checkpoint a user trains on all their names, where actions nobody annotated are
+        # background; the standard splits follow the paper's practice of leaving unseen instances out.
+        strict = unseen_as_background if unseen_as_background is not None else unseen_sets is not None
         cfg = ProtocolConfig(
             dataset=dataset,
             setting=setting or "75_25",
@@ -166,7 +172,7 @@ def zero_shot_command(
             data_cfg = replace(data_cfg, num_snippets=num_snippets)
         overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, lr_prompt=lr_prompt, lr_text=lr_text,
                                            batch_size=batch_size, seed=seed,
-                                           ignore_unseen=False if unseen_as_background else None).items()
+                                           ignore_unseen=False if strict else None).items()
                      if v is not None}
         train_cfg = replace(cfg.spec.train, **overrides)
         model_cfg = replace(ModelConfig(), freeze_text_encoder=freeze_text_encoder, context_init=prompt_init,
