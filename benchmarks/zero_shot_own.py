@@ -11,9 +11,12 @@ out with ``stale zero-shot --unseen-file`` and compare the two rows. This script
 - the user's annotations: the world's, with every instance of the standard split's unseen classes removed (the
   names nobody annotated; their actions stay in the videos, unlabelled);
 - the user's own split: ``--hold-out`` of the split's seen names, drawn with ``--seed``;
-- ``stale zero-shot --unseen-file`` on them (train on the other seen names, detect and evaluate the held-out ones);
+- ``stale zero-shot --unseen-file`` on them (train on the other seen names, the held-out ones background as the
+  command's default makes them, detect and evaluate the held-out ones);
 - the recipe's answer (the higher of the `clip` and `foreground` rows) beside the right one: the two readings on
-  the split's truly unseen names, from a ``benchmarks/zero_shot.py`` work dir (``--reference``) of the same world.
+  the split's truly unseen names, from a ``benchmarks/zero_shot.py`` work dir (``--reference``) of the same world
+  whose checkpoint was trained as the user's would be, the names nobody annotated as background
+  (``zero_shot.py --train-args=--unseen-as-background``).
 
 Writes ``<out>/<work>/own.json`` and prints one line per reading.
 """
