@@ -49,17 +49,22 @@ def parse_classes(text: str) -> list[str]:
     return check_classes(text.split(","), "--classes")
 
 
-def read_classes_file(path: str | Path) -> list[str]:
-    """One class per line; blank lines and lines starting with ``#`` are skipped."""
+def read_name_lines(path: str | Path, what: str = "classes file") -> list[tuple[int, str]]:
+    """(line number from 1, stripped line) of each line of a text file of names, blank lines and lines starting
+    with ``#`` skipped; a file that cannot be read -> InputError calling it ``what``."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Excel, Notepad) is not in the first name
     except FileNotFoundError:
-        raise InputError(f"{path}: classes file not found") from None
+        raise InputError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read classes file ({e})") from e
-    names = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    return check_classes(names, str(path))
+        raise InputError(f"{path}: cannot read {what} ({e})") from e
+    return [(n, ln.strip()) for n, ln in enumerate(lines, 1) if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def read_classes_file(path: str | Path) -> list[str]:
+    """One class per line; blank lines and lines starting with ``#`` are skipped."""
+    return check_classes([line for _, line in read_name_lines(path)], str(path))
 
 
 def name_key(name: str) -> str:

@@ -274,9 +274,10 @@ def test_zero_shot_on_your_own_splits(dataset, tmp_path):
 @pytest.mark.parametrize("text, extra, message", [
     ("Billiards\n", ["--setting", "50_50"], "--setting chooses among the standard splits"),
     ("Billiards\nDiving\n", ["--splits", "2"], "split numbers must be in 0-1"),
-    ("Billiards,,Diving\n", [], "unseen.txt:1: an empty class name"),
+    ("Billiards,,Diving\n", [], "unseen.txt:1: empty class name"),
     ("# nothing\n\n", [], "no split in it"),
-    ("Billiards, billiards\n", [], "a class name is listed twice"),
+    ("Billiards, billiards\n", [], "unseen.txt:1: duplicate class name 'billiards'"),
+    ("Diving\nhigh jump, HIGHJUMP\n", [], "unseen.txt:2: duplicate class name 'HIGHJUMP'"),
     ("Billiards, knitting\n", [], "'knitting' not found in the annotations"),
 ])
 def test_zero_shot_own_splits_bad_inputs(dataset, tmp_path, text, extra, message):
@@ -306,4 +307,17 @@ def test_own_splits_config():
     with pytest.raises(InputError, match="splits must be in 0-2"):
         ProtocolConfig("thumos14", unseen_sets=(("a",), ("b",), ("c",)), splits=(3,))
     assert ProtocolConfig("thumos14").splits == tuple(range(10))
+    # Held-out names are background in an own split's training, left out on the standard splits.
+    assert cfg.default_train_config().ignore_unseen is False
+    assert ProtocolConfig("thumos14").default_train_config().ignore_unseen is True
     assert parse_splits("0-2", 3) == (0, 1, 2)
+
+
+def test_read_unseen_file(tmp_path):
+    from stale_cli.evaluation.protocol import read_unseen_file
+
+    f = tmp_path / "u.txt"
+    f.write_bytes("\ufeffBilliards, Diving\n  # a comment\n\nHighJump\n".encode("utf-8"))  # a BOM, as Excel writes
+    assert read_unseen_file(f) == (("Billiards", "Diving"), ("HighJump",))
+    with pytest.raises(InputError, match="unseen-classes file not found"):
+        read_unseen_file(tmp_path / "missing.txt")

@@ -139,7 +139,6 @@ def zero_shot_command(
         from stale_cli.features.clip_backbone import load_clip
         from stale_cli.guard import OutputGuard
         from stale_cli.model.config import ModelConfig
-        from stale_cli.model.data.splits import NUM_SPLITS
 
         check_training_options(epochs, lr, batch_size, seed, lr_prompt, lr_text, dropout)
         from stale_cli.model.checkpoint import MAX_SNIPPETS
@@ -151,14 +150,9 @@ def zero_shot_command(
                 raise InputError("--setting chooses among the standard splits; with --unseen-file the file's lines "
                                  "are the splits")
             unseen_sets = read_unseen_file(unseen_file)
-        num_splits = NUM_SPLITS if unseen_sets is None else len(unseen_sets)
-        # Own splits mimic the checkpoint a user trains on all their names, where actions nobody annotated are
-        # background; the standard splits follow the paper's practice of leaving unseen instances out.
-        strict = unseen_as_background if unseen_as_background is not None else unseen_sets is not None
         cfg = ProtocolConfig(
             dataset=dataset,
             setting=setting or "75_25",
-            splits=None if splits is None else parse_splits(splits, num_splits),
             unseen_sets=unseen_sets,
             unseen_source=unseen_file.name if unseen_file is not None else "",
             train_subset=train_subset,
@@ -167,14 +161,17 @@ def zero_shot_command(
             baseline=baseline,
             train=train_stale,
         )
+        if splits is not None:  # numbered within the standard splits or the file's lines
+            cfg = replace(cfg, splits=parse_splits(splits, cfg.num_splits))
         data_cfg = cfg.spec.data
         if num_snippets is not None:
             data_cfg = replace(data_cfg, num_snippets=num_snippets)
         overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, lr_prompt=lr_prompt, lr_text=lr_text,
                                            batch_size=batch_size, seed=seed,
-                                           ignore_unseen=False if strict else None).items()
+                                           ignore_unseen=None if unseen_as_background is None
+                                           else not unseen_as_background).items()
                      if v is not None}
-        train_cfg = replace(cfg.spec.train, **overrides)
+        train_cfg = replace(cfg.default_train_config(), **overrides)
         model_cfg = replace(ModelConfig(), freeze_text_encoder=freeze_text_encoder, context_init=prompt_init,
                             **({} if dropout is None else {"dropout": dropout}))
         guard = OutputGuard()  # before CLIP is loaded and anything runs

@@ -50,6 +50,7 @@ from stale_cli.metric import evaluate_detection
 from stale_cli.model.data.annotations import load_annotations
 from stale_cli.model.data.splits import NUM_SPLITS, RATIOS, class_key, load_split, match_classes
 from stale_cli.model.datasets import DATASETS, Dataset, get as get_dataset
+from stale_cli.vocab import check_classes, read_name_lines
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,12 @@ class ProtocolConfig:
     def custom(self) -> bool:
         return self.unseen_sets is not None
 
+    def default_train_config(self):
+        """The dataset preset's training recipe, with the unseen classes' instances left out of the losses on the
+        standard splits (the paper's practice) and background on own splits, as the actions nobody annotated are
+        in the checkpoint a user trains on all their names."""
+        return dataclasses.replace(self.spec.train, ignore_unseen=not self.custom)
+
     @property
     def num_splits(self) -> int:
         return NUM_SPLITS if self.unseen_sets is None else len(self.unseen_sets)
@@ -132,7 +139,8 @@ class ProtocolConfig:
             seen, unseen = load_split(name)
             return match_classes(seen, labels, f"split {name}"), match_classes(unseen, labels, f"split {name}")
         unseen = match_classes(list(self.unseen_sets[k]), labels, f"split {name}")
-        seen = [c for c in train_labels if c not in set(unseen)]
+        held_out = set(unseen)
+        seen = [c for c in train_labels if c not in held_out]
         if not seen:
             raise DataError(f"split {name}: every label of the training subset is unseen; nothing is left to "
                             "train on")
@@ -142,21 +150,14 @@ class ProtocolConfig:
 def read_unseen_file(path: str | Path) -> tuple[tuple[str, ...], ...]:
     """The user's own splits: one line per split, its unseen class names separated by commas; blank lines and
     lines starting with ``#`` are skipped. A bad file -> InputError naming the line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read the unseen-classes file {path}: {getattr(e, 'strerror', None) or e}") from None
     sets = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        names = [name.strip() for name in line.split(",")]
-        if not all(names):
-            raise InputError(f"{path}:{n}: an empty class name (names are separated by single commas)")
-        if len({class_key(name) for name in names}) < len(names):  # "Billiards, billiards" is one class twice
-            raise InputError(f"{path}:{n}: a class name is listed twice")
+    for n, line in read_name_lines(path, "unseen-classes file"):
+        names = check_classes(line.split(","), f"{path}:{n}")  # empty, wordless and duplicate names
+        keys: dict[str, str] = {}
+        for name in names:  # also alike as annotation labels are matched: "high jump" and "highjump"
+            if class_key(name) in keys:
+                raise InputError(f"{path}:{n}: duplicate class name {name!r} (same as {keys[class_key(name)]!r})")
+            keys[class_key(name)] = name
         sets.append(tuple(names))
     if not sets:
         raise InputError(f"{path}: no split in it; write one line per split, its unseen class names separated "
@@ -327,7 +328,7 @@ def run_protocol(
     model_cfg = model_cfg or ModelConfig()
     loss_cfg = loss_cfg or LossConfig()
     data_cfg = data_cfg or spec.data
-    train_cfg = train_cfg or spec.train
+    train_cfg = train_cfg or cfg.default_train_config()
     tious = list(cfg.tious or spec.tious)
     detect_cfg = spec.detect  # the training-free baseline's; STALE uses its checkpoint's
     work_dir = Path(work_dir)
