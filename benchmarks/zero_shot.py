@@ -24,8 +24,9 @@ Rows (avg mAP over tIoU 0.3:0.1:0.7 on the unseen names of each split, mean over
 - **prototype oracle**: knows each prototype and the offset (the attainable level);
 - **text oracle**: knows the offset and each name's clean text direction, not the rotation or the residual;
 - **training-free** and **STALE**: ``stale zero-shot --splits ...`` as shipped (train on the seen names, detect the
-  unseen ones together, evaluate); each checkpoint read as shipped (new names by frozen CLIP, ``--new-names
-  clip``), by the trained model (``stale``) and by the model's foreground with frozen CLIP's names (``foreground``);
+  unseen ones together, evaluate); each checkpoint read as shipped (``--new-names both``: frozen CLIP's reading
+  or the model's foreground with frozen CLIP's names), by the trained model (``stale``) and by the model's
+  foreground with frozen CLIP's names alone (``foreground``); frozen CLIP alone (``clip``) is the training-free row;
 - **single names**: each unseen name asked alone on every test video (``stale detect`` with one class), its AP;
 - **negative videos**: each unseen name on the test videos where it never happens: the share of those videos
   with a detection scoring at least ``TRUSTED_SCORE``;
@@ -298,6 +299,9 @@ def analyse_split(k: int, world: dict, work: Path, args, clip) -> dict:
             modes["stale_noprior"] = dict(mode="stale", checkpoint=ckpt, new_names="stale", prior_weight=0.0)
         modes["stale_paper"] = dict(mode="stale", checkpoint=ckpt, scoring="paper")
     for mode, kw in modes.items():
+        if args.readings and mode not in args.readings:
+            continue
+
         def make(classes, kw=kw):
             return Detector(DetectSettings(classes=classes, **kw), clip=clip if kw["mode"] == "clip" else None)
 
@@ -322,7 +326,7 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---|---|",
              f"| prototype oracle | {mean('prototype_oracle'):.1f} | | | | |",
              f"| text oracle | {mean('text_oracle'):.1f} | | | | |"]
-    for mode, name in (("clip", "training-free"), ("stale", "STALE as shipped (new names: --new-names clip)"),
+    for mode, name in (("clip", "training-free"), ("stale", "STALE as shipped (new names: --new-names both)"),
                        ("stale_model", "STALE, new names through the trained model (--new-names stale)"),
                        ("stale_foreground", "STALE's where, frozen CLIP's names (--new-names foreground)"),
                        ("stale_noprior", "the same without frozen CLIP's prior (--prior-weight 0)"),
@@ -358,6 +362,9 @@ def main() -> None:
     ap.add_argument("--train-args", default="", help="extra arguments for stale zero-shot (quoted)")
     ap.add_argument("--analyse-only", action="store_true", help="reuse the work dir's checkpoints and predictions")
     ap.add_argument("--all-variants", action="store_true", help="also STALE without frozen CLIP's prior")
+    ap.add_argument("--readings", type=lambda s: s.split(","), default=None,
+                    help="with --analyse-only: only these rows (clip,stale,stale_model,stale_foreground,stale_paper), "
+                         "the split's other figures kept from its earlier analysis")
     ap.add_argument("--work", default="work", help="sub-folder of --out for this recipe's checkpoints and results")
     args = ap.parse_args()
 
@@ -378,13 +385,15 @@ def main() -> None:
     from stale_cli.features.clip_backbone import load_clip
 
     clip = load_clip(args.clip_model, world["weights"], device="cpu")
+    part_file = work / f"results-{'_'.join(map(str, splits))}.json"
+    earlier = json.loads(part_file.read_text())["per_split"] if args.readings and part_file.is_file() else {}
     per_split = {}
     for k in splits:
-        per_split[str(k)] = analyse_split(k, world, work, args, clip)
+        per_split[str(k)] = {**earlier.get(str(k), {}), **analyse_split(k, world, work, args, clip)}
         print(json.dumps({key: v for key, v in per_split[str(k)].items() if isinstance(v, float)}), flush=True)
     part = {"splits": splits, "per_split": per_split, "seconds": time.perf_counter() - t0,
             "args": {k: str(v) for k, v in vars(args).items()}}
-    write_json_atomic(work / f"results-{'_'.join(map(str, splits))}.json", part)
+    write_json_atomic(part_file, part)
     # Splits may be analysed by separate runs (one per core): the table covers every split analysed so far.
     merged: dict = {}
     for f in sorted(work.glob("results-*.json")):

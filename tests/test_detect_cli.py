@@ -66,7 +66,7 @@ def test_detect_video_batch_with_a_bad_file(videos, bad_files, tiny_clip_name, t
         (["--classes", "a", "--plot", "curves.txt"], "cannot write '.txt' images"),
         (["--classes", "a", "--scoring", "best"], "--scoring"),
         (["--classes", "a", "--prior-weight", "2"], "--prior-weight"),
-        (["--classes", "a", "--new-names", "both"], "--new-names"),
+        (["--classes", "a", "--new-names", "neither"], "--new-names"),
     ],
 )
 def test_bad_options_one_line(feature_dir, tiny_clip_name, tiny_clip_weights, extra, message):

@@ -203,8 +203,9 @@ def test_one_name_that_never_happens_gets_no_trusted_detection(trained, monkeypa
 
 
 def test_names_the_checkpoint_never_saw_are_scored_by_frozen_clip(trained):
-    """--new-names clip (default): a name outside the checkpoint's vocabulary goes through frozen CLIP's reading of
-    the features, the checkpoint's own names through the model; --new-names stale sends both to the model."""
+    """--new-names both (default) and clip: a name outside the checkpoint's vocabulary goes through frozen CLIP's
+    reading of the features, the checkpoint's own names through the model; --new-names stale sends both to the
+    model."""
     from stale_cli.sidecar import read_features
 
     root, ckpt = trained
@@ -216,6 +217,31 @@ def test_names_the_checkpoint_never_saw_are_scored_by_frozen_clip(trained):
     assert {s.label for s in video.segments} <= {"high jump", "skateboarding"}
     assert Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=ckpt,
                                    new_names="stale")).new_idx == []
+
+
+def test_both_reading_is_the_noisy_or_of_clip_and_foreground(trained):
+    """--new-names both (the default): a new name's curve is 1 - (1 - clip)(1 - foreground) of the two other
+    readings' curves, and its segments come from the model's masks and from that whole-video curve; the
+    checkpoint's own names are read as in every reading."""
+    from stale_cli.sidecar import read_features
+
+    root, ckpt = trained
+    feats, meta = read_features(root / "feats" / "v2.npy")  # high jump 8-15 s
+
+    def read(**kw):
+        det = Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=ckpt, distractors=False, **kw))
+        return det, det.detect_features(feats, meta, "v2", "v2")
+
+    det, both = read()
+    assert det.settings.new_names == "both" and det.new_idx == [1]
+    _, clip = read(new_names="clip")
+    _, fg = read(new_names="foreground")
+    np.testing.assert_allclose(both.scores[:, 1], 1 - (1 - clip.scores[:, 1]) * (1 - fg.scores[:, 1]), atol=1e-5)
+    np.testing.assert_allclose(both.scores[:, 0], clip.scores[:, 0], atol=1e-6)
+    assert (both.scores[:, 1] >= np.maximum(clip.scores[:, 1], fg.scores[:, 1]) - 1e-6).all()
+    assert {s.label for s in both.segments} <= {"high jump", "skateboarding"}
+    own = lambda video: [(s.start, s.end, round(s.score, 5)) for s in video.segments if s.label == "high jump"]  # noqa: E731
+    assert own(both) == own(clip)
 
 
 def test_foreground_reading_takes_frozen_clips_class_and_the_models_where(trained):
@@ -239,5 +265,5 @@ def test_foreground_reading_takes_frozen_clips_class_and_the_models_where(traine
     np.testing.assert_allclose(both.scores[:, 0], own.scores[:, 0], atol=1e-5)
     assert np.abs(both.scores[:, 1] - own.scores[:, 1]).max() > 1e-3  # the prior weight does differ
     assert {s.label for s in both.segments} <= {"high jump", "skateboarding"}
-    with pytest.raises(InputError, match="--new-names must be one of clip, foreground, stale"):
+    with pytest.raises(InputError, match="--new-names must be one of both, clip, foreground, stale"):
         Detector(DetectSettings(classes=["high jump"], checkpoint=ckpt, new_names="frozen"))

@@ -92,7 +92,7 @@ def test_zero_shot_protocol_end_to_end_and_resume(dataset, tmp_path):
     work = tmp_path / "work"
     summary = _run_library(dataset, work)
     assert summary == json.loads((work / "results.json").read_text())
-    assert set(summary["rows"]) == {"clip", "stale", "foreground"}
+    assert set(summary["rows"]) == {"clip", "both", "stale", "foreground"}
     assert summary["tiou"] == [0.3, 0.4, 0.5, 0.6, 0.7]
     assert summary["test_videos"] == 21 and summary["test_videos_with_features"] == 20
     for row in summary["rows"].values():
@@ -101,16 +101,17 @@ def test_zero_shot_protocol_end_to_end_and_resume(dataset, tmp_path):
     # The baseline finds the constructed unseen actions (the one video without features is a miss).
     assert summary["rows"]["clip"]["average_mAP_mean"] > 0.3
     for k in (0, 1):
-        for method, new_names in (("stale", "stale"), ("foreground", "foreground")):
+        for method in ("both", "stale", "foreground"):
             ev = json.loads((work / f"split_{k}" / f"{method}_eval.json").read_text())
             assert sorted(ev["per_class"]) == sorted(load_split(f"thumos14/75_25/{k}")[1])
             preds = json.loads((work / f"split_{k}" / f"{method}_predictions.json").read_text())
             assert {s["label"] for v in preds["results"].values() for s in v} <= set(ev["per_class"])
             assert preds["external_data"]["mode"] == "stale"
-            assert preds["external_data"]["new_names"] == new_names
+            assert preds["external_data"]["new_names"] == method
         assert (work / f"split_{k}" / "model.pt").is_file() and (work / f"split_{k}" / "train.json").is_file()
     md = (work / "results.md").read_text()
     assert "| STALE | 2 |" in md and "| STALE's where, CLIP's names | 2 |" in md and "paper Table 1" in md
+    assert "| STALE as shipped | 2 |" in md and "(--new-names both, the default)" in md
     assert "training-free CLIP (baseline)" in md and "(--new-names foreground)" in md
 
     # Rerun: everything is done, nothing is trained or detected again, same numbers.
@@ -136,7 +137,7 @@ def test_cli_zero_shot_baseline_only(dataset, tmp_path):
     res = _run(dataset, work, "--no-train")
     assert res.exit_code == 0, res.output
     assert "training-free CLIP" in res.output and "±" in res.output and "paper Table 1" in res.output
-    assert "(--new-names clip, the default)" in res.output  # what the row is, in `stale detect` terms
+    assert "(--new-names clip)" in res.output  # what the row is, in `stale detect` terms
     summary = json.loads((work / "results.json").read_text())
     assert set(summary["rows"]) == {"clip"} and not (work / "split_0" / "model.pt").exists()
     assert json.loads((work / "protocol.json").read_text())["train_config"]["ignore_unseen"] is True  # left out
@@ -241,10 +242,10 @@ def test_zero_shot_on_your_own_splits(dataset, tmp_path):
     summary = json.loads((work / "results.json").read_text())
     assert summary["setting"] == "own" and summary["paper"] is None
     assert summary["unseen_sets"] == {"0": ["baseball pitch", "Billiards"], "1": ["high-jump"]}
-    assert set(summary["rows"]) == {"clip", "stale", "foreground"}
+    assert set(summary["rows"]) == {"clip", "both", "stale", "foreground"}
     assert all(row["splits"] == [0, 1] for row in summary["rows"].values())
     for k, expected in ((0, ["BaseballPitch", "Billiards"]), (1, ["HighJump"])):  # the annotations' spellings
-        for method in ("clip", "stale", "foreground"):
+        for method in ("clip", "both", "stale", "foreground"):
             ev = json.loads((work / f"split_{k}" / f"{method}_eval.json").read_text())
             assert sorted(ev["per_class"]) == expected
         _, info = read_checkpoint(work / f"split_{k}" / "model.pt")

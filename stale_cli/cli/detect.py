@@ -160,10 +160,10 @@ def detect(
         None, "--prior-weight", help="STALE mode, open scoring: share of frozen CLIP's own reading of the names in "
         "the class posterior, 0-1 (0: the trained classifier alone).", show_default="0.5"),
     new_names: str = typer.Option(
-        "clip", "--new-names", metavar="clip|foreground|stale", help="STALE mode: names the checkpoint was not "
+        "both", "--new-names", metavar="both|clip|foreground|stale", help="STALE mode: names the checkpoint was not "
         "trained on are read by frozen CLIP alone (clip, as the training-free mode), by frozen CLIP for which name "
-        "and the model for where (foreground: better when the model's foreground carries to new classes), or by "
-        "the trained model (stale)."),
+        "and the model for where (foreground: when the model's foreground carries to new classes), by either of "
+        "the two (both), or by the trained model (stale)."),
     progress: bool = ProgressOption,
 ) -> None:
     """Detect the named actions in each input and write or print the segments (seconds, label, score).

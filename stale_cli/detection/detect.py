@@ -59,11 +59,13 @@ log = logging.getLogger(__name__)
 STALE_MODE = "stale"
 MODES = (STALE_MODE, CLIP_MODE)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
-# STALE mode, who reads a name the checkpoint was not trained on: "clip", frozen CLIP alone, as the training-free
-# mode does (segments from its curve); "foreground", frozen CLIP says which name (Eq. 7's class posterior replaced
-# by its, prior weight 1), the model says where (its foreground and masks); "stale", the trained model, its
-# classifier fused with frozen CLIP's prior as for its own names.
-NEW_NAMES = ("clip", "foreground", "stale")
+# STALE mode, who reads a name the checkpoint was not trained on: "both" (the default), a snippet shows the name
+# when either "clip" or "foreground" says so (their noisy-OR), with segments from the model's masks and from the
+# whole-video curve; "clip", frozen CLIP alone, as the training-free mode does (segments from its curve);
+# "foreground", frozen CLIP says which name (Eq. 7's class posterior replaced by its, prior weight 1), the model
+# says where (its foreground and masks); "stale", the trained model, its classifier fused with frozen CLIP's prior
+# as for its own names.
+NEW_NAMES = ("both", "clip", "foreground", "stale")
 WINDOW_BATCH = 8  # STALE windows per forward pass
 DEFAULT_CLIP_MODEL = "ViT-B-16"
 # The training-free mode computes probabilities and segments on the whole video; DetectConfig.max_candidates
@@ -194,9 +196,9 @@ class DetectSettings:
     prior_weight: Optional[float] = None  # None: the detect config's (DetectConfig.prior_weight)
     # STALE mode: who reads a name the checkpoint was not trained on (NEW_NAMES; the checkpoint's own names always
     # go through the trained model). On benchmarks/zero_shot.py the trained classifier does not carry to new names,
-    # and the model's "where" does only when actions share a class-agnostic look (BENCHMARKS.md "Zero-shot"), so
-    # "clip", never worse than the training-free mode, is the default.
-    new_names: str = "clip"
+    # and the model's "where" does only when actions share a class-agnostic look; "both" keeps frozen CLIP's
+    # reading where the model's "where" fails and adds the model's where it carries (BENCHMARKS.md "Zero-shot").
+    new_names: str = "both"
     # Inference settings before min_score/top_k; None: the checkpoint's preset (STALE mode), else DetectConfig().
     detect_config: Optional[DetectConfig] = None
     # The ranked list reduced for a person (stale_cli.detection.reading: score floor, overlapping alternatives,
@@ -584,6 +586,9 @@ class Detector:
         if self.prior_text is not None:  # frozen CLIP's reading of the raw features, cut into the same windows
             x = snippet_directions(feats, self.settings.clip_cfg.video_mean)  # (N, D)
             prior_windows = [w for _, w in cut_windows(x, meta, self.data_cfg)]
+        reading = self.settings.new_names if self.new_idx else None
+        new = self.new_idx
+        clip_new = self._new_name_curve(feats, src) if reading in ("clip", "both") else None  # (N, n)
         video = WindowedVideo(detection_grid(N, meta, self.data_cfg).num, self.detect_cfg)
         for i in range(0, len(windows), WINDOW_BATCH):
             chunk = windows[i : i + WINDOW_BATCH]
@@ -598,35 +603,44 @@ class Detector:
                 out = self.model(x, valid, self.text)
                 probs = detection_probabilities(out["logits"], out["fg"], K, prior, self.detect_cfg.prior_weight,
                                                 self.settings.scoring)  # (B, T, K+1)
-                if self.new_idx and self.settings.new_names == "foreground":  # frozen CLIP's class, the model's where
+                if reading in ("foreground", "both"):  # frozen CLIP's class, the model's where
                     probs_new = detection_probabilities(out["logits"], out["fg"], K, prior, 1.0, self.settings.scoring)
-                    probs[..., self.new_idx] = probs_new[..., self.new_idx]
+                    probs[..., new] = probs_new[..., new]
                 probs = probs.cpu().numpy()  # column K is not read below: post-processing takes the K names' columns
-            if self.settings.new_names == "clip":
-                probs[..., self.new_idx] = 0.0  # those names are scored by frozen CLIP below
+            if reading == "clip":
+                probs[..., new] = 0.0  # those names are scored by frozen CLIP below
             masks = out["masks"].float().cpu().numpy()  # (B, T, T)
             for b, (win, _) in enumerate(chunk):
+                rows = np.clip(np.floor(src.to_index(win.timeline.centres())).astype(int), 0, N - 1)  # (T,)
+                if reading == "both":  # either reading may say so: 1 - (1 - clip)(1 - foreground)
+                    probs[b][:, new] = 1.0 - (1.0 - clip_new[rows]) * (1.0 - probs[b][:, new])
                 video.add(probs[b], masks[b], win.timeline, win.start_row, win.valid_len)
                 # Per-row curves for the plot: each window snippet's probability goes to the rows it covers.
-                rows = np.clip(np.floor(src.to_index(win.timeline.centres()[: win.valid_len])).astype(int), 0, N - 1)
-                np.add.at(row_sum, rows, probs[b, : win.valid_len, :K])
-                np.add.at(row_cnt, rows, 1.0)
+                np.add.at(row_sum, rows[: win.valid_len], probs[b, : win.valid_len, :K])
+                np.add.at(row_cnt, rows[: win.valid_len], 1.0)
         scores = (row_sum / np.maximum(row_cnt, 1.0)).astype(np.float32)  # (N, K)
         found = [video.segments()]
-        if self.new_idx and self.settings.new_names == "clip":
-            found.append(self._new_name_candidates(feats, src, scores))
+        if reading == "clip":
+            scores[:, new] = clip_new
+        if reading in ("clip", "both"):  # segments of the whole-video curve too: no window cuts an action there
+            found.append(self._new_name_segments(scores[:, new], src))
         return found, scores
 
-    def _new_name_candidates(self, feats: np.ndarray, timeline, scores: np.ndarray):
-        """Segments of the names the checkpoint was not trained on, from frozen CLIP's reading of the features (the
-        training-free mode's, with every other name as a distractor); their curves are written into ``scores``."""
+    def _new_name_curve(self, feats: np.ndarray, timeline) -> np.ndarray:
+        """Frozen CLIP's probabilities (N, n) of the n names the checkpoint was not trained on, as the training-free
+        mode reads them (every other name a distractor)."""
         new = self.new_idx
         rest = [r for r in range(self.prior_text.shape[0]) if r not in set(new)]
         probs = snippet_probabilities(feats, self.prior_text[new + rest], 1.0 / timeline.step, self.settings.clip_cfg,
                                       num_query=len(new))  # (N, n+1)
-        scores[:, new] = probs[:, :-1]
+        return probs[:, :-1]
+
+    def _new_name_segments(self, curve: np.ndarray, timeline) -> Segments:
+        """Segments of the whole-video curves ``curve`` (N, n) of the new names, labelled with their indices."""
+        rest = np.clip(1.0 - curve.sum(axis=1, keepdims=True), 0.0, 1.0)  # not read: "both" rows may sum above 1
+        probs = np.concatenate([curve, rest], axis=1)  # (N, n+1)
         segs = segments_from_curve(probs, timeline, self.detect_cfg, block=self.data_cfg.num_snippets)
-        return Segments(np.asarray(new, dtype=np.int64)[segs.labels], segs.starts, segs.ends, segs.scores)
+        return Segments(np.asarray(self.new_idx, dtype=np.int64)[segs.labels], segs.starts, segs.ends, segs.scores)
 
 
 @dataclass
