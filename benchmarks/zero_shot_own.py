@@ -3,9 +3,10 @@
     python benchmarks/zero_shot_own.py --out <world> [--split 0] [--hold-out 4] [--reference <world>/trained]
 
 A user has annotated some classes of their footage and will ask a checkpoint trained on all of them for names
-nobody annotated. Which reading of those new names should they use: frozen CLIP's (`clip`, the default) or the
-model's foreground with CLIP's names (`foreground`)? The recipe in docs/commands.md: hold some of their own names
-out with ``stale zero-shot --unseen-file`` and compare the two rows. This script plays that user in a world of
+nobody annotated. Which reading of those new names should they use: either of the two below (`both`, the
+default), frozen CLIP's (`clip`) or the model's foreground with CLIP's names (`foreground`)? The recipe in
+docs/commands.md: hold some of their own names out with ``stale zero-shot --unseen-file`` and compare the rows.
+This script plays that user in a world of
 ``benchmarks/zero_shot.py`` (built there first, with its ``--out``):
 
 - the user's annotations: the world's, with every instance of the standard split's unseen classes removed (the
@@ -13,7 +14,7 @@ out with ``stale zero-shot --unseen-file`` and compare the two rows. This script
 - the user's own split: ``--hold-out`` of the split's seen names, drawn with ``--seed``;
 - ``stale zero-shot --unseen-file`` on them (train on the other seen names, the held-out ones background as the
   command's default makes them, detect and evaluate the held-out ones);
-- the recipe's answer (the higher of the `clip` and `foreground` rows) beside the right one: the two readings on
+- the recipe's answer (the highest of the `both`, `clip` and `foreground` rows) beside the right one: the readings on
   the split's truly unseen names, from a ``benchmarks/zero_shot.py`` work dir (``--reference``) of the same world
   whose checkpoint was trained as the user's would be, the names nobody annotated as background
   (``zero_shot.py --train-args=--unseen-as-background``).
@@ -39,7 +40,8 @@ from quality import run_cli  # noqa: E402
 from stale_cli.fileio import write_json_atomic  # noqa: E402
 from stale_cli.model.data.splits import load_split  # noqa: E402
 
-READINGS = ("clip", "foreground")
+READINGS = ("both", "clip", "foreground")
+RESULT_KEYS = {"both": "stale_unseen", "clip": "clip_unseen", "foreground": "stale_foreground_unseen"}  # zero_shot.py
 
 
 def user_annotations(world_annotations: Path, unannotated: list[str]) -> dict:
@@ -81,7 +83,7 @@ def main() -> None:
     result = {"split": args.split, "held_out": held, "unannotated": unseen, "own_splits": own, "chosen": chosen}
     if args.reference is not None:
         ref = json.loads((args.reference / "results.json").read_text())["per_split"][str(args.split)]
-        truth = {"clip": 100 * ref["clip_unseen"], "foreground": 100 * ref["stale_foreground_unseen"]}
+        truth = {m: 100 * ref[RESULT_KEYS[m]] for m in READINGS}
         result.update(unannotated_names=truth, right=max(READINGS, key=truth.get))
     write_json_atomic(work / "own.json", result)
     print(f"held out of the user's names: {', '.join(held)}; never annotated: {', '.join(unseen)}")

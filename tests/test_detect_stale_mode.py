@@ -244,6 +244,30 @@ def test_both_reading_is_the_noisy_or_of_clip_and_foreground(trained):
     assert own(both) == own(clip)
 
 
+def test_a_new_name_asked_alone_is_found_where_it_happens_and_nowhere_else(trained, tiny_clip_name):
+    """The default reading, one name the checkpoint never saw (K = 1, distractors on): a video whose snippets at
+    8-15 s look like the name's text to frozen CLIP gives a trusted segment there; the checkpoint's own videos,
+    where it never happens (only its training classes), give none at 0.5."""
+    from stale_cli.sidecar import read_features
+
+    root, ckpt = trained
+    det = Detector(DetectSettings(classes=["skateboarding"], checkpoint=ckpt))
+    assert det.new_idx == [0] and det.settings.new_names == "both"
+    rng = np.random.default_rng(3)
+    text = det.prior_text[0]  # frozen CLIP's text of the name (the asked names' rows come first)
+    feats = 0.1 * rng.normal(size=(N_ROWS, 32))  # a featureless scene
+    feats[16:30] = text + 0.02 * rng.normal(size=(14, 32))  # 8-15 s: what frozen CLIP reads as the name
+    meta = {"fps": FPS, "timestamps": [k / FPS for k in range(N_ROWS)], "duration": N_ROWS / FPS,
+            "source": "skate.mp4", "clip_model": tiny_clip_name, "clip_weights": "random", "num_frames": N_ROWS}
+    write_features(root / "skate.npy", feats.astype(np.float32), meta)
+    found = det.detect_features(*read_features(root / "skate.npy"), "skate", "skate").segments
+    best = max(found, key=lambda s: s.score)
+    assert best.score >= 0.5 and tiou((best.start, best.end), (8.0, 15.0)) >= 0.5
+    for vid in VIDEOS:
+        video = det.detect_features(*read_features(root / "feats" / f"{vid}.npy"), vid, vid)
+        assert max((s.score for s in video.segments), default=0.0) < 0.5, vid
+
+
 def test_foreground_reading_takes_frozen_clips_class_and_the_models_where(trained):
     """--new-names foreground: a new name's curve is the model's with frozen CLIP's class posterior alone (prior
     weight 1), as --new-names stale --prior-weight 1 gives it; the checkpoint's own names are read as before."""
