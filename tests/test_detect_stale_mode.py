@@ -244,6 +244,32 @@ def test_both_reading_is_the_noisy_or_of_clip_and_foreground(trained):
     assert own(both) == own(clip)
 
 
+def test_both_reading_keeps_frozen_clips_curve_on_rows_resize_mode_skips(tmp_path, tiny_clip, tiny_clip_name, trained):
+    """A resize-mode checkpoint (ActivityNet's preset) samples a video at fewer snippets than it has feature rows;
+    the "both" curve of a new name still covers every row, at least frozen CLIP's own reading there."""
+    from stale_cli.model.checkpoint import save_checkpoint
+    from stale_cli.model.config import LossConfig, ModelConfig
+    from stale_cli.model.data.windows import DataConfig
+    from stale_cli.model.stale import STALE
+    from stale_cli.sidecar import read_features
+
+    cfg = ModelConfig(feature_dim=32, embed_dim=32, num_snippets=16, clip_model=tiny_clip_name, encoder_layers=1,
+                      num_heads=2, ffn_dim=64, context_tokens=4, num_queries=4, decoder_layers=1)
+    ckpt = tmp_path / "resize.pt"
+    save_checkpoint(ckpt, STALE(cfg, tiny_clip), cfg, LossConfig(), DataConfig(mode="resize", num_snippets=16), CLASSES,
+                    FPS, tiny_clip_name)
+    feats, meta = read_features(trained[0] / "feats" / "v2.npy")  # 48 rows, 16 snippets
+
+    def curve(reading):
+        det = Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=ckpt, new_names=reading,
+                                      distractors=False))
+        return det.detect_features(feats, meta, "v2", "v2").scores[:, 1]
+
+    both, clip = curve("both"), curve("clip")
+    assert (clip > 0.01).sum() > 16  # frozen CLIP reads the name on more rows than the model's snippets cover
+    assert (both >= clip - 1e-6).all()
+
+
 def test_a_new_name_asked_alone_is_found_where_it_happens_and_nowhere_else(trained, tiny_clip_name):
     """The default reading, one name the checkpoint never saw (K = 1, distractors on): a video whose snippets at
     8-15 s look like the name's text to frozen CLIP gives a trusted segment there; the checkpoint's own videos,

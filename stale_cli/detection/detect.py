@@ -612,16 +612,20 @@ class Detector:
             masks = out["masks"].float().cpu().numpy()  # (B, T, T)
             for b, (win, _) in enumerate(chunk):
                 rows = np.clip(np.floor(src.to_index(win.timeline.centres())).astype(int), 0, N - 1)  # (T,)
+                # Per-row curves (the plot, and "both"'s whole-video curve): each window snippet's probability goes
+                # to the row it lies on.
+                np.add.at(row_sum, rows[: win.valid_len], probs[b, : win.valid_len, :K])
+                np.add.at(row_cnt, rows[: win.valid_len], 1.0)
                 if reading == "both":  # either reading may say so: 1 - (1 - clip)(1 - foreground)
                     probs[b][:, new] = 1.0 - (1.0 - clip_new[rows]) * (1.0 - probs[b][:, new])
                 video.add(probs[b], masks[b], win.timeline, win.start_row, win.valid_len)
-                # Per-row curves for the plot: each window snippet's probability goes to the rows it covers.
-                np.add.at(row_sum, rows[: win.valid_len], probs[b, : win.valid_len, :K])
-                np.add.at(row_cnt, rows[: win.valid_len], 1.0)
         scores = (row_sum / np.maximum(row_cnt, 1.0)).astype(np.float32)  # (N, K)
         found = [video.segments()]
         if reading == "clip":
             scores[:, new] = clip_new
+        elif reading == "both":
+            fg_new = _fill_uncovered(scores[:, new], row_cnt[:, 0] > 0)  # (N, n)
+            scores[:, new] = 1.0 - (1.0 - clip_new) * (1.0 - fg_new)
         if reading in ("clip", "both"):  # segments of the whole-video curve too: no window cuts an action there
             found.append(self._new_name_segments(scores[:, new], src))
         return found, scores
@@ -641,6 +645,16 @@ class Detector:
         probs = np.concatenate([curve, rest], axis=1)  # (N, n+1)
         segs = segments_from_curve(probs, timeline, self.detect_cfg, block=self.data_cfg.num_snippets)
         return Segments(np.asarray(self.new_idx, dtype=np.int64)[segs.labels], segs.starts, segs.ends, segs.scores)
+
+
+def _fill_uncovered(curve: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """``curve`` (N, n) with its rows outside ``covered`` (N,) bool linearly interpolated from the covered ones
+    (resize mode's windows sample a long video more sparsely than its feature rows; edges take the nearest)."""
+    if covered.all() or not covered.any():
+        return curve
+    at = np.flatnonzero(covered)
+    rows = np.arange(len(curve))
+    return np.stack([np.interp(rows, at, curve[at, j]) for j in range(curve.shape[1])], axis=1).astype(curve.dtype)
 
 
 @dataclass
