@@ -601,9 +601,13 @@ class Detector:
                 prior = torch.from_numpy(xw @ self.prior_text.T * self.settings.clip_cfg.logit_scale).softmax(-1)
             with torch.inference_mode():
                 out = self.model(x, valid, self.text)
-                probs = detection_probabilities(out["logits"], out["fg"], K, prior, self.detect_cfg.prior_weight,
+                # New names read with the model's where take frozen CLIP's class alone (prior weight 1); when every
+                # name asked is new, that is the only weighting needed.
+                where = reading in ("foreground", "both")
+                weight = 1.0 if where and len(new) == K else self.detect_cfg.prior_weight
+                probs = detection_probabilities(out["logits"], out["fg"], K, prior, weight,
                                                 self.settings.scoring)  # (B, T, K+1)
-                if reading in ("foreground", "both"):  # frozen CLIP's class, the model's where
+                if where and len(new) < K:
                     probs_new = detection_probabilities(out["logits"], out["fg"], K, prior, 1.0, self.settings.scoring)
                     probs[..., new] = probs_new[..., new]
                 probs = probs.cpu().numpy()  # column K is not read below: post-processing takes the K names' columns
