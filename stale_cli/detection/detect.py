@@ -589,6 +589,10 @@ class Detector:
         reading = self.settings.new_names if self.new_idx else None
         new = self.new_idx
         clip_new = self._new_name_curve(feats, src) if reading in ("clip", "both") else None  # (N, n)
+        # New names read with the model's where take frozen CLIP's class alone (prior weight 1); when every name
+        # asked is new, that is the only weighting needed.
+        where = reading in ("foreground", "both")
+        weight = 1.0 if where and len(new) == K else self.detect_cfg.prior_weight
         video = WindowedVideo(detection_grid(N, meta, self.data_cfg).num, self.detect_cfg)
         for i in range(0, len(windows), WINDOW_BATCH):
             chunk = windows[i : i + WINDOW_BATCH]
@@ -601,10 +605,6 @@ class Detector:
                 prior = torch.from_numpy(xw @ self.prior_text.T * self.settings.clip_cfg.logit_scale).softmax(-1)
             with torch.inference_mode():
                 out = self.model(x, valid, self.text)
-                # New names read with the model's where take frozen CLIP's class alone (prior weight 1); when every
-                # name asked is new, that is the only weighting needed.
-                where = reading in ("foreground", "both")
-                weight = 1.0 if where and len(new) == K else self.detect_cfg.prior_weight
                 probs = detection_probabilities(out["logits"], out["fg"], K, prior, weight,
                                                 self.settings.scoring)  # (B, T, K+1)
                 if where and len(new) < K:
@@ -657,8 +657,7 @@ def _fill_uncovered(curve: np.ndarray, covered: np.ndarray) -> np.ndarray:
     if covered.all() or not covered.any():
         return curve
     at = np.flatnonzero(covered)
-    rows = np.arange(len(curve))
-    return np.stack([np.interp(rows, at, curve[at, j]) for j in range(curve.shape[1])], axis=1).astype(curve.dtype)
+    return interpolate_rows(curve[at], np.interp(np.arange(len(curve)), at, np.arange(at.size)))  # (N, n)
 
 
 @dataclass
