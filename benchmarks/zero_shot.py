@@ -40,7 +40,10 @@ Rows (avg mAP over tIoU 0.3:0.1:0.7 on the unseen names of each split, mean over
   can learn and lend to new ones. Without it, what actions share is only that they replace part of the scene.
 
 Everything is written under ``--out``; ``<work>/results.json`` and ``<work>/results.md`` hold the figures
-(``--work`` names a recipe's folder, so that recipes given with ``--train-args`` share the world).
+(``--work`` names a recipe's folder, so that recipes given with ``--train-args`` share the world). A run whose
+world settings differ from those of the world already under ``--out`` (``--actionness`` forgotten, say) stops with
+an error rather than build another world over it, which would leave every work folder there read on the wrong
+features; ``--rebuild`` replaces it deliberately.
 """
 
 from __future__ import annotations
@@ -170,8 +173,15 @@ def build(args, out: Path) -> dict:
     if args.actionness:  # recorded only when set, so that worlds built before the option are still recognised
         key["actionness"] = args.actionness
     stamp = out / "world.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
-        return json.loads(stamp.read_text())
+    if stamp.is_file():
+        built = json.loads(stamp.read_text())
+        if built.get("key") == key:
+            return built
+        if not args.rebuild:  # every work folder under --out was trained and read on the world built there
+            differ = sorted(k for k in set(key) | set(built.get("key", {})) if key.get(k) != built.get("key", {}).get(k))
+            sys.exit(f"error: {out} holds a world built with other settings ({', '.join(differ)}: "
+                     f"{', '.join(repr(built.get('key', {}).get(k)) for k in differ)}); give the same settings "
+                     "(e.g. --actionness), another --out, or --rebuild to replace it")
     ann = select_videos(args)
     write_json_atomic(out / "annotations.json", ann)
     classes = sorted({a["label"] for v in ann["database"].values() for a in v["annotations"]})
@@ -358,6 +368,8 @@ def main() -> None:
     ap.add_argument("--rotation", type=float, default=0.02, help="strength of the shared near-identity rotation")
     ap.add_argument("--actionness", type=float, default=0.0,
                     help="norm of a direction shared by the actions of every class (0: none, the default world)")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="replace a world built under --out with other settings (its work folders no longer fit it)")
     ap.add_argument("--no-train", action="store_true", help="training-free mode and oracles only")
     ap.add_argument("--train-args", default="", help="extra arguments for stale zero-shot (quoted)")
     ap.add_argument("--analyse-only", action="store_true", help="reuse the work dir's checkpoints and predictions")
