@@ -296,7 +296,8 @@ def test_a_new_name_asked_alone_is_found_where_it_happens_and_nowhere_else(train
 
 def test_foreground_reading_takes_frozen_clips_class_and_the_models_where(trained):
     """--new-names foreground: a new name's curve is the model's with frozen CLIP's class posterior alone (prior
-    weight 1), as --new-names stale --prior-weight 1 gives it; the checkpoint's own names are read as before."""
+    weight 1), as --new-names stale --prior-weight 1 gives it (the context foreground, the next test, adds nothing
+    on this video: L_ctx does not exceed L_hat on it); the checkpoint's own names are read as before."""
     from stale_cli.errors import InputError
     from stale_cli.sidecar import read_features
 
@@ -317,3 +318,69 @@ def test_foreground_reading_takes_frozen_clips_class_and_the_models_where(traine
     assert {s.label for s in both.segments} <= {"high jump", "skateboarding"}
     with pytest.raises(InputError, match="--new-names must be one of both, clip, foreground, stale"):
         Detector(DetectSettings(classes=["high jump"], checkpoint=ckpt, new_names="frozen"))
+
+
+def with_context(src, dst, weights):
+    """A copy of checkpoint ``src`` at ``dst`` whose L_ctx has ``weights`` (None: no L_ctx, as before it existed)."""
+    import torch
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    ckpt.pop("context_foreground", None)
+    if weights is not None:
+        ckpt["context_foreground"] = {"inputs": ["distance_to_median", "distance_to_mean", "bias"],
+                                      "weights": list(weights)}
+    torch.save(ckpt, dst)
+    return dst
+
+
+def test_training_records_the_context_foreground(trained):
+    """`stale train` stores L_ctx fitted on its training videos' rows (what benchmarks/zero_shot_context.py adds to
+    older checkpoints is the same fit)."""
+    from stale_cli.model.checkpoint import read_checkpoint
+    from stale_cli.model.context import fit_context_foreground
+    from stale_cli.model.data.annotations import parse_annotations
+    from stale_cli.model.data.dataset import foreground_rows, load_video_set
+
+    root, ckpt = trained
+    _, info = read_checkpoint(ckpt)
+    assert info.context_foreground is not None
+    ann = parse_annotations({"database": {vid: {"subset": "train", "duration": N_ROWS / FPS, "annotations": [
+        {"label": n, "segment": [s, e]} for n, s, e in inst]} for vid, inst in VIDEOS.items()}})
+    vs = load_video_set(root / "feats", list(ann.videos.values()), info.data_config)
+    refit = fit_context_foreground(foreground_rows(vs, list(info.class_names)))
+    np.testing.assert_allclose(info.context_foreground.weights, refit.weights, rtol=1e-6)
+    assert info.context_foreground.weights[0] > 0
+
+
+def test_a_new_names_foreground_is_the_larger_of_l_hat_and_l_ctx(trained, tmp_path, tiny_clip_name):
+    """The foreground and both readings give a new name max(L_hat, L_ctx) as its foreground: with L_ctx = 0 the
+    curve is the one of a checkpoint without L_ctx, with L_ctx = 1 it is at least as high, and higher on the
+    snippets that frozen CLIP reads as the name but the model's L_hat, trained on two other classes, does not
+    call foreground; the checkpoint's own names never read L_ctx. A damaged record is one clear error."""
+    root, ckpt = trained
+
+    def detector(weights, reading="foreground"):
+        path = with_context(ckpt, tmp_path / f"ctx{len(list(tmp_path.iterdir()))}.pt", weights)
+        return Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=path, new_names=reading,
+                                       distractors=False))
+
+    rng = np.random.default_rng(3)
+    feats = 0.1 * rng.normal(size=(N_ROWS, 32))  # a featureless scene
+    feats[16:30] = detector(None).prior_text[1] + 0.02 * rng.normal(size=(14, 32))  # 8-15 s: frozen CLIP's name
+    meta = {"fps": FPS, "timestamps": [k / FPS for k in range(N_ROWS)], "duration": N_ROWS / FPS,
+            "source": "skate.mp4", "clip_model": tiny_clip_name, "clip_weights": "random", "num_frames": N_ROWS}
+    feats = feats.astype(np.float32)
+
+    def read(weights, reading="foreground"):
+        return detector(weights, reading).detect_features(feats, meta, "skate", "skate").scores
+
+    none, zero, one = read(None), read((0.0, 0.0, -50.0)), read((0.0, 0.0, 50.0))
+    np.testing.assert_allclose(zero, none, atol=1e-6)
+    np.testing.assert_allclose(one[:, 0], none[:, 0], atol=1e-6)
+    assert (one[:, 1] >= none[:, 1] - 1e-6).all()
+    assert one[16:30, 1].mean() > 0.9 and one[16:30, 1].mean() > none[16:30, 1].mean() + 0.1
+    both_one, both_none = read((0.0, 0.0, 50.0), "both"), read(None, "both")
+    assert (both_one[:, 1] >= both_none[:, 1] - 1e-6).all() and (both_one[:, 1] - both_none[:, 1]).max() > 0.05
+    np.testing.assert_allclose(read((0.0, 0.0, 50.0), "stale"), read(None, "stale"), atol=1e-6)  # the model alone
+    with pytest.raises(CheckpointError, match="context_foreground must be 3 finite weights"):
+        read((0.0, float("nan"), 1.0))

@@ -581,7 +581,8 @@ class Detector:
         row_sum = np.zeros((N, K), np.float64)
         row_cnt = np.zeros((N, 1), np.float64)
         src = feature_timeline(meta, N)
-        windows = cut_windows(center_video(feats, self.data_cfg.video_mean), meta, self.data_cfg)
+        model_input = center_video(feats, self.data_cfg.video_mean)  # (N, D)
+        windows = cut_windows(model_input, meta, self.data_cfg)
         prior_windows = None
         if self.prior_text is not None:  # frozen CLIP's reading of the raw features, cut into the same windows
             x = snippet_directions(feats, self.settings.clip_cfg.video_mean)  # (N, D)
@@ -593,6 +594,10 @@ class Detector:
         # asked is new, that is the only weighting needed.
         where = reading in ("foreground", "both")
         weight = 1.0 if where and len(new) == K else self.detect_cfg.prior_weight
+        # A new name's foreground is max(L_hat, L_ctx): L_ctx names no class, so it carries to names L_hat never
+        # saw (stale_cli/model/context.py); checkpoints written before it have none.
+        context = self.info.context_foreground
+        l_ctx = context.probabilities(model_input) if where and context is not None else None  # (N,)
         video = WindowedVideo(detection_grid(N, meta, self.data_cfg).num, self.detect_cfg)
         for i in range(0, len(windows), WINDOW_BATCH):
             chunk = windows[i : i + WINDOW_BATCH]
@@ -603,19 +608,25 @@ class Detector:
             if prior_windows is not None:
                 xw = normalize_rows(np.stack(prior_windows[i : i + WINDOW_BATCH]))  # (B, T, D)
                 prior = torch.from_numpy(xw @ self.prior_text.T * self.settings.clip_cfg.logit_scale).softmax(-1)
+            # the feature row each window snippet lies on: (B, T)
+            rows_of = np.stack([np.clip(np.floor(src.to_index(win.timeline.centres())).astype(int), 0, N - 1)
+                                for win, _ in chunk])
             with torch.inference_mode():
                 out = self.model(x, valid, self.text)
-                probs = detection_probabilities(out["logits"], out["fg"], K, prior, weight,
-                                                self.settings.scoring)  # (B, T, K+1)
+                fg_new = out["fg"]  # (B, T)
+                if l_ctx is not None:
+                    fg_new = torch.maximum(fg_new, torch.from_numpy(l_ctx[rows_of]).to(fg_new))
+                probs = detection_probabilities(out["logits"], fg_new if where and len(new) == K else out["fg"], K,
+                                                prior, weight, self.settings.scoring)  # (B, T, K+1)
                 if where and len(new) < K:
-                    probs_new = detection_probabilities(out["logits"], out["fg"], K, prior, 1.0, self.settings.scoring)
+                    probs_new = detection_probabilities(out["logits"], fg_new, K, prior, 1.0, self.settings.scoring)
                     probs[..., new] = probs_new[..., new]
                 probs = probs.cpu().numpy()  # column K is not read below: post-processing takes the K names' columns
             if reading == "clip":
                 probs[..., new] = 0.0  # those names are scored by frozen CLIP below
             masks = out["masks"].float().cpu().numpy()  # (B, T, T)
             for b, (win, _) in enumerate(chunk):
-                rows = np.clip(np.floor(src.to_index(win.timeline.centres())).astype(int), 0, N - 1)  # (T,)
+                rows = rows_of[b]  # (T,)
                 # Per-row curves (the plot, and "both"'s whole-video curve): each window snippet's probability goes
                 # to the row it lies on.
                 np.add.at(row_sum, rows[: win.valid_len], probs[b, : win.valid_len, :K])

@@ -4,7 +4,7 @@ A checkpoint is a plain dict saved with ``torch.save`` that loads with ``torch.l
 format name and version, the dataset preset it was trained with, the model/loss/data/detect configs as plain
 dicts, the training class names, the feature rate and width, the CLIP model name (and which CLIP weights
 initialised the text tower), the state dict, and for ``--resume`` the epoch, optimizer state and training
-history. ``stale detect --checkpoint x.pt`` needs nothing else: :func:`load_checkpoint` rebuilds the model from
+history, and the context foreground's three weights (stale_cli/model/context.py). ``stale detect --checkpoint x.pt`` needs nothing else: :func:`load_checkpoint` rebuilds the model from
 an architecture-only open_clip model (no CLIP weights are downloaded; the text tower's weights are in the state
 dict).
 """
@@ -24,6 +24,7 @@ from stale_cli.errors import CheckpointError, StaleError, first_line
 from stale_cli.fileio import atomic_path
 from stale_cli.model import datasets
 from stale_cli.model.config import LossConfig, ModelConfig
+from stale_cli.model.context import ContextForeground
 from stale_cli.model.data.windows import DataConfig
 from stale_cli.model.postprocess import DetectConfig
 from stale_cli.text import number_text
@@ -55,6 +56,8 @@ class CheckpointInfo:
     # get the one their data config belongs to.
     dataset: str = datasets.THUMOS14.name
     clip_weights_sha256: str | None = None  # content hash of a weights file in clip_weights (None: a tag, or older)
+    # L_ctx (stale_cli/model/context.py), fitted on the training videos; None in checkpoints written before it.
+    context_foreground: ContextForeground | None = None
 
     @property
     def weights_id(self):
@@ -78,13 +81,15 @@ def save_checkpoint(
     epoch: int = 0,
     detect_cfg: DetectConfig | None = None,
     dataset: str | None = None,
+    context_foreground: ContextForeground | None = None,
     **extra: Any,
 ) -> None:
     """Write a checkpoint atomically. ``extra`` (optimizer state, history, ...) must hold only plain types/tensors.
 
     ``clip_weights_sha256``: the content hash of the weights file ``clip_weights`` names (None for a tag).
     ``dataset``: the dataset preset trained with (default: the one ``data_cfg`` belongs to); ``detect_cfg``:
-    inference settings to record (default: that dataset's).
+    inference settings to record (default: that dataset's); ``context_foreground``: L_ctx, fitted on the training
+    videos (None: not recorded).
     """
     from stale_cli.features.clip_backbone import activation_of
 
@@ -109,6 +114,8 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra,
     }
+    if context_foreground is not None:
+        ckpt["context_foreground"] = context_foreground.to_dict()
     path = Path(path)
     kept = f"{path} is left as it was (the last good checkpoint)" if path.is_file() else "nothing was written"
     try:
@@ -308,6 +315,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
         detect_config = spec.detect
     else:
         detect_config = _config(DetectConfig, ckpt["detect_config"], "detect config", path)
+    context = None
+    if ckpt.get("context_foreground") is not None:
+        try:
+            context = ContextForeground.from_dict(ckpt["context_foreground"])
+        except ValueError as e:
+            raise _bad(path, "context_foreground", str(e), ckpt["context_foreground"]) from None
     model_config = ckpt.get("model_config")
     if isinstance(model_config, dict) and "context_init" not in model_config:
         model_config = dict(model_config, context_init="")  # before 0.3 the context always started random
@@ -326,6 +339,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, CheckpointInfo]:
         epoch=int(ckpt.get("epoch", 0)),
         clip_activation=recorded_activation(clip_model, ckpt.get("clip_activation")),
         extra=dict(ckpt.get("extra") or {}),
+        context_foreground=context,
     )
     if info.feature_dim != info.model_config.feature_dim:
         raise CheckpointError(f"{path}: bad checkpoint: feature_dim {info.feature_dim} is not the model config's "

@@ -40,9 +40,10 @@ from stale_cli.metric import evaluate_detection
 from stale_cli.model import datasets
 from stale_cli.model.checkpoint import check_checkpoint_path, load_weights, read_checkpoint, save_checkpoint
 from stale_cli.model.config import LossConfig, ModelConfig, TrainConfig
+from stale_cli.model.context import fit_context_foreground
 from stale_cli.model.data.annotations import Annotations
-from stale_cli.model.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset, collate_windows, load_video_set,
-                                    repeat_factors, unseen_spans, video_instances)
+from stale_cli.model.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset, collate_windows, foreground_rows,
+                                         load_video_set, repeat_factors, unseen_spans, video_instances)
 from stale_cli.model.data.windows import DataConfig
 from stale_cli.model.losses import STALELoss
 from stale_cli.model.postprocess import DetectConfig, WindowedVideo, finalize
@@ -578,9 +579,12 @@ def _train(job: _Job) -> TrainResult:
             log.info("%d epochs of %d steps (at least %d steps on a small training set)", train_cfg.epochs,
                      len(loader), MIN_STEPS)
     spec = start.spec
+    # L_ctx: fitted on the same videos and labels as the model, once (it does not depend on the model's weights)
+    context = fit_context_foreground(foreground_rows(train_set, class_names, train_cfg.ignore_unseen))
     describe = dict(model_cfg=model_cfg, loss_cfg=start.loss_cfg, data_cfg=data_cfg, class_names=class_names,
                     dataset=spec.name, feature_fps=vs.feature_fps(), clip_model=start.clip_name,
-                    clip_weights=start.clip_weights, clip_weights_sha256=start.weights.sha256, run_key=start.key)
+                    clip_weights=start.clip_weights, clip_weights_sha256=start.weights.sha256, run_key=start.key,
+                    context_foreground=context)
     if job.resume is not None and rank == 0:
         if start_epoch >= train_cfg.epochs:
             log.info("%s: already trained %d of %d epochs; nothing to do (--epochs N goes on further, --fresh "

@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 
 from stale_cli.errors import DataError, InputError
 from stale_cli.model.data.annotations import VideoAnnotation
-from stale_cli.model.data.windows import (DataConfig, Window, assign_labels, center_video, plan_windows, shifted,
-                                    window_features)
+from stale_cli.model.data.windows import (DataConfig, Window, assign_labels, center_video, feature_timeline,
+                                         plan_windows, shifted, window_features)
 from stale_cli.sidecar import FeatureMeta, read_features
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,25 @@ def unseen_spans(video: VideoAnnotation, class_names: list[str]) -> list[tuple[f
     """``(start_s, end_s)`` of the instances whose class is outside the training vocabulary (to be ignored)."""
     known = set(class_names)
     return [(i.start, i.end) for i in video.instances if i.label not in known]
+
+
+def foreground_rows(vs: VideoSet, class_names: list[str], ignore_unseen: bool = True
+                    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per video of ``vs``: (features (N, D), foreground target (N,), keep (N,) bool) for every feature row, a row
+    being foreground when its centre lies in an instance of ``class_names``. With ``ignore_unseen`` the rows of
+    other classes' instances are not kept (as the training losses leave them out); otherwise they are background.
+    What the context foreground (stale_cli/model/context.py) is fitted on."""
+    out = []
+    for v in vs.videos:
+        feats = vs.features[v.video_id]
+        centres = feature_timeline(vs.meta[v.video_id], feats.shape[0]).centres()  # (N,) seconds
+        inside = lambda spans: np.any([(centres >= s) & (centres < e) for s, e in spans], axis=0)  # noqa: E731
+        inst = video_instances(v, class_names)
+        fg = inside([(s, e) for s, e, _ in inst]) if inst else np.zeros(len(centres), bool)
+        unseen = unseen_spans(v, class_names) if ignore_unseen else []
+        keep = ~inside(unseen) | fg if unseen else np.ones(len(centres), bool)
+        out.append((feats, fg.astype(np.float32), keep))
+    return out
 
 
 class WindowDataset(Dataset):
