@@ -178,9 +178,10 @@ def build(args, out: Path) -> dict:
         if built.get("key") == key:
             return built
         if not args.rebuild:  # every work folder under --out was trained and read on the world built there
-            differ = sorted(k for k in set(key) | set(built.get("key", {})) if key.get(k) != built.get("key", {}).get(k))
+            old = built.get("key", {})
+            differ = sorted(k for k in set(key) | set(old) if key.get(k) != old.get(k))
             sys.exit(f"error: {out} holds a world built with other settings ({', '.join(differ)}: "
-                     f"{', '.join(repr(built.get('key', {}).get(k)) for k in differ)}); give the same settings "
+                     f"{', '.join(repr(old.get(k)) for k in differ)}); give the same settings "
                      "(e.g. --actionness), another --out, or --rebuild to replace it")
     ann = select_videos(args)
     write_json_atomic(out / "annotations.json", ann)

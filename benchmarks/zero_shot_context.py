@@ -5,9 +5,9 @@ them as `stale train` now writes them, without training them again.
 
 L_ctx (stale_cli/model/context.py) is fitted on the training videos' features and labels only, never on the
 model's weights, so fitting it afterwards with the same function, videos, classes and ``ignore_unseen`` as
-`stale train` gives the checkpoint `stale train` would write today (``tests/test_context.py`` checks that `stale
-train` stores it). Each ``<from>/split_K/model.pt`` is copied to ``<to>/split_K/model.pt`` with L_ctx added; the
-original is not touched. Then ``python benchmarks/zero_shot.py --out <world> --work <work2> --splits K
+`stale train` gives the checkpoint `stale train` would write today (``tests/test_detect_stale_mode.py`` checks
+that `stale train` stores that fit). Each ``<from>/split_K/model.pt`` is copied to ``<to>/split_K/model.pt`` with
+L_ctx added; the original is not touched. Then ``python benchmarks/zero_shot.py --out <world> --work <work2> --splits K
 --analyse-only`` reads it.
 """
 

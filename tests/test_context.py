@@ -22,7 +22,8 @@ def test_inputs_worked_out_by_hand():
     np.testing.assert_allclose(context_inputs(5.0 * np.array([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0]]) @ q), z, atol=1e-6)
 
 
-def scene_video(rng, dim: int, actions: list[tuple[np.ndarray, int, int]], n: int = 120) -> tuple[np.ndarray, np.ndarray]:
+def scene_video(rng, dim: int, actions: list[tuple[np.ndarray, int, int]], n: int = 120
+                ) -> tuple[np.ndarray, np.ndarray]:
     """A video whose own scene (a random direction) is replaced by each action's direction over its rows; the
     foreground target (n,)."""
     scene = rng.normal(size=dim)

@@ -4,9 +4,9 @@ A checkpoint is a plain dict saved with ``torch.save`` that loads with ``torch.l
 format name and version, the dataset preset it was trained with, the model/loss/data/detect configs as plain
 dicts, the training class names, the feature rate and width, the CLIP model name (and which CLIP weights
 initialised the text tower), the state dict, and for ``--resume`` the epoch, optimizer state and training
-history, and the context foreground's three weights (stale_cli/model/context.py). ``stale detect --checkpoint x.pt`` needs nothing else: :func:`load_checkpoint` rebuilds the model from
-an architecture-only open_clip model (no CLIP weights are downloaded; the text tower's weights are in the state
-dict).
+history, and the context foreground's three weights (stale_cli/model/context.py). ``stale detect --checkpoint
+x.pt`` needs nothing else: :func:`load_checkpoint` rebuilds the model from an architecture-only open_clip model (no
+CLIP weights are downloaded; the text tower's weights are in the state dict).
 """
 
 from __future__ import annotations

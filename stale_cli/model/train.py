@@ -42,8 +42,9 @@ from stale_cli.model.checkpoint import check_checkpoint_path, load_weights, read
 from stale_cli.model.config import LossConfig, ModelConfig, TrainConfig
 from stale_cli.model.context import fit_context_foreground
 from stale_cli.model.data.annotations import Annotations
-from stale_cli.model.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset, collate_windows, foreground_rows,
-                                         load_video_set, repeat_factors, unseen_spans, video_instances)
+from stale_cli.model.data.dataset import (RepeatFactorSampler, VideoSet, WindowDataset, collate_windows,
+                                         foreground_rows, load_video_set, repeat_factors, unseen_spans,
+                                         video_instances)
 from stale_cli.model.data.windows import DataConfig
 from stale_cli.model.losses import STALELoss
 from stale_cli.model.postprocess import DetectConfig, WindowedVideo, finalize
