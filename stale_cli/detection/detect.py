@@ -616,8 +616,8 @@ class Detector:
                 fg_new = out["fg"]  # (B, T)
                 if l_ctx is not None:
                     fg_new = torch.maximum(fg_new, torch.from_numpy(l_ctx[rows_of]).to(fg_new))
-                probs = detection_probabilities(out["logits"], fg_new if where and len(new) == K else out["fg"], K,
-                                                prior, weight, self.settings.scoring)  # (B, T, K+1)
+                probs = detection_probabilities(out["logits"], fg_new if len(new) == K else out["fg"], K, prior,
+                                                weight, self.settings.scoring)  # (B, T, K+1)
                 if where and len(new) < K:
                     probs_new = detection_probabilities(out["logits"], fg_new, K, prior, 1.0, self.settings.scoring)
                     probs[..., new] = probs_new[..., new]

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from stale_cli.errors import DataError, InputError
 from stale_cli.model.data.annotations import VideoAnnotation
 from stale_cli.model.data.windows import (DataConfig, Window, assign_labels, center_video, feature_timeline,
-                                         plan_windows, shifted, window_features)
+                                         plan_windows, shifted, snippets_inside, window_features)
 from stale_cli.sidecar import FeatureMeta, read_features
 
 log = logging.getLogger(__name__)
@@ -139,19 +139,20 @@ def unseen_spans(video: VideoAnnotation, class_names: list[str]) -> list[tuple[f
 def foreground_rows(vs: VideoSet, class_names: list[str], ignore_unseen: bool = True
                     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per video of ``vs``: (features (N, D), foreground target (N,), keep (N,) bool) for every feature row, a row
-    being foreground when its centre lies in an instance of ``class_names``. With ``ignore_unseen`` the rows of
-    other classes' instances are not kept (as the training losses leave them out); otherwise they are background.
-    What the context foreground (stale_cli/model/context.py) is fitted on."""
+    being foreground when it is a snippet of an instance of ``class_names`` (the rule of ``assign_labels``). With
+    ``ignore_unseen`` the rows of other classes' instances are not kept (as the training losses leave them out);
+    otherwise they are background. What the context foreground (stale_cli/model/context.py) is fitted on."""
     out = []
     for v in vs.videos:
         feats = vs.features[v.video_id]
-        centres = feature_timeline(vs.meta[v.video_id], feats.shape[0]).centres()  # (N,) seconds
-        inside = lambda spans: np.any([(centres >= s) & (centres < e) for s, e in spans], axis=0)  # noqa: E731
-        inst = video_instances(v, class_names)
-        fg = inside([(s, e) for s, e, _ in inst]) if inst else np.zeros(len(centres), bool)
-        unseen = unseen_spans(v, class_names) if ignore_unseen else []
-        keep = ~inside(unseen) | fg if unseen else np.ones(len(centres), bool)
-        out.append((feats, fg.astype(np.float32), keep))
+        timeline = feature_timeline(vs.meta[v.video_id], feats.shape[0])
+        every = np.ones(feats.shape[0], bool)  # (N,): a whole video has no padding
+        fg, keep = ~every, every.copy()
+        for start, end, _ in video_instances(v, class_names):
+            fg |= snippets_inside(timeline, every, start, end)
+        for start, end in unseen_spans(v, class_names) if ignore_unseen else []:
+            keep &= ~snippets_inside(timeline, every, start, end)
+        out.append((feats, fg.astype(np.float32), keep | fg))
     return out
 
 

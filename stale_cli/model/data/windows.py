@@ -210,7 +210,7 @@ def cut_windows(features: np.ndarray, meta: FeatureMeta | Mapping, cfg: DataConf
     return [(w, window_features(features, meta, w, cfg)) for w in plan_detection_windows(features.shape[0], meta, cfg)]
 
 
-def _inside(timeline: Timeline, valid: np.ndarray, start: float, end: float) -> np.ndarray:
+def snippets_inside(timeline: Timeline, valid: np.ndarray, start: float, end: float) -> np.ndarray:
     """Snippets of an instance: centre in [start, end), or the one holding its midpoint when no centre is inside."""
     centres = timeline.centres()  # (T,) seconds
     inside = (centres >= start) & (centres < end) & valid  # (T,)
@@ -242,7 +242,7 @@ def assign_labels(
     spans = []
     for start, end, cls in sorted(instances, key=lambda x: x[1] - x[0], reverse=True):
         assert 0 <= cls < K, f"class index {cls} outside the vocabulary of {K}"
-        inside = _inside(timeline, valid, start, end)  # (T,)
+        inside = snippets_inside(timeline, valid, start, end)  # (T,)
         labels[inside] = cls
         masks[:, inside] = inside[:, None]  # column t = this instance's mask
         spans.append((inside, cls))
@@ -251,7 +251,7 @@ def assign_labels(
         also[inside & (labels != cls)] = cls
     ignore = np.zeros(T, dtype=bool)
     for start, end in unseen:
-        ignore |= _inside(timeline, valid, start, end)
+        ignore |= snippets_inside(timeline, valid, start, end)
     ignore &= labels == K  # a training-class instance keeps the snippets it shares with an unseen one
     fg = (labels != K).astype(np.float32)
     return {"labels": labels, "also": also, "masks": masks, "fg": fg, "valid": valid, "ignore": ignore}
