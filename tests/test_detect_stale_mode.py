@@ -12,6 +12,7 @@ import pytest
 
 from stale_cli.detection.detect import STALE_MODE, DetectSettings, Detector
 from stale_cli.errors import CheckpointError
+from stale_cli.model.postprocess import DetectConfig
 from stale_cli.sidecar import write_features
 
 from feature_files import CLASSES, FPS  # tests/ is on sys.path
@@ -220,9 +221,10 @@ def test_names_the_checkpoint_never_saw_are_scored_by_frozen_clip(trained):
 
 
 def test_both_reading_is_the_noisy_or_of_clip_and_foreground(trained):
-    """--new-names both (the default): a new name's curve is 1 - (1 - clip)(1 - foreground) of the two other
-    readings' curves, and its segments come from the model's masks and from that whole-video curve; the
-    checkpoint's own names are read as in every reading."""
+    """--new-names both (the default): a new name's curve is 1 - (1 - clip L_ctx^g)(1 - foreground) of the two other
+    readings' curves (g: DetectConfig.context_gate), and its segments come from the model's masks and from that
+    whole-video curve; the checkpoint's own names are read as in every reading."""
+    from stale_cli.model.data.windows import center_video
     from stale_cli.sidecar import read_features
 
     root, ckpt = trained
@@ -236,9 +238,12 @@ def test_both_reading_is_the_noisy_or_of_clip_and_foreground(trained):
     assert det.settings.new_names == "both" and det.new_idx == [1]
     _, clip = read(new_names="clip")
     _, fg = read(new_names="foreground")
-    np.testing.assert_allclose(both.scores[:, 1], 1 - (1 - clip.scores[:, 1]) * (1 - fg.scores[:, 1]), atol=1e-5)
+    l_ctx = det.info.context_foreground.probabilities(center_video(feats, det.data_cfg.video_mean))  # (N,)
+    weighed = clip.scores[:, 1] * l_ctx ** det.detect_cfg.context_gate
+    assert (weighed < clip.scores[:, 1] - 0.05).any()  # on the edges of frozen CLIP's run, which L_ctx leaves out
+    np.testing.assert_allclose(both.scores[:, 1], 1 - (1 - weighed) * (1 - fg.scores[:, 1]), atol=1e-5)
     np.testing.assert_allclose(both.scores[:, 0], clip.scores[:, 0], atol=1e-6)
-    assert (both.scores[:, 1] >= np.maximum(clip.scores[:, 1], fg.scores[:, 1]) - 1e-6).all()
+    assert (both.scores[:, 1] >= np.maximum(weighed, fg.scores[:, 1]) - 1e-6).all()
     assert {s.label for s in both.segments} <= {"high jump", "skateboarding"}
     own = lambda video: [(s.start, s.end, round(s.score, 5)) for s in video.segments if s.label == "high jump"]  # noqa: E731
     assert own(both) == own(clip)
@@ -356,13 +361,15 @@ def test_a_new_names_foreground_is_the_larger_of_l_hat_and_l_ctx(trained, tmp_pa
     """The foreground and both readings give a new name max(L_hat, L_ctx) as its foreground: with L_ctx = 0 the
     curve is the one of a checkpoint without L_ctx, with L_ctx = 1 it is at least as high, and higher on the
     snippets that frozen CLIP reads as the name but the model's L_hat, trained on two other classes, does not
-    call foreground; the checkpoint's own names never read L_ctx. A damaged record is one clear error."""
+    call foreground; the checkpoint's own names never read L_ctx. "both" also weighs frozen CLIP's curve by
+    L_ctx ** context_gate (none of it where L_ctx is 0; all of it with the gate off). A damaged record is one
+    clear error."""
     root, ckpt = trained
 
-    def detector(weights, reading="foreground"):
+    def detector(weights, reading="foreground", **kw):
         path = with_context(ckpt, tmp_path / f"ctx{len(list(tmp_path.iterdir()))}.pt", weights)
         return Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=path, new_names=reading,
-                                       distractors=False))
+                                       distractors=False, **kw))
 
     rng = np.random.default_rng(3)
     feats = 0.1 * rng.normal(size=(N_ROWS, 32))  # a featureless scene
@@ -371,8 +378,8 @@ def test_a_new_names_foreground_is_the_larger_of_l_hat_and_l_ctx(trained, tmp_pa
             "source": "skate.mp4", "clip_model": tiny_clip_name, "clip_weights": "random", "num_frames": N_ROWS}
     feats = feats.astype(np.float32)
 
-    def read(weights, reading="foreground"):
-        return detector(weights, reading).detect_features(feats, meta, "skate", "skate").scores
+    def read(weights, reading="foreground", **kw):
+        return detector(weights, reading, **kw).detect_features(feats, meta, "skate", "skate").scores
 
     none, zero, one = read(None), read((0.0, 0.0, -50.0)), read((0.0, 0.0, 50.0))
     np.testing.assert_allclose(zero, none, atol=1e-6)
@@ -382,5 +389,10 @@ def test_a_new_names_foreground_is_the_larger_of_l_hat_and_l_ctx(trained, tmp_pa
     both_one, both_none = read((0.0, 0.0, 50.0), "both"), read(None, "both")
     assert (both_one[:, 1] >= both_none[:, 1] - 1e-6).all() and (both_one[:, 1] - both_none[:, 1]).max() > 0.05
     np.testing.assert_allclose(read((0.0, 0.0, 50.0), "stale"), read(None, "stale"), atol=1e-6)  # the model alone
+    # "both" weighs frozen CLIP's curve by L_ctx ** context_gate: where L_ctx is 0 only the model's reading is left
+    np.testing.assert_allclose(read((0.0, 0.0, -50.0), "both")[:, 1], zero[:, 1], atol=1e-6)
+    assert both_none[16:30, 1].mean() > zero[16:30, 1].mean() + 0.1  # frozen CLIP did add to it
+    ungated = read((0.0, 0.0, -50.0), "both", detect_config=DetectConfig(context_gate=0.0))
+    np.testing.assert_allclose(ungated, both_none, atol=1e-6)
     with pytest.raises(CheckpointError, match="context_foreground must be 3 finite weights"):
         read((0.0, float("nan"), 1.0))

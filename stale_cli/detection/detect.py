@@ -589,7 +589,6 @@ class Detector:
             prior_windows = [w for _, w in cut_windows(x, meta, self.data_cfg)]
         reading = self.settings.new_names if self.new_idx else None
         new = self.new_idx
-        clip_new = self._new_name_curve(feats, src) if reading in ("clip", "both") else None  # (N, n)
         # New names read with the model's where take frozen CLIP's class alone (prior weight 1); when every name
         # asked is new, that is the only weighting needed.
         where = reading in ("foreground", "both")
@@ -598,6 +597,9 @@ class Detector:
         # saw (stale_cli/model/context.py); checkpoints written before it have none.
         context = self.info.context_foreground
         l_ctx = context.probabilities(model_input) if where and context is not None else None  # (N,)
+        clip_new = self._new_name_curve(feats, src) if reading in ("clip", "both") else None  # (N, n)
+        if reading == "both" and l_ctx is not None:  # frozen CLIP's evidence, weighed by L_ctx (DetectConfig)
+            clip_new = clip_new * l_ctx[:, None] ** self.detect_cfg.context_gate
         video = WindowedVideo(detection_grid(N, meta, self.data_cfg).num, self.detect_cfg)
         for i in range(0, len(windows), WINDOW_BATCH):
             chunk = windows[i : i + WINDOW_BATCH]

@@ -71,6 +71,10 @@ class DetectConfig:
     # training-free mode) in the class posterior, a weighted geometric mean with the classifier's (Eq. 7);
     # model.stale.detection_probabilities. 0 is the classifier alone.
     prior_weight: float = 0.5
+    # STALE mode, --new-names both: frozen CLIP's curve of a name the checkpoint was not trained on is multiplied by
+    # L_ctx ** context_gate (the context foreground, model/context.py) before the noisy-OR with the model's
+    # reading, so that frozen CLIP's evidence counts less where nothing departs from the scene. 0 turns it off.
+    context_gate: float = 0.3
     max_candidates: int = 100  # candidates per window, best first
     nms_sigma: float = 0.5  # Gaussian Soft-NMS: score *= exp(-tIoU^2 / sigma)
     pre_nms_top_n: int = 2000  # segments per video entering Soft-NMS (keeps it O(top_n * top_k))
