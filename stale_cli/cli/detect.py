@@ -163,7 +163,8 @@ def detect(
         "both", "--new-names", metavar="both|clip|foreground|stale", help="STALE mode: names the checkpoint was not "
         "trained on are read by frozen CLIP alone (clip, as the training-free mode), by frozen CLIP for which name "
         "and the model for where (foreground: when the model's foreground carries to new classes), by either of "
-        "the two (both), or by the trained model (stale)."),
+        "the two, frozen CLIP's reading weighed by the checkpoint's context foreground (both), or by the trained "
+        "model (stale)."),
     progress: bool = ProgressOption,
 ) -> None:
     """Detect the named actions in each input and write or print the segments (seconds, label, score).
