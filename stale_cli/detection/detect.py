@@ -62,9 +62,9 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 # STALE mode, who reads a name the checkpoint was not trained on: "both" (the default), a snippet shows the name
 # when either "clip", weighed by the context foreground L_ctx, or "foreground" says so (their noisy-OR), with
 # segments from the model's masks and from the whole-video curve; "clip", frozen CLIP alone, as the training-free
-# mode does (segments from its curve); "foreground", frozen CLIP says which name (Eq. 7's class posterior replaced by its, prior weight 1), the model
-# says where (its foreground and masks); "stale", the trained model, its classifier fused with frozen CLIP's prior
-# as for its own names.
+# mode does (segments from its curve); "foreground", frozen CLIP says which name (Eq. 7's class posterior replaced
+# by its, prior weight 1), the model says where (its foreground and masks); "stale", the trained model, its
+# classifier fused with frozen CLIP's prior as for its own names.
 NEW_NAMES = ("both", "clip", "foreground", "stale")
 WINDOW_BATCH = 8  # STALE windows per forward pass
 DEFAULT_CLIP_MODEL = "ViT-B-16"
