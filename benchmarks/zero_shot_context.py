@@ -1,5 +1,5 @@
-"""Give checkpoints trained before the context foreground existed their L_ctx, so the zero-shot benchmark can read
-them as `stale train` now writes them, without training them again.
+"""Give checkpoints trained before the context foreground existed (or before its level was recorded) their L_ctx, so
+the zero-shot benchmark can read them as `stale train` now writes them, without training them again.
 
     python benchmarks/zero_shot_context.py --out <world> --from <work> --to <work2> --splits 0,1
 
@@ -54,7 +54,7 @@ def main() -> None:
         with atomic_path(dst) as tmp:
             torch.save(ckpt, tmp)
         print(f"split {k}: {src} -> {dst}; ignore_unseen={ignore_unseen}; L_ctx weights "
-              f"{[round(w, 3) for w in context.weights]}", flush=True)
+              f"{[round(w, 3) for w in context.weights]}, level {context.level:.3f}", flush=True)
 
 
 if __name__ == "__main__":

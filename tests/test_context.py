@@ -50,6 +50,9 @@ def test_fit_on_two_classes_finds_a_third_it_never_saw():
         videos.append((x, fg, keep))
     context = fit_context_foreground(videos)
     assert context is not None and context.weights[0] > 0  # the farther from the median snippet, the likelier
+    # its level is its mean on the training foreground rows
+    assert context.level == pytest.approx(np.concatenate([context.probabilities(x)[f > 0] for x, f, _ in videos]).mean(),
+                                          rel=1e-5)
     x, fg = scene_video(rng, dim, [(c, 30, 60)])
     p = context.probabilities(x)
     assert p.dtype == np.float32 and p.shape == (len(x),)
@@ -65,16 +68,32 @@ def test_fit_needs_both_foreground_and_background():
     assert fit_context_foreground([]) is None
 
 
+def test_relative_reading_worked_out_by_hand():
+    """min(1, L_ctx / level); without a recorded level (older checkpoints), L_ctx itself."""
+    l_ctx = np.array([0.1, 0.2, 0.4, 0.9], np.float32)
+    np.testing.assert_allclose(ContextForeground((1.0, 0.0, 0.0), 0.4).relative(l_ctx), [0.25, 0.5, 1.0, 1.0])
+    np.testing.assert_array_equal(ContextForeground((1.0, 0.0, 0.0)).relative(l_ctx), l_ctx)
+
+
 def test_record_round_trip_and_damaged_records():
     context = ContextForeground((12.5, -3.0, -8.25))
     assert ContextForeground.from_dict(context.to_dict()) == context
     assert context.to_dict() == {"inputs": ["distance_to_median", "distance_to_mean", "bias"],
                                  "weights": [12.5, -3.0, -8.25]}
+    leveled = ContextForeground((12.5, -3.0, -8.25), 0.625)
+    assert ContextForeground.from_dict(leveled.to_dict()) == leveled
+    assert leveled.to_dict()["foreground_level"] == 0.625
     for bad in ({"inputs": ["distance_to_median"], "weights": [1.0, 2.0, 3.0]},
                 {"inputs": ["distance_to_median", "distance_to_mean", "bias"], "weights": [1.0, 2.0]},
                 {"inputs": ["distance_to_median", "distance_to_mean", "bias"], "weights": [1.0, float("nan"), 0.0]},
                 {"inputs": ["distance_to_median", "distance_to_mean", "bias"], "weights": [1.0, True, 0.0]},
                 {"inputs": ["distance_to_median", "distance_to_mean", "bias"], "weights": "123"},
+                {"inputs": ["distance_to_median", "distance_to_mean", "bias"], "weights": [1.0, 2.0, 3.0],
+                 "foreground_level": 0.0},
+                {"inputs": ["distance_to_median", "distance_to_mean", "bias"], "weights": [1.0, 2.0, 3.0],
+                 "foreground_level": 1.5},
+                {"inputs": ["distance_to_median", "distance_to_mean", "bias"], "weights": [1.0, 2.0, 3.0],
+                 "foreground_level": "high"},
                 [1.0, 2.0, 3.0]):
         with pytest.raises(ValueError):
             ContextForeground.from_dict(bad)

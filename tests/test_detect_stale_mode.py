@@ -6,6 +6,7 @@ do not fit are refused clearly."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -221,8 +222,9 @@ def test_names_the_checkpoint_never_saw_are_scored_by_frozen_clip(trained):
 
 
 def test_both_reading_is_the_noisy_or_of_clip_and_foreground(trained):
-    """--new-names both (the default): a new name's curve is 1 - (1 - clip L_ctx^g)(1 - foreground) of the two other
-    readings' curves (g: DetectConfig.context_gate), and its segments come from the model's masks and from that
+    """--new-names both (the default): a new name's curve is 1 - (1 - clip min(1, L_ctx / level)^g)(1 - foreground) of
+    the two other readings' curves (g: DetectConfig.context_gate; level: L_ctx's mean on the training foreground,
+    recorded in the checkpoint), and its segments come from the model's masks and from that
     whole-video curve; the checkpoint's own names are read as in every reading."""
     from stale_cli.model.data.windows import center_video
     from stale_cli.sidecar import read_features
@@ -238,8 +240,12 @@ def test_both_reading_is_the_noisy_or_of_clip_and_foreground(trained):
     assert det.settings.new_names == "both" and det.new_idx == [1]
     _, clip = read(new_names="clip")
     _, fg = read(new_names="foreground")
-    l_ctx = det.info.context_foreground.probabilities(center_video(feats, det.data_cfg.video_mean))  # (N,)
-    weighed = clip.scores[:, 1] * l_ctx ** det.detect_cfg.context_gate
+    context = det.info.context_foreground
+    l_ctx = context.probabilities(center_video(feats, det.data_cfg.video_mean))  # (N,)
+    assert context.level is not None  # L_ctx is read relative to its level on the training foreground
+    relative = np.minimum(1.0, l_ctx / context.level)
+    assert (relative == 1.0).any() and (relative < 1.0).any()
+    weighed = clip.scores[:, 1] * relative ** det.detect_cfg.context_gate
     assert (weighed < clip.scores[:, 1] - 0.05).any()  # on the edges of frozen CLIP's run, which L_ctx leaves out
     np.testing.assert_allclose(both.scores[:, 1], 1 - (1 - weighed) * (1 - fg.scores[:, 1]), atol=1e-5)
     np.testing.assert_allclose(both.scores[:, 0], clip.scores[:, 0], atol=1e-6)
@@ -325,8 +331,9 @@ def test_foreground_reading_takes_frozen_clips_class_and_the_models_where(traine
         Detector(DetectSettings(classes=["high jump"], checkpoint=ckpt, new_names="frozen"))
 
 
-def with_context(src, dst, weights):
-    """A copy of checkpoint ``src`` at ``dst`` whose L_ctx has ``weights`` (None: no L_ctx, as before it existed)."""
+def with_context(src, dst, weights, level=None):
+    """A copy of checkpoint ``src`` at ``dst`` whose L_ctx has ``weights`` (None: no L_ctx, as before it existed) and
+    ``level`` (None: none recorded, as before it was)."""
     import torch
 
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
@@ -334,6 +341,8 @@ def with_context(src, dst, weights):
     if weights is not None:
         ckpt["context_foreground"] = {"inputs": ["distance_to_median", "distance_to_mean", "bias"],
                                       "weights": list(weights)}
+        if level is not None:
+            ckpt["context_foreground"]["foreground_level"] = level
     torch.save(ckpt, dst)
     return dst
 
@@ -354,6 +363,7 @@ def test_training_records_the_context_foreground(trained):
     vs = load_video_set(root / "feats", list(ann.videos.values()), info.data_config)
     refit = fit_context_foreground(foreground_rows(vs, list(info.class_names)))
     np.testing.assert_allclose(info.context_foreground.weights, refit.weights, rtol=1e-6)
+    assert info.context_foreground.level == pytest.approx(refit.level, rel=1e-6)
     assert info.context_foreground.weights[0] > 0
 
 
@@ -366,8 +376,8 @@ def test_a_new_names_foreground_is_the_larger_of_l_hat_and_l_ctx(trained, tmp_pa
     clear error."""
     root, ckpt = trained
 
-    def detector(weights, reading="foreground", **kw):
-        path = with_context(ckpt, tmp_path / f"ctx{len(list(tmp_path.iterdir()))}.pt", weights)
+    def detector(weights, reading="foreground", level=None, **kw):
+        path = with_context(ckpt, tmp_path / f"ctx{len(list(tmp_path.iterdir()))}.pt", weights, level)
         return Detector(DetectSettings(classes=["high jump", "skateboarding"], checkpoint=path, new_names=reading,
                                        distractors=False, **kw))
 
@@ -378,8 +388,8 @@ def test_a_new_names_foreground_is_the_larger_of_l_hat_and_l_ctx(trained, tmp_pa
             "source": "skate.mp4", "clip_model": tiny_clip_name, "clip_weights": "random", "num_frames": N_ROWS}
     feats = feats.astype(np.float32)
 
-    def read(weights, reading="foreground", **kw):
-        return detector(weights, reading, **kw).detect_features(feats, meta, "skate", "skate").scores
+    def read(weights, reading="foreground", level=None, **kw):
+        return detector(weights, reading, level, **kw).detect_features(feats, meta, "skate", "skate").scores
 
     none, zero, one = read(None), read((0.0, 0.0, -50.0)), read((0.0, 0.0, 50.0))
     np.testing.assert_allclose(zero, none, atol=1e-6)
@@ -394,5 +404,13 @@ def test_a_new_names_foreground_is_the_larger_of_l_hat_and_l_ctx(trained, tmp_pa
     assert both_none[16:30, 1].mean() > zero[16:30, 1].mean() + 0.1  # frozen CLIP did add to it
     ungated = read((0.0, 0.0, -50.0), "both", detect_config=DetectConfig(context_gate=0.0))
     np.testing.assert_allclose(ungated, both_none, atol=1e-6)
+    # L_ctx is read relative to its recorded level: at the level (here L_ctx = sigmoid(-1.5) everywhere) or above
+    # it, frozen CLIP keeps its whole evidence; at half the level, 0.5 ** g of it, more than L_ctx ** g
+    low = 1.0 / (1.0 + math.exp(1.5))
+    np.testing.assert_allclose(read((0.0, 0.0, -1.5), "both", level=low)[:, 1], both_none[:, 1], atol=1e-5)
+    np.testing.assert_allclose(read((0.0, 0.0, -1.5), "both", level=low / 2)[:, 1], both_none[:, 1], atol=1e-5)
+    raw = read((0.0, 0.0, -1.5), "both")  # no level recorded: L_ctx as it is, as before levels were recorded
+    halved = read((0.0, 0.0, -1.5), "both", level=2 * low)
+    assert raw[16:30, 1].mean() < halved[16:30, 1].mean() - 0.01 < both_none[16:30, 1].mean() - 0.02
     with pytest.raises(CheckpointError, match="context_foreground must be 3 finite weights"):
         read((0.0, float("nan"), 1.0))

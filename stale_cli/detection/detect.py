@@ -599,7 +599,7 @@ class Detector:
         l_ctx = context.probabilities(model_input) if where and context is not None else None  # (N,)
         clip_new = self._new_name_curve(feats, src) if reading in ("clip", "both") else None  # (N, n)
         if reading == "both" and l_ctx is not None:  # frozen CLIP's evidence, weighed by L_ctx (DetectConfig)
-            clip_new = clip_new * l_ctx[:, None] ** self.detect_cfg.context_gate
+            clip_new = clip_new * context.relative(l_ctx)[:, None] ** self.detect_cfg.context_gate
         video = WindowedVideo(detection_grid(N, meta, self.data_cfg).num, self.detect_cfg)
         for i in range(0, len(windows), WINDOW_BATCH):
             chunk = windows[i : i + WINDOW_BATCH]

@@ -16,6 +16,12 @@ videos' foreground labels when `stale train` runs, and stored in the checkpoint 
 Its inputs are distances, unchanged by any rotation of the feature space, so no weight can single out a class.
 Detection reads a new name's foreground as max(L_hat, L_ctx) (stale_cli/detection/detect.py); the checkpoint's own
 names keep L_hat, which knows them better.
+
+The fit also records L_ctx's level: its mean over the training foreground rows. How high L_ctx rises on an action
+depends on the training footage, not on the action: where many actions in it are unannotated, the fit learns to call
+them background and L_ctx falls on every action (its weights fall). Weighing frozen CLIP's reading of a new name
+(`--new-names both`) reads L_ctx relative to that level, min(1, L_ctx / level), so that a snippet as far from its
+scene as a typical training action keeps its whole evidence whatever the footage taught the fit.
 """
 
 from __future__ import annotations
@@ -39,31 +45,48 @@ def context_inputs(features: np.ndarray) -> np.ndarray:
     return np.stack([d_med, d_mean, np.ones(len(u))], axis=1).astype(np.float64)  # (N, 3)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class ContextForeground:
-    """L_ctx's three weights, in the order of :data:`INPUTS`."""
+    """L_ctx's three weights, in the order of :data:`INPUTS`, and its level: its mean over the training foreground
+    rows (None in checkpoints written before it was recorded)."""
 
     weights: tuple[float, float, float]
+    level: float | None = None
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """L_ctx (N,) float32 of each row of one whole video's ``features`` (N, D)."""
         z = context_inputs(features) @ np.asarray(self.weights)  # (N,)
         return (1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))).astype(np.float32)
 
+    def relative(self, l_ctx: np.ndarray) -> np.ndarray:
+        """``l_ctx`` (N,) as a share of the level, min(1, L_ctx / level); ``l_ctx`` itself without a level."""
+        if self.level is None:
+            return l_ctx
+        return np.minimum(1.0, l_ctx / self.level).astype(np.float32)
+
     def to_dict(self) -> dict:
-        return {"inputs": list(INPUTS), "weights": [float(w) for w in self.weights]}
+        d = {"inputs": list(INPUTS), "weights": [float(w) for w in self.weights]}
+        if self.level is not None:
+            d["foreground_level"] = float(self.level)
+        return d
 
     @classmethod
     def from_dict(cls, d) -> "ContextForeground":
         """The checkpoint's record -> ContextForeground; ValueError when it is not three finite weights of
-        :data:`INPUTS`."""
+        :data:`INPUTS` (and, where recorded, a level in (0, 1])."""
         if not isinstance(d, dict) or list(d.get("inputs") or []) != list(INPUTS):
             raise ValueError(f"a record of the inputs {', '.join(INPUTS)}")
         w = d.get("weights")
-        if (not isinstance(w, (list, tuple)) or len(w) != len(INPUTS)
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in w)):
+        if not isinstance(w, (list, tuple)) or len(w) != len(INPUTS) or not all(_is_number(v) for v in w):
             raise ValueError(f"{len(INPUTS)} finite weights")
-        return cls(tuple(float(v) for v in w))
+        level = d.get("foreground_level")
+        if level is not None and not (_is_number(level) and 0.0 < level <= 1.0):
+            raise ValueError("a foreground level in (0, 1]")
+        return cls(tuple(float(v) for v in w), None if level is None else float(level))
 
 
 def fit_context_foreground(videos: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> ContextForeground | None:
@@ -90,4 +113,5 @@ def fit_context_foreground(videos: list[tuple[np.ndarray, np.ndarray, np.ndarray
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    return ContextForeground(tuple(float(v) for v in w))
+    p = 1.0 / (1.0 + np.exp(-np.clip(Z[Y > 0] @ w, -50.0, 50.0)))  # (M_fg,): L_ctx on the foreground rows
+    return ContextForeground(tuple(float(v) for v in w), float(max(p.mean(), 1e-6)))

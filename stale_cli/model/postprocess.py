@@ -72,10 +72,12 @@ class DetectConfig:
     # model.stale.detection_probabilities. 0 is the classifier alone.
     prior_weight: float = 0.5
     # STALE mode, --new-names both: frozen CLIP's curve of a name the checkpoint was not trained on is multiplied by
-    # L_ctx ** context_gate (the context foreground, model/context.py) before the noisy-OR with the model's
-    # reading, so that frozen CLIP's evidence counts less where nothing departs from the scene. 0 turns it off.
-    # Frozen CLIP's curve alone weighed so, benchmarks/zero_shot_gate.py, default world, 6 splits: 70.8 / 72.7 /
-    # 75.3 / 75.7 / 75.1 / 69.4 avg mAP on unseen names at 0 / 0.1 / 0.2 / 0.3 / 0.5 / 1 (BENCHMARKS.md "Zero-shot").
+    # min(1, L_ctx / level) ** context_gate (the context foreground relative to its level on the training
+    # foreground, model/context.py) before the noisy-OR with the model's reading, so that frozen CLIP's evidence
+    # counts less where nothing departs from the scene. 0 turns it off. Chosen with L_ctx itself, before the level
+    # was recorded: frozen CLIP's curve alone weighed by L_ctx ** g (benchmarks/zero_shot_gate.py, default world,
+    # 6 splits) gives 70.8 / 72.7 / 75.3 / 75.7 / 75.1 / 69.4 avg mAP on unseen names at g = 0 / 0.1 / 0.2 / 0.3 /
+    # 0.5 / 1 (BENCHMARKS.md "Zero-shot").
     context_gate: float = 0.3
     max_candidates: int = 100  # candidates per window, best first
     nms_sigma: float = 0.5  # Gaussian Soft-NMS: score *= exp(-tIoU^2 / sigma)
