@@ -205,6 +205,23 @@ def build(args, out: Path) -> dict:
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
+def open_world(out: Path) -> tuple[dict, object, Path, dict]:
+    """The world under ``out``: its world.json record, its CLIP (loaded on the CPU), its test features folder and
+    their ground truth."""
+    from stale_cli.features.clip_backbone import load_clip
+
+    world = json.loads((out / "world.json").read_text())
+    clip = load_clip(world["key"]["clip_model"], world["weights"], device="cpu")
+    return world, clip, Path(world["features"]) / "test", ground_truth(Path(world["annotations"]))
+
+
+def unseen_names(k: int, world: dict) -> list[str]:
+    """The unseen names of split thumos14/75_25/k, as the world spells them."""
+    from stale_cli.model.data.splits import load_split, match_classes
+
+    return match_classes(load_split(f"thumos14/75_25/{k}")[1], world["classes"], "split")
+
+
 def ground_truth(ann_path: Path) -> dict:
     ann = load_annotations(ann_path).select_subset("test")
     return {v.video_id: [(i.label, i.start, i.end) for i in v.instances] for v in ann.videos.values()}

@@ -7,7 +7,8 @@ distractors as shipped) are multiplied by ``w ** g`` for each exponent ``g`` of 
 training-free mode's segment extraction on the whole video. ``w`` is:
 
 - ``lctx`` (default): L_ctx of the split's checkpoint ``<world>/<work>/split_K/model.pt`` (fitted by `stale train`
-  on the training videos' labels; ``benchmarks/zero_shot_context.py`` adds it to older checkpoints);
+  on the training videos' labels; ``benchmarks/zero_shot_context.py`` adds it to older checkpoints), relative to
+  its level on the training foreground where the checkpoint records one, as detection reads it;
 - ``rank``: a control that uses the same cue without a fit: the rank of each snippet's distance from its video's
   median snippet among the video's snippets, from 1/T to 1.
 
@@ -19,7 +20,6 @@ frozen CLIP's reading alone; `stale detect --new-names both` then joins the mode
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from zero_shot import avg_map, curve_predictions, ground_truth  # noqa: E402
+from zero_shot import avg_map, curve_predictions, open_world, unseen_names  # noqa: E402
 
 
 def rank_weights(features: np.ndarray) -> np.ndarray:
@@ -51,24 +51,18 @@ def main() -> None:
 
     from stale_cli.detection.clipmode import snippet_probabilities
     from stale_cli.detection.detect import CLIP_WINDOWS, DetectSettings, Detector
-    from stale_cli.features.clip_backbone import load_clip
     from stale_cli.model.checkpoint import read_checkpoint
-    from stale_cli.model.data.splits import load_split, match_classes
 
-    world = json.loads((args.out / "world.json").read_text())
-    clip = load_clip("ViT-B-16", world["weights"], device="cpu")
-    feats = Path(world["features"]) / "test"
-    gt = ground_truth(Path(world["annotations"]))
+    world, clip, feats, gt = open_world(args.out)
     gates = [float(g) for g in args.gates.split(",")]
     table = {}
     for k in (int(s) for s in args.splits.split(",")):
-        _, unseen = load_split(f"thumos14/75_25/{k}")
-        unseen = match_classes(unseen, world["classes"], "split")
-        det = Detector(DetectSettings(classes=unseen, mode="clip", clip_model="ViT-B-16",
+        unseen = unseen_names(k, world)
+        det = Detector(DetectSettings(classes=unseen, mode="clip", clip_model=world["key"]["clip_model"],
                                       clip_weights=world["weights"]), clip=clip)
         if args.weigh == "lctx":
             context = read_checkpoint(args.out / args.work / f"split_{k}" / "model.pt")[1].context_foreground
-            weigh = context.probabilities
+            weigh = lambda x, context=context: context.relative(context.probabilities(x))  # noqa: E731
         else:
             weigh = rank_weights
         table[k] = []
