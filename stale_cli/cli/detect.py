@@ -164,7 +164,7 @@ def detect(
         "trained on are read by frozen CLIP alone (clip, as the training-free mode), by frozen CLIP for which name "
         "and the model for where (foreground: when the model's foreground carries to new classes), by either of "
         "the two, frozen CLIP's reading weighed by the checkpoint's context foreground (both), or by the trained "
-        "model (stale)."),
+        "model (stale). Videos that one action fills (trimmed clips) read new names better with clip."),
     progress: bool = ProgressOption,
 ) -> None:
     """Detect the named actions in each input and write or print the segments (seconds, label, score).
