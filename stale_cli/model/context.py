@@ -45,6 +45,10 @@ def context_inputs(features: np.ndarray) -> np.ndarray:
     return np.stack([d_med, d_mean, np.ones(len(u))], axis=1).astype(np.float64)  # (N, 3)
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -60,7 +64,7 @@ class ContextForeground:
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """L_ctx (N,) float32 of each row of one whole video's ``features`` (N, D)."""
         z = context_inputs(features) @ np.asarray(self.weights)  # (N,)
-        return (1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))).astype(np.float32)
+        return _sigmoid(z).astype(np.float32)
 
     def relative(self, l_ctx: np.ndarray) -> np.ndarray:
         """``l_ctx`` (N,) as a share of the level, min(1, L_ctx / level); ``l_ctx`` itself without a level."""
@@ -106,12 +110,12 @@ def fit_context_foreground(videos: list[tuple[np.ndarray, np.ndarray, np.ndarray
     ridge = L2 * np.diag([1.0, 1.0, 0.0]) * len(Y)
     w = np.zeros(Z.shape[1])
     for _ in range(STEPS):
-        p = 1.0 / (1.0 + np.exp(-np.clip(Z @ w, -50.0, 50.0)))  # (M,)
+        p = _sigmoid(Z @ w)  # (M,)
         grad = Z.T @ (p - Y) + ridge @ w
         hess = (Z * (p * (1 - p))[:, None]).T @ Z + ridge + 1e-9 * np.eye(len(w))
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    p = 1.0 / (1.0 + np.exp(-np.clip(Z[Y > 0] @ w, -50.0, 50.0)))  # (M_fg,): L_ctx on the foreground rows
-    return ContextForeground(tuple(float(v) for v in w), float(max(p.mean(), 1e-6)))
+    level = _sigmoid(Z[Y > 0] @ w).mean()  # L_ctx's mean on the foreground rows
+    return ContextForeground(tuple(float(v) for v in w), float(max(level, 1e-6)))
